@@ -1,0 +1,129 @@
+"""What ``crl.DQN``, ``crl.PPO`` and ``crl.SAC`` add to their SB3 parents.
+
+:class:`ContinualAlgorithm` is mixed in before the SB3 class. It takes the two extra constructor
+arguments (``interventions``, ``metrics``), lets interventions shape the policy before it is built,
+dispatches hooks (see :mod:`crl.hooks`) and exposes task boundaries. The subclasses' ``train()``
+methods keep SB3's math line for line and call the gradient-step hooks.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
+from stable_baselines3.common.type_aliases import MaybeCallback
+
+from crl.hooks import HookDispatcher
+from crl.interventions.base import Intervention, make_interventions
+
+InterventionSpec = Intervention | str | Mapping[str, Any]
+
+
+class ContinualAlgorithm:
+    """Mixin adding interventions, hooks and task boundaries to an SB3 algorithm.
+
+    :param interventions: interventions to apply, composed in the given order: instances (e.g.
+        ``[LayerNorm(), ReDo(tau=0.1)]``), names, or mappings ``{"name": ..., **parameters}``
+    :param metrics: plasticity-metric settings; must be ``None`` until the metrics monitor lands
+    """
+
+    algorithm_family: ClassVar[str]
+    """``"DQN"``, ``"PPO"`` or ``"SAC"``: what interventions check their applicability against."""
+
+    interventions: list[Intervention]
+    current_task: int | None
+    _hooks: HookDispatcher
+
+    def __init__(
+        self,
+        policy: Any,
+        env: Any,
+        *args: Any,
+        interventions: Iterable[InterventionSpec] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.interventions = make_interventions(interventions)
+        if metrics is not None:
+            raise NotImplementedError(
+                f"metrics={metrics!r}: plasticity metrics monitoring is not part of this version of crl; "
+                "pass metrics=None"
+            )
+        self.metrics = metrics
+        self.current_task = None
+        self._hooks = HookDispatcher(())
+        super().__init__(policy, env, *args, **kwargs)  # type: ignore[call-arg]
+
+    def _setup_model(self) -> None:
+        for intervention in self.interventions:
+            intervention.check(self)  # type: ignore[arg-type]
+        # A copy: interventions write policy options into it, and the user's dict must stay as given.
+        self.policy_kwargs = dict(self.policy_kwargs)
+        for intervention in self.interventions:
+            intervention.configure_policy(self, self.policy_kwargs)  # type: ignore[arg-type]
+        super()._setup_model()  # type: ignore[misc]
+        self._hooks = HookDispatcher(self.interventions)
+        self._hooks("on_setup", self)
+
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        if self._hooks.uses_callback:
+            given = callback if isinstance(callback, list) else [callback]
+            callback = [c if isinstance(c, BaseCallback) else ConvertCallback(c) for c in given]
+            callback.append(_HookCallback(self._hooks))
+        return super()._init_callback(callback, progress_bar)  # type: ignore[misc]
+
+    def _excluded_save_params(self) -> list[str]:
+        # The dispatcher is rebuilt from `interventions` by `_setup_model` on load.
+        return [*super()._excluded_save_params(), "_hooks"]  # type: ignore[misc]
+
+    def start_task(self, task_id: int) -> None:
+        """Tell the interventions that task ``task_id`` of a sequence starts."""
+        self.current_task = task_id
+        self._hooks("on_task_start", self, task_id)
+
+    def end_task(self, task_id: int | None = None) -> None:
+        """Tell the interventions that the current task (or ``task_id``) ends."""
+        task = self.current_task if task_id is None else task_id
+        if task is None:
+            raise ValueError("end_task() needs a task_id when no task was started with start_task()")
+        self._hooks("on_task_end", self, task)
+
+
+class _HookCallback(BaseCallback):
+    """Relays SB3's callback events to the hooks: SB3 exposes the env step only to callbacks."""
+
+    def __init__(self, hooks: HookDispatcher) -> None:
+        super().__init__()
+        self.hooks = hooks
+
+    def _on_training_start(self) -> None:
+        self.hooks("on_training_start", self.model)
+
+    def _on_step(self) -> bool:
+        self.hooks("on_step", self.model)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.hooks("on_rollout_end", self.model)
+
+    def _on_training_end(self) -> None:
+        self.hooks("on_training_end", self.model)
+
+
+def with_sb3_signature(cls: type, sb3_class: type) -> type:
+    """Give ``cls`` the signature of ``sb3_class`` plus ``interventions`` and ``metrics``.
+
+    The mixin's constructor forwards every SB3 argument, so help() and IDEs should show them all.
+    """
+    sb3_params = list(inspect.signature(sb3_class).parameters.values())
+    extra = [
+        param.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for name, param in inspect.signature(ContinualAlgorithm.__init__).parameters.items()
+        if name in ("interventions", "metrics")
+    ]
+    positional = [p for p in sb3_params if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+    keyword_only = [p for p in sb3_params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    cls.__signature__ = inspect.Signature([*positional, *keyword_only, *extra])  # type: ignore[attr-defined]
+    return cls

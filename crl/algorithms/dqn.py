@@ -1,0 +1,75 @@
+"""DQN with interventions: SB3's DQN whose ``train()`` calls the gradient-step hooks."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch as th
+from stable_baselines3 import dqn as sb3
+from stable_baselines3.common.policies import BasePolicy
+from torch.nn import functional as F
+
+from crl.algorithms.base import ContinualAlgorithm, with_sb3_signature
+from crl.policies import dqn as policies
+
+
+class DQN(ContinualAlgorithm, sb3.DQN):
+    """Deep Q-Network (Mnih et al. 2015) with plasticity interventions.
+
+    Takes every argument of :class:`stable_baselines3.DQN`, plus ``interventions`` and ``metrics``
+    (see :class:`~crl.algorithms.base.ContinualAlgorithm`). With no interventions it trains exactly
+    like SB3's DQN: same random draws, same parameters.
+    """
+
+    algorithm_family: ClassVar[str] = "DQN"
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": policies.DQNPolicy,
+        "CnnPolicy": policies.CnnPolicy,
+        "MultiInputPolicy": policies.MultiInputPolicy,
+    }
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        hooks = self._hooks
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        hooks("on_train_start", self)
+
+        losses = []
+        for gradient_step in range(gradient_steps):
+            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            step = hooks.begin_gradient_step(self, gradient_step, replay_data)
+            # For n-step replay the discount is gamma**n (when the episode did not end early)
+            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+
+            with th.no_grad():
+                # y = r + gamma * (1 - done) * max_a' Q_target(s', a')
+                next_q_values = self.q_net_target(replay_data.next_observations)
+                next_q_values, _ = next_q_values.max(dim=1)
+                next_q_values = next_q_values.reshape(-1, 1)
+                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+
+            with hooks.recording(self.policy, step, ["q_net"]):
+                current_q_values = self.q_net(replay_data.observations)
+            current_q_values = th.gather(current_q_values, dim=1, index=replay_data.actions.long())
+
+            # Huber loss between Q(s, a) and y
+            loss = F.smooth_l1_loss(current_q_values, target_q_values)
+            losses.append(loss.item())
+            loss = hooks.add_auxiliary_losses(self, step, "q_net", loss)
+
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            hooks.after_backward(self, step, self.policy.optimizer, grad_norm)
+            self.policy.optimizer.step()
+            hooks.after_optimizer_step(self, step)
+
+        self._n_updates += gradient_steps
+
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/loss", np.mean(losses))
+        hooks("on_train_end", self)
+
+
+with_sb3_signature(DQN, sb3.DQN)

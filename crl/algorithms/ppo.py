@@ -1,0 +1,139 @@
+"""PPO with interventions: SB3's PPO whose ``train()`` calls the gradient-step hooks."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import ppo as sb3
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.utils import explained_variance
+from torch.nn import functional as F
+
+from crl.algorithms.base import ContinualAlgorithm, with_sb3_signature
+from crl.policies import actor_critic as policies
+
+
+class PPO(ContinualAlgorithm, sb3.PPO):
+    """Proximal Policy Optimization (Schulman et al. 2017) with plasticity interventions.
+
+    Takes every argument of :class:`stable_baselines3.PPO`, plus ``interventions`` and ``metrics``
+    (see :class:`~crl.algorithms.base.ContinualAlgorithm`). With no interventions it trains exactly
+    like SB3's PPO. The gradient-step hooks see one minibatch per step and the joint loss
+    ``"policy"`` (clipped surrogate + entropy + value terms, one optimizer).
+    """
+
+    algorithm_family: ClassVar[str] = "PPO"
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": policies.ActorCriticPolicy,
+        "CnnPolicy": policies.ActorCriticCnnPolicy,
+        "MultiInputPolicy": policies.MultiInputActorCriticPolicy,
+    }
+
+    def train(self) -> None:
+        hooks = self._hooks
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        if self.clip_range_vf is not None:
+            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+        hooks("on_train_start", self)
+
+        entropy_losses = []
+        pg_losses, value_losses = [], []
+        clip_fractions = []
+        gradient_step = 0
+
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            for rollout_data in self.rollout_buffer.get(self.batch_size):
+                step = hooks.begin_gradient_step(self, gradient_step, rollout_data)
+                gradient_step += 1
+                actions = rollout_data.actions
+                if isinstance(self.action_space, spaces.Discrete):
+                    actions = rollout_data.actions.long().flatten()
+
+                with hooks.recording(self.policy, step, ["actor", "critic"]):
+                    values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
+                values = values.flatten()
+                advantages = rollout_data.advantages
+                # Normalising a minibatch of one is meaningless (SB3 GH issue #325)
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+                # r = pi(a|s) / pi_old(a|s);  L_clip = -E[min(r A, clip(r, 1-eps, 1+eps) A)]
+                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                policy_loss_1 = advantages * ratio
+                policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
+
+                pg_losses.append(policy_loss.item())
+                clip_fraction = th.mean((th.abs(ratio - 1) > clip_range).float()).item()
+                clip_fractions.append(clip_fraction)
+
+                if self.clip_range_vf is None:
+                    values_pred = values
+                else:
+                    # Clip the change of the value estimate (depends on the reward scale)
+                    values_pred = rollout_data.old_values + th.clamp(
+                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
+                    )
+                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                value_losses.append(value_loss.item())
+
+                if entropy is None:
+                    # No analytical entropy: estimate it from the log-probabilities
+                    entropy_loss = -th.mean(-log_prob)
+                else:
+                    entropy_loss = -th.mean(entropy)
+                entropy_losses.append(entropy_loss.item())
+
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+                # Approximate reverse KL for early stopping (Schulman's k3 estimator)
+                with th.no_grad():
+                    log_ratio = log_prob - rollout_data.old_log_prob
+                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
+                    approx_kl_divs.append(approx_kl_div)
+
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
+
+                loss = hooks.add_auxiliary_losses(self, step, "policy", loss)
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                hooks.after_backward(self, step, self.policy.optimizer, grad_norm)
+                self.policy.optimizer.step()
+                hooks.after_optimizer_step(self, step)
+
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+
+        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
+        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+        self.logger.record("train/value_loss", np.mean(value_losses))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if self.clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
+        hooks("on_train_end", self)
+
+
+with_sb3_signature(PPO, sb3.PPO)

@@ -1,0 +1,132 @@
+"""SAC with interventions: SB3's SAC whose ``train()`` calls the gradient-step hooks."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch as th
+from stable_baselines3 import sac as sb3
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.utils import polyak_update
+from torch.nn import functional as F
+
+from crl.algorithms.base import ContinualAlgorithm, with_sb3_signature
+from crl.policies import sac as policies
+
+
+class SAC(ContinualAlgorithm, sb3.SAC):
+    """Soft Actor-Critic (Haarnoja et al. 2018) with plasticity interventions.
+
+    Takes every argument of :class:`stable_baselines3.SAC`, plus ``interventions`` and ``metrics``
+    (see :class:`~crl.algorithms.base.ContinualAlgorithm`). With no interventions it trains exactly
+    like SB3's SAC. Each gradient step optimises the loss ``"critic"`` and then ``"actor"``; the
+    gradient-step hooks fire for each.
+    """
+
+    algorithm_family: ClassVar[str] = "SAC"
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": policies.SACPolicy,
+        "CnnPolicy": policies.CnnPolicy,
+        "MultiInputPolicy": policies.MultiInputPolicy,
+    }
+
+    def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        hooks = self._hooks
+        self.policy.set_training_mode(True)
+        optimizers = [self.actor.optimizer, self.critic.optimizer]
+        if self.ent_coef_optimizer is not None:
+            optimizers += [self.ent_coef_optimizer]
+        self._update_learning_rate(optimizers)
+        critic_networks = [f"qf{index}" for index in range(self.critic.n_critics)]
+        hooks("on_train_start", self)
+
+        ent_coef_losses, ent_coefs = [], []
+        actor_losses, critic_losses = [], []
+
+        for gradient_step in range(gradient_steps):
+            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            step = hooks.begin_gradient_step(self, gradient_step, replay_data)
+            # For n-step replay the discount is gamma**n (when the episode did not end early)
+            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+
+            # log_std may have changed since the last gradient step
+            if self.use_sde:
+                self.actor.reset_noise()
+
+            # a~ ~ pi(.|s) with its log-probability, for the actor and temperature losses
+            with hooks.recording(self.policy, step, ["actor"]):
+                actions_pi, log_prob = self.actor.action_log_prob(replay_data.observations)
+            log_prob = log_prob.reshape(-1, 1)
+
+            ent_coef_loss = None
+            if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+                # Detached, so that the other losses do not move log(alpha) (softlearning issue #60)
+                ent_coef = th.exp(self.log_ent_coef.detach())
+                assert isinstance(self.target_entropy, float)
+                ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
+                ent_coef_losses.append(ent_coef_loss.item())
+            else:
+                ent_coef = self.ent_coef_tensor
+
+            ent_coefs.append(ent_coef.item())
+
+            # Temperature (alpha) step
+            if ent_coef_loss is not None and self.ent_coef_optimizer is not None:
+                self.ent_coef_optimizer.zero_grad()
+                ent_coef_loss.backward()
+                self.ent_coef_optimizer.step()
+
+            with th.no_grad():
+                # y = r + gamma (1 - done) (min_i Q_target_i(s', a') - alpha log pi(a'|s')),  a' ~ pi(.|s')
+                next_actions, next_log_prob = self.actor.action_log_prob(replay_data.next_observations)
+                next_q_values = th.cat(self.critic_target(replay_data.next_observations, next_actions), dim=1)
+                next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
+                next_q_values = next_q_values - ent_coef * next_log_prob.reshape(-1, 1)
+                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+
+            with hooks.recording(self.policy, step, critic_networks):
+                current_q_values = self.critic(replay_data.observations, replay_data.actions)
+
+            # J_Q = 1/2 sum_i (Q_i(s, a) - y)^2
+            critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
+            assert isinstance(critic_loss, th.Tensor)  # for type checker
+            critic_losses.append(critic_loss.item())
+            critic_loss = hooks.add_auxiliary_losses(self, step, "critic", critic_loss)
+
+            self.critic.optimizer.zero_grad()
+            critic_loss.backward()
+            hooks.after_backward(self, step, self.critic.optimizer)
+            self.critic.optimizer.step()
+            hooks.after_optimizer_step(self, step)
+
+            # J_pi = E[alpha log pi(a~|s) - min_i Q_i(s, a~)]
+            q_values_pi = th.cat(self.critic(replay_data.observations, actions_pi), dim=1)
+            min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)
+            actor_loss = (ent_coef * log_prob - min_qf_pi).mean()
+            actor_losses.append(actor_loss.item())
+            actor_loss = hooks.add_auxiliary_losses(self, step, "actor", actor_loss)
+
+            self.actor.optimizer.zero_grad()
+            actor_loss.backward()
+            hooks.after_backward(self, step, self.actor.optimizer)
+            self.actor.optimizer.step()
+            hooks.after_optimizer_step(self, step)
+
+            if gradient_step % self.target_update_interval == 0:
+                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                # Copy running stats, see SB3 GH issue #996
+                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+
+        self._n_updates += gradient_steps
+
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/ent_coef", np.mean(ent_coefs))
+        self.logger.record("train/actor_loss", np.mean(actor_losses))
+        self.logger.record("train/critic_loss", np.mean(critic_losses))
+        if len(ent_coef_losses) > 0:
+            self.logger.record("train/ent_coef_loss", np.mean(ent_coef_losses))
+        hooks("on_train_end", self)
+
+
+with_sb3_signature(SAC, sb3.SAC)

@@ -1,0 +1,203 @@
+"""The hook protocol through which interventions (and monitors) take part in training.
+
+A :class:`TrainingHook` overrides only the hooks it needs; :class:`HookDispatcher` calls each hook
+on just the objects that override it, so an unused hook costs one empty-tuple loop. The order in
+which hooks fire within one training step is drawn in ``docs/architecture.md``.
+
+Rule for implementers: never keep a reference to the algorithm (it is passed to every hook). Hook
+objects are pickled with the model by ``save``, and their state must survive ``load``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch as th
+
+from crl.policies.features import Features
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+
+@dataclass
+class GradientStep:
+    """What the hooks of one gradient step see.
+
+    One object lives through a gradient step; ``loss_name`` and the fields after it are updated for
+    each loss optimised in that step (SAC optimises ``"critic"`` then ``"actor"``).
+
+    :param index: index of the gradient step within the current ``train()`` call
+    :param batch: the replay-buffer or rollout minibatch
+    :param loss_name: the loss being optimised: ``"q_net"`` (DQN), ``"policy"`` (PPO's joint
+        actor-critic loss), ``"critic"`` or ``"actor"`` (SAC)
+    :param features: hidden features recorded during this step's forward passes, per network (only
+        when a hook asked for them through ``needs_features``)
+    :param loss: the algorithm's loss for ``loss_name``, before auxiliary terms
+    :param optimizer: the optimizer about to step (or that just stepped)
+    :param clipped_grad_norm: the gradient norm returned by the algorithm's gradient clipping, if any
+    """
+
+    index: int
+    batch: Any
+    loss_name: str = ""
+    features: Features = field(default_factory=dict)
+    loss: th.Tensor | None = None
+    optimizer: th.optim.Optimizer | None = None
+    clipped_grad_norm: th.Tensor | None = None
+
+    @property
+    def grad_norm(self) -> float:
+        """Total L2 norm of the gradient before clipping (the clip's own value when there is one)."""
+        if self.clipped_grad_norm is not None:
+            return float(self.clipped_grad_norm)
+        assert self.optimizer is not None, "the gradient norm is known from after_backward on"
+        params = (p for group in self.optimizer.param_groups for p in group["params"])
+        grads = [p.grad for p in params if p.grad is not None]
+        return float(th.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
+class TrainingHook:
+    """Base class of everything that hooks into training. Every hook is a no-op here.
+
+    Hooks that modify the networks must leave the optimizer consistent (see SPEC.md §2).
+    """
+
+    needs_features: ClassVar[bool] = False
+    """Whether :meth:`auxiliary_loss` and later gradient-step hooks read ``step.features``."""
+
+    def configure_policy(self, algo: BaseAlgorithm, policy_kwargs: dict[str, Any]) -> None:
+        """Before the networks are built: adjust the policy's keyword arguments in place."""
+
+    def on_setup(self, algo: BaseAlgorithm) -> None:
+        """The networks and optimizers exist (also after ``load``: do not overwrite loaded state)."""
+
+    def on_training_start(self, algo: BaseAlgorithm) -> None:
+        """``learn()`` starts."""
+
+    def on_step(self, algo: BaseAlgorithm) -> None:
+        """After every step of the vectorised environment (``algo.num_timesteps`` is up to date)."""
+
+    def on_rollout_end(self, algo: BaseAlgorithm) -> None:
+        """Collection ends, before ``train()``."""
+
+    def on_train_start(self, algo: BaseAlgorithm) -> None:
+        """A ``train()`` call starts (learning rates are already updated)."""
+
+    def before_gradient_step(self, algo: BaseAlgorithm, step: GradientStep) -> None:
+        """A minibatch is drawn, before any forward pass."""
+
+    def auxiliary_loss(self, algo: BaseAlgorithm, step: GradientStep) -> th.Tensor | None:
+        """A term added to the loss ``step.loss_name``, or ``None``."""
+        return None
+
+    def after_backward(self, algo: BaseAlgorithm, step: GradientStep) -> None:
+        """Gradients of the full loss are in ``.grad``, before clipping and the optimizer step."""
+
+    def after_optimizer_step(self, algo: BaseAlgorithm, step: GradientStep) -> None:
+        """The optimizer of ``step.loss_name`` has stepped."""
+
+    def on_train_end(self, algo: BaseAlgorithm) -> None:
+        """A ``train()`` call ends."""
+
+    def on_training_end(self, algo: BaseAlgorithm) -> None:
+        """``learn()`` ends."""
+
+    def on_task_start(self, algo: BaseAlgorithm, task_id: int) -> None:
+        """A task of a sequence starts (called by the continual training loop)."""
+
+    def on_task_end(self, algo: BaseAlgorithm, task_id: int) -> None:
+        """A task of a sequence ends."""
+
+
+HOOK_NAMES: tuple[str, ...] = tuple(
+    name for name, value in vars(TrainingHook).items() if callable(value) and not name.startswith("_")
+)
+GRADIENT_STEP_HOOKS = ("before_gradient_step", "auxiliary_loss", "after_backward", "after_optimizer_step")
+# Hooks that must be reached through an SB3 callback, because SB3 exposes those moments only there.
+CALLBACK_HOOKS = ("on_training_start", "on_step", "on_rollout_end", "on_training_end")
+
+
+def _overrides(hook: TrainingHook, name: str) -> bool:
+    return getattr(type(hook), name) is not getattr(TrainingHook, name)
+
+
+class HookDispatcher:
+    """Calls each hook on the objects that override it, in the order they were given.
+
+    :param hooks: interventions and monitors, in the order they should act
+    """
+
+    def __init__(self, hooks: Iterable[TrainingHook]) -> None:
+        self.hooks = tuple(hooks)
+        self._by_name = {name: tuple(h for h in self.hooks if _overrides(h, name)) for name in HOOK_NAMES}
+        self.records_features = any(h.needs_features for h in self.hooks)
+        self.per_gradient_step = any(self._by_name[name] for name in GRADIENT_STEP_HOOKS)
+        self.uses_callback = any(self._by_name[name] for name in CALLBACK_HOOKS)
+
+    def __call__(self, name: str, algo: BaseAlgorithm, *args: Any) -> None:
+        for hook in self._by_name[name]:
+            getattr(hook, name)(algo, *args)
+
+    def begin_gradient_step(self, algo: BaseAlgorithm, index: int, batch: Any) -> GradientStep | None:
+        """The step object for this gradient step, or ``None`` when no hook acts per gradient step."""
+        if not self.per_gradient_step:
+            return None
+        step = GradientStep(index=index, batch=batch)
+        self("before_gradient_step", algo, step)
+        return step
+
+    def recording(
+        self, policy: Any, step: GradientStep | None, networks: list[str]
+    ) -> contextlib.AbstractContextManager[Any]:
+        """Record the hidden features of ``networks`` into ``step.features`` during the ``with`` block."""
+        if step is None or not self.records_features:
+            return contextlib.nullcontext()
+        return _RecordInto(policy, step, networks)
+
+    def add_auxiliary_losses(
+        self, algo: BaseAlgorithm, step: GradientStep | None, loss_name: str, loss: th.Tensor
+    ) -> th.Tensor:
+        """``loss`` plus every hook's auxiliary term for it (the same tensor when there is none)."""
+        if step is None:
+            return loss
+        step.loss_name, step.loss = loss_name, loss
+        for hook in self._by_name["auxiliary_loss"]:
+            term = hook.auxiliary_loss(algo, step)
+            if term is not None:
+                loss = loss + term
+        return loss
+
+    def after_backward(
+        self,
+        algo: BaseAlgorithm,
+        step: GradientStep | None,
+        optimizer: th.optim.Optimizer,
+        clipped_grad_norm: th.Tensor | None = None,
+    ) -> None:
+        if step is None:
+            return
+        step.optimizer, step.clipped_grad_norm = optimizer, clipped_grad_norm
+        self("after_backward", algo, step)
+
+    def after_optimizer_step(self, algo: BaseAlgorithm, step: GradientStep | None) -> None:
+        if step is not None:
+            self("after_optimizer_step", algo, step)
+
+
+class _RecordInto:
+    """Records features of some networks and merges them into ``step.features`` on exit."""
+
+    def __init__(self, policy: Any, step: GradientStep, networks: list[str]) -> None:
+        self.recorder = policy.record_features(networks)
+        self.step = step
+
+    def __enter__(self) -> None:
+        self.recorder.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.recorder.__exit__(*exc_info)
+        self.step.features.update(self.recorder.features())

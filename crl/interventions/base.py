@@ -1,0 +1,138 @@
+"""The :class:`Intervention` base class and the registry that builds interventions from names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from crl.hooks import TrainingHook
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+_REGISTRY: dict[str, type[Intervention]] = {}
+
+
+class InterventionError(ValueError):
+    """An intervention was asked for with an unknown name or an invalid parameter."""
+
+
+class Intervention(BaseModel, TrainingHook):
+    """An intervention against loss of plasticity: typed parameters plus hooks into training.
+
+    Subclasses declare their parameters as pydantic fields (validated at construction), set the
+    class variable ``name`` (the key used in YAML files) and override the hooks they need. Runtime
+    state goes into private attributes; it is pickled with the model, so it survives ``save``/``load``.
+
+    Construct one from Python (``LayerNorm(placement="pre")``) or from a name and parameters
+    (:func:`make_intervention`).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+
+    name: ClassVar[str]
+    """Registry key, e.g. ``"layer_norm"``."""
+    algorithms: ClassVar[frozenset[str] | None] = None
+    """Algorithm families the intervention supports (``"DQN"``, ``"PPO"``, ``"SAC"``); ``None``: all."""
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(type(self).model_fields))
+        if unknown:
+            raise InterventionError(
+                f"intervention {self.name!r} has no parameter(s) {unknown}; "
+                f"its parameters are {self.parameter_help()}"
+            )
+        try:
+            super().__init__(**params)
+        except ValidationError as error:
+            raise InterventionError(_describe(self.name, error)) from None
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            if cls.name in _REGISTRY:
+                raise TypeError(f"intervention name {cls.name!r} is already used by {_REGISTRY[cls.name]}")
+            _REGISTRY[cls.name] = cls
+
+    @classmethod
+    def parameter_help(cls) -> str:
+        """``name: type = default`` for every parameter, or ``none``."""
+        parts = [
+            f"{field}: {_type_name(info.annotation)} = {info.default!r}" for field, info in cls.model_fields.items()
+        ]
+        return ", ".join(parts) or "none"
+
+    def check(self, algo: BaseAlgorithm) -> None:
+        """Raise a clear error if ``algo`` cannot take this intervention (called at construction)."""
+        family = getattr(algo, "algorithm_family", type(algo).__name__)
+        if self.algorithms is not None and family not in self.algorithms:
+            raise InterventionError(
+                f"intervention {self.name!r} does not apply to {family}; it supports {sorted(self.algorithms)}"
+            )
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{key}={value!r}" for key, value in self.model_dump().items())
+        return f"{type(self).__name__}({params})"
+
+    __str__ = __repr__
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _describe(name: str, error: ValidationError) -> str:
+    problems = [
+        f"parameter {'.'.join(str(part) for part in item['loc'])}={item.get('input')!r}: {item['msg']}"
+        for item in error.errors()
+    ]
+    return f"intervention {name!r}: " + "; ".join(problems)
+
+
+def registered_interventions() -> dict[str, type[Intervention]]:
+    """Name -> class of every intervention crl knows."""
+    return dict(sorted(_REGISTRY.items()))
+
+
+def make_intervention(spec: Intervention | str | Mapping[str, Any]) -> Intervention:
+    """Build an intervention from an instance, a name, or a mapping ``{"name": ..., **parameters}``.
+
+    :raises InterventionError: unknown name (the message lists the known ones) or invalid parameters
+    """
+    if isinstance(spec, Intervention):
+        return spec
+    if isinstance(spec, str):
+        name, params = spec, {}
+    elif isinstance(spec, Mapping):
+        if "name" not in spec:
+            raise InterventionError(f"an intervention mapping needs a 'name' key, got keys {sorted(spec)}")
+        params = {key: value for key, value in spec.items() if key != "name"}
+        name = spec["name"]
+    else:
+        raise InterventionError(
+            f"an intervention must be an Intervention, a name or a mapping with 'name', got {spec!r}"
+        )
+    if name not in _REGISTRY:
+        raise InterventionError(f"unknown intervention {name!r}; known interventions: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](**params)
+
+
+def make_interventions(specs: Iterable[Intervention | str | Mapping[str, Any]] | None) -> list[Intervention]:
+    """Build a list of interventions; each type may appear at most once."""
+    if specs is None:
+        return []
+    if isinstance(specs, (str, Mapping, Intervention)):
+        raise InterventionError(f"interventions must be a list, got {specs!r}")
+    interventions: list[Intervention] = []
+    for index, spec in enumerate(specs):
+        try:
+            intervention = make_intervention(spec)
+        except InterventionError as error:
+            raise InterventionError(f"interventions[{index}]: {error}") from None
+        if any(type(other) is type(intervention) for other in interventions):
+            raise InterventionError(f"interventions[{index}]: {intervention.name!r} is given twice")
+        interventions.append(intervention)
+    return interventions

@@ -1,0 +1,37 @@
+"""Intervention-aware policies for crl's algorithms (installed as ``crl.policies``).
+
+Each policy is SB3's, plus the options ``layer_norm`` (``"pre"``/``"post"``) and ``activation``
+(including ``"crelu"``), and a uniform way to read every hidden layer's features of every trained
+network: :meth:`~crl.policies.base.ContinualPolicyMixin.hidden_features`.
+"""
+
+from crl.policies.actor_critic import ActorCriticCnnPolicy, ActorCriticPolicy, MultiInputActorCriticPolicy
+from crl.policies.base import ContinualPolicyMixin
+from crl.policies.dqn import CnnPolicy as DQNCnnPolicy
+from crl.policies.dqn import DQNPolicy
+from crl.policies.dqn import MultiInputPolicy as DQNMultiInputPolicy
+from crl.policies.features import FeatureRecorder, Features, HiddenLayer, LayerFeatures
+from crl.policies.layers import ACTIVATIONS, ArchitectureOptions, CReLU
+from crl.policies.sac import CnnPolicy as SACCnnPolicy
+from crl.policies.sac import MultiInputPolicy as SACMultiInputPolicy
+from crl.policies.sac import SACPolicy
+
+__all__ = [
+    "ACTIVATIONS",
+    "ActorCriticCnnPolicy",
+    "ActorCriticPolicy",
+    "ArchitectureOptions",
+    "CReLU",
+    "ContinualPolicyMixin",
+    "DQNCnnPolicy",
+    "DQNMultiInputPolicy",
+    "DQNPolicy",
+    "FeatureRecorder",
+    "Features",
+    "HiddenLayer",
+    "LayerFeatures",
+    "MultiInputActorCriticPolicy",
+    "SACCnnPolicy",
+    "SACMultiInputPolicy",
+    "SACPolicy",
+]

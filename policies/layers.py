@@ -1,0 +1,176 @@
+"""Activation functions and the architecture options that crl policies add to SB3's networks.
+
+SB3 builds its networks as ``nn.Sequential`` stacks of ``Linear``/``Conv2d`` layers and activation
+modules. Rather than re-implementing SB3's network builders, crl policies let SB3 build the network
+and then rewrite each stack in place: LayerNorm is inserted around every hidden activation and, for
+CReLU, every activation is replaced and the next layer's input width doubled. With the default
+options the rewrite does nothing, so a crl policy is parameter-for-parameter identical to SB3's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch as th
+from torch import nn
+from torch.nn import functional as F
+
+
+class CReLU(nn.Module):
+    """Concatenated ReLU: ``[relu(x), relu(-x)]`` along the feature (channel) dimension.
+
+    Abbas et al. 2023, "Loss of Plasticity in Continual Deep Reinforcement Learning": every unit has
+    an active half for any input, so no unit can go dormant. The output is twice as wide as the input.
+    """
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        return F.relu(th.cat((x, -x), dim=1))
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+    "crelu": CReLU,
+}
+
+# Modules whose input is a hidden layer's pre-activation and whose output its post-activation.
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (*ACTIVATIONS.values(), nn.Softplus, nn.Mish, nn.SELU)
+
+LAYER_NORM_PLACEMENTS = ("pre", "post")
+
+_WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
+
+
+@dataclass(frozen=True)
+class ArchitectureOptions:
+    """Options crl policies add on top of SB3's ``net_arch`` / ``activation_fn``.
+
+    :param layer_norm: ``None`` (off), ``"pre"`` (LayerNorm between the linear map and the activation,
+        as in Lyle et al. 2023/2024) or ``"post"`` (after the activation).
+    :param activation: name of the activation (one of :data:`ACTIVATIONS`), or ``None`` to keep the
+        policy's ``activation_fn``. ``"crelu"`` doubles the width each hidden layer passes on.
+    """
+
+    layer_norm: Literal["pre", "post"] | None = None
+    activation: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.layer_norm not in (None, *LAYER_NORM_PLACEMENTS):
+            raise ValueError(
+                f"policy option layer_norm={self.layer_norm!r} is not allowed; "
+                f"use one of {[None, *LAYER_NORM_PLACEMENTS]}"
+            )
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"policy option activation={self.activation!r} is not allowed; use one of {sorted(ACTIVATIONS)}"
+            )
+
+    @property
+    def crelu(self) -> bool:
+        return self.activation == "crelu"
+
+    @property
+    def is_default(self) -> bool:
+        return self.layer_norm is None and not self.crelu
+
+    def activation_fn(self, default: type[nn.Module]) -> type[nn.Module]:
+        """The activation class SB3's builders should use (ReLU for CReLU, which is swapped in after)."""
+        if self.activation is None:
+            return default
+        return nn.ReLU if self.crelu else ACTIVATIONS[self.activation]
+
+    def rewrite(self, stack: nn.Sequential, example: th.Tensor | None = None, doubled_input: bool = False) -> bool:
+        """Apply the options to ``stack`` in place.
+
+        :param stack: a network stack built by SB3
+        :param example: a batch shaped like the input the rewritten stack will receive, used to size
+            LayerNorm (values are ignored); for a stack starting with a Linear layer it can be left out
+        :param doubled_input: the previous stack ends in a CReLU, so this stack's first layer must take
+            twice as many inputs
+        :return: whether this stack's output is twice as wide as before (it ends in a CReLU)
+        """
+        modules = list(stack)
+        if not any(isinstance(module, ACTIVATION_TYPES) for module in modules) and not doubled_input:
+            return False
+        doubled_output = doubled_input
+        if self.crelu or doubled_input:
+            modules, doubled_output = _swap_in_crelu(modules, doubled_input, replace=self.crelu)
+        if self.layer_norm is not None:
+            modules = _insert_layer_norm(modules, _example_input(modules, example), self.layer_norm)
+        _replace_contents(stack, modules)
+        return doubled_output
+
+
+def _swap_in_crelu(modules: list[nn.Module], doubled_input: bool, replace: bool) -> tuple[list[nn.Module], bool]:
+    """Replace activations by CReLU and widen the input of the layer that follows each one."""
+    rewritten: list[nn.Module] = []
+    widen_next = doubled_input
+    for module in modules:
+        if widen_next and isinstance(module, _WEIGHT_LAYERS):
+            module = widened(module)
+            widen_next = False
+        elif replace and isinstance(module, ACTIVATION_TYPES):
+            module = CReLU()
+            widen_next = True
+        rewritten.append(module)
+    return rewritten, widen_next
+
+
+def _example_input(modules: list[nn.Module], example: th.Tensor | None) -> th.Tensor:
+    if example is not None:
+        return example
+    first = modules[0]
+    if not isinstance(first, nn.Linear):
+        raise ValueError(f"an example input is needed to size LayerNorm for a stack starting with {first}")
+    return th.zeros((1, first.in_features))
+
+
+def widened(layer: nn.Module) -> nn.Module:
+    """A freshly initialised copy of ``layer`` that takes twice as many inputs."""
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(2 * layer.in_features, layer.out_features, bias=layer.bias is not None)
+    assert isinstance(layer, nn.Conv2d)
+    return nn.Conv2d(
+        2 * layer.in_channels,
+        layer.out_channels,
+        kernel_size=layer.kernel_size,  # type: ignore[arg-type]
+        stride=layer.stride,  # type: ignore[arg-type]
+        padding=layer.padding,  # type: ignore[arg-type]
+        bias=layer.bias is not None,
+    )
+
+
+def _insert_layer_norm(modules: list[nn.Module], example: th.Tensor, placement: str) -> list[nn.Module]:
+    """Insert a LayerNorm before (``pre``) or after (``post``) every activation.
+
+    Convolutional features are normalised over (C, H, W), the shapes found by a dry run of ``example``.
+    """
+    rewritten: list[nn.Module] = []
+    x = example
+    with th.no_grad():
+        for module in modules:
+            if isinstance(module, ACTIVATION_TYPES):
+                if placement == "pre":
+                    rewritten.append(nn.LayerNorm(tuple(x.shape[1:])))
+                x = module(x)
+                rewritten.append(module)
+                if placement == "post":
+                    rewritten.append(nn.LayerNorm(tuple(x.shape[1:])))
+            else:
+                x = module(x)
+                rewritten.append(module)
+    return rewritten
+
+
+def _replace_contents(stack: nn.Sequential, modules: list[nn.Module]) -> None:
+    """Refill ``stack`` so that every reference to it (e.g. SAC's ``q_networks`` list) stays valid."""
+    for key in list(stack._modules):
+        del stack._modules[key]
+    for index, module in enumerate(modules):
+        stack.add_module(str(index), module)

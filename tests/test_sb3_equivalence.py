@@ -1,0 +1,101 @@
+"""With no interventions, crl's algorithms train bitwise like SB3's (this guards every train() change)."""
+
+from __future__ import annotations
+
+import pytest
+import stable_baselines3 as sb3
+import torch as th
+
+import crl
+from crl.hooks import GradientStep
+from crl.interventions import Intervention
+
+CASES = {
+    "DQN": (
+        "CartPole-v1",
+        3000,
+        dict(learning_starts=500, train_freq=4, gradient_steps=2, target_update_interval=250, batch_size=32),
+    ),
+    "PPO": ("CartPole-v1", 2048, dict(n_steps=256, batch_size=64, n_epochs=4)),
+    "SAC": ("Pendulum-v1", 800, dict(learning_starts=200, batch_size=64, policy_kwargs=dict(net_arch=[64, 64]))),
+}
+
+
+def _train(algo_class: type, name: str, **extra):
+    env_id, steps, kwargs = CASES[name]
+    model = algo_class("MlpPolicy", env_id, seed=3, device="cpu", **kwargs, **extra)
+    model.learn(steps)
+    return model
+
+
+def assert_same_training(reference, candidate) -> None:
+    ref_params, cand_params = reference.policy.state_dict(), candidate.policy.state_dict()
+    assert list(ref_params) == list(cand_params)
+    for key, value in ref_params.items():
+        assert th.equal(value, cand_params[key]), f"parameter {key} differs"
+    assert reference.num_timesteps == candidate.num_timesteps
+    assert reference._n_updates == candidate._n_updates
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_identical_to_sb3_without_interventions(name: str) -> None:
+    reference = _train(getattr(sb3, name), name)
+    candidate = _train(getattr(crl, name), name)
+    assert_same_training(reference, candidate)
+
+
+class _Observer(Intervention):
+    """Fires every hook, records features and reads gradient norms, but changes nothing."""
+
+    name = "test_observer"
+    needs_features = True
+
+    def model_post_init(self, context) -> None:
+        self._calls: dict[str, int] = {}
+        self._feature_keys: set[str] = set()
+        self._grad_norms: list[float] = []
+
+    def _count(self, hook: str) -> None:
+        self._calls[hook] = self._calls.get(hook, 0) + 1
+
+    def on_step(self, algo) -> None:
+        self._count("on_step")
+
+    def on_train_start(self, algo) -> None:
+        self._count("on_train_start")
+
+    def before_gradient_step(self, algo, step: GradientStep) -> None:
+        self._count("before_gradient_step")
+
+    def auxiliary_loss(self, algo, step: GradientStep):
+        self._count(f"auxiliary_loss/{step.loss_name}")
+        self._feature_keys.update(step.features)
+        return None
+
+    def after_backward(self, algo, step: GradientStep) -> None:
+        self._grad_norms.append(step.grad_norm)
+
+    def after_optimizer_step(self, algo, step: GradientStep) -> None:
+        self._count(f"after_optimizer_step/{step.loss_name}")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_observing_hooks_change_nothing(name: str) -> None:
+    """Hooks that only read (features, gradient norms) leave training bitwise unchanged."""
+    reference = _train(getattr(sb3, name), name)
+    observer = _Observer()
+    candidate = _train(getattr(crl, name), name, interventions=[observer])
+    assert_same_training(reference, candidate)
+
+    env_steps = candidate.num_timesteps // candidate.n_envs
+    assert observer._calls["on_step"] == env_steps
+    n_steps = observer._calls["before_gradient_step"]
+    assert n_steps > 0
+    losses = {"DQN": ["q_net"], "PPO": ["policy"], "SAC": ["critic", "actor"]}[name]
+    for loss in losses:
+        assert observer._calls[f"auxiliary_loss/{loss}"] == n_steps
+        assert observer._calls[f"after_optimizer_step/{loss}"] == n_steps
+    networks = {"DQN": {"q_net"}, "PPO": {"actor", "critic"}, "SAC": {"actor", "qf0", "qf1"}}[name]
+    assert observer._feature_keys == networks
+    assert len(observer._grad_norms) == n_steps * len(losses)
+    assert all(norm > 0 for norm in observer._grad_norms)
