@@ -1,0 +1,92 @@
+"""A LayerNorm run of each algorithm trains, saves, loads in a new process and predicts the same actions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+from torch import nn
+
+import crl
+from crl.hooks import GradientStep
+from crl.interventions import Intervention, LayerNorm
+
+RUNS = {
+    "DQN": ("CartPole-v1", 600, dict(learning_starts=100)),
+    "PPO": ("CartPole-v1", 256, dict(n_steps=128, batch_size=64)),
+    "SAC": ("Pendulum-v1", 300, dict(learning_starts=100, policy_kwargs=dict(net_arch=[32, 32]))),
+}
+
+_LOAD_AND_PREDICT = """
+import json, sys
+import numpy as np
+import crl
+from torch import nn
+model = getattr(crl, sys.argv[1]).load(sys.argv[2], device="cpu")
+obs = np.array(json.loads(sys.argv[3]), dtype=np.float32)
+actions, _ = model.predict(obs, deterministic=True)
+norms = sum(isinstance(m, nn.LayerNorm) for m in model.policy.modules())
+print(json.dumps({"actions": actions.tolist(), "layer_norms": norms, "interventions": repr(model.interventions)}))
+"""
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_layer_norm_model_round_trips_through_a_new_process(name: str, tmp_path: Path) -> None:
+    env_id, steps, kwargs = RUNS[name]
+    model = getattr(crl, name)("MlpPolicy", env_id, seed=0, interventions=[LayerNorm()], **kwargs)
+    model.learn(steps)
+    path = tmp_path / "model.zip"
+    model.save(path)
+
+    obs = np.stack([model.observation_space.sample() for _ in range(16)])
+    expected, _ = model.predict(obs, deterministic=True)
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_PREDICT, name, str(path), json.dumps(obs.tolist())],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,  # crl must import from anywhere, not only from the repository
+    )
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    np.testing.assert_array_equal(np.array(loaded["actions"]), expected)
+    assert loaded["layer_norms"] == sum(isinstance(m, nn.LayerNorm) for m in model.policy.modules()) > 0
+    assert loaded["interventions"] == "[LayerNorm(placement='pre')]"
+
+
+class _CountUpdates(Intervention):
+    """Counts optimizer steps in private state, which must survive save/load."""
+
+    name = "test_count_updates"
+
+    def model_post_init(self, context) -> None:
+        self._updates = 0
+        self._setups = 0
+
+    def on_setup(self, algo) -> None:
+        self._setups += 1
+
+    def after_optimizer_step(self, algo, step: GradientStep) -> None:
+        self._updates += 1
+
+
+def test_intervention_state_survives_save_and_load(tmp_path: Path) -> None:
+    model = crl.DQN("MlpPolicy", "CartPole-v1", seed=0, learning_starts=50, interventions=[_CountUpdates()])
+    model.learn(300)
+    counted = model.interventions[0]._updates
+    assert counted == model._n_updates > 0
+    model.save(tmp_path / "model.zip")
+
+    loaded = crl.DQN.load(tmp_path / "model.zip", env=model.get_env())
+    restored = loaded.interventions[0]
+    assert restored._updates == counted
+    assert restored._setups == 2  # once at construction, once when the loaded model was set up
+    loaded.learn(200, reset_num_timesteps=False)
+    assert restored._updates == loaded._n_updates
+    for key, value in model.policy.state_dict().items():
+        assert value.shape == loaded.policy.state_dict()[key].shape
+    assert not th.equal(model.policy.q_net.q_net[0].weight, loaded.policy.q_net.q_net[0].weight)
