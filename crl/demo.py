@@ -14,6 +14,7 @@ import argparse
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,7 +28,7 @@ from crl.interventions import Intervention
 from crl.wrappers import ObservationShift
 
 # rl-baselines3-zoo's tuned DQN hyperparameters for CartPole-v1
-ZOO_CARTPOLE_DQN = dict(
+ZOO_CARTPOLE_DQN: dict[str, Any] = dict(
     learning_rate=2.3e-3,
     batch_size=64,
     buffer_size=100_000,

@@ -42,8 +42,14 @@ def test_parameters_are_typed_and_coerced() -> None:
     ("spec", "message"),
     [
         ({"name": "layer_nrom"}, "unknown intervention 'layer_nrom'; known interventions: ["),
-        ({"name": "layer_norm", "where": "pre"}, "'layer_norm' has no parameter(s) ['where']; its parameters are placement"),
-        ({"name": "layer_norm", "placement": "mid"}, "parameter placement='mid': Input should be 'pre' or 'post'"),
+        (
+            {"name": "layer_norm", "where": "pre"},
+            "'layer_norm' has no parameter(s) ['where']; its parameters are placement",
+        ),
+        (
+            {"name": "layer_norm", "placement": "mid"},
+            "parameter placement='mid': Input should be 'pre' or 'post'",
+        ),
         ({"placement": "pre"}, "an intervention mapping needs a 'name' key, got keys ['placement']"),
         (3, "an intervention must be an Intervention, a name or a mapping with 'name', got 3"),
     ],

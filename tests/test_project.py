@@ -25,4 +25,3 @@ def test_packages_import_under_crl_only(tmp_path: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "None None"
-

@@ -90,3 +90,26 @@ def test_intervention_state_survives_save_and_load(tmp_path: Path) -> None:
     for key, value in model.policy.state_dict().items():
         assert value.shape == loaded.policy.state_dict()[key].shape
     assert not th.equal(model.policy.q_net.q_net[0].weight, loaded.policy.q_net.q_net[0].weight)
+
+
+def test_layer_norm_cnn_policy_trains_on_a_real_atari_game(tmp_path: Path) -> None:
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    gym.register_envs(ale_py)
+
+    env = VecFrameStack(make_atari_env("ALE/Breakout-v5", n_envs=1, seed=0), n_stack=4)
+    model = crl.DQN(
+        "CnnPolicy", env, seed=0, buffer_size=500, learning_starts=100, interventions=[LayerNorm()], device="cpu"
+    )
+    model.learn(200)
+    norms = [m for m in model.policy.q_net.modules() if isinstance(m, nn.LayerNorm)]
+    assert [tuple(n.normalized_shape) for n in norms] == [(32, 20, 20), (64, 9, 9), (64, 7, 7), (512,)]
+    features = model.policy.hidden_features(model.replay_buffer.observations[:8, 0])
+    assert features["q_net"]["layer3"].post.shape == (8, 512)
+    model.save(tmp_path / "atari.zip")
+    loaded = crl.DQN.load(tmp_path / "atari.zip", device="cpu")
+    obs = model.replay_buffer.observations[:8, 0]
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])

@@ -17,7 +17,11 @@ CASES = {
         dict(learning_starts=500, train_freq=4, gradient_steps=2, target_update_interval=250, batch_size=32),
     ),
     "PPO": ("CartPole-v1", 2048, dict(n_steps=256, batch_size=64, n_epochs=4)),
-    "SAC": ("Pendulum-v1", 800, dict(learning_starts=200, batch_size=64, policy_kwargs=dict(net_arch=[64, 64]))),
+    "SAC": (
+        "Pendulum-v1",
+        800,
+        dict(learning_starts=200, batch_size=64, policy_kwargs=dict(net_arch=[64, 64])),
+    ),
 }
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
 from stable_baselines3.common.type_aliases import MaybeCallback
 
 from crl.hooks import HookDispatcher
 from crl.interventions.base import Intervention, make_interventions
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
 
 InterventionSpec = Intervention | str | Mapping[str, Any]
 
@@ -34,6 +37,7 @@ class ContinualAlgorithm:
 
     interventions: list[Intervention]
     current_task: int | None
+    policy_kwargs: dict[str, Any]
     _hooks: HookDispatcher
 
     def __init__(
@@ -56,6 +60,11 @@ class ContinualAlgorithm:
         self._hooks = HookDispatcher(())
         super().__init__(policy, env, *args, **kwargs)  # type: ignore[call-arg]
 
+    @property
+    def _algo(self) -> BaseAlgorithm:
+        """``self`` as the SB3 algorithm it is mixed into."""
+        return cast("BaseAlgorithm", self)
+
     def _setup_model(self) -> None:
         for intervention in self.interventions:
             intervention.check(self)  # type: ignore[arg-type]
@@ -65,7 +74,7 @@ class ContinualAlgorithm:
             intervention.configure_policy(self, self.policy_kwargs)  # type: ignore[arg-type]
         super()._setup_model()  # type: ignore[misc]
         self._hooks = HookDispatcher(self.interventions)
-        self._hooks("on_setup", self)
+        self._hooks("on_setup", self._algo)
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         if self._hooks.uses_callback:
@@ -81,14 +90,14 @@ class ContinualAlgorithm:
     def start_task(self, task_id: int) -> None:
         """Tell the interventions that task ``task_id`` of a sequence starts."""
         self.current_task = task_id
-        self._hooks("on_task_start", self, task_id)
+        self._hooks("on_task_start", self._algo, task_id)
 
     def end_task(self, task_id: int | None = None) -> None:
         """Tell the interventions that the current task (or ``task_id``) ends."""
         task = self.current_task if task_id is None else task_id
         if task is None:
             raise ValueError("end_task() needs a task_id when no task was started with start_task()")
-        self._hooks("on_task_end", self, task)
+        self._hooks("on_task_end", self._algo, task)
 
 
 class _HookCallback(BaseCallback):

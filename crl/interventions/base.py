@@ -41,8 +41,7 @@ class Intervention(BaseModel, TrainingHook):
         unknown = sorted(set(params) - set(type(self).model_fields))
         if unknown:
             raise InterventionError(
-                f"intervention {self.name!r} has no parameter(s) {unknown}; "
-                f"its parameters are {self.parameter_help()}"
+                f"intervention {self.name!r} has no parameter(s) {unknown}; its parameters are {self.parameter_help()}"
             )
         try:
             super().__init__(**params)
