@@ -12,10 +12,11 @@ import inspect
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
 from stable_baselines3.common.type_aliases import MaybeCallback
 
-from crl.hooks import HookDispatcher
+from crl.hooks import GradientStep, HookDispatcher
 from crl.interventions.base import Intervention, make_interventions
 
 if TYPE_CHECKING:
@@ -86,6 +87,26 @@ class ContinualAlgorithm:
     def _excluded_save_params(self) -> list[str]:
         # The dispatcher is rebuilt from `interventions` by `_setup_model` on load.
         return [*super()._excluded_save_params(), "_hooks"]  # type: ignore[misc]
+
+    def _optimize(
+        self,
+        step: GradientStep | None,
+        loss_name: str,
+        loss: th.Tensor,
+        optimizer: th.optim.Optimizer,
+        clip: tuple[Iterable[th.nn.Parameter], float] | None = None,
+    ) -> None:
+        """One optimizer step on ``loss`` plus the hooks' auxiliary terms, with the gradient-step hooks.
+
+        :param clip: ``(parameters, max_grad_norm)`` when the algorithm clips the gradient norm
+        """
+        loss = self._hooks.add_auxiliary_losses(self._algo, step, loss_name, loss)
+        optimizer.zero_grad()
+        loss.backward()
+        grad_norm = th.nn.utils.clip_grad_norm_(*clip) if clip is not None else None
+        self._hooks.after_backward(self._algo, step, optimizer, grad_norm)
+        optimizer.step()
+        self._hooks.after_optimizer_step(self._algo, step)
 
     def start_task(self, task_id: int) -> None:
         """Tell the interventions that task ``task_id`` of a sequence starts."""

@@ -56,14 +56,8 @@ class DQN(ContinualAlgorithm, sb3.DQN):
             # Huber loss between Q(s, a) and y
             loss = F.smooth_l1_loss(current_q_values, target_q_values)
             losses.append(loss.item())
-            loss = hooks.add_auxiliary_losses(self, step, "q_net", loss)
-
-            self.policy.optimizer.zero_grad()
-            loss.backward()
-            grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-            hooks.after_backward(self, step, self.policy.optimizer, grad_norm)
-            self.policy.optimizer.step()
-            hooks.after_optimizer_step(self, step)
+            clip = (self.policy.parameters(), self.max_grad_norm)
+            self._optimize(step, "q_net", loss, self.policy.optimizer, clip=clip)
 
         self._n_updates += gradient_steps
 

@@ -105,13 +105,8 @@ class PPO(ContinualAlgorithm, sb3.PPO):
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
                     break
 
-                loss = hooks.add_auxiliary_losses(self, step, "policy", loss)
-                self.policy.optimizer.zero_grad()
-                loss.backward()
-                grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-                hooks.after_backward(self, step, self.policy.optimizer, grad_norm)
-                self.policy.optimizer.step()
-                hooks.after_optimizer_step(self, step)
+                clip = (self.policy.parameters(), self.max_grad_norm)
+                self._optimize(step, "policy", loss, self.policy.optimizer, clip=clip)
 
             self._n_updates += 1
             if not continue_training:

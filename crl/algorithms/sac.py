@@ -92,26 +92,14 @@ class SAC(ContinualAlgorithm, sb3.SAC):
             critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
             assert isinstance(critic_loss, th.Tensor)  # for type checker
             critic_losses.append(critic_loss.item())
-            critic_loss = hooks.add_auxiliary_losses(self, step, "critic", critic_loss)
-
-            self.critic.optimizer.zero_grad()
-            critic_loss.backward()
-            hooks.after_backward(self, step, self.critic.optimizer)
-            self.critic.optimizer.step()
-            hooks.after_optimizer_step(self, step)
+            self._optimize(step, "critic", critic_loss, self.critic.optimizer)
 
             # J_pi = E[alpha log pi(a~|s) - min_i Q_i(s, a~)]
             q_values_pi = th.cat(self.critic(replay_data.observations, actions_pi), dim=1)
             min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)
             actor_loss = (ent_coef * log_prob - min_qf_pi).mean()
             actor_losses.append(actor_loss.item())
-            actor_loss = hooks.add_auxiliary_losses(self, step, "actor", actor_loss)
-
-            self.actor.optimizer.zero_grad()
-            actor_loss.backward()
-            hooks.after_backward(self, step, self.actor.optimizer)
-            self.actor.optimizer.step()
-            hooks.after_optimizer_step(self, step)
+            self._optimize(step, "actor", actor_loss, self.actor.optimizer)
 
             if gradient_step % self.target_update_interval == 0:
                 polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
