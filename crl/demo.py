@@ -5,7 +5,7 @@ of CartPole tasks, each seeing the observations through a different fixed permut
 (:class:`crl.wrappers.ObservationShift`, SPEC.md §5), in three variants: one network trained on
 through all tasks, the same with LayerNorm, and a fresh network per task (the reference for how well
 a task can be learned from scratch). It prints the mean return of the last 20 % of each task's
-episodes. Default budget: 3 tasks x 15k steps x 3 variants, about 3 minutes on a 2-core CPU.
+episodes. Default budget: 4 tasks x 15k steps x 3 variants, about 3 minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def _summary(results: dict[str, list[float]], n_tasks: int) -> Table:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, list[float]]:
     parser = argparse.ArgumentParser(prog="python -m crl.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=3, help="number of tasks (default 3)")
+    parser.add_argument("--tasks", type=int, default=4, help="number of tasks (default 4)")
     parser.add_argument("--steps", type=int, default=15_000, help="env steps per task (default 15000)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
