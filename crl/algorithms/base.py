@@ -68,11 +68,11 @@ class ContinualAlgorithm:
 
     def _setup_model(self) -> None:
         for intervention in self.interventions:
-            intervention.check(self)  # type: ignore[arg-type]
+            intervention.check(self._algo)
         # A copy: interventions write policy options into it, and the user's dict must stay as given.
         self.policy_kwargs = dict(self.policy_kwargs)
         for intervention in self.interventions:
-            intervention.configure_policy(self, self.policy_kwargs)  # type: ignore[arg-type]
+            intervention.configure_policy(self._algo, self.policy_kwargs)
         super()._setup_model()  # type: ignore[misc]
         self._hooks = HookDispatcher(self.interventions)
         self._hooks("on_setup", self._algo)
