@@ -1,0 +1,43 @@
+"""Plasticity metrics (SPEC.md §1): pure functions on feature tensors and parameters."""
+
+from crl.metrics.functions import (
+    DORMANT_TAU,
+    activation_kind,
+    dead_units,
+    dormant_mask,
+    dormant_ratio,
+    effective_rank,
+    fau,
+    feature_norm,
+    feature_rank,
+    grad_norm,
+    inactive_mask,
+    pca_rank,
+    rank_metrics,
+    singular_values,
+    srank,
+    unit_scores,
+    weight_change,
+    weight_magnitude,
+)
+
+__all__ = [
+    "DORMANT_TAU",
+    "activation_kind",
+    "dead_units",
+    "dormant_mask",
+    "dormant_ratio",
+    "effective_rank",
+    "fau",
+    "feature_norm",
+    "feature_rank",
+    "grad_norm",
+    "inactive_mask",
+    "pca_rank",
+    "rank_metrics",
+    "singular_values",
+    "srank",
+    "unit_scores",
+    "weight_change",
+    "weight_magnitude",
+]

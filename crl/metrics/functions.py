@@ -1,0 +1,242 @@
+"""Plasticity metrics as pure functions on tensors (SPEC.md §1).
+
+Notation: ``phi`` is a feature matrix with one row per probe sample (N x D). Features of conv layers
+(N x C x H x W) are flattened per sample for the ranks and norms; for unit-level metrics (dormant,
+dead, active) a conv *channel* is the unit and is averaged over the batch and both spatial axes.
+
+Singular values are taken without centring or normalisation, as every reference implementation does.
+All functions are side-effect free and never build an autograd graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+import torch as th
+
+RANK_DELTA = 0.01
+"""Kumar et al. 2021's threshold: keep the singular values that explain 99 % of their sum."""
+FEATURE_RANK_EPSILON = 0.01
+"""Lyle et al. 2022's threshold on ``s_k / sqrt(N)``."""
+DORMANT_TAU = 0.025
+"""Default threshold of :func:`dormant_ratio` (ReDo recycles at 0.1, see :func:`unit_scores`)."""
+SCORE_EPSILON = 1e-9
+TANH_SATURATION = 0.99
+
+ActivationKind = Literal["relu", "tanh"]
+
+
+def _as_matrix(phi: th.Tensor) -> th.Tensor:
+    """N x D view of a batch of features (conv maps flattened per sample)."""
+    if phi.dim() < 2:
+        raise ValueError(f"features must have a batch dimension and at least one unit, got shape {tuple(phi.shape)}")
+    return phi.detach().reshape(phi.shape[0], -1)
+
+
+def singular_values(phi: th.Tensor) -> th.Tensor:
+    """Singular values of the N x D feature matrix, in decreasing order, as float64."""
+    return th.linalg.svdvals(_as_matrix(phi).float()).double()
+
+
+def _threshold_rank(weights: th.Tensor, delta: float) -> int:
+    """Smallest k with ``sum_{i<=k} w_i / sum_i w_i >= 1 - delta`` (0 for an all-zero matrix)."""
+    total = weights.sum()
+    if total <= 0:
+        return 0
+    explained = th.cumsum(weights, dim=0) / total
+    # The unit that crosses the threshold counts, hence +1 on its index. The small slack absorbs
+    # float round-off for matrices whose spectrum lands exactly on the threshold.
+    return int(th.searchsorted(explained, th.tensor([1.0 - delta - 1e-12], dtype=explained.dtype)).item()) + 1
+
+
+def srank_from_singular_values(s: th.Tensor, delta: float = RANK_DELTA) -> int:
+    """:func:`srank` from precomputed singular values."""
+    return _threshold_rank(s, delta)
+
+
+def pca_rank_from_singular_values(s: th.Tensor, delta: float = RANK_DELTA) -> int:
+    """:func:`pca_rank` from precomputed singular values."""
+    return _threshold_rank(s.square(), delta)
+
+
+def effective_rank_from_singular_values(s: th.Tensor) -> float:
+    """:func:`effective_rank` from precomputed singular values."""
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s / total
+    entropy = -th.special.xlogy(p, p).sum()  # xlogy gives 0 log 0 = 0
+    return float(th.exp(entropy))
+
+
+def feature_rank_from_singular_values(s: th.Tensor, n_samples: int, epsilon: float = FEATURE_RANK_EPSILON) -> int:
+    """:func:`feature_rank` from precomputed singular values of an ``n_samples``-row matrix."""
+    return int((s / n_samples**0.5 > epsilon).sum())
+
+
+def srank(phi: th.Tensor, delta: float = RANK_DELTA) -> int:
+    """Effective feature rank ``srank_delta`` of Kumar et al. 2021, "Implicit Under-Parameterization".
+
+    ``srank = min{k : sum_{i<=k} s_i / sum_i s_i >= 1 - delta}``: the number of singular values
+    needed to explain ``1 - delta`` of their sum, counting the one that crosses the threshold. A
+    matrix of identical rows has srank 1; the D x D identity has srank D. Not the "stable rank".
+
+    :param phi: features, N x D (or N x C x H x W, flattened per sample)
+    :param delta: the threshold
+    """
+    return srank_from_singular_values(singular_values(phi), delta)
+
+
+def effective_rank(phi: th.Tensor) -> float:
+    """Effective rank of Roy & Vetterli 2007: ``exp(-sum_k p_k log p_k)`` with ``p_k = s_k / sum s``.
+
+    Real-valued; ``0 log 0 = 0``. The D x D identity has effective rank D.
+    """
+    return effective_rank_from_singular_values(singular_values(phi))
+
+
+def pca_rank(phi: th.Tensor, delta: float = RANK_DELTA) -> int:
+    """Number of principal directions explaining ``1 - delta`` of the variance: srank on ``s_i^2``.
+
+    The "feature rank" of Moalla et al. 2024 (PFO), uncentred like theirs.
+    """
+    return pca_rank_from_singular_values(singular_values(phi), delta)
+
+
+def feature_rank(phi: th.Tensor, epsilon: float = FEATURE_RANK_EPSILON) -> int:
+    """Feature rank of Lyle et al. 2022, "Understanding and Preventing Capacity Loss in RL".
+
+    ``#{k : s_k / sqrt(N) > epsilon}`` for an N-row feature matrix.
+    """
+    matrix = _as_matrix(phi)
+    return feature_rank_from_singular_values(singular_values(matrix), matrix.shape[0], epsilon)
+
+
+def _per_unit(h: th.Tensor) -> th.Tensor:
+    """Mean of ``|h|`` per unit: averaged over the batch and, for conv maps, over H and W."""
+    if h.dim() < 2:
+        raise ValueError(f"features must have a batch dimension and units, got shape {tuple(h.shape)}")
+    reduce_dims = [0, *range(2, h.dim())]
+    return h.detach().abs().mean(dim=reduce_dims)
+
+
+def unit_scores(h: th.Tensor) -> th.Tensor:
+    """ReDo's normalised unit scores (Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep RL").
+
+    ``a_i = mean_batch |h_i|`` divided by the layer's MEAN score, ``a_i / (mean_k a_k + 1e-9)``, as in
+    the official code (the paper's text says the sum). Conv channels are averaged over batch, H and W.
+
+    :param h: post-activation features of one layer, N x D or N x C x H x W
+    :return: one score per unit (D or C)
+    """
+    scores = _per_unit(h)
+    return scores / (scores.mean() + SCORE_EPSILON)
+
+
+def dormant_mask(h: th.Tensor, tau: float = DORMANT_TAU) -> th.Tensor:
+    """Boolean mask of the units of one layer whose normalised score is ``<= tau``."""
+    return unit_scores(h) <= tau
+
+
+def dormant_ratio(layers: Sequence[th.Tensor], tau: float = DORMANT_TAU) -> tuple[float, list[float]]:
+    """Fraction of dormant units, pooled over the given hidden layers, and per layer.
+
+    :param layers: post-activation features of each hidden layer (never the output layer)
+    :param tau: dormancy threshold on the normalised score of :func:`unit_scores`
+    :return: ``(dormant units / all units, [ratio of each layer])``
+    """
+    masks = [dormant_mask(h, tau) for h in layers]
+    return _pooled(masks), [float(mask.float().mean()) for mask in masks]
+
+
+def dead_units(layers: Sequence[th.Tensor]) -> float:
+    """Fraction of units that are exactly zero on every probe sample (PFO's "dead neurons").
+
+    Pooled over the layers; a conv channel is dead when it is zero at every sample and position.
+    """
+    return _pooled([_per_unit(h) == 0 for h in layers])
+
+
+def _pooled(masks: Sequence[th.Tensor]) -> float:
+    units = sum(mask.numel() for mask in masks)
+    return float(sum(int(mask.sum()) for mask in masks)) / units if units else 0.0
+
+
+def inactive_mask(h: th.Tensor, activation: ActivationKind = "relu") -> th.Tensor:
+    """Entries of a post-activation tensor that are inactive.
+
+    ReLU-like activations: the entry is ``<= 0`` (for ReLU and CReLU this is exactly ``== 0``; for
+    leaky or smooth variants, the negative branch). tanh: the entry is saturated, ``|h| > 0.99``.
+    """
+    h = h.detach()
+    if activation == "tanh":
+        return h.abs() > TANH_SATURATION
+    if activation == "relu":
+        return h <= 0
+    raise ValueError(f"activation={activation!r}: expected 'relu' or 'tanh'")
+
+
+def fau(layers: Sequence[th.Tensor], activation: ActivationKind | Sequence[ActivationKind] = "relu") -> float:
+    """Fraction of active units of Ma et al. 2023 ("Revisiting Plasticity in Visual RL").
+
+    ``1 - mean(Phi == 0)`` pooled over all N x D post-activation entries of the given layers.
+
+    :param layers: post-activation features of each hidden layer
+    :param activation: the layers' activation kind, one for all or one per layer
+    """
+    kinds = [activation] * len(layers) if isinstance(activation, str) else list(activation)
+    if len(kinds) != len(layers):
+        raise ValueError(f"got {len(kinds)} activation kinds for {len(layers)} layers")
+    entries = sum(h.numel() for h in layers)
+    if entries == 0:
+        return 0.0
+    inactive = sum(int(inactive_mask(h, kind).sum()) for h, kind in zip(layers, kinds, strict=True))
+    return 1.0 - inactive / entries
+
+
+def feature_norm(phi: th.Tensor) -> float:
+    """Mean over samples of the L2 norm of each sample's feature vector (PFO's collapse indicator)."""
+    return float(th.linalg.vector_norm(_as_matrix(phi).float(), dim=1).mean())
+
+
+def weight_magnitude(parameters: Iterable[th.Tensor]) -> float:
+    """Root mean square of all parameters of a network: ``sqrt(sum theta^2 / #theta)``."""
+    tensors = [p.detach() for p in parameters]
+    count = sum(t.numel() for t in tensors)
+    if count == 0:
+        return 0.0
+    return (sum(float(t.double().square().sum()) for t in tensors) / count) ** 0.5
+
+
+def weight_change(parameters: Iterable[th.Tensor], previous: Iterable[th.Tensor]) -> float:
+    """Root mean square change of the parameters since ``previous`` (same shapes, same order)."""
+    deltas = [p.detach() - q.detach() for p, q in zip(parameters, previous, strict=True)]
+    return weight_magnitude(deltas)
+
+
+def grad_norm(parameters: Iterable[th.Tensor]) -> float:
+    """Total L2 norm of the parameters' current gradients (parameters without one are skipped).
+
+    During training crl reads the norm of the real update, before clipping, and averages it over the
+    update's minibatches; this function is the same norm for one ``.grad`` state.
+    """
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
+    return float(th.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
+def rank_metrics(phi: th.Tensor) -> Mapping[str, float]:
+    """The four ranks of one feature matrix from a single SVD."""
+    matrix = _as_matrix(phi)
+    s = singular_values(matrix)
+    return {
+        "srank": srank_from_singular_values(s),
+        "effective_rank": effective_rank_from_singular_values(s),
+        "pca_rank": pca_rank_from_singular_values(s),
+        "feature_rank": feature_rank_from_singular_values(s, matrix.shape[0]),
+    }
+
+
+def activation_kind(activation: th.nn.Module) -> ActivationKind:
+    """How :func:`fau` judges the units behind an activation module: saturation for tanh, else sign."""
+    return "tanh" if isinstance(activation, th.nn.Tanh) else "relu"

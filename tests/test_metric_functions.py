@@ -1,0 +1,122 @@
+"""The metric functions against values computed by hand (SPEC.md §1)."""
+
+import math
+
+import pytest
+import torch as th
+
+from crl import metrics
+
+
+def test_ranks_of_identity() -> None:
+    phi = th.eye(8)
+    assert metrics.srank(phi) == 8
+    assert metrics.pca_rank(phi) == 8
+    assert metrics.effective_rank(phi) == pytest.approx(8.0)
+    # s_k / sqrt(N) = 1 / sqrt(8) > 0.01 for all 8 values
+    assert metrics.feature_rank(phi) == 8
+
+
+def test_identical_rows_have_rank_one() -> None:
+    phi = th.arange(1.0, 6.0).repeat(10, 1)  # 10 identical rows
+    assert metrics.srank(phi) == 1
+    assert metrics.pca_rank(phi) == 1
+    assert metrics.feature_rank(phi) == 1
+    assert metrics.effective_rank(phi) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_rank_deficient_matrix() -> None:
+    # Columns 3..5 copy columns 0..2: rank 3 with singular values 2, 2, 2 (each unit column has norm sqrt 2).
+    base = th.eye(3)
+    phi = th.cat((base, base), dim=1)
+    assert metrics.srank(phi) == 3
+    assert metrics.effective_rank(phi) == pytest.approx(3.0)
+    assert metrics.feature_rank(phi) == 3
+
+
+def test_srank_counts_the_unit_that_crosses_the_threshold() -> None:
+    # Singular values 98, 1, 1: the first explains 98 % < 99 %, the first two 99 % -> srank 2.
+    phi = th.diag(th.tensor([98.0, 1.0, 1.0]))
+    assert metrics.srank(phi) == 2
+    # Squares: 9604, 1, 1 -> the first explains 99.98 % of the variance.
+    assert metrics.pca_rank(phi) == 1
+    p = th.tensor([0.98, 0.01, 0.01], dtype=th.float64)
+    assert metrics.effective_rank(phi) == pytest.approx(math.exp(float(-(p * p.log()).sum())), rel=1e-6)
+
+
+def test_scaling_changes_feature_rank_only() -> None:
+    phi = th.diag(th.tensor([1.0, 0.5, 0.001]))
+    scaled = phi * 100
+    for rank in (metrics.srank, metrics.pca_rank, metrics.effective_rank):
+        assert rank(scaled) == pytest.approx(rank(phi))
+    # N = 3: threshold 0.01 * sqrt(3) = 0.0173 -> 2 values pass before scaling, 3 after.
+    assert metrics.feature_rank(phi) == 2
+    assert metrics.feature_rank(scaled) == 3
+
+
+def test_zero_matrix() -> None:
+    phi = th.zeros(4, 3)
+    assert metrics.srank(phi) == 0
+    assert metrics.effective_rank(phi) == 0.0
+    assert metrics.feature_rank(phi) == 0
+
+
+def test_rank_metrics_agree_with_single_functions() -> None:
+    phi = th.randn(64, 16, generator=th.Generator().manual_seed(0))
+    ranks = metrics.rank_metrics(phi)
+    assert ranks == {
+        "srank": metrics.srank(phi),
+        "effective_rank": metrics.effective_rank(phi),
+        "pca_rank": metrics.pca_rank(phi),
+        "feature_rank": metrics.feature_rank(phi),
+    }
+
+
+def test_dormant_scores_use_the_layer_mean() -> None:
+    # Mean |h| per unit: 1, 3, 0, 0 -> layer mean 1 -> scores 1, 3, 0, 0.
+    h = th.tensor([[1.0, 3.0, 0.0, 0.0], [-1.0, 3.0, 0.0, 0.0]])
+    assert th.allclose(metrics.unit_scores(h), th.tensor([1.0, 3.0, 0.0, 0.0]))
+    pooled, per_layer = metrics.dormant_ratio([h, th.ones(2, 6)], tau=0.025)
+    assert per_layer == [0.5, 0.0]
+    assert pooled == pytest.approx(2 / 10)
+    # tau = 1 also catches the unit whose score equals the threshold
+    assert metrics.dormant_ratio([h], tau=1.0)[0] == 0.75
+
+
+def test_conv_channels_are_units() -> None:
+    h = th.ones(5, 3, 4, 4)
+    h[:, 1] = 0.0
+    h[:, 2] = 0.0
+    h[0, 2, 0, 0] = 6.0
+    # Channel means of |h| over batch, H, W: 1, 0, 6/80 -> layer mean 1.075/3 -> scores 2.79, 0, 0.209
+    assert metrics.dead_units([h]) == pytest.approx(1 / 3)
+    assert metrics.dormant_ratio([h], tau=0.025)[0] == pytest.approx(1 / 3)
+    assert metrics.dormant_ratio([h], tau=0.25)[0] == pytest.approx(2 / 3)
+    assert metrics.unit_scores(h)[2].item() == pytest.approx(0.075 / (1.075 / 3), rel=1e-5)
+
+
+def test_dead_units_and_fau() -> None:
+    h = th.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    assert metrics.dead_units([h]) == pytest.approx(1 / 3)
+    assert metrics.fau([h]) == pytest.approx(1 - 4 / 6)
+    tanh_h = th.tensor([[0.995, 0.5], [-1.0, 0.0]])
+    assert metrics.fau([tanh_h], "tanh") == pytest.approx(0.5)
+    assert metrics.fau([h, tanh_h], ["relu", "tanh"]) == pytest.approx(1 - 6 / 10)
+
+
+def test_norms() -> None:
+    phi = th.tensor([[3.0, 4.0], [0.0, 1.0]])
+    assert metrics.feature_norm(phi) == pytest.approx(3.0)
+    params = [th.tensor([1.0, -1.0]), th.tensor([[2.0, 2.0], [0.0, 0.0]])]
+    assert metrics.weight_magnitude(params) == pytest.approx(math.sqrt(10 / 6))
+    moved = [p + 1 for p in params]
+    assert metrics.weight_change(moved, params) == pytest.approx(1.0)
+
+
+def test_grad_norm_matches_the_gradient() -> None:
+    layer = th.nn.Linear(2, 1)
+    layer.weight.data = th.tensor([[1.0, 2.0]])
+    layer.bias.data.zero_()
+    layer(th.tensor([[3.0, 4.0]])).sum().backward()
+    # d/dw = x = (3, 4), d/db = 1
+    assert metrics.grad_norm(layer.parameters()) == pytest.approx(math.sqrt(9 + 16 + 1))
