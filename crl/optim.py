@@ -1,0 +1,51 @@
+"""Keeping an optimizer consistent with parameters that were re-initialised (SPEC.md §2).
+
+torch's Adam-family optimizers keep per-parameter state (``step``, ``exp_avg``, ``exp_avg_sq``,
+``max_exp_avg_sq``). When a whole tensor is re-initialised its state is dropped and the optimizer
+starts it afresh (step 0) on its next update; when only some entries (units) are re-initialised,
+their moments are zeroed and the tensor's shared ``step`` is left as it is, since torch keeps one
+step counter per tensor.
+"""
+
+from __future__ import annotations
+
+import torch as th
+
+MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "acc_delta")
+"""Per-entry state of torch's optimizers (Adam/AdamW, SGD momentum, RMSprop, Adadelta)."""
+
+
+def clear_optimizer_state(optimizer: th.optim.Optimizer) -> None:
+    """Forget all optimizer state, as if the optimizer had just been created (learning rates kept)."""
+    optimizer.state.clear()
+
+
+def reset_parameter_state(optimizer: th.optim.Optimizer, parameter: th.Tensor, index: th.Tensor | None = None) -> None:
+    """Zero the optimizer state of ``parameter``, or of the entries ``parameter[index]``.
+
+    :param optimizer: the optimizer that updates ``parameter`` (nothing happens if it has no state)
+    :param parameter: the parameter tensor
+    :param index: anything that indexes the first dimension (rows = output units), e.g. a boolean
+        mask or index tensor; ``None`` resets the whole tensor including its step counter
+    """
+    state = optimizer.state.get(parameter)
+    if not state:
+        return
+    if index is None:
+        del optimizer.state[parameter]
+        return
+    for key in MOMENT_KEYS:
+        moment = state.get(key)
+        if isinstance(moment, th.Tensor) and moment.shape == parameter.shape:
+            moment[index] = 0.0
+
+
+def reset_parameter_columns_state(optimizer: th.optim.Optimizer, parameter: th.Tensor, columns: th.Tensor) -> None:
+    """Zero the optimizer state of the input columns ``parameter[:, columns]`` (outgoing weights of units)."""
+    state = optimizer.state.get(parameter)
+    if not state:
+        return
+    for key in MOMENT_KEYS:
+        moment = state.get(key)
+        if isinstance(moment, th.Tensor) and moment.shape == parameter.shape:
+            moment[:, columns] = 0.0
