@@ -1,0 +1,83 @@
+"""One-line, actionable messages for invalid configuration files.
+
+Configuration files are parsed with ``yaml.safe_load`` and validated by pydantic models. A pydantic
+``ValidationError`` lists every problem with its location; :func:`describe_validation_error` turns the
+first one into a single line that names the key's path, the value given and what is allowed, with a
+"did you mean" suggestion for a misspelled key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used. Its message is one line."""
+
+
+def key_path(location: Sequence[str | int]) -> str:
+    """``("tasks", 2, "budget")`` -> ``tasks[2].budget``."""
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def suggest(name: str, allowed: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest allowed name, or an empty string."""
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _fields_at(model: type[BaseModel], location: Sequence[str | int]) -> list[str]:
+    """The field names of the model that holds the key at ``location`` (empty when not a model)."""
+    current: Any = model
+    for part in location[:-1]:
+        if isinstance(part, int):  # a list item: the field's annotation already led to the item's model
+            continue
+        if not _is_model(current) or part not in current.model_fields:
+            return []
+        current = _item_model(current.model_fields[part].annotation)
+    return list(current.model_fields) if _is_model(current) else []
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _item_model(annotation: Any) -> Any:
+    """The pydantic model inside ``list[M]``, ``M | None`` and the like, else the annotation itself."""
+    if _is_model(annotation):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _item_model(arg)
+        if _is_model(found):
+            return found
+    return annotation
+
+
+def describe_validation_error(error: ValidationError, model: type[BaseModel], source: str) -> str:
+    """One line describing the first problem of ``error``, prefixed by ``source`` (e.g. the file name)."""
+    # A misspelled key also makes the intended key "missing": report the misspelling.
+    first = min(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    location = [part for part in first["loc"] if not _is_union_tag(part)]
+    path = key_path(location) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        allowed = _fields_at(model, location)
+        hint = suggest(str(location[-1]), allowed) if location else ""
+        allowed_text = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+        return f"{source}: unknown key {path!r}{hint}{allowed_text}"
+    message = first["msg"]
+    if first["type"] == "missing":
+        return f"{source}: missing required key {path!r}"
+    value = first.get("input")
+    return f"{source}: key {path!r} = {value!r}: {message}"
+
+
+def _is_union_tag(part: str | int) -> bool:
+    # pydantic inserts the member type's name (e.g. "float", "function-after[...]") into union locations
+    return isinstance(part, str) and ("[" in part or part in {"int", "float", "str", "bool", "list", "dict"})

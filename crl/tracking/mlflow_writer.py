@@ -1,0 +1,55 @@
+"""An SB3 logger output format that sends every numeric value to an MLflow run.
+
+SB3's documented MLflow integration is a ``KVWriter`` whose ``write`` logs the dumped key-values
+with ``step`` = the logger's step (env steps). This one logs to an explicit run through
+:class:`mlflow.MlflowClient` in one batch per dump, so several runs (one per seed, in other
+processes) can be written at once without relying on MLflow's active-run stack.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from numbers import Real
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from stable_baselines3.common.logger import KVWriter
+
+EXCLUDE_NAME = "mlflow"
+"""Pass ``exclude="mlflow"`` to ``logger.record`` to keep a value out of MLflow."""
+
+
+class MLflowOutputFormat(KVWriter):
+    """Writes the numeric values of each ``logger.dump(step)`` as metrics of one MLflow run.
+
+    Strings, videos, figures and values excluded for ``"mlflow"`` are skipped; so are NaN and
+    infinite values, which MLflow's SQL stores reject.
+
+    :param run_id: the run that receives the metrics
+    :param client: the MLflow client to use (by default one for the current tracking URI)
+    """
+
+    def __init__(self, run_id: str, client: MlflowClient | None = None) -> None:
+        self.run_id = run_id
+        self.client = client if client is not None else MlflowClient()
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        timestamp = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), timestamp, step)
+            for key, value in key_values.items()
+            if _is_loggable(value) and EXCLUDE_NAME not in (key_excluded.get(key) or ())
+        ]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+
+    def close(self) -> None:
+        """Nothing to release: the run's lifetime belongs to whoever created it."""
+
+
+def _is_loggable(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return False
+    return math.isfinite(float(value))
