@@ -47,7 +47,8 @@ class InjectedHead(nn.Module):
         self.new_frozen = copy.deepcopy(new).requires_grad_(False)
 
     def forward(self, x: th.Tensor) -> th.Tensor:
-        return self.old(x) + self.new(x) - self.new_frozen(x)
+        # The difference first: it is exactly zero at injection, so the output is exactly h_old's.
+        return self.old(x) + (self.new(x) - self.new_frozen(x))
 
     def branches(self) -> tuple[nn.Module, nn.Module, nn.Module]:
         return self.old, self.new, self.new_frozen

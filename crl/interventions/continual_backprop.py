@@ -36,7 +36,8 @@ class ContinualBackprop(Intervention):
     eligible; each update, ``replacement_rate * #eligible`` units are due per layer, accumulated
     fractionally, and the due number of lowest-utility eligible units get fresh incoming weights, zero
     bias and zero outgoing weights (the output is unchanged), their moments zeroed, utility and age
-    reset. Logs ``interventions/continual_backprop/replaced`` (units replaced in the last ``train()``).
+    reset. Logs ``interventions/continual_backprop/replaced`` (units replaced in the last ``train()``)
+    and ``.../replaced_total``.
 
     :param replacement_rate: rho, fraction of eligible units replaced per update (RL: 1e-4)
     :param maturity: m, updates a unit must survive before it can be replaced (RL: 10_000)
@@ -57,6 +58,7 @@ class ContinualBackprop(Intervention):
     _age: dict[str, th.Tensor] = PrivateAttr(default_factory=dict)
     _due: dict[str, float] = PrivateAttr(default_factory=dict)
     _replaced: int = PrivateAttr(default=0)
+    _replaced_total: int = PrivateAttr(default=0)
     _layers: list[UnitLayer] | None = PrivateAttr(default=None)
     _structure: int = PrivateAttr(default=0)
 
@@ -108,9 +110,11 @@ class ContinualBackprop(Intervention):
             utility[units] = 0.0
             age[units] = 0
             self._replaced += n_replace
+            self._replaced_total += n_replace
 
     def on_train_end(self, algo: BaseAlgorithm) -> None:
         self.record(algo, "replaced", self._replaced)
+        self.record(algo, "replaced_total", self._replaced_total)
         self._replaced = 0
 
 
