@@ -85,8 +85,12 @@ class Intervention(BaseModel, TrainingHook):
         return state
 
     def record(self, algo: BaseAlgorithm, key: str, value: Any) -> None:
-        """Log ``value`` as ``interventions/<name>/<key>`` through the algorithm's SB3 logger."""
-        algo.logger.record(f"interventions/{self.name}/{key}", value)
+        """Log ``value`` as ``interventions/<name>/<key>`` through the algorithm's SB3 logger.
+
+        Before the first ``learn()`` SB3 has no logger yet, and nothing is logged.
+        """
+        if getattr(algo, "_logger", None) is not None:
+            algo.logger.record(f"interventions/{self.name}/{key}", value)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{key}={value!r}" for key, value in self.model_dump().items())
