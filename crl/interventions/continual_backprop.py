@@ -57,6 +57,7 @@ class ContinualBackprop(Intervention):
     _utility: dict[str, th.Tensor] = PrivateAttr(default_factory=dict)
     _age: dict[str, th.Tensor] = PrivateAttr(default_factory=dict)
     _due: dict[str, float] = PrivateAttr(default_factory=dict)
+    _updates: dict[str, int] = PrivateAttr(default_factory=dict)
     _replaced: int = PrivateAttr(default=0)
     _replaced_total: int = PrivateAttr(default=0)
     _layers: list[UnitLayer] | None = PrivateAttr(default=None)
@@ -87,16 +88,21 @@ class ContinualBackprop(Intervention):
     def after_optimizer_step(self, algo: BaseAlgorithm, step: GradientStep) -> None:
         networks = loss_networks(algo, step.loss_name)
         reinit: Reinitializer | None = None
+        decay, maturity = self.decay, self.maturity
+        utilities, ages, updates = self._utility, self._age, self._updates
         for layer in self._unit_layers(algo):
             if layer.network not in networks or layer.name not in step.features.get(layer.network, {}):
                 continue
             key = _key(layer)
             h = step.features[layer.network][layer.name].post.detach()
             mean_abs_h = layer.unit_view(h.abs().mean(dim=[0, *range(2, h.dim())])).mean(dim=0)
-            utility, age = self._utility[key], self._age[key]
-            utility.mul_(self.decay).add_(mean_abs_h * layer.outgoing_magnitude(), alpha=1.0 - self.decay)
+            utility, age = utilities[key], ages[key]
+            utility.mul_(decay).add_(mean_abs_h * layer.outgoing_magnitude(), alpha=1.0 - decay)
             age += 1
-            eligible = age > self.maturity
+            updates[key] = updates.get(key, 0) + 1
+            if updates[key] <= maturity:  # no unit can be mature yet: skip the bookkeeping
+                continue
+            eligible = age > maturity
             self._due[key] += self.replacement_rate * int(eligible.sum())
             n_replace = math.floor(self._due[key])
             if n_replace == 0:

@@ -74,16 +74,15 @@ class UnitLayer:
 
     def outgoing_magnitude(self) -> th.Tensor:
         """Mean ``|W_out|`` of each unit over all its outgoing weights."""
-        total = th.zeros(self.n_units, device=self.incoming.weight.device)
-        count = 0
-        for layer in self.outgoing:
-            weight = layer.weight.detach().abs()
-            n_out = weight.shape[0]
+        per_layer = [
             # out x (halves, units, block[, kh, kw]) -> mean over everything but the unit
-            per_unit = weight.reshape(n_out, self.halves, self.n_units, -1).mean(dim=(0, 1, 3))
-            total += per_unit
-            count += 1
-        return total / max(count, 1)
+            layer.weight.detach()
+            .abs()
+            .reshape(layer.weight.shape[0], self.halves, self.n_units, -1)
+            .mean(dim=(0, 1, 3))
+            for layer in self.outgoing
+        ]
+        return per_layer[0] if len(per_layer) == 1 else th.stack(per_layer).mean(dim=0)
 
 
 def _leaf_layers(policy: nn.Module, prefixes: Sequence[str], skip: set[nn.Module]) -> list[nn.Module]:
