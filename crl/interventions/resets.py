@@ -8,6 +8,7 @@ import torch as th
 from pydantic import Field, PrivateAttr
 from torch import nn
 
+from crl.hooks import GradientStep
 from crl.interventions.base import InterventionError
 from crl.interventions.network import Reinitializer, parameters_of, target_parameters, unit_layers
 from crl.interventions.schedule import ScheduledIntervention
@@ -127,9 +128,10 @@ class ShrinkPerturb(ScheduledIntervention):
     def apply(self, algo: BaseAlgorithm, reason: str) -> None:
         self._shrink_perturb(algo, trained_parameters(algo), reset_state=True)
 
-    def after_optimizer_step(self, algo: BaseAlgorithm, step: object) -> None:
+    def after_optimizer_step(self, algo: BaseAlgorithm, step: GradientStep) -> None:
         if self.after_every_update:
-            optimizer = step.optimizer  # type: ignore[attr-defined]
+            optimizer = step.optimizer
+            assert optimizer is not None
             parameters = [p for group in optimizer.param_groups for p in group["params"]]
             self._shrink_perturb(algo, parameters, reset_state=False)
 
