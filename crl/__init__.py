@@ -5,19 +5,44 @@ Train SB3 agents on sequences of tasks, with interventions against loss of plast
 
 from crl.algorithms import DQN, PPO, SAC, ContinualAlgorithm
 from crl.hooks import GradientStep, TrainingHook
-from crl.interventions import Intervention, InterventionError, LayerNorm, make_intervention
+from crl.interventions import (
+    PFO,
+    AdaptiveReplayRatio,
+    ContinualBackprop,
+    Intervention,
+    InterventionError,
+    L2Init,
+    LayerNorm,
+    PlasticityInjection,
+    ReDo,
+    Reset,
+    ResetOptimizer,
+    ShrinkPerturb,
+    WeightDecay,
+    make_intervention,
+)
 from crl.version import __version__
 
 __all__ = [
     "DQN",
+    "PFO",
     "PPO",
     "SAC",
+    "AdaptiveReplayRatio",
     "ContinualAlgorithm",
+    "ContinualBackprop",
     "GradientStep",
     "Intervention",
     "InterventionError",
+    "L2Init",
     "LayerNorm",
+    "PlasticityInjection",
+    "ReDo",
+    "Reset",
+    "ResetOptimizer",
+    "ShrinkPerturb",
     "TrainingHook",
+    "WeightDecay",
     "__version__",
     "make_intervention",
 ]

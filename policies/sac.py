@@ -48,6 +48,11 @@ class _SACMixin(ContinualPolicyMixin):
         critics = {f"qf{index}": [extractor, f"critic.qf{index}"] for index in range(self.critic.n_critics)}
         return {"actor": ["actor"], **critics}
 
+    def output_layers(self) -> dict[str, list[str]]:
+        # With gSDE, log_std is a parameter, not a layer.
+        heads = ["actor.mu", "actor.log_std"] if isinstance(self.actor.log_std, th.nn.Module) else ["actor.mu"]
+        return {"actor": heads}
+
     def _run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
         actions_pi = self.actor(observations, deterministic=True)
         self.critic(observations, actions_pi if actions is None else actions)
