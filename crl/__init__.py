@@ -6,6 +6,7 @@ Train SB3 agents on sequences of tasks, with interventions against loss of plast
 from crl.algorithms import DQN, PPO, SAC, ContinualAlgorithm
 from crl.hooks import GradientStep, TrainingHook
 from crl.interventions import Intervention, InterventionError, LayerNorm, make_intervention
+from crl.metrics import MetricsConfig
 from crl.version import __version__
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "Intervention",
     "InterventionError",
     "LayerNorm",
+    "MetricsConfig",
     "TrainingHook",
     "__version__",
     "make_intervention",

@@ -10,7 +10,13 @@ import torch as th
 
 import crl
 from crl.interventions import Intervention
-from crl.metrics import hessian_top_eigenvalue, network_output, plasticity_probe
+from crl.metrics import (
+    draw_probe_batch,
+    hessian_top_eigenvalue,
+    network_output,
+    plasticity_probe,
+    training_loss_eigenvalues,
+)
 
 
 def test_hessian_of_a_known_quadratic() -> None:
@@ -109,3 +115,13 @@ def test_probe_loss_is_lower_for_a_fresh_q_network_than_a_dead_one() -> None:
             if isinstance(module, th.nn.Linear):
                 module.bias.fill_(-100.0)  # every ReLU unit dead: only the output bias can still learn
     assert _probe(fresh, "q_net", obs) < _probe(dead, "q_net", obs) / 2
+
+
+def test_probe_and_hessian_after_a_forward_pass_with_graph() -> None:
+    """SB3 policies keep their last action distribution (with its graph): the probe must still copy them."""
+    model = crl.PPO("MlpPolicy", "CartPole-v1", seed=0, n_steps=64, batch_size=32, n_epochs=1)
+    model.learn(64)
+    batch = draw_probe_batch(model, 64, seed=0)
+    eigenvalues = training_loss_eigenvalues(model, batch, iterations=5)
+    assert set(eigenvalues) == {"policy"} and np.isfinite(eigenvalues["policy"])
+    assert np.isfinite(_probe(model, "actor", batch.observations.numpy()))

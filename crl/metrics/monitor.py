@@ -79,6 +79,8 @@ class MetricsMonitor(TrainingHook):
         """The values of the last measurement, by logged name."""
         self.latest_timesteps: int | None = None
         """``num_timesteps`` at the last measurement."""
+        self.measurements = 0
+        """How many measurements were taken."""
         self.probe_batch: Any = None
         """The fixed probe batch (SB3 buffer samples), drawn at the first measurement."""
         self._suite = _Cadence(self.config.every)
@@ -90,8 +92,6 @@ class MetricsMonitor(TrainingHook):
 
     def on_train_start(self, algo: BaseAlgorithm) -> None:
         self._measuring = self._suite.due(algo.num_timesteps)
-        if self._measuring:
-            self._grad_norms = defaultdict(list)
 
     def after_backward(self, algo: BaseAlgorithm, step: GradientStep) -> None:
         if self._measuring:
@@ -125,8 +125,10 @@ class MetricsMonitor(TrainingHook):
             parameters = network_parameters(policy)
             values.update(weight_metrics(parameters, self._previous_weights))
             self._previous_weights = snapshot(parameters)
+            # The norms of the update just measured; a later measure() must not report them again.
+            grad_norms, self._grad_norms = self._grad_norms, defaultdict(list)
             values.update(
-                {metric_name(loss, WHOLE, "grad_norm"): sum(n) / len(n) for loss, n in self._grad_norms.items() if n}
+                {metric_name(loss, WHOLE, "grad_norm"): sum(n) / len(n) for loss, n in grad_norms.items() if n}
             )
             if self._probe.due(timesteps):
                 values.update(self._plasticity_probes(algo, seed))
@@ -139,6 +141,7 @@ class MetricsMonitor(TrainingHook):
             policy.set_training_mode(was_training)  # type: ignore[attr-defined]
         self._suite.done(timesteps)
         self.latest, self.latest_timesteps = values, timesteps
+        self.measurements += 1
         return values
 
     def _plasticity_probes(self, algo: BaseAlgorithm, seed: int) -> dict[str, float]:

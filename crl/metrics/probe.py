@@ -12,7 +12,6 @@ as SB3 initialises that policy, from a fixed seed, so the probe task is the same
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -102,13 +101,27 @@ def _optimizer_of(policy: ContinualPolicyMixin, parameters: list[th.nn.Parameter
 
 
 def fresh_copy(policy: ContinualPolicyMixin, seed: int) -> ContinualPolicyMixin:
-    """A freshly initialised policy of the same class and constructor arguments, in eval mode."""
+    """A freshly initialised policy of the same class and constructor arguments, in eval mode.
+
+    Initialised as SB3 initialises that policy, from ``seed``; torch's global stream is left as it was.
+    """
     with th.random.fork_rng(devices=[]):
         th.manual_seed(seed)
         fresh = type(policy)(**policy._get_constructor_parameters())  # type: ignore[attr-defined]
     fresh = fresh.to(policy.device)  # type: ignore[attr-defined]
     fresh.set_training_mode(False)
     return fresh  # type: ignore[no-any-return]
+
+
+def weight_copy(policy: ContinualPolicyMixin) -> ContinualPolicyMixin:
+    """A copy of ``policy`` with its current weights, in eval mode.
+
+    Built rather than deep-copied: a policy can hold tensors of its last forward pass (SB3's action
+    distribution), which ``copy.deepcopy`` refuses.
+    """
+    copied = fresh_copy(policy, seed=0)
+    copied.load_state_dict(policy.state_dict())  # type: ignore[attr-defined]
+    return copied
 
 
 def plasticity_probe(
@@ -143,8 +156,7 @@ def plasticity_probe(
     parameters = network_parameters(policy)[network]
     reference = _optimizer_of(policy, parameters)
     target = fresh if fresh is not None else fresh_copy(policy, seed)
-    learner = copy.deepcopy(policy)
-    learner.set_training_mode(False)  # type: ignore[attr-defined]
+    learner = weight_copy(policy)
     learner_parameters = network_parameters(learner)[network]
     hyperparameters = {key: value for key, value in reference.param_groups[0].items() if key != "params"}
     optimizer = type(reference)([{"params": learner_parameters, **hyperparameters}])  # type: ignore[call-arg]
