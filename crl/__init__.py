@@ -21,6 +21,7 @@ from crl.interventions import (
     WeightDecay,
     make_intervention,
 )
+from crl.metrics import MetricsConfig
 from crl.version import __version__
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "InterventionError",
     "L2Init",
     "LayerNorm",
+    "MetricsConfig",
     "PlasticityInjection",
     "ReDo",
     "Reset",
