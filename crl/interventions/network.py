@@ -17,9 +17,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch as th
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch import nn
 
+from crl.metrics.probe_batch import draw_probe_batch
 from crl.optim import algorithm_optimizers, reset_parameter_columns_state, reset_parameter_state
 from crl.policies.layers import ACTIVATION_TYPES, CReLU, InjectedHead
 
@@ -287,14 +290,10 @@ def parameters_of(modules: Iterable[nn.Module]) -> list[th.Tensor]:
 def probe_batch(algo: BaseAlgorithm, size: int) -> tuple[th.Tensor, th.Tensor | None]:
     """``size`` observations (and their actions, for off-policy critics) from the algorithm's data.
 
-    Off-policy: a replay-buffer sample (the buffer's own sampling, from numpy's seeded RNG).
-    On-policy: uniformly drawn rows of the last rollout (torch's seeded RNG); actions are not needed.
+    The same draw as the metrics monitor's probe batch (replay buffer, or the rollout ``train()`` just
+    used), but its seed comes from numpy's global generator: an intervention is part of training, so
+    its draws follow the algorithm's seed and the same seed gives the same run.
     """
-    replay_buffer = getattr(algo, "replay_buffer", None)
-    if replay_buffer is not None:
-        data = replay_buffer.sample(size, env=algo._vec_normalize_env)
-        return data.observations, data.actions
-    buffer = algo.rollout_buffer  # type: ignore[attr-defined]
-    observations = buffer.observations.reshape(-1, *buffer.obs_shape)
-    rows = th.randint(len(observations), (size,)).numpy()
-    return buffer.to_torch(observations[rows]), None
+    batch = draw_probe_batch(algo, size, seed=int(np.random.randint(2**31)))
+    actions = batch.actions if isinstance(batch, ReplayBufferSamples) else None
+    return batch.observations, actions
