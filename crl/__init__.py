@@ -4,6 +4,7 @@ Train SB3 agents on sequences of tasks, with interventions against loss of plast
 """
 
 from crl.algorithms import DQN, PPO, SAC, ContinualAlgorithm
+from crl.continual import learn_continual
 from crl.hooks import GradientStep, TrainingHook
 from crl.interventions import Intervention, InterventionError, LayerNorm, make_intervention
 from crl.version import __version__
@@ -19,5 +20,6 @@ __all__ = [
     "LayerNorm",
     "TrainingHook",
     "__version__",
+    "learn_continual",
     "make_intervention",
 ]
