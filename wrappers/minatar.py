@@ -1,8 +1,10 @@
 """MinAtar game-switch sequences (Young & Tian 2019): the CPU-scale analogue of Atari game cycles.
 
 MinAtar's five games are 10x10 grids with one boolean channel per object type; the number of
-channels differs between games (Breakout 4 ... Seaquest 10), so a sequence pads every game's
-observation with all-zero channels up to the largest count (:class:`crl.wrappers.sequence.PadChannels`).
+channels differs between games (Breakout 4 ... Seaquest 10), so a sequence gives every game all-zero
+extra channels up to the largest count. Every MinAtar game allocates its observation as
+``np.zeros((10, 10, len(self.channels)))``: registering unused channel names makes the game emit the
+padded grid itself, at no cost per step (a padding wrapper would add half of MinAtar's step time).
 All games use MinAtar's full action set of 6 actions (``MinAtar/<Game>-v0``), so the action spaces agree.
 """
 
@@ -21,8 +23,11 @@ _GAME_IDS["SpaceInvaders"] = "space_invaders"
 MINATAR_GAMES: tuple[str, ...] = tuple(_GAME_IDS)
 
 
-def minatar_env(game: str) -> gym.Env:
+def minatar_env(game: str, channels: int | None = None) -> gym.Env:
     """MinAtar's gymnasium env for ``game`` with the full action set (what ``MinAtar/<game>-v0`` builds).
+
+    :param game: one of :data:`MINATAR_GAMES`
+    :param channels: pad the observation with all-zero channels up to this many (default: the game's own)
 
     Built directly rather than through ``gymnasium.make``: minatar 1.0.15 registers its ids only on
     request and marks ``-v0`` (the full action set every game shares) as outdated. MinAtar's defaults
@@ -32,7 +37,24 @@ def minatar_env(game: str) -> gym.Env:
 
     if game not in _GAME_IDS:
         raise ValueError(f"game={game!r} is not a MinAtar game; available: {list(MINATAR_GAMES)}")
-    return BaseEnv(game=_GAME_IDS[game], use_minimal_action_set=False)
+    env = BaseEnv(game=_GAME_IDS[game], use_minimal_action_set=False)
+    if channels is not None:
+        _pad_channels(env, game, channels)
+    return env
+
+
+def _pad_channels(env: gym.Env, game: str, channels: int) -> None:
+    names: dict[str, int] = env.game.env.channels  # type: ignore[attr-defined]
+    own = len(names)
+    if channels < own:
+        raise ValueError(f"channels={channels} is fewer than {game}'s own {own} channels")
+    names.update({f"padding{index}": index for index in range(own, channels)})
+    env.observation_space = gym.spaces.Box(0.0, 1.0, (10, 10, channels), dtype=bool)  # type: ignore[arg-type]
+
+
+def n_channels(game: str) -> int:
+    """The number of observation channels of ``game``."""
+    return int(minatar_env(game).observation_space.shape[-1])  # type: ignore[index]
 
 
 def minatar_cycle(
@@ -48,8 +70,9 @@ def minatar_cycle(
     for game in games:
         if game not in MINATAR_GAMES:
             raise ValueError(f"game={game!r} is not a MinAtar game; available: {list(MINATAR_GAMES)}")
+    channels = max(n_channels(game) for game in games)
     tasks = [
-        Task(game, functools.partial(minatar_env, game), steps_per_task, task_id=index)
+        Task(game, functools.partial(minatar_env, game, channels), steps_per_task, task_id=index)
         for _ in range(cycles)
         for index, game in enumerate(games)
     ]

@@ -74,12 +74,15 @@ class PadChannels(gym.ObservationWrapper):
     def __init__(self, env: gym.Env, observation_space: spaces.Box) -> None:
         super().__init__(env)
         self.observation_space = observation_space
-        *grid, channels = observation_space.shape
-        own = env.observation_space.shape[-1]  # type: ignore[index]
-        self._padding = np.zeros((*grid, channels - own), observation_space.dtype)
+        self._shape = observation_space.shape
+        self._dtype = observation_space.dtype
+        self._own = np.s_[..., : env.observation_space.shape[-1]]  # type: ignore[index]
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
-        return np.concatenate((observation, self._padding), axis=-1)
+        # A fresh array filled in place: about half the time of np.concatenate on MinAtar's grids.
+        padded = np.zeros(self._shape, self._dtype)
+        padded[self._own] = observation
+        return padded
 
 
 class TaskIdObservation(gym.ObservationWrapper):
@@ -247,7 +250,8 @@ class TaskSequence:
         own = self._own_observation_spaces[index]
         if own.shape != self._base_observation_space.shape:
             env = PadChannels(env, self._base_observation_space)  # type: ignore[arg-type]
-        env = UnifiedSpaces(env, self._base_observation_space, self.action_space)
+        if env.observation_space != self._base_observation_space or env.action_space != self.action_space:
+            env = UnifiedSpaces(env, self._base_observation_space, self.action_space)
         if self.task_id_in_obs:
             env = TaskIdObservation(env, self.task_ids[index], self.n_task_ids)
         if action_seed is not None:
