@@ -35,7 +35,9 @@ class _Record(Intervention):
         self._events.append(("learn", None if buffer is None else buffer.pos, state, log_alpha))
 
     def on_task_end(self, algo, task_id: int) -> None:
-        self._events.append(("end", task_id, float(getattr(algo, "exploration_rate", float("nan")))))
+        rate = float(getattr(algo, "exploration_rate", float("nan")))
+        optimizer = getattr(algo.policy, "optimizer", None)
+        self._events.append(("end", task_id, rate, None if optimizer is None else optimizer.param_groups[0]["lr"]))
 
 
 DQN_SMALL = dict(learning_starts=100, train_freq=16, gradient_steps=4, batch_size=32, policy_kwargs=dict(net_arch=[32]))
@@ -67,16 +69,18 @@ def test_dqn_runs_through_three_cartpole_shifts() -> None:
     assert model.current_task == 2 and model.num_timesteps >= 400
 
 
-def test_exploration_can_run_over_the_whole_sequence() -> None:
+def test_schedules_can_run_over_the_whole_sequence() -> None:
     sequence = permuted_observations(n_tasks=3, steps_per_task=400)
     record = _Record()
-    model = _dqn(sequence, interventions=[record], exploration_fraction=0.5)
-    schedule = model.exploration_schedule
-    learn_continual(model, sequence, eval_every=10_000, n_eval_episodes=1, restart_exploration=False)
-    # epsilon after 400, 800 (1200) of 1200 steps, linear from 1 to 0.05 over the first half
-    rates = [event[2] for event in record._events if event[0] == "end"]
-    assert rates == pytest.approx([1 - (1 / 3) / 0.5 * 0.95, 0.05, 0.05], abs=0.02)
-    assert model.exploration_schedule is schedule  # restored after the loop
+    model = _dqn(sequence, interventions=[record], exploration_fraction=0.5, learning_rate=lambda left: 1e-3 * left)
+    schedules = model.exploration_schedule, model.lr_schedule
+    learn_continual(model, sequence, 10_000, n_eval_episodes=1, restart_exploration=False, restart_learning_rate=False)
+    ends = [event for event in record._events if event[0] == "end"]
+    # epsilon after 400, 800, 1200 of 1200 steps: linear from 1 to 0.05 over the first half
+    assert [event[2] for event in ends] == pytest.approx([1 - (1 / 3) / 0.5 * 0.95, 0.05, 0.05], abs=0.02)
+    # the learning rate of the last update of each task: 1e-3 x the sequence's progress left
+    assert [event[3] for event in ends] == pytest.approx([1e-3 * 2 / 3, 1e-3 / 3, 0.0], abs=2e-5)
+    assert (model.exploration_schedule, model.lr_schedule) == schedules  # restored after the loop
 
 
 def test_sequence_progress_maps_task_progress_to_sequence_progress() -> None:

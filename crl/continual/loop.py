@@ -98,8 +98,9 @@ class TaskEvaluator:
             column = np.array([self._evaluate_task(model, env) for env in self.envs])
         self.steps.append(step)
         self.columns.append(column)
-        for name, value in zip(self.sequence.task_names, column, strict=True):
-            model.logger.record(f"continual/{name}", value)
+        for index, (name, value) in enumerate(zip(self.sequence.task_names, column, strict=True)):
+            # The index keeps repeated tasks (CW20, game cycles) apart.
+            model.logger.record(f"continual/{index}_{name}", value)
         model.logger.record("continual/average", float(column.mean()))
         return column
 
