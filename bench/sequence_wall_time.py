@@ -5,8 +5,10 @@
 Each preset is trained for ``--steps`` environment steps with the algorithm it is meant for, after a
 warm-up of ``--steps / 3`` steps that is not timed (network updates running from the start, so the
 rate is the steady state, not the cheaper random warm-up). The estimate is
-``seconds per step x the preset's total budget``: training only, evaluation not included. A single
-short run on a shared machine: read the figures as the order of magnitude.
+``seconds per step x the preset's total budget``: training only, evaluation not included. One torch
+thread by default (on 2 cores, two such runs in parallel use the machine best; more threads than
+free cores slow torch down badly). A single short run on a shared machine: read the figures as the
+order of magnitude.
 """
 
 from __future__ import annotations
@@ -85,10 +87,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000, help="timed env steps per preset (default 3000)")
     parser.add_argument("--only", nargs="*", default=None, help="presets to time (default: all)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one run per core)")
     args = parser.parse_args()
+    th.set_num_threads(args.threads)
     table = Table(title=f"estimated training wall time ({th.get_num_threads()} torch threads)")
     for column in ("preset", "tasks x budget", "agent", "steps/s", "estimated"):
         table.add_column(column, justify="left" if column in ("preset", "agent") else "right")
+    console = Console(width=140)
     for preset in PRESETS:
         if args.only and preset.name not in args.only:
             continue
@@ -96,8 +101,9 @@ def main() -> None:
         per_step = seconds_per_step(preset.build(sequence), args.steps)
         budget = f"{len(sequence)} x {sequence.budgets[0]:,}"
         total = per_step * sequence.total_budget
+        console.log(f"{preset.name}: {1 / per_step:,.0f} steps/s")
         table.add_row(preset.name, budget, preset.agent, f"{1 / per_step:,.0f}", _duration(total))
-    Console(width=140).print(table)
+    console.print(table)
 
 
 if __name__ == "__main__":

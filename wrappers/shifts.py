@@ -64,8 +64,9 @@ class ActionShuffle(gym.ActionWrapper):
         self.permutation = np.asarray(permutation, dtype=np.int64)
         if sorted(self.permutation.tolist()) != list(range(size)):
             raise ValueError(f"permutation must reorder range({size}), got {self.permutation.tolist()}")
-        # The base action id, offset back into the space's range for spaces with a non-zero start.
-        self._base_actions = self.permutation + int(space.start)
+        self._start = int(space.start)
+        # Base action per action, as Python ints (list indexing is the cheapest per-step lookup).
+        self._base_actions: list[int] = (self.permutation + self._start).tolist()
 
     @classmethod
     def random(cls, env: gym.Env, seed: int) -> ActionShuffle:
@@ -74,7 +75,7 @@ class ActionShuffle(gym.ActionWrapper):
         return cls(env, np.random.default_rng(seed).permutation(size))
 
     def action(self, action: int | np.integer) -> int:
-        return int(self._base_actions[int(action) - int(self.action_space.start)])  # type: ignore[attr-defined]
+        return self._base_actions[int(action) - self._start]
 
 
 class RewardSignFlip(gym.RewardWrapper):
