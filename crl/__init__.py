@@ -4,6 +4,7 @@ Train SB3 agents on sequences of tasks, with interventions against loss of plast
 """
 
 from crl.algorithms import DQN, PPO, SAC, ContinualAlgorithm
+from crl.continual import learn_continual
 from crl.hooks import GradientStep, TrainingHook
 from crl.interventions import (
     PFO,
@@ -46,5 +47,6 @@ __all__ = [
     "TrainingHook",
     "WeightDecay",
     "__version__",
+    "learn_continual",
     "make_intervention",
 ]
