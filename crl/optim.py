@@ -58,20 +58,15 @@ def reset_parameter_columns_state(optimizer: th.optim.Optimizer, parameter: th.T
 
 
 def algorithm_optimizers(algo: BaseAlgorithm) -> list[th.optim.Optimizer]:
-    """Every optimizer of an SB3 algorithm.
+    """Every optimizer of an SB3 algorithm, each once.
 
-    The policy's (DQN, PPO), the actor's and the critic's (SAC) and the entropy coefficient's (SAC
-    with a learned temperature), each once.
+    Those held by the policy's modules (the policy's own for DQN and PPO, the actor's and the
+    critic's for SAC, any other module's) and SAC's entropy-coefficient optimizer.
     """
-    policy = algo.policy
-    owners = [policy, getattr(policy, "actor", None), getattr(policy, "critic", None)]
-    candidates = [getattr(owner, "optimizer", None) for owner in owners if owner is not None]
-    candidates.append(getattr(algo, "ent_coef_optimizer", None))
-    optimizers: list[th.optim.Optimizer] = []
-    for optimizer in candidates:
-        if isinstance(optimizer, th.optim.Optimizer) and all(optimizer is not other for other in optimizers):
-            optimizers.append(optimizer)
-    return optimizers
+    found = [getattr(module, "optimizer", None) for module in algo.policy.modules()]
+    found.append(getattr(algo, "ent_coef_optimizer", None))
+    unique = {id(optimizer): optimizer for optimizer in found if isinstance(optimizer, th.optim.Optimizer)}
+    return list(unique.values())
 
 
 def optimizer_of(optimizers: Iterable[th.optim.Optimizer], parameter: th.Tensor) -> th.optim.Optimizer | None:

@@ -30,7 +30,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from crl.algorithms import DQN, ContinualAlgorithm
 from crl.continual.results import ContinualResult
-from crl.optim import clear_optimizer_state
+from crl.optim import algorithm_optimizers, clear_optimizer_state
 from crl.wrappers.sequence import TaskSequence
 
 EVAL_SEED_OFFSET = 100_000
@@ -161,14 +161,6 @@ class _PeriodicEvaluation(BaseCallback):
         return True
 
 
-def _optimizers(model: BaseAlgorithm) -> list[th.optim.Optimizer]:
-    """Every optimizer of the model: those of the policy's networks and SAC's temperature optimizer."""
-    found = [getattr(module, "optimizer", None) for module in model.policy.modules()]
-    found.append(getattr(model, "ent_coef_optimizer", None))
-    unique = {id(optimizer): optimizer for optimizer in found if isinstance(optimizer, th.optim.Optimizer)}
-    return list(unique.values())
-
-
 def _check(model: BaseAlgorithm, eval_every: int, reset_replay_buffer: bool) -> None:
     # Spaces are checked by SB3's set_env on the first task's env, before any training.
     if not isinstance(model, ContinualAlgorithm):
@@ -242,7 +234,7 @@ def learn_continual(
             if index > 0 and reset_replay_buffer:
                 model.replay_buffer.reset()  # type: ignore[attr-defined]
             if index > 0 and reset_optimizers:
-                for optimizer in _optimizers(model):
+                for optimizer in algorithm_optimizers(model):
                     clear_optimizer_state(optimizer)
             periodic = _PeriodicEvaluation(evaluator, eval_every, start, task.budget)
             model.learn(
