@@ -4,20 +4,49 @@ Train SB3 agents on sequences of tasks, with interventions against loss of plast
 """
 
 from crl.algorithms import DQN, PPO, SAC, ContinualAlgorithm
+from crl.continual import learn_continual
 from crl.hooks import GradientStep, TrainingHook
-from crl.interventions import Intervention, InterventionError, LayerNorm, make_intervention
+from crl.interventions import (
+    PFO,
+    AdaptiveReplayRatio,
+    ContinualBackprop,
+    Intervention,
+    InterventionError,
+    L2Init,
+    LayerNorm,
+    PlasticityInjection,
+    ReDo,
+    Reset,
+    ResetOptimizer,
+    ShrinkPerturb,
+    WeightDecay,
+    make_intervention,
+)
+from crl.metrics import MetricsConfig
 from crl.version import __version__
 
 __all__ = [
     "DQN",
+    "PFO",
     "PPO",
     "SAC",
+    "AdaptiveReplayRatio",
     "ContinualAlgorithm",
+    "ContinualBackprop",
     "GradientStep",
     "Intervention",
     "InterventionError",
+    "L2Init",
     "LayerNorm",
+    "MetricsConfig",
+    "PlasticityInjection",
+    "ReDo",
+    "Reset",
+    "ResetOptimizer",
+    "ShrinkPerturb",
     "TrainingHook",
+    "WeightDecay",
     "__version__",
+    "learn_continual",
     "make_intervention",
 ]

@@ -9,7 +9,13 @@ step counter per tensor.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 import torch as th
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
 
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "acc_delta")
 """Per-entry state of torch's optimizers (Adam/AdamW, SGD momentum, RMSprop, Adadelta)."""
@@ -49,3 +55,34 @@ def reset_parameter_columns_state(optimizer: th.optim.Optimizer, parameter: th.T
         moment = state.get(key)
         if isinstance(moment, th.Tensor) and moment.shape == parameter.shape:
             moment[:, columns] = 0.0
+
+
+def algorithm_optimizers(algo: BaseAlgorithm) -> list[th.optim.Optimizer]:
+    """Every optimizer of an SB3 algorithm, each once.
+
+    Those held by the policy's modules (the policy's own for DQN and PPO, the actor's and the
+    critic's for SAC, any other module's) and SAC's entropy-coefficient optimizer.
+    """
+    found = [getattr(module, "optimizer", None) for module in algo.policy.modules()]
+    found.append(getattr(algo, "ent_coef_optimizer", None))
+    unique = {id(optimizer): optimizer for optimizer in found if isinstance(optimizer, th.optim.Optimizer)}
+    return list(unique.values())
+
+
+def optimizer_of(optimizers: Iterable[th.optim.Optimizer], parameter: th.Tensor) -> th.optim.Optimizer | None:
+    """The optimizer among ``optimizers`` whose parameter groups contain ``parameter``."""
+    for optimizer in optimizers:
+        if any(p is parameter for group in optimizer.param_groups for p in group["params"]):
+            return optimizer
+    return None
+
+
+def add_parameters(optimizer: th.optim.Optimizer, parameters: Iterable[th.nn.Parameter]) -> None:
+    """Register new parameters with ``optimizer`` as a parameter group with the first group's settings.
+
+    SB3 rewrites every group's learning rate at each ``train()``, so the new group follows the schedule.
+    """
+    new = [p for p in parameters if all(p is not q for group in optimizer.param_groups for q in group["params"])]
+    if new:
+        settings = {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
+        optimizer.add_param_group({"params": new, **settings})

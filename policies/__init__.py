@@ -12,6 +12,7 @@ from crl.policies.dqn import DQNPolicy
 from crl.policies.dqn import MultiInputPolicy as DQNMultiInputPolicy
 from crl.policies.features import FeatureRecorder, Features, HiddenLayer, LayerFeatures
 from crl.policies.layers import ACTIVATIONS, ArchitectureOptions, CReLU
+from crl.policies.multihead import MultiHeadActor, MultiHeadContinuousCritic, MultiHeadSACPolicy
 from crl.policies.sac import CnnPolicy as SACCnnPolicy
 from crl.policies.sac import MultiInputPolicy as SACMultiInputPolicy
 from crl.policies.sac import SACPolicy
@@ -30,6 +31,9 @@ __all__ = [
     "Features",
     "HiddenLayer",
     "LayerFeatures",
+    "MultiHeadActor",
+    "MultiHeadContinuousCritic",
+    "MultiHeadSACPolicy",
     "MultiInputActorCriticPolicy",
     "SACCnnPolicy",
     "SACMultiInputPolicy",

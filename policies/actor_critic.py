@@ -30,6 +30,9 @@ class _ActorCriticMixin(ContinualPolicyMixin):
             "critic": [critic_extractor, "mlp_extractor.value_net"],
         }
 
+    def output_layers(self) -> dict[str, list[str]]:
+        return {"actor": ["action_net"], "critic": ["value_net"]}
+
     def _run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
         self.get_distribution(observations)
         self.predict_values(observations)

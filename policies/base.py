@@ -16,7 +16,8 @@ from crl.policies.layers import ArchitectureOptions
 class ContinualPolicyMixin:
     """Mixed into SB3 policy classes, before them in the bases.
 
-    Adds the constructor options ``layer_norm`` and ``activation`` (see :class:`ArchitectureOptions`)
+    Adds the constructor options ``layer_norm``, ``activation`` and ``crelu_halve_width`` (see
+    :class:`ArchitectureOptions`)
     and a uniform view of the networks an algorithm trains: :meth:`network_prefixes` names them,
     :meth:`hidden_layers` lists their hidden layers, :meth:`record_features` records their features
     during any forward pass and :meth:`hidden_features` runs them on a batch.
@@ -26,8 +27,19 @@ class ContinualPolicyMixin:
 
     architecture: ArchitectureOptions
 
-    def __init__(self, *args: Any, layer_norm: str | None = None, activation: str | None = None, **kwargs: Any):
-        architecture = ArchitectureOptions(layer_norm=layer_norm, activation=activation)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        *args: Any,
+        layer_norm: str | None = None,
+        activation: str | None = None,
+        crelu_halve_width: bool = False,
+        **kwargs: Any,
+    ):
+        architecture = ArchitectureOptions(
+            layer_norm=layer_norm,  # type: ignore[arg-type]
+            activation=activation,
+            crelu_halve_width=crelu_halve_width,
+        )
         if activation is not None:
             derived = architecture.activation_fn(th.nn.ReLU)
             requested = kwargs.get("activation_fn")
@@ -47,7 +59,11 @@ class ContinualPolicyMixin:
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]
-        data.update(layer_norm=self.architecture.layer_norm, activation=self.architecture.activation)
+        data.update(
+            layer_norm=self.architecture.layer_norm,
+            activation=self.architecture.activation,
+            crelu_halve_width=self.architecture.crelu_halve_width,
+        )
         return data
 
     def make_features_extractor(self) -> BaseFeaturesExtractor:
@@ -69,6 +85,12 @@ class ContinualPolicyMixin:
     def network_prefixes(self) -> dict[str, list[str]]:
         """Network name -> dotted paths of the submodules it is made of, input side first."""
         raise NotImplementedError
+
+    def output_layers(self) -> dict[str, list[str]]:
+        """Network name -> dotted paths of its output layers when they lie outside (or at the end of)
+        :meth:`network_prefixes` and read the last hidden layer in parallel (e.g. SAC's ``mu`` and
+        ``log_std``). Networks not listed end in the last layer found under their prefixes."""
+        return {}
 
     def hidden_layers(self, networks: list[str] | None = None) -> dict[str, list[HiddenLayer]]:
         """Hidden layers of the trained networks (all of them, or the named ones)."""

@@ -17,7 +17,7 @@ import torch as th
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from crl.policies.layers import ACTIVATION_TYPES
+from crl.policies.layers import ACTIVATION_TYPES, InjectedHead
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,10 @@ def hidden_layers(policy: nn.Module, prefixes: Sequence[str]) -> list[HiddenLaye
     layers: list[HiddenLayer] = []
     for prefix in prefixes:
         submodule = policy.get_submodule(prefix)
+        # The frozen branches of an injected head duplicate its trained branch.
+        frozen = {m for head in submodule.modules() if isinstance(head, InjectedHead) for m in head.frozen_modules()}
         for path, module in submodule.named_modules(prefix=prefix):
-            if isinstance(module, ACTIVATION_TYPES):
+            if isinstance(module, ACTIVATION_TYPES) and module not in frozen:
                 layers.append(HiddenLayer(f"layer{len(layers)}", path, module))
     return layers
 

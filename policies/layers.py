@@ -9,6 +9,7 @@ options the rewrite does nothing, so a crl policy is parameter-for-parameter ide
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,35 @@ class CReLU(nn.Module):
 
     def forward(self, x: th.Tensor) -> th.Tensor:
         return F.relu(th.cat((x, -x), dim=1))
+
+
+class InjectedHead(nn.Module):
+    """A head after plasticity injection (Nikishin et al. 2023): ``h_old(x) + h_new(x) - h_new_frozen(x)``.
+
+    ``h_old`` (the trained head) and ``h_new_frozen`` (a copy of the fresh head ``h_new``) are frozen,
+    so at injection the output is unchanged and only ``h_new`` trains; gradients still reach the
+    input ``x`` through every branch.
+
+    :param old: the head as trained so far (frozen here)
+    :param new: a freshly initialised head of the same architecture (trained)
+    """
+
+    def __init__(self, old: nn.Module, new: nn.Module) -> None:
+        super().__init__()
+        self.old = old.requires_grad_(False)
+        self.new = new
+        self.new_frozen = copy.deepcopy(new).requires_grad_(False)
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        # The difference first: it is exactly zero at injection, so the output is exactly h_old's.
+        return self.old(x) + (self.new(x) - self.new_frozen(x))
+
+    def branches(self) -> tuple[nn.Module, nn.Module, nn.Module]:
+        return self.old, self.new, self.new_frozen
+
+    def frozen_modules(self) -> set[nn.Module]:
+        """Modules of the frozen branches (their activations are not hidden layers of the network)."""
+        return {*self.old.modules(), *self.new_frozen.modules()}
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -55,10 +85,14 @@ class ArchitectureOptions:
         as in Lyle et al. 2023/2024) or ``"post"`` (after the activation).
     :param activation: name of the activation (one of :data:`ACTIVATIONS`), or ``None`` to keep the
         policy's ``activation_fn``. ``"crelu"`` doubles the width each hidden layer passes on.
+    :param crelu_halve_width: with ``"crelu"``, halve every hidden layer's width (units or channels)
+        instead, so each layer passes on its original width and the network keeps about its
+        parameter count (Abbas et al. 2023's comparison at equal size); widths must be even
     """
 
     layer_norm: Literal["pre", "post"] | None = None
     activation: str | None = None
+    crelu_halve_width: bool = False
 
     def __post_init__(self) -> None:
         if self.layer_norm not in (None, *LAYER_NORM_PLACEMENTS):
@@ -69,6 +103,10 @@ class ArchitectureOptions:
         if self.activation is not None and self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"policy option activation={self.activation!r} is not allowed; use one of {sorted(ACTIVATIONS)}"
+            )
+        if self.crelu_halve_width and not self.crelu:
+            raise ValueError(
+                f"policy option crelu_halve_width=True needs activation='crelu', got activation={self.activation!r}"
             )
 
     @property
@@ -99,16 +137,22 @@ class ArchitectureOptions:
         if not any(isinstance(module, ACTIVATION_TYPES) for module in modules) and not doubled_input:
             return False
         doubled_output = doubled_input
+        if self.crelu_halve_width:
+            modules = _halve_hidden_widths(modules)
         if self.crelu or doubled_input:
-            modules, doubled_output = _swap_in_crelu(modules, doubled_input, replace=self.crelu)
+            # Halved units are passed on twice: the next layer reads its original width.
+            widen = not self.crelu_halve_width
+            modules, doubled_output = _swap_in_crelu(modules, doubled_input, replace=self.crelu, widen=widen)
         if self.layer_norm is not None:
             modules = _insert_layer_norm(modules, _example_input(modules, example), self.layer_norm)
         _replace_contents(stack, modules)
         return doubled_output
 
 
-def _swap_in_crelu(modules: list[nn.Module], doubled_input: bool, replace: bool) -> tuple[list[nn.Module], bool]:
-    """Replace activations by CReLU and widen the input of the layer that follows each one."""
+def _swap_in_crelu(
+    modules: list[nn.Module], doubled_input: bool, replace: bool, widen: bool = True
+) -> tuple[list[nn.Module], bool]:
+    """Replace activations by CReLU and (``widen``) widen the input of the layer that follows each one."""
     rewritten: list[nn.Module] = []
     widen_next = doubled_input
     for module in modules:
@@ -117,9 +161,18 @@ def _swap_in_crelu(modules: list[nn.Module], doubled_input: bool, replace: bool)
             widen_next = False
         elif replace and isinstance(module, ACTIVATION_TYPES):
             module = CReLU()
-            widen_next = True
+            widen_next = widen
         rewritten.append(module)
     return rewritten, widen_next
+
+
+def _halve_hidden_widths(modules: list[nn.Module]) -> list[nn.Module]:
+    """Halve the output width of every weight layer followed by an activation."""
+    rewritten = list(modules)
+    for index, module in enumerate(modules[:-1]):
+        if isinstance(module, _WEIGHT_LAYERS) and isinstance(modules[index + 1], ACTIVATION_TYPES):
+            rewritten[index] = halved(module)
+    return rewritten
 
 
 def _example_input(modules: list[nn.Module], example: th.Tensor | None) -> th.Tensor:
@@ -139,6 +192,24 @@ def widened(layer: nn.Module) -> nn.Module:
     return nn.Conv2d(
         2 * layer.in_channels,
         layer.out_channels,
+        kernel_size=layer.kernel_size,  # type: ignore[arg-type]
+        stride=layer.stride,  # type: ignore[arg-type]
+        padding=layer.padding,  # type: ignore[arg-type]
+        bias=layer.bias is not None,
+    )
+
+
+def halved(layer: nn.Module) -> nn.Module:
+    """A freshly initialised copy of ``layer`` with half as many outputs (units or channels)."""
+    width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    if width % 2:
+        raise ValueError(f"crelu_halve_width=True needs even hidden widths, got a layer of width {width}: {layer}")
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(layer.in_features, width // 2, bias=layer.bias is not None)
+    assert isinstance(layer, nn.Conv2d)
+    return nn.Conv2d(
+        layer.in_channels,
+        width // 2,
         kernel_size=layer.kernel_size,  # type: ignore[arg-type]
         stride=layer.stride,  # type: ignore[arg-type]
         padding=layer.padding,  # type: ignore[arg-type]

@@ -30,15 +30,21 @@ class _SACMixin(ContinualPolicyMixin):
             )
 
     def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> sb3.Actor:
-        actor = super().make_actor(features_extractor)  # type: ignore[misc]
+        return self._rewrite_actor(super().make_actor(features_extractor))  # type: ignore[misc]
+
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
+        return self._rewrite_critic(super().make_critic(features_extractor))  # type: ignore[misc]
+
+    def _rewrite_actor(self, actor: sb3.Actor) -> sb3.Actor:
+        """Apply the architecture options to an actor built by SB3 (or a subclass of its Actor)."""
         if self.architecture.rewrite(actor.latent_pi):
             # The Gaussian heads read the (now doubled) last hidden layer.
             actor.mu = widened(actor.mu)
             actor.log_std = widened(actor.log_std)  # type: ignore[arg-type]
         return actor
 
-    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
-        critic = super().make_critic(features_extractor)  # type: ignore[misc]
+    def _rewrite_critic(self, critic: ContinuousCritic) -> ContinuousCritic:
+        """Apply the architecture options to a critic built by SB3 (or a subclass of its critic)."""
         for q_net in critic.q_networks:
             self.architecture.rewrite(q_net)  # type: ignore[arg-type]
         return critic
@@ -47,6 +53,11 @@ class _SACMixin(ContinualPolicyMixin):
         extractor = "actor.features_extractor" if self.share_features_extractor else "critic.features_extractor"
         critics = {f"qf{index}": [extractor, f"critic.qf{index}"] for index in range(self.critic.n_critics)}
         return {"actor": ["actor"], **critics}
+
+    def output_layers(self) -> dict[str, list[str]]:
+        # With gSDE, log_std is a parameter, not a layer.
+        heads = ["actor.mu", "actor.log_std"] if isinstance(self.actor.log_std, th.nn.Module) else ["actor.mu"]
+        return {"actor": heads}
 
     def _run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
         actions_pi = self.actor(observations, deterministic=True)

@@ -109,11 +109,6 @@ def test_user_policy_kwargs_are_not_modified() -> None:
     assert model.policy_kwargs == dict(net_arch=[32], layer_norm="pre")
 
 
-def test_metrics_settings_are_not_silently_ignored() -> None:
-    with pytest.raises(NotImplementedError, match="metrics"):
-        crl.PPO("MlpPolicy", "CartPole-v1", metrics={"every": 1000})
-
-
 def test_interventions_pickle_with_their_state() -> None:
     intervention = _PPOOnly(strength=0.5)
     restored = pickle.loads(pickle.dumps(intervention))

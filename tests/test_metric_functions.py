@@ -120,3 +120,34 @@ def test_grad_norm_matches_the_gradient() -> None:
     layer(th.tensor([[3.0, 4.0]])).sum().backward()
     # d/dw = x = (3, 4), d/db = 1
     assert metrics.grad_norm(layer.parameters()) == pytest.approx(math.sqrt(9 + 16 + 1))
+
+
+@pytest.mark.parametrize("shape", [(64, 300), (300, 64), (50, 50)])
+def test_gram_singular_values_match_the_svd(shape: tuple[int, int]) -> None:
+    phi = th.relu(th.randn(*shape, generator=th.Generator().manual_seed(1)))
+    s_svd, s_gram = metrics.singular_values(phi), metrics.gram_singular_values(phi)
+    k = min(shape)
+    assert s_gram.shape == (k,)
+    assert th.allclose(s_gram, s_svd[:k], rtol=0, atol=1e-5 * float(s_svd[0]))
+
+
+@pytest.mark.parametrize(
+    "phi",
+    [
+        th.eye(8),
+        th.arange(1.0, 6.0).repeat(10, 1),
+        th.cat((th.eye(3), th.eye(3)), dim=1),
+        th.diag(th.tensor([98.0, 1.0, 1.0])),
+        th.diag(th.tensor([1.0, 0.5, 0.001])) * 100,
+        th.zeros(4, 3),
+    ],
+)
+def test_ranks_from_the_gram_matrix_equal_the_svds(phi: th.Tensor) -> None:
+    from crl.metrics.functions import rank_metrics_from_singular_values
+
+    ranks = rank_metrics_from_singular_values(metrics.gram_singular_values(phi), phi.shape[0])
+    expected = metrics.rank_metrics(phi)
+    assert {k: v for k, v in ranks.items() if k != "effective_rank"} == {
+        k: v for k, v in expected.items() if k != "effective_rank"
+    }
+    assert ranks["effective_rank"] == pytest.approx(expected["effective_rank"], abs=1e-4)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import SupportsFloat
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
 
 class ObservationShift(gym.ObservationWrapper):
@@ -43,3 +46,63 @@ class ObservationShift(gym.ObservationWrapper):
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return self.signs * observation[self.permutation]
+
+
+class ActionShuffle(gym.ActionWrapper):
+    """Relabel the actions of a discrete environment: action ``a`` runs the base env's ``permutation[a]``.
+
+    :param env: environment with a ``Discrete`` action space
+    :param permutation: a permutation of ``range(n)``
+    """
+
+    def __init__(self, env: gym.Env, permutation: np.ndarray) -> None:
+        super().__init__(env)
+        space = env.action_space
+        if not isinstance(space, spaces.Discrete):
+            raise ValueError(f"ActionShuffle needs a Discrete action space, got {space}")
+        size = int(space.n)
+        self.permutation = np.asarray(permutation, dtype=np.int64)
+        if sorted(self.permutation.tolist()) != list(range(size)):
+            raise ValueError(f"permutation must reorder range({size}), got {self.permutation.tolist()}")
+        self._start = int(space.start)
+        # Base action per action, as Python ints (list indexing is the cheapest per-step lookup).
+        self._base_actions: list[int] = (self.permutation + self._start).tolist()
+
+    @classmethod
+    def random(cls, env: gym.Env, seed: int) -> ActionShuffle:
+        """A uniformly random relabelling drawn from ``seed``."""
+        size = int(env.action_space.n)  # type: ignore[attr-defined]
+        return cls(env, np.random.default_rng(seed).permutation(size))
+
+    def action(self, action: int | np.integer) -> int:
+        return self._base_actions[int(action) - self._start]
+
+
+class RewardSignFlip(gym.RewardWrapper):
+    """Negate every reward: the task asks for the opposite behaviour (CartPole: fall fast)."""
+
+    def reward(self, reward: SupportsFloat) -> float:
+        return -float(reward)
+
+
+class CartPolePhysics(gym.Wrapper):
+    """CartPole with another gravity and pole length (both set on the simulator at construction).
+
+    :param env: a ``CartPole`` environment (possibly wrapped)
+    :param gravity: gravitational acceleration in m/s^2 (gymnasium's default: 9.8)
+    :param length: HALF the pole length in m, as gymnasium's ``CartPoleEnv.length`` (default: 0.5)
+    """
+
+    def __init__(self, env: gym.Env, gravity: float = 9.8, length: float = 0.5) -> None:
+        super().__init__(env)
+        cartpole = env.unwrapped
+        if not isinstance(cartpole, CartPoleEnv):
+            raise ValueError(f"CartPolePhysics needs a CartPole environment, got {type(cartpole).__name__}")
+        if gravity <= 0 or length <= 0:
+            raise ValueError(f"gravity and length must be positive, got gravity={gravity}, length={length}")
+        self.gravity = gravity
+        self.length = length
+        cartpole.gravity = gravity
+        cartpole.length = length
+        # Derived in CartPoleEnv.__init__ from the length, so it must follow it.
+        cartpole.polemass_length = cartpole.masspole * length

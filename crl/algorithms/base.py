@@ -2,8 +2,9 @@
 
 :class:`ContinualAlgorithm` is mixed in before the SB3 class. It takes the two extra constructor
 arguments (``interventions``, ``metrics``), lets interventions shape the policy before it is built,
-dispatches hooks (see :mod:`crl.hooks`) and exposes task boundaries. The subclasses' ``train()``
-methods keep SB3's math line for line and call the gradient-step hooks.
+dispatches hooks (see :mod:`crl.hooks`; the metrics monitor is the last hook) and exposes task
+boundaries. The subclasses' ``train()`` methods keep SB3's math line for line and call the
+gradient-step hooks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from stable_baselines3.common.type_aliases import MaybeCallback
 
 from crl.hooks import GradientStep, HookDispatcher
 from crl.interventions.base import Intervention, make_interventions
+from crl.metrics.config import MetricsConfig
+from crl.metrics.monitor import MetricsMonitor
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -30,7 +33,10 @@ class ContinualAlgorithm:
 
     :param interventions: interventions to apply, composed in the given order: instances (e.g.
         ``[LayerNorm(), ReDo(tau=0.1)]``), names, or mappings ``{"name": ..., **parameters}``
-    :param metrics: plasticity-metric settings; must be ``None`` until the metrics monitor lands
+    :param metrics: plasticity monitoring: ``None`` (off), a :class:`~crl.metrics.MetricsConfig` or a
+        mapping of its settings (e.g. ``{"every": 5000, "hessian_every": 50_000}``); an unknown key or
+        a bad value raises :class:`~crl.metrics.MetricsError` here. The monitor is kept in
+        ``metrics_monitor`` (its last values in ``metrics_monitor.latest``).
     """
 
     algorithm_family: ClassVar[str]
@@ -38,6 +44,7 @@ class ContinualAlgorithm:
 
     interventions: list[Intervention]
     current_task: int | None
+    metrics_monitor: MetricsMonitor | None
     policy_kwargs: dict[str, Any]
     _hooks: HookDispatcher
 
@@ -47,16 +54,11 @@ class ContinualAlgorithm:
         env: Any,
         *args: Any,
         interventions: Iterable[InterventionSpec] | None = None,
-        metrics: Mapping[str, Any] | None = None,
+        metrics: MetricsConfig | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         self.interventions = make_interventions(interventions)
-        if metrics is not None:
-            raise NotImplementedError(
-                f"metrics={metrics!r}: plasticity metrics monitoring is not part of this version of crl; "
-                "pass metrics=None"
-            )
-        self.metrics = metrics
+        self.metrics_monitor = None if metrics is None else MetricsMonitor(MetricsConfig.make(metrics))
         self.current_task = None
         self._hooks = HookDispatcher(())
         super().__init__(policy, env, *args, **kwargs)  # type: ignore[call-arg]
@@ -74,7 +76,8 @@ class ContinualAlgorithm:
         for intervention in self.interventions:
             intervention.configure_policy(self._algo, self.policy_kwargs)
         super()._setup_model()  # type: ignore[misc]
-        self._hooks = HookDispatcher(self.interventions)
+        monitors = [] if self.metrics_monitor is None else [self.metrics_monitor]
+        self._hooks = HookDispatcher([*self.interventions, *monitors])
         self._hooks("on_setup", self._algo)
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:

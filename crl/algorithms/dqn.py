@@ -8,6 +8,7 @@ import numpy as np
 import torch as th
 from stable_baselines3 import dqn as sb3
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch.nn import functional as F
 
 from crl.algorithms.base import ContinualAlgorithm, with_sb3_signature
@@ -39,15 +40,7 @@ class DQN(ContinualAlgorithm, sb3.DQN):
         for gradient_step in range(gradient_steps):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             step = hooks.begin_gradient_step(self, gradient_step, replay_data)
-            # For n-step replay the discount is gamma**n (when the episode did not end early)
-            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-
-            with th.no_grad():
-                # y = r + gamma * (1 - done) * max_a' Q_target(s', a')
-                next_q_values = self.q_net_target(replay_data.next_observations)
-                next_q_values, _ = next_q_values.max(dim=1)
-                next_q_values = next_q_values.reshape(-1, 1)
-                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+            target_q_values = self._td_target(replay_data)
 
             with hooks.recording(self.policy, step, ["q_net"]):
                 current_q_values = self.q_net(replay_data.observations)
@@ -64,6 +57,24 @@ class DQN(ContinualAlgorithm, sb3.DQN):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", np.mean(losses))
         hooks("on_train_end", self)
+
+    def _td_target(self, replay_data: ReplayBufferSamples) -> th.Tensor:
+        """``y = r + gamma * (1 - done) * max_a' Q_target(s', a')``, without gradient."""
+        # For n-step replay the discount is gamma**n (when the episode did not end early)
+        discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+        with th.no_grad():
+            next_q_values = self.q_net_target(replay_data.next_observations)
+            next_q_values, _ = next_q_values.max(dim=1)
+            next_q_values = next_q_values.reshape(-1, 1)
+            return replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+
+    def training_losses(self, batch: ReplayBufferSamples) -> dict[str, tuple[th.Tensor, th.optim.Optimizer]]:
+        """The loss ``train()`` minimises, on ``batch``, with its optimizer (for the Hessian metric).
+
+        No hook fires and nothing is updated.
+        """
+        current_q_values = th.gather(self.q_net(batch.observations), dim=1, index=batch.actions.long())
+        return {"q_net": (F.smooth_l1_loss(current_q_values, self._td_target(batch)), self.policy.optimizer)}
 
 
 with_sb3_signature(DQN, sb3.DQN)

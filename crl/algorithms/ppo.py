@@ -9,6 +9,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3 import ppo as sb3
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import RolloutBufferSamples
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
@@ -129,6 +130,26 @@ class PPO(ContinualAlgorithm, sb3.PPO):
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
         hooks("on_train_end", self)
+
+    def training_losses(self, batch: RolloutBufferSamples) -> dict[str, tuple[th.Tensor, th.optim.Optimizer]]:
+        """The loss ``train()`` minimises, on ``batch``, at the start of an update (for the Hessian metric).
+
+        The old policy is taken to be the current one (ratio ``r = 1``, its value carrying the
+        gradient), where the clipped surrogate equals ``-A r`` and value clipping is inactive, so the
+        loss and its first two derivatives are those of ``train()``'s first minibatch. No hook fires
+        and nothing is updated.
+        """
+        actions = batch.actions.long().flatten() if isinstance(self.action_space, spaces.Discrete) else batch.actions
+        values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, actions)
+        advantages = batch.advantages
+        if self.normalize_advantage and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        ratio = th.exp(log_prob - log_prob.detach())
+        policy_loss = -(advantages * ratio).mean()
+        value_loss = F.mse_loss(batch.returns, values.flatten())
+        entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+        return {"policy": (loss, self.policy.optimizer)}
 
 
 with_sb3_signature(PPO, sb3.PPO)

@@ -8,6 +8,7 @@ import numpy as np
 import torch as th
 from stable_baselines3 import sac as sb3
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import polyak_update
 from torch.nn import functional as F
 
@@ -47,8 +48,6 @@ class SAC(ContinualAlgorithm, sb3.SAC):
         for gradient_step in range(gradient_steps):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             step = hooks.begin_gradient_step(self, gradient_step, replay_data)
-            # For n-step replay the discount is gamma**n (when the episode did not end early)
-            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
 
             # log_std may have changed since the last gradient step
             if self.use_sde:
@@ -77,27 +76,16 @@ class SAC(ContinualAlgorithm, sb3.SAC):
                 ent_coef_loss.backward()
                 self.ent_coef_optimizer.step()
 
-            with th.no_grad():
-                # y = r + gamma (1 - done) (min_i Q_target_i(s', a') - alpha log pi(a'|s')),  a' ~ pi(.|s')
-                next_actions, next_log_prob = self.actor.action_log_prob(replay_data.next_observations)
-                next_q_values = th.cat(self.critic_target(replay_data.next_observations, next_actions), dim=1)
-                next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
-                next_q_values = next_q_values - ent_coef * next_log_prob.reshape(-1, 1)
-                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+            target_q_values = self._td_target(replay_data, ent_coef)
 
             with hooks.recording(self.policy, step, critic_networks):
                 current_q_values = self.critic(replay_data.observations, replay_data.actions)
 
-            # J_Q = 1/2 sum_i (Q_i(s, a) - y)^2
-            critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
-            assert isinstance(critic_loss, th.Tensor)  # for type checker
+            critic_loss = self._critic_loss(current_q_values, target_q_values)
             critic_losses.append(critic_loss.item())
             self._optimize(step, "critic", critic_loss, self.critic.optimizer)
 
-            # J_pi = E[alpha log pi(a~|s) - min_i Q_i(s, a~)]
-            q_values_pi = th.cat(self.critic(replay_data.observations, actions_pi), dim=1)
-            min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)
-            actor_loss = (ent_coef * log_prob - min_qf_pi).mean()
+            actor_loss = self._actor_loss(replay_data, actions_pi, log_prob, ent_coef)
             actor_losses.append(actor_loss.item())
             self._optimize(step, "actor", actor_loss, self.actor.optimizer)
 
@@ -115,6 +103,47 @@ class SAC(ContinualAlgorithm, sb3.SAC):
         if len(ent_coef_losses) > 0:
             self.logger.record("train/ent_coef_loss", np.mean(ent_coef_losses))
         hooks("on_train_end", self)
+
+    def _td_target(self, replay_data: ReplayBufferSamples, ent_coef: th.Tensor) -> th.Tensor:
+        """``y = r + gamma (1 - done) (min_i Q_target_i(s', a') - alpha log pi(a'|s'))``, ``a' ~ pi(.|s')``."""
+        # For n-step replay the discount is gamma**n (when the episode did not end early)
+        discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+        with th.no_grad():
+            next_actions, next_log_prob = self.actor.action_log_prob(replay_data.next_observations)
+            next_q_values = th.cat(self.critic_target(replay_data.next_observations, next_actions), dim=1)
+            next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
+            next_q_values = next_q_values - ent_coef * next_log_prob.reshape(-1, 1)
+            return replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+
+    @staticmethod
+    def _critic_loss(current_q_values: tuple[th.Tensor, ...], target_q_values: th.Tensor) -> th.Tensor:
+        """``J_Q = 1/2 sum_i (Q_i(s, a) - y)^2``."""
+        critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
+        assert isinstance(critic_loss, th.Tensor)  # for type checker
+        return critic_loss
+
+    def _actor_loss(
+        self, replay_data: ReplayBufferSamples, actions_pi: th.Tensor, log_prob: th.Tensor, ent_coef: th.Tensor
+    ) -> th.Tensor:
+        """``J_pi = E[alpha log pi(a~|s) - min_i Q_i(s, a~)]``."""
+        q_values_pi = th.cat(self.critic(replay_data.observations, actions_pi), dim=1)
+        min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)
+        return (ent_coef * log_prob - min_qf_pi).mean()
+
+    def training_losses(self, batch: ReplayBufferSamples) -> dict[str, tuple[th.Tensor, th.optim.Optimizer]]:
+        """The losses ``train()`` minimises, on ``batch``, with their optimizers (for the Hessian metric).
+
+        Uses the current temperature; actions are sampled from torch's global generator (fork it to
+        leave training's stream alone). No hook fires and nothing is updated.
+        """
+        learned = self.ent_coef_optimizer is not None and self.log_ent_coef is not None
+        ent_coef = th.exp(self.log_ent_coef.detach()) if learned else self.ent_coef_tensor  # type: ignore[union-attr]
+        critic_loss = self._critic_loss(
+            self.critic(batch.observations, batch.actions), self._td_target(batch, ent_coef)
+        )
+        actions_pi, log_prob = self.actor.action_log_prob(batch.observations)
+        actor_loss = self._actor_loss(batch, actions_pi, log_prob.reshape(-1, 1), ent_coef)
+        return {"critic": (critic_loss, self.critic.optimizer), "actor": (actor_loss, self.actor.optimizer)}
 
 
 with_sb3_signature(SAC, sb3.SAC)

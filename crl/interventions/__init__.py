@@ -5,6 +5,7 @@
 LayerNorm(placement='post')
 """
 
+from crl.interventions.adaptive_replay_ratio import AdaptiveReplayRatio
 from crl.interventions.base import (
     Intervention,
     InterventionError,
@@ -12,12 +13,30 @@ from crl.interventions.base import (
     make_interventions,
     registered_interventions,
 )
+from crl.interventions.continual_backprop import ContinualBackprop
 from crl.interventions.layer_norm import LayerNorm
+from crl.interventions.pfo import PFO
+from crl.interventions.plasticity_injection import PlasticityInjection
+from crl.interventions.redo import ReDo
+from crl.interventions.regularizers import L2Init, WeightDecay
+from crl.interventions.resets import Reset, ResetOptimizer, ShrinkPerturb
+from crl.interventions.schedule import ScheduledIntervention
 
 __all__ = [
+    "PFO",
+    "AdaptiveReplayRatio",
+    "ContinualBackprop",
     "Intervention",
     "InterventionError",
+    "L2Init",
     "LayerNorm",
+    "PlasticityInjection",
+    "ReDo",
+    "Reset",
+    "ResetOptimizer",
+    "ScheduledIntervention",
+    "ShrinkPerturb",
+    "WeightDecay",
     "make_intervention",
     "make_interventions",
     "registered_interventions",

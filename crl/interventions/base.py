@@ -36,6 +36,8 @@ class Intervention(BaseModel, TrainingHook):
     """Registry key, e.g. ``"layer_norm"``."""
     algorithms: ClassVar[frozenset[str] | None] = None
     """Algorithm families the intervention supports (``"DQN"``, ``"PPO"``, ``"SAC"``); ``None``: all."""
+    transient: ClassVar[tuple[str, ...]] = ()
+    """Private attributes that are caches (e.g. of modules): reset to their default when pickled."""
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(type(self).model_fields))
@@ -71,6 +73,24 @@ class Intervention(BaseModel, TrainingHook):
             raise InterventionError(
                 f"intervention {self.name!r} does not apply to {family}; it supports {sorted(self.algorithms)}"
             )
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        private = state.get("__pydantic_private__")
+        if self.transient and private:
+            defaults = type(self).__private_attributes__
+            state["__pydantic_private__"] = {
+                key: defaults[key].get_default() if key in self.transient else value for key, value in private.items()
+            }
+        return state
+
+    def record(self, algo: BaseAlgorithm, key: str, value: Any) -> None:
+        """Log ``value`` as ``interventions/<name>/<key>`` through the algorithm's SB3 logger.
+
+        Before the first ``learn()`` SB3 has no logger yet, and nothing is logged.
+        """
+        if getattr(algo, "_logger", None) is not None:
+            algo.logger.record(f"interventions/{self.name}/{key}", value)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{key}={value!r}" for key, value in self.model_dump().items())

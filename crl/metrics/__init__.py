@@ -1,5 +1,11 @@
-"""Plasticity metrics (SPEC.md §1): pure functions on feature tensors and parameters."""
+"""Plasticity metrics (SPEC.md §1): pure functions, the suite, monitoring during training, offline analysis.
 
+>>> model = crl.PPO("MlpPolicy", "CartPole-v1", metrics={"every": 4096})
+>>> model.learn(50_000)              # logs plasticity/<network>/<layer-or-all>/<metric>
+>>> crl.metrics.evaluate(model, observations)
+"""
+
+from crl.metrics.config import MetricsConfig, MetricsError
 from crl.metrics.functions import (
     DORMANT_TAU,
     activation_kind,
@@ -11,6 +17,7 @@ from crl.metrics.functions import (
     feature_norm,
     feature_rank,
     grad_norm,
+    gram_singular_values,
     inactive_mask,
     pca_rank,
     rank_metrics,
@@ -20,23 +27,41 @@ from crl.metrics.functions import (
     weight_change,
     weight_magnitude,
 )
+from crl.metrics.hessian import hessian_top_eigenvalue, training_loss_eigenvalues
+from crl.metrics.monitor import MetricsMonitor
+from crl.metrics.offline import evaluate
+from crl.metrics.probe import network_output, plasticity_probe
+from crl.metrics.probe_batch import draw_probe_batch
+from crl.metrics.suite import feature_metrics, metric_name
 
 __all__ = [
     "DORMANT_TAU",
+    "MetricsConfig",
+    "MetricsError",
+    "MetricsMonitor",
     "activation_kind",
     "dead_units",
     "dormant_mask",
     "dormant_ratio",
+    "draw_probe_batch",
     "effective_rank",
+    "evaluate",
     "fau",
+    "feature_metrics",
     "feature_norm",
     "feature_rank",
     "grad_norm",
+    "gram_singular_values",
+    "hessian_top_eigenvalue",
     "inactive_mask",
+    "metric_name",
+    "network_output",
     "pca_rank",
+    "plasticity_probe",
     "rank_metrics",
     "singular_values",
     "srank",
+    "training_loss_eigenvalues",
     "unit_scores",
     "weight_change",
     "weight_magnitude",

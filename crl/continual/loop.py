@@ -1,0 +1,251 @@
+"""The continual training loop: one model trained through every task of a sequence, evaluated on all tasks.
+
+Per task ``i``: a fresh training env of the task (``model.set_env``: the sequence guarantees identical
+spaces, SPEC.md §6), ``model.start_task(i)``, the optional per-task resets, ``model.learn(budget,
+reset_num_timesteps=True)``, ``model.end_task()``. Every ``eval_every`` environment steps of the whole
+sequence and at the end of every task, every task is evaluated into one column of the performance
+matrix (:class:`~crl.continual.results.ContinualResult`).
+
+``reset_num_timesteps=True`` restarts SB3's progress-based schedules (DQN's epsilon, learning-rate
+schedules) and the warm-up (``learning_starts`` random steps) at every task. To keep a schedule running
+over the whole sequence instead, the loop hands SB3 a schedule of the sequence's progress
+(``restart_exploration=False`` / ``restart_learning_rate=False``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.type_aliases import MaybeCallback, Schedule
+from stable_baselines3.common.vec_env import VecEnv
+
+from crl.algorithms import DQN, ContinualAlgorithm
+from crl.continual.results import ContinualResult
+from crl.optim import algorithm_optimizers, clear_optimizer_state
+from crl.wrappers.sequence import TaskSequence
+
+EVAL_SEED_OFFSET = 100_000
+"""Evaluation envs are seeded apart from the training envs (``seed + EVAL_SEED_OFFSET + task``)."""
+
+
+@dataclass(frozen=True)
+class SequenceProgress:
+    """A schedule of the whole sequence's progress, fed SB3's per-task progress.
+
+    SB3 calls schedules with ``progress_remaining`` running from 1 to 0 over one ``learn()`` call (one
+    task). This maps it to the progress remaining over the sequence:
+    ``1 - (start + (1 - progress_remaining) * budget) / total``.
+
+    :param schedule: the model's original schedule
+    :param start: environment steps of the sequence before this task
+    :param budget: this task's steps
+    :param total: the sequence's steps
+    """
+
+    schedule: Schedule
+    start: int
+    budget: int
+    total: int
+
+    def __call__(self, progress_remaining: float) -> float:
+        done = self.start + (1.0 - progress_remaining) * self.budget
+        return float(self.schedule(1.0 - done / self.total))
+
+
+@contextlib.contextmanager
+def preserved_random_state(model: BaseAlgorithm) -> Iterator[None]:
+    """Leave torch's, numpy's and the action space's random streams as they were (evaluation is a monitor)."""
+    numpy_state = np.random.get_state()
+    action_sampler = model.action_space.np_random.bit_generator
+    action_state = action_sampler.state
+    with th.random.fork_rng(devices=[]):
+        yield
+    np.random.set_state(numpy_state)
+    action_sampler.state = action_state
+
+
+class TaskEvaluator:
+    """Evaluates a model on every task of a sequence into the columns of a performance matrix.
+
+    :param sequence: the tasks
+    :param n_eval_episodes: episodes per task and evaluation
+    :param deterministic: act greedily (``True``) or sample the policy's actions
+    :param seed: seed of the first task's evaluation env (task ``i`` gets ``seed + i``)
+    """
+
+    def __init__(self, sequence: TaskSequence, n_eval_episodes: int, deterministic: bool, seed: int | None) -> None:
+        self.sequence = sequence
+        self.n_eval_episodes = n_eval_episodes
+        self.deterministic = deterministic
+        self.envs: list[VecEnv] = [
+            sequence.make_vec_env(index, seed=None if seed is None else seed + index) for index in range(len(sequence))
+        ]
+        self.steps: list[int] = []
+        self.columns: list[np.ndarray] = []
+
+    def evaluate(self, model: BaseAlgorithm, step: int) -> np.ndarray:
+        """Evaluate every task at global step ``step``; record and return the column."""
+        with preserved_random_state(model):
+            column = np.array([self._evaluate_task(model, env) for env in self.envs])
+        self.steps.append(step)
+        self.columns.append(column)
+        for index, (name, value) in enumerate(zip(self.sequence.task_names, column, strict=True)):
+            # The index keeps repeated tasks (CW20, game cycles) apart.
+            model.logger.record(f"continual/{index}_{name}", value)
+        model.logger.record("continual/average", float(column.mean()))
+        return column
+
+    def _evaluate_task(self, model: BaseAlgorithm, env: VecEnv) -> float:
+        successes: list[bool] = []
+
+        def record_success(local_vars: dict[str, Any], _globals: dict[str, Any]) -> None:
+            # Read where SB3's EvalCallback reads it: the info of the step that ends a whole episode.
+            info = local_vars["info"]
+            if local_vars["done"] and "episode" in info:
+                successes.append(bool(info.get("is_success", False)))
+
+        returns, _ = evaluate_policy(
+            model,  # type: ignore[arg-type]
+            env,
+            n_eval_episodes=self.n_eval_episodes,
+            deterministic=self.deterministic,
+            callback=record_success,
+            return_episode_rewards=True,
+        )
+        if self.sequence.measure == "success_rate":
+            return float(np.mean(successes))
+        return float(np.mean(returns))
+
+    def result(self, seed: int | None) -> ContinualResult:
+        return ContinualResult(
+            sequence=self.sequence.name,
+            task_names=tuple(self.sequence.task_names),
+            budgets=tuple(self.sequence.budgets),
+            measure=self.sequence.measure,
+            eval_steps=np.asarray(self.steps),
+            performance=np.stack(self.columns, axis=1),
+            seed=seed,
+        )
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class _PeriodicEvaluation(BaseCallback):
+    """Evaluates at every multiple of ``eval_every`` global steps that falls inside the current task."""
+
+    def __init__(self, evaluator: TaskEvaluator, eval_every: int, start: int, budget: int) -> None:
+        super().__init__()
+        self.evaluator = evaluator
+        self.eval_every = eval_every
+        self.start = start
+        self.end = start + budget
+        self.next_eval = (start // eval_every + 1) * eval_every
+
+    def _on_step(self) -> bool:
+        step = self.start + self.model.num_timesteps
+        # The task's last point is evaluated after learn() returns, at the nominal end of the task.
+        while self.next_eval <= step and self.next_eval < self.end:
+            self.evaluator.evaluate(self.model, self.next_eval)
+            self.next_eval += self.eval_every
+        return True
+
+
+def _check(model: BaseAlgorithm, eval_every: int, reset_replay_buffer: bool) -> None:
+    # Spaces are checked by SB3's set_env on the first task's env, before any training.
+    if not isinstance(model, ContinualAlgorithm):
+        raise TypeError(f"learn_continual needs a crl algorithm (crl.DQN/PPO/SAC), got {type(model).__name__}")
+    if not isinstance(eval_every, int) or eval_every < 1:
+        raise ValueError(f"eval_every must be a positive int (environment steps), got {eval_every!r}")
+    if reset_replay_buffer and not isinstance(model, OffPolicyAlgorithm):
+        raise ValueError(f"reset_replay_buffer=True needs an off-policy algorithm, got {type(model).__name__}")
+
+
+def learn_continual(
+    model: BaseAlgorithm,
+    sequence: TaskSequence,
+    eval_every: int,
+    n_eval_episodes: int = 10,
+    deterministic_eval: bool | None = None,
+    restart_exploration: bool = True,
+    restart_learning_rate: bool = True,
+    reset_replay_buffer: bool = False,
+    reset_optimizers: bool = False,
+    seed: int | None = None,
+    callback: MaybeCallback = None,
+    progress_bar: bool = False,
+) -> ContinualResult:
+    """Train ``model`` through every task of ``sequence``; return the performance matrix.
+
+    :param model: a crl algorithm built on the sequence's spaces, e.g. on ``sequence.make_vec_env(0)``
+        (its ``n_envs`` is kept; the loop builds every task's env itself)
+    :param sequence: the tasks, in order
+    :param eval_every: evaluate every task every this many environment steps of the sequence (the end
+        of every task is always evaluated as well)
+    :param n_eval_episodes: episodes per task and evaluation (CW: 10)
+    :param deterministic_eval: greedy evaluation; by default greedy for DQN (its epsilon is exploration,
+        not policy) and stochastic otherwise (CW evaluates SAC's stochastic policy)
+    :param restart_exploration: restart DQN's epsilon schedule at every task (else one schedule over
+        the sequence); other algorithms have no exploration schedule
+    :param restart_learning_rate: restart the learning-rate schedule at every task (else one schedule
+        over the sequence)
+    :param reset_replay_buffer: empty the replay buffer at every task switch (CW's reference SAC)
+    :param reset_optimizers: clear every optimizer's state at every task switch (CW's reference SAC)
+    :param seed: seeds the training envs (task ``i``: ``seed + 1000 * i``) and evaluation envs;
+        default: the model's seed
+    :param callback: SB3 callback(s) passed to every ``learn()`` call
+    :return: the run's :class:`~crl.continual.results.ContinualResult`
+    """
+    _check(model, eval_every, reset_replay_buffer)
+    assert isinstance(model, ContinualAlgorithm)  # for the type checker, after the readable check
+    seed = model.seed if seed is None else seed
+    deterministic = isinstance(model, DQN) if deterministic_eval is None else deterministic_eval
+    evaluator = TaskEvaluator(
+        sequence, n_eval_episodes, deterministic, None if seed is None else seed + EVAL_SEED_OFFSET
+    )
+    lr_schedule = model.lr_schedule
+    exploration_schedule = getattr(model, "exploration_schedule", None)
+    given_callbacks = [] if callback is None else list(callback) if isinstance(callback, list) else [callback]
+    start = 0
+    try:
+        for index, task in enumerate(sequence):
+            previous_env = model.get_env()
+            env = sequence.make_vec_env(index, n_envs=model.n_envs, seed=None if seed is None else seed + 1000 * index)
+            model.set_env(env)
+            if index > 0 and previous_env is not None:
+                previous_env.close()
+            if not restart_learning_rate:
+                model.lr_schedule = SequenceProgress(lr_schedule, start, task.budget, sequence.total_budget)
+            if not restart_exploration and exploration_schedule is not None:
+                model.exploration_schedule = SequenceProgress(  # type: ignore[attr-defined]
+                    exploration_schedule, start, task.budget, sequence.total_budget
+                )
+            model.start_task(index)
+            if index > 0 and reset_replay_buffer:
+                model.replay_buffer.reset()  # type: ignore[attr-defined]
+            if index > 0 and reset_optimizers:
+                for optimizer in algorithm_optimizers(model):
+                    clear_optimizer_state(optimizer)
+            periodic = _PeriodicEvaluation(evaluator, eval_every, start, task.budget)
+            model.learn(
+                task.budget, callback=[*given_callbacks, periodic], reset_num_timesteps=True, progress_bar=progress_bar
+            )
+            model.end_task()
+            start += task.budget
+            evaluator.evaluate(model, start)
+    finally:
+        model.lr_schedule = lr_schedule
+        if exploration_schedule is not None:
+            model.exploration_schedule = exploration_schedule  # type: ignore[attr-defined]
+        evaluator.close()
+    return evaluator.result(seed)

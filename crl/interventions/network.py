@@ -1,0 +1,299 @@
+"""The structure interventions operate on: hidden units, their weights, fresh initial values, targets.
+
+A hidden unit (ReDo, continual backprop) owns a row of its incoming Linear/Conv2d layer (weight and
+bias), its LayerNorm affine entries when a LayerNorm sits next to its activation, and the columns of
+every layer that reads it (its outgoing weights). Across a conv -> linear boundary a channel's
+outgoing weights are the columns at every spatial position of that channel in the flattened input
+(SPEC.md §6); behind a CReLU a unit feeds two halves, channels ``i`` and ``i + D``.
+
+:class:`Reinitializer` performs the edits and keeps the algorithm consistent (SPEC.md §2): edited
+entries get their optimizer moments zeroed (the whole state, step included, for whole tensors) and
+the same edit is copied into the target networks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from torch import nn
+
+from crl.metrics.probe_batch import draw_probe_batch
+from crl.optim import algorithm_optimizers, reset_parameter_columns_state, reset_parameter_state
+from crl.policies.layers import ACTIVATION_TYPES, CReLU, InjectedHead
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.policies import BasePolicy
+
+    from crl.policies.base import ContinualPolicyMixin
+
+WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
+WeightLayer = nn.Linear | nn.Conv2d
+
+
+@dataclass(frozen=True)
+class UnitLayer:
+    """One hidden layer seen as units, with every parameter a unit owns.
+
+    :param network: name of the (first) network the layer belongs to
+    :param name: the layer's name in that network (``layer<k>``)
+    :param activation: the activation module (its output is the layer's post-activation)
+    :param incoming: the Linear/Conv2d layer computing the units
+    :param norm: the LayerNorm next to the activation, if any
+    :param outgoing: every Linear/Conv2d layer reading the layer's output
+    """
+
+    network: str
+    name: str
+    activation: nn.Module
+    incoming: WeightLayer
+    norm: nn.LayerNorm | None
+    outgoing: tuple[WeightLayer, ...]
+
+    @property
+    def n_units(self) -> int:
+        return int(self.incoming.weight.shape[0])
+
+    @property
+    def halves(self) -> int:
+        """How many output channels each unit feeds: 2 behind a CReLU, else 1."""
+        return 2 if isinstance(self.activation, CReLU) else 1
+
+    def columns(self, layer: WeightLayer, units: th.Tensor) -> th.Tensor:
+        """Indices of ``layer``'s input dimension that read the given unit indices."""
+        n_inputs = int(layer.weight.shape[1])
+        block = n_inputs // (self.n_units * self.halves)  # spatial positions per channel after a flatten
+        channels = units[:, None] + self.n_units * th.arange(self.halves, device=units.device)[None, :]
+        return (channels[..., None] * block + th.arange(block, device=units.device)).flatten()
+
+    def unit_view(self, per_channel: th.Tensor) -> th.Tensor:
+        """``halves x n_units`` view of a per-output-channel quantity (CReLU: both halves of each unit)."""
+        return per_channel.reshape(self.halves, self.n_units)
+
+    def outgoing_magnitude(self) -> th.Tensor:
+        """Mean ``|W_out|`` of each unit over all its outgoing weights."""
+        per_layer = [
+            # out x (halves, units, block[, kh, kw]) -> mean over everything but the unit
+            layer.weight.detach()
+            .abs()
+            .reshape(layer.weight.shape[0], self.halves, self.n_units, -1)
+            .mean(dim=(0, 1, 3))
+            for layer in self.outgoing
+        ]
+        return per_layer[0] if len(per_layer) == 1 else th.stack(per_layer).mean(dim=0)
+
+
+def _leaf_layers(policy: nn.Module, prefixes: Sequence[str], skip: set[nn.Module]) -> list[nn.Module]:
+    """Weight layers, LayerNorms and activations under ``prefixes``, in forward order."""
+    found: list[nn.Module] = []
+    inside: set[nn.Module] = set()
+    for prefix in prefixes:
+        for module in policy.get_submodule(prefix).modules():
+            if module in inside or module in skip:
+                inside.update(module.modules())
+                continue
+            if isinstance(module, InjectedHead):
+                inside.update(module.modules())
+                found.append(module)
+            elif isinstance(module, (*WEIGHT_LAYERS, nn.LayerNorm, *ACTIVATION_TYPES)):
+                found.append(module)
+    return found
+
+
+def _first_weight_layers(module: nn.Module) -> list[WeightLayer]:
+    """The layers that read a module's input: itself, each branch of an injected head, or its first layer."""
+    if isinstance(module, WEIGHT_LAYERS):
+        return [module]
+    if isinstance(module, InjectedHead):
+        return [layer for branch in module.branches() for layer in _first_weight_layers(branch)]
+    for child in module.modules():
+        if isinstance(child, WEIGHT_LAYERS):
+            return [child]
+    return []
+
+
+def unit_layers(policy: ContinualPolicyMixin, networks: Sequence[str] | None = None) -> list[UnitLayer]:
+    """Every hidden layer of the given (default: all) trained networks as a :class:`UnitLayer`.
+
+    A layer shared by several networks (e.g. PPO's shared CNN extractor) appears once, with the
+    outgoing layers of all of them.
+    """
+    prefixes = policy.network_prefixes()
+    outputs = policy.output_layers()
+    by_activation: dict[nn.Module, UnitLayer] = {}
+    for network in networks if networks is not None else list(prefixes):
+        names = {layer.activation: layer.name for layer in policy.hidden_layers([network])[network]}
+        heads = [policy.get_submodule(path) for path in outputs.get(network, [])]  # type: ignore[attr-defined]
+        sequence: list[Any] = _leaf_layers(policy, prefixes[network], set(heads))  # type: ignore[arg-type]
+        sequence.append(heads)
+        incoming: WeightLayer | None = None
+        norm: nn.LayerNorm | None = None
+        pending: list[tuple[nn.Module, WeightLayer, nn.LayerNorm | None]] = []
+        for item in sequence:
+            if isinstance(item, (list, *WEIGHT_LAYERS, InjectedHead)):
+                heads_or_layer = item if isinstance(item, list) else [item]
+                readers = [layer for head in heads_or_layer for layer in _first_weight_layers(head)]
+                for activation, unit_incoming, unit_norm in pending:
+                    _merge(by_activation, network, names[activation], activation, unit_incoming, unit_norm, readers)
+                pending, norm = [], None
+                incoming = item if isinstance(item, WEIGHT_LAYERS) else None
+            elif isinstance(item, nn.LayerNorm):
+                if pending:  # after the activation ("post" placement)
+                    activation, unit_incoming, _ = pending[-1]
+                    pending[-1] = (activation, unit_incoming, item)
+                else:
+                    norm = item
+            elif incoming is not None:  # an activation
+                pending.append((item, incoming, norm))
+                norm = None
+    return list(by_activation.values())
+
+
+def _merge(
+    found: dict[nn.Module, UnitLayer],
+    network: str,
+    name: str,
+    activation: nn.Module,
+    incoming: WeightLayer,
+    norm: nn.LayerNorm | None,
+    readers: list[WeightLayer],
+) -> None:
+    if activation in found:
+        known = found[activation]
+        extra = tuple(layer for layer in readers if layer not in known.outgoing)
+        found[activation] = UnitLayer(known.network, known.name, activation, incoming, norm, known.outgoing + extra)
+    else:
+        found[activation] = UnitLayer(network, name, activation, incoming, norm, tuple(readers))
+
+
+def fresh_policy(policy: BasePolicy) -> BasePolicy:
+    """A newly initialised policy of the same class and constructor arguments (draws from torch's RNG).
+
+    This is exactly the algorithm's own initialisation scheme (e.g. PPO's orthogonal init with its
+    per-layer gains), so re-initialised parts match what the run started from in distribution.
+    """
+    fresh = type(policy)(**policy._get_constructor_parameters())
+    return fresh.to(policy.device)
+
+
+def target_parameters(algo: BaseAlgorithm) -> dict[th.Tensor, th.Tensor]:
+    """Online parameter -> the target network's parameter at the same place (DQN, SAC)."""
+    policy = algo.policy
+    pairs = [("q_net", "q_net_target"), ("critic", "critic_target")]
+    mapping: dict[th.Tensor, th.Tensor] = {}
+    for online_name, target_name in pairs:
+        online, target = getattr(policy, online_name, None), getattr(policy, target_name, None)
+        if isinstance(online, nn.Module) and isinstance(target, nn.Module):
+            targets = dict(target.named_parameters())
+            for name, param in online.named_parameters():
+                if name in targets:
+                    mapping[param] = targets[name]
+    return mapping
+
+
+class Reinitializer:
+    """Edits parameters of an algorithm's networks and keeps its optimizers and target networks consistent.
+
+    Create one per intervention event; it builds a fresh policy (for fresh initial values) only if
+    asked for one.
+
+    :param algo: the algorithm whose networks are edited
+    """
+
+    def __init__(self, algo: BaseAlgorithm) -> None:
+        self.policy = algo.policy
+        self.optimizers = algorithm_optimizers(algo)
+        self.targets = target_parameters(algo)
+        self._names: dict[th.Tensor, str] = {param: name for name, param in self.policy.named_parameters()}
+        self._fresh: dict[str, th.Tensor] | None = None
+
+    def owns(self, parameter: th.Tensor) -> bool:
+        """Whether ``parameter`` belongs to the policy (and so has a fresh value)."""
+        return parameter in self._names
+
+    def fresh(self, parameter: th.Tensor) -> th.Tensor:
+        """A fresh initial value for ``parameter`` (one fresh policy per :class:`Reinitializer`)."""
+        if self._fresh is None:
+            self._fresh = dict(fresh_policy(self.policy).named_parameters())
+        return self._fresh[self._names[parameter]].detach()
+
+    @th.no_grad()
+    def set_rows(self, parameter: th.Tensor, rows: th.Tensor, values: th.Tensor | float) -> None:
+        """``parameter[rows] = values``; the rows' optimizer moments are zeroed; targets follow."""
+        parameter[rows] = values if isinstance(values, float) else values.to(parameter.dtype)
+        for optimizer in self.optimizers:
+            reset_parameter_state(optimizer, parameter, rows)
+        self._sync(parameter, (rows,))
+
+    @th.no_grad()
+    def set_columns(self, parameter: th.Tensor, columns: th.Tensor, value: float) -> None:
+        """``parameter[:, columns] = value``; the columns' optimizer moments are zeroed; targets follow."""
+        parameter[:, columns] = value
+        for optimizer in self.optimizers:
+            reset_parameter_columns_state(optimizer, parameter, columns)
+        self._sync(parameter, (slice(None), columns))
+
+    @th.no_grad()
+    def set_tensor(self, parameter: th.Tensor, values: th.Tensor, reset_state: bool = True) -> None:
+        """Overwrite a whole tensor; its optimizer state is dropped (``reset_state``); targets follow."""
+        parameter.copy_(values)
+        if reset_state:
+            for optimizer in self.optimizers:
+                reset_parameter_state(optimizer, parameter)
+        self._sync(parameter, (slice(None),))
+
+    def recycle(self, layer: UnitLayer, units: th.Tensor) -> None:
+        """Fresh incoming weights, zero bias, fresh LayerNorm affine and zero outgoing weights for ``units``.
+
+        With zero outgoing weights the network's output is unchanged (when no LayerNorm mixes units).
+
+        :param units: indices of the units to recycle
+        """
+        if units.numel() == 0:
+            return
+        weight = layer.incoming.weight
+        self.set_rows(weight, units, self.fresh(weight)[units])
+        if layer.incoming.bias is not None:
+            self.set_rows(layer.incoming.bias, units, 0.0)
+        if layer.norm is not None and layer.norm.elementwise_affine:
+            # Before a CReLU the norm has one entry per unit, after it one per half; conv norms
+            # are (C, H, W) and a unit is a row of the first dimension.
+            halves = layer.norm.normalized_shape[0] // layer.n_units
+            rows = (units[:, None] + layer.n_units * th.arange(halves, device=units.device)).flatten()
+            for param in (layer.norm.weight, layer.norm.bias):
+                if param is not None:
+                    self.set_rows(param, rows, self.fresh(param)[rows])
+        for reader in layer.outgoing:
+            self.set_columns(reader.weight, layer.columns(reader, units), 0.0)
+
+    def _sync(self, parameter: th.Tensor, index: tuple[Any, ...]) -> None:
+        target = self.targets.get(parameter)
+        if target is not None:
+            with th.no_grad():
+                target[index] = parameter[index]
+
+
+def parameters_of(modules: Iterable[nn.Module]) -> list[th.Tensor]:
+    """The distinct parameters of some modules, in order."""
+    seen: dict[th.Tensor, None] = {}
+    for module in modules:
+        for param in module.parameters():
+            seen.setdefault(param, None)
+    return list(seen)
+
+
+def probe_batch(algo: BaseAlgorithm, size: int) -> tuple[th.Tensor, th.Tensor | None]:
+    """``size`` observations (and their actions, for off-policy critics) from the algorithm's data.
+
+    The same draw as the metrics monitor's probe batch (replay buffer, or the rollout ``train()`` just
+    used), but its seed comes from numpy's global generator: an intervention is part of training, so
+    its draws follow the algorithm's seed and the same seed gives the same run.
+    """
+    batch = draw_probe_batch(algo, size, seed=int(np.random.randint(2**31)))
+    actions = batch.actions if isinstance(batch, ReplayBufferSamples) else None
+    return batch.observations, actions

@@ -1,0 +1,85 @@
+"""ReDo: recycling dormant neurons (Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep RL")."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field, PrivateAttr
+
+from crl.interventions.base import Intervention, InterventionError
+from crl.interventions.network import Reinitializer, probe_batch, unit_layers
+from crl.metrics.functions import unit_scores
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+
+def check_networks(name: str, networks: list[str] | None, algo: BaseAlgorithm) -> None:
+    """Raise if ``networks`` names a network the algorithm's policy does not train."""
+    known = list(algo.policy.network_prefixes())  # type: ignore[operator]
+    unknown = sorted(set(networks or []) - set(known))
+    if unknown:
+        raise InterventionError(
+            f"intervention {name!r}: networks={networks!r} has {unknown}; this policy trains {known}"
+        )
+
+
+class ReDo(Intervention):
+    """Every ``every`` environment steps, recycle the dormant units of every hidden layer.
+
+    A unit is dormant when its normalised score ``a_i / mean_k a_k`` (``a_i = mean_batch |h_i|``, see
+    :func:`crl.metrics.functions.unit_scores`) on a probe batch is ``<= tau``. Recycling gives it fresh
+    incoming weights (the algorithm's initialisation), zero bias, fresh LayerNorm affine entries and
+    zero outgoing weights, so the network's output is unchanged (exactly, when no LayerNorm mixes the
+    units); the Adam moments of all these entries are zeroed and target networks receive the same
+    entries. Behind a CReLU a unit is recycled when both its halves are dormant. Units inside an
+    injected head (plasticity injection) are not recycled. The check runs after each ``train()``
+    call, so its cadence is rounded up to the training frequency.
+
+    Logs ``interventions/redo/recycled`` (units recycled at the last check) and
+    ``interventions/redo/recycled_fraction``.
+
+    :param tau: dormancy threshold (0.1 in ReDo; the dormant-ratio metric uses 0.025)
+    :param every: F, environment steps between checks
+    :param probe_size: probe samples (replay buffer or last rollout)
+    :param networks: the trained networks to treat (default: all)
+    """
+
+    name = "redo"
+
+    tau: float = Field(default=0.1, ge=0.0)
+    every: int = Field(default=1000, gt=0)
+    probe_size: int = Field(default=256, gt=0)
+    networks: list[str] | None = None
+
+    _last_check: int = PrivateAttr(default=0)
+    _total: int = PrivateAttr(default=0)
+
+    def on_setup(self, algo: BaseAlgorithm) -> None:
+        check_networks(self.name, self.networks, algo)
+
+    def on_train_end(self, algo: BaseAlgorithm) -> None:
+        now = algo.num_timesteps
+        if now < self._last_check:  # learn(reset_num_timesteps=True) restarted the clock
+            self._last_check = 0
+        if now - self._last_check >= self.every:
+            self._last_check = now
+            self.recycle(algo)
+
+    def recycle(self, algo: BaseAlgorithm) -> int:
+        """Recycle the dormant units now; return how many."""
+        observations, actions = probe_batch(algo, self.probe_size)
+        features = algo.policy.hidden_features(observations, actions)  # type: ignore[operator]
+        reinit = Reinitializer(algo)
+        recycled = units = 0
+        for layer in unit_layers(algo.policy, self.networks):  # type: ignore[arg-type]
+            h = features[layer.network][layer.name].post
+            dormant = (layer.unit_view(unit_scores(h)) <= self.tau).all(dim=0)
+            reinit.recycle(layer, dormant.nonzero().flatten())
+            recycled += int(dormant.sum())
+            units += layer.n_units
+        self._total += recycled
+        self.record(algo, "recycled", recycled)
+        self.record(algo, "recycled_fraction", recycled / max(units, 1))
+        self.record(algo, "recycled_total", self._total)
+        return recycled

@@ -1,0 +1,95 @@
+"""Parameter regularisers: decoupled weight decay and L2 toward the initial parameters."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch as th
+from pydantic import Field, PrivateAttr
+
+from crl.hooks import GradientStep
+from crl.interventions.base import Intervention
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+
+def loss_optimizer(algo: BaseAlgorithm, loss_name: str) -> th.optim.Optimizer:
+    """The optimizer that minimises the loss ``loss_name`` (see :class:`crl.hooks.GradientStep`)."""
+    policy = algo.policy
+    owner = {"actor": getattr(policy, "actor", None), "critic": getattr(policy, "critic", None)}.get(loss_name)
+    return (owner if owner is not None else policy).optimizer
+
+
+class WeightDecay(Intervention):
+    """Decoupled weight decay (Loshchilov & Hutter 2019, AdamW): ``theta <- theta - lr * lambda * theta``.
+
+    Applied as a separate step just before each optimizer step, on the parameters that have a
+    gradient, exactly as ``torch.optim.AdamW`` does inside its step: with SB3's default Adam this *is*
+    AdamW, and it works unchanged with any other optimizer class (RMSprop for Atari DQN). The
+    algorithm's optimizer class and arguments are left as configured; ``lr`` is the current
+    (scheduled) learning rate of each parameter group. Lyle et al. 2024 combine it with LayerNorm.
+    SAC's entropy coefficient is not decayed.
+
+    :param weight_decay: lambda (1e-4 ... 1e-3 in the references)
+    """
+
+    name = "weight_decay"
+
+    weight_decay: float = Field(default=1e-4, gt=0.0)
+
+    @th.no_grad()
+    def after_backward(self, algo: BaseAlgorithm, step: GradientStep) -> None:
+        assert step.optimizer is not None
+        for group in step.optimizer.param_groups:
+            parameters = [p for p in group["params"] if p.grad is not None]
+            if parameters:
+                th._foreach_mul_(parameters, 1.0 - group["lr"] * self.weight_decay)
+
+
+class L2Init(Intervention):
+    """L2 regularisation toward the initial parameters (Kumar et al. 2023, "Maintaining Plasticity via
+    Regenerative Regularization"): ``loss += lambda / 2 * sum ||theta - theta_0||^2``.
+
+    Applied to every loss, over the parameters its optimizer updates. ``theta_0`` is the parameters at
+    construction; it is saved with the model. Logs ``interventions/l2_init/penalty`` (the mean added
+    term of the last ``train()``).
+
+    :param l2_init: lambda (swept over 1e-2 ... 1e-4 in the paper)
+    """
+
+    name = "l2_init"
+
+    l2_init: float = Field(default=1e-3, gt=0.0)
+
+    _theta_0: dict[str, th.Tensor] | None = PrivateAttr(default=None)
+    _penalties: list[th.Tensor] = PrivateAttr(default_factory=list)
+    _anchors: dict[th.Tensor, th.Tensor] = PrivateAttr(default_factory=dict)
+
+    def on_setup(self, algo: BaseAlgorithm) -> None:
+        if self._theta_0 is None:  # after load() the saved theta_0 is kept
+            self._theta_0 = {name: p.detach().clone() for name, p in algo.policy.named_parameters()}
+
+    def on_train_start(self, algo: BaseAlgorithm) -> None:
+        # parameter -> its theta_0, for this train() call (parameters added later have no anchor)
+        assert self._theta_0 is not None
+        theta_0 = self._theta_0
+        self._anchors = {p: theta_0[name] for name, p in algo.policy.named_parameters() if name in theta_0}
+
+    def auxiliary_loss(self, algo: BaseAlgorithm, step: GradientStep) -> th.Tensor:
+        optimizer = loss_optimizer(algo, step.loss_name)
+        terms = [
+            (p - self._anchors[p]).pow(2).sum()
+            for group in optimizer.param_groups
+            for p in group["params"]
+            if p.requires_grad and p in self._anchors
+        ]
+        penalty = 0.5 * self.l2_init * th.stack(terms).sum()
+        self._penalties.append(penalty.detach())
+        return penalty
+
+    def on_train_end(self, algo: BaseAlgorithm) -> None:
+        self._anchors = {}
+        if self._penalties:
+            self.record(algo, "penalty", float(th.stack(self._penalties).mean()))
+            self._penalties = []

@@ -1,0 +1,70 @@
+"""Offline analysis: the metric suite of a saved (or live) model on a batch of observations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch as th
+
+from crl.metrics.config import MetricsConfig
+from crl.metrics.monitor import plasticity_probes
+from crl.metrics.suite import feature_metrics, network_parameters, weight_metrics
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+    from crl.policies.base import ContinualPolicyMixin
+
+
+def evaluate(
+    model: BaseAlgorithm,
+    observations: np.ndarray | th.Tensor,
+    actions: np.ndarray | th.Tensor | None = None,
+    *,
+    config: MetricsConfig | Mapping[str, Any] | None = None,
+    plasticity_probe: bool = False,
+) -> dict[str, float]:
+    """The metric suite of ``model`` on a batch of observations, named as the monitor logs it.
+
+    Computes, for every trained network, the feature metrics of every hidden layer and pooled
+    (``plasticity/<network>/<layer-or-all>/<metric>``, see :mod:`crl.metrics.suite`) and
+    ``weight_magnitude``; with ``plasticity_probe=True`` also each network's ``plasticity_probe``.
+    What needs training history or a training batch (``weight_change``, ``grad_norm``,
+    ``hessian_top_eig``) is only logged during training. The model is left as it was.
+
+    >>> model = crl.DQN.load("checkpoint.zip")
+    >>> values = crl.metrics.evaluate(model, observations)
+    >>> values["plasticity/q_net/all/dormant_ratio"]
+
+    :param model: a ``crl.DQN``, ``crl.PPO`` or ``crl.SAC`` (trained, or loaded from a checkpoint)
+    :param observations: a batch of observations, shaped like the observation space with a batch axis
+        in front (images as stored, e.g. uint8)
+    :param actions: actions for SAC's critics (in the buffer's scaled form); by default the actor's
+        deterministic actions
+    :param config: metric settings (``dormant_tau``, the plasticity probe's budget and ``seed``)
+    :param plasticity_probe: also run the (expensive) plasticity probe
+    """
+    settings = MetricsConfig.make(config) if config is not None else MetricsConfig()
+    policy: ContinualPolicyMixin = model.policy  # type: ignore[assignment]
+    obs = policy._to_tensor(observations)
+    was_training = policy.training  # type: ignore[attr-defined]
+    policy.set_training_mode(False)  # type: ignore[attr-defined]
+    try:
+        act = None if actions is None else policy._to_tensor(actions)
+        if act is None and model.algorithm_family == "SAC":  # type: ignore[attr-defined]
+            with th.no_grad():
+                act = policy.actor(obs, deterministic=True)  # type: ignore[attr-defined]
+        values = feature_metrics(policy, obs, act, settings.dormant_tau)
+        values.update(weight_metrics(network_parameters(policy)))
+        if plasticity_probe:
+            seed = settings.seed if settings.seed is not None else 0
+            batch_size = settings.plasticity_probe_batch_size or model.batch_size  # type: ignore[attr-defined]
+            family = model.algorithm_family  # type: ignore[attr-defined]
+            values.update(
+                plasticity_probes(policy, family, obs, act, settings.plasticity_probe_epochs, batch_size, seed)
+            )
+    finally:
+        policy.set_training_mode(was_training)  # type: ignore[attr-defined]
+    return values

@@ -1,0 +1,180 @@
+"""``plasticity_probe``: how well a network can still fit new targets (SPEC.md §1).
+
+Lyle et al. 2023 define plasticity as the loss a network reaches when trained on new targets; PFO
+(Moalla et al. 2024) make it operational: from the current weights, train a copy to regress the
+outputs of a freshly initialised network of the same architecture on a fixed probe set, for a fixed
+budget, and report the final loss (lower = more plastic). Outputs that are distributions (actors) are
+compared by KL, values and Q-values by mean squared error.
+
+The fresh network is built with the policy's own constructor arguments, so it is initialised exactly
+as SB3 initialises that policy, from a fixed seed, so the probe task is the same at every measurement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch as th
+from stable_baselines3.common.distributions import Distribution
+from torch.nn import functional as F
+
+from crl.metrics.hessian import optimizer_parameters
+from crl.metrics.suite import network_parameters
+from crl.policies.base import ContinualPolicyMixin
+
+# (policy, observations, actions) -> the network's output on them
+OutputFn = Callable[[ContinualPolicyMixin, th.Tensor, th.Tensor | None], object]
+
+
+@dataclass(frozen=True)
+class NetworkOutput:
+    """How to read one network's output and how far apart two outputs are.
+
+    :param output: the network's output for a batch
+    :param divergence: the probe's loss between the fresh network's output (first) and the copy's (second)
+    """
+
+    output: OutputFn
+    divergence: Callable[[object, object], th.Tensor]
+
+
+def kl_divergence(target: object, learner: object) -> th.Tensor:
+    """Mean over the batch of ``KL(target || learner)`` between two SB3 action distributions.
+
+    Independent action dimensions are summed (diagonal Gaussians, multi-discrete, multi-binary). For
+    SAC's squashed Gaussian this is the KL of the Gaussians before tanh, which the bijection preserves.
+    """
+    assert isinstance(target, Distribution) and isinstance(learner, Distribution)
+    targets, learners = target.distribution, learner.distribution
+    if not isinstance(targets, list):
+        targets, learners = [targets], [learners]  # type: ignore[list-item]
+    kls = [th.distributions.kl_divergence(p, q) for p, q in zip(targets, learners, strict=True)]  # type: ignore[arg-type]
+    return th.stack([(kl.sum(dim=-1) if kl.dim() > 1 else kl).mean() for kl in kls]).sum()
+
+
+def mse(target: object, learner: object) -> th.Tensor:
+    assert isinstance(target, th.Tensor) and isinstance(learner, th.Tensor)
+    return F.mse_loss(learner, target)
+
+
+def _sac_actor(policy: ContinualPolicyMixin, observations: th.Tensor, actions: th.Tensor | None) -> object:
+    actor = policy.actor  # type: ignore[attr-defined]
+    mean_actions, log_std, kwargs = actor.get_action_dist_params(observations)
+    return actor.action_dist.proba_distribution(mean_actions, log_std, **kwargs)
+
+
+def _sac_critic(index: int) -> OutputFn:
+    def output(policy: ContinualPolicyMixin, observations: th.Tensor, actions: th.Tensor | None) -> object:
+        assert actions is not None, "SAC's critics need actions"
+        return policy.critic(observations, actions)[index]  # type: ignore[attr-defined]
+
+    return output
+
+
+def network_output(algorithm_family: str, network: str) -> NetworkOutput:
+    """The output and divergence of ``network`` of a ``"DQN"``, ``"PPO"`` or ``"SAC"`` policy."""
+    outputs: dict[str, dict[str, NetworkOutput]] = {
+        "DQN": {"q_net": NetworkOutput(lambda policy, obs, _: policy.q_net(obs), mse)},  # type: ignore[attr-defined]
+        "PPO": {
+            "actor": NetworkOutput(lambda policy, obs, _: policy.get_distribution(obs), kl_divergence),  # type: ignore[attr-defined]
+            "critic": NetworkOutput(lambda policy, obs, _: policy.predict_values(obs), mse),  # type: ignore[attr-defined]
+        },
+        "SAC": {"actor": NetworkOutput(_sac_actor, kl_divergence)},
+    }
+    if algorithm_family == "SAC" and network.startswith("qf"):
+        return NetworkOutput(_sac_critic(int(network[2:])), mse)
+    try:
+        return outputs[algorithm_family][network]
+    except KeyError:
+        raise ValueError(f"no plasticity probe for network {network!r} of a {algorithm_family} policy") from None
+
+
+def _optimizer_of(policy: ContinualPolicyMixin, parameters: list[th.nn.Parameter]) -> th.optim.Optimizer:
+    """The policy's optimizer that updates the first of ``parameters``."""
+    modules = policy.modules()  # type: ignore[attr-defined]
+    optimizers = [m.optimizer for m in modules if isinstance(getattr(m, "optimizer", None), th.optim.Optimizer)]
+    for optimizer in optimizers:
+        if any(p is parameters[0] for p in optimizer_parameters(optimizer)):
+            return optimizer
+    raise ValueError("no optimizer of the policy updates this network")
+
+
+def fresh_copy(policy: ContinualPolicyMixin, seed: int) -> ContinualPolicyMixin:
+    """A freshly initialised policy of the same class and constructor arguments, in eval mode.
+
+    Initialised as SB3 initialises that policy, from ``seed``; torch's global stream is left as it was.
+    """
+    with th.random.fork_rng(devices=[]):
+        th.manual_seed(seed)
+        fresh = type(policy)(**policy._get_constructor_parameters())  # type: ignore[attr-defined]
+    fresh = fresh.to(policy.device)  # type: ignore[attr-defined]
+    fresh.set_training_mode(False)
+    return fresh  # type: ignore[no-any-return]
+
+
+def weight_copy(policy: ContinualPolicyMixin) -> ContinualPolicyMixin:
+    """A copy of ``policy`` with its current weights, in eval mode.
+
+    Built rather than deep-copied: a policy can hold tensors of its last forward pass (SB3's action
+    distribution), which ``copy.deepcopy`` refuses.
+    """
+    copied = fresh_copy(policy, seed=0)
+    copied.load_state_dict(policy.state_dict())  # type: ignore[attr-defined]
+    return copied
+
+
+def plasticity_probe(
+    policy: ContinualPolicyMixin,
+    network: str,
+    output: NetworkOutput,
+    observations: th.Tensor,
+    actions: th.Tensor | None = None,
+    epochs: int = 1,
+    batch_size: int = 64,
+    seed: int = 0,
+    fresh: ContinualPolicyMixin | None = None,
+) -> float:
+    """Final loss of fitting a fresh network's outputs, starting from ``policy``'s current weights.
+
+    A copy of ``policy`` trains the parameters of ``network`` (heads included) with a new optimizer of
+    the class and hyperparameters (learning rate included) of the one that trains it, on minibatches
+    of the probe set for ``epochs`` epochs; the reported loss is the divergence on the whole probe set
+    afterwards. ``policy`` itself is not touched, and torch's global random stream is left as it was.
+
+    :param policy: the policy whose plasticity is measured
+    :param network: a name of ``policy.network_prefixes()``
+    :param output: how to read the network's output and compare two (see :func:`network_output`)
+    :param observations: the fixed probe set
+    :param actions: actions for networks that take them (SAC's critics)
+    :param epochs: the training budget, in passes over the probe set
+    :param batch_size: minibatch size
+    :param seed: seed of the fresh network and of the minibatch order
+    :param fresh: the freshly initialised policy (built from ``seed`` if not given; pass one to
+        share it between the networks of a policy)
+    """
+    parameters = network_parameters(policy)[network]
+    reference = _optimizer_of(policy, parameters)
+    target = fresh if fresh is not None else fresh_copy(policy, seed)
+    learner = weight_copy(policy)
+    learner_parameters = network_parameters(learner)[network]
+    hyperparameters = {key: value for key, value in reference.param_groups[0].items() if key != "params"}
+    optimizer = type(reference)([{"params": learner_parameters, **hyperparameters}])  # type: ignore[call-arg]
+    generator = th.Generator().manual_seed(seed)
+    n_samples = observations.shape[0]
+
+    def loss_on(indices: th.Tensor | slice) -> th.Tensor:
+        batch_actions = None if actions is None else actions[indices]
+        with th.no_grad():
+            wanted = output.output(target, observations[indices], batch_actions)
+        return output.divergence(wanted, output.output(learner, observations[indices], batch_actions))
+
+    for _ in range(epochs):
+        order = th.randperm(n_samples, generator=generator).to(observations.device)
+        for start in range(0, n_samples, batch_size):
+            loss = loss_on(order[start : start + batch_size])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with th.no_grad():
+        return float(loss_on(slice(None)))

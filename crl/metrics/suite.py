@@ -1,0 +1,137 @@
+"""The metric suite of a policy's networks on a batch, under the names it is logged with.
+
+Names are ``plasticity/<network>/<layer>/<metric>``:
+
+- ``<network>`` is a network the algorithm trains (``policy.network_prefixes()``: DQN ``q_net``; PPO
+  ``actor``, ``critic``; SAC ``actor``, ``qf0``, ``qf1``), or, for the metrics of a loss
+  (``grad_norm``, ``hessian_top_eig``), the loss's name (DQN ``q_net``, PPO ``policy``, SAC ``critic``,
+  ``actor``);
+- ``<layer>`` is a hidden layer ``layer<k>`` (k from the input), ``penultimate`` (the last hidden
+  layer's pre-activation) or ``all`` (the whole network);
+- ``<metric>`` is a name of SPEC.md §1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch as th
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from crl.metrics.functions import (
+    activation_kind,
+    dead_units,
+    dormant_ratio,
+    fau,
+    feature_norm,
+    gram_singular_values,
+    rank_metrics_from_singular_values,
+    weight_change,
+    weight_magnitude,
+)
+from crl.policies.base import ContinualPolicyMixin
+from crl.policies.features import LayerFeatures
+
+PREFIX = "plasticity"
+WHOLE = "all"
+"""Layer key of metrics of a whole network (pooled unit metrics, weights, gradients, probe, Hessian)."""
+PENULTIMATE = "penultimate"
+"""Layer key of the last hidden layer's pre-activation (PFO's feature-norm collapse indicator)."""
+
+# PPO's output heads lie outside network_prefixes() (which lists the modules with hidden layers).
+_ACTOR_CRITIC_HEADS = {"actor": ("action_net", "log_std"), "critic": ("value_net",)}
+
+
+def metric_name(network: str, layer: str, metric: str) -> str:
+    """The logged name ``plasticity/<network>/<layer>/<metric>``."""
+    return f"{PREFIX}/{network}/{layer}/{metric}"
+
+
+def feature_metrics(
+    policy: ContinualPolicyMixin,
+    observations: th.Tensor,
+    actions: th.Tensor | None = None,
+    dormant_tau: float | None = None,
+) -> dict[str, float]:
+    """Ranks, unit metrics and feature norms of every hidden layer of every trained network.
+
+    Per hidden layer (post-activation): the four ranks, ``dormant_ratio``, ``dead_units``, ``fau``,
+    ``feature_norm``; per network: ``dormant_ratio``, ``dead_units`` and ``fau`` pooled over its hidden
+    layers (``all``) and ``feature_norm`` of the last hidden layer's pre-activation (``penultimate``).
+    The ranks use :func:`gram_singular_values`; a layer shared by two networks (PPO's shared CNN) is
+    decomposed once.
+
+    :param policy: a crl policy (runs under ``no_grad``; its train/eval mode is left as it is)
+    :param observations: the probe batch's observations, as stored in the buffer
+    :param actions: actions for networks that take them (SAC's critics); by default the actor's
+    :param dormant_tau: threshold of ``dormant_ratio`` (default: SPEC's 0.025)
+    """
+    tau_kwargs = {} if dormant_tau is None else {"tau": dormant_tau}
+    features = policy.hidden_features(observations, actions)
+    hidden = policy.hidden_layers(list(features))
+    ranks_by_path: dict[str, dict[str, float]] = {}
+    values: dict[str, float] = {}
+    for network, by_layer in features.items():
+        layers = [layer for layer in hidden[network] if layer.name in by_layer]
+        if not layers:
+            continue
+        posts = [by_layer[layer.name].post for layer in layers]
+        kinds = [activation_kind(layer.activation) for layer in layers]
+        pooled_dormant, dormant_per_layer = dormant_ratio(posts, **tau_kwargs)
+        for layer, post, kind, dormant in zip(layers, posts, kinds, dormant_per_layer, strict=True):
+            record = by_layer[layer.name]
+            if record.path not in ranks_by_path:
+                ranks_by_path[record.path] = _ranks(record)
+            per_layer = {
+                **ranks_by_path[record.path],
+                "dormant_ratio": dormant,
+                "dead_units": dead_units([post]),
+                "fau": fau([post], kind),
+                "feature_norm": feature_norm(post),
+            }
+            values.update({metric_name(network, layer.name, key): value for key, value in per_layer.items()})
+        whole = {"dormant_ratio": pooled_dormant, "dead_units": dead_units(posts), "fau": fau(posts, kinds)}
+        values.update({metric_name(network, WHOLE, key): value for key, value in whole.items()})
+        values[metric_name(network, PENULTIMATE, "feature_norm")] = feature_norm(by_layer[layers[-1].name].pre)
+    return values
+
+
+def _ranks(features: LayerFeatures) -> dict[str, float]:
+    post = features.post
+    return rank_metrics_from_singular_values(gram_singular_values(post), post.shape[0])
+
+
+def network_parameters(policy: ContinualPolicyMixin) -> dict[str, list[th.nn.Parameter]]:
+    """All parameters of each trained network, heads included (a shared extractor counts for each)."""
+    modules = dict(policy.named_modules())  # type: ignore[attr-defined]
+    named_parameters = dict(policy.named_parameters())  # type: ignore[attr-defined]
+    parameters: dict[str, list[th.nn.Parameter]] = {}
+    for network, prefixes in policy.network_prefixes().items():
+        paths = list(prefixes)
+        if isinstance(policy, ActorCriticPolicy):
+            paths += [
+                path for path in _ACTOR_CRITIC_HEADS.get(network, ()) if path in modules or path in named_parameters
+            ]
+        found: dict[int, th.nn.Parameter] = {}
+        for path in paths:
+            owned = modules[path].parameters() if path in modules else [named_parameters[path]]
+            found.update((id(p), p) for p in owned)
+        parameters[network] = list(found.values())
+    return parameters
+
+
+def weight_metrics(
+    parameters: Mapping[str, Sequence[th.Tensor]], previous: Mapping[str, Sequence[th.Tensor]] | None = None
+) -> dict[str, float]:
+    """``weight_magnitude`` of each network, and ``weight_change`` where a previous snapshot fits."""
+    values = {metric_name(network, WHOLE, "weight_magnitude"): weight_magnitude(p) for network, p in parameters.items()}
+    for network, params in (previous or {}).items():
+        current = parameters.get(network)
+        if current is not None and [p.shape for p in current] == [q.shape for q in params]:
+            values[metric_name(network, WHOLE, "weight_change")] = weight_change(current, params)
+    return values
+
+
+def snapshot(parameters: Mapping[str, Sequence[th.Tensor]]) -> dict[str, list[th.Tensor]]:
+    """Detached copies of the parameters, for the next ``weight_change``."""
+    return {network: [p.detach().clone() for p in params] for network, params in parameters.items()}

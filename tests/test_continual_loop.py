@@ -1,0 +1,168 @@
+"""The continual training loop on real environments: CartPole shifts, MinAtar, Continual World."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import stable_baselines3 as sb3
+import torch as th
+
+import crl
+from crl.continual import ContinualResult, SequenceProgress, learn_continual
+from crl.continual.continual_world import REFERENCE_PROTOCOL, ContinualWorldSAC, reference_sac
+from crl.interventions import Intervention
+from crl.wrappers import TaskSequence, make_sequence, permuted_observations
+
+
+class _Record(Intervention):
+    """Records what the loop shows the interventions at task boundaries and at every learn() start."""
+
+    name: ClassVar[str] = "test_continual_record"
+
+    def model_post_init(self, context) -> None:
+        self._events: list[tuple] = []
+
+    def on_task_start(self, algo, task_id: int) -> None:
+        self._events.append(("start", task_id))
+
+    def on_training_start(self, algo) -> None:
+        buffer = getattr(algo, "replay_buffer", None)
+        modules = [algo.policy, getattr(algo, "actor", None), getattr(algo, "critic", None)]
+        state = sum(len(module.optimizer.state) for module in modules if hasattr(module, "optimizer"))
+        log_alpha = float(algo.log_ent_coef.detach()) if getattr(algo, "log_ent_coef", None) is not None else None
+        self._events.append(("learn", None if buffer is None else buffer.pos, state, log_alpha))
+
+    def on_task_end(self, algo, task_id: int) -> None:
+        rate = float(getattr(algo, "exploration_rate", float("nan")))
+        optimizer = getattr(algo.policy, "optimizer", None)
+        self._events.append(("end", task_id, rate, None if optimizer is None else optimizer.param_groups[0]["lr"]))
+
+
+DQN_SMALL = dict(learning_starts=100, train_freq=16, gradient_steps=4, batch_size=32, policy_kwargs=dict(net_arch=[32]))
+
+
+def _dqn(sequence: TaskSequence, **kwargs) -> crl.DQN:
+    return crl.DQN("MlpPolicy", sequence.make_vec_env(0, seed=0), seed=0, **{**DQN_SMALL, **kwargs})
+
+
+def test_dqn_runs_through_three_cartpole_shifts() -> None:
+    sequence = permuted_observations(n_tasks=3, steps_per_task=400)
+    record = _Record()
+    model = _dqn(sequence, interventions=[record], exploration_fraction=0.5)
+    result = learn_continual(model, sequence, eval_every=300, n_eval_episodes=2)
+    # every 300 steps of the sequence, plus every task's end
+    np.testing.assert_array_equal(result.eval_steps, [300, 400, 600, 800, 900, 1200])
+    assert result.performance.shape == (3, 6) and result.measure == "mean_return"
+    assert np.all(result.performance >= 8)  # CartPole returns at least 8 per episode
+    assert [event[:2] for event in record._events if event[0] != "learn"] == [
+        ("start", 0),
+        ("end", 0),
+        ("start", 1),
+        ("end", 1),
+        ("start", 2),
+        ("end", 2),
+    ]
+    # the exploration schedule restarts at every task and ends each one at its final value
+    assert [event[2] for event in record._events if event[0] == "end"] == pytest.approx([0.05] * 3)
+    assert model.current_task == 2 and model.num_timesteps >= 400
+
+
+def test_schedules_can_run_over_the_whole_sequence() -> None:
+    sequence = permuted_observations(n_tasks=3, steps_per_task=400)
+    record = _Record()
+    model = _dqn(sequence, interventions=[record], exploration_fraction=0.5, learning_rate=lambda left: 1e-3 * left)
+    schedules = model.exploration_schedule, model.lr_schedule
+    learn_continual(model, sequence, 10_000, n_eval_episodes=1, restart_exploration=False, restart_learning_rate=False)
+    ends = [event for event in record._events if event[0] == "end"]
+    # epsilon after 400, 800, 1200 of 1200 steps: linear from 1 to 0.05 over the first half
+    assert [event[2] for event in ends] == pytest.approx([1 - (1 / 3) / 0.5 * 0.95, 0.05, 0.05], abs=0.02)
+    # the learning rate of the last update of each task: 1e-3 x the sequence's progress left
+    assert [event[3] for event in ends] == pytest.approx([1e-3 * 2 / 3, 1e-3 / 3, 0.0], abs=2e-5)
+    assert (model.exploration_schedule, model.lr_schedule) == schedules  # restored after the loop
+
+
+def test_sequence_progress_maps_task_progress_to_sequence_progress() -> None:
+    progress = SequenceProgress(lambda remaining: remaining, start=10, budget=10, total=40)
+    assert progress(1.0) == pytest.approx(0.75) and progress(0.5) == pytest.approx(0.625) and progress(0.0) == 0.5
+
+
+def test_evaluation_does_not_change_training() -> None:
+    sequence = permuted_observations(n_tasks=2, steps_per_task=300)
+    # built one after the other: construction seeds the global generators that training draws from
+    often = _dqn(sequence)
+    learn_continual(often, sequence, eval_every=50, n_eval_episodes=2, deterministic_eval=False)
+    rarely = _dqn(sequence)
+    learn_continual(rarely, sequence, eval_every=10_000, n_eval_episodes=2, deterministic_eval=False)
+    for mine, theirs in zip(often.policy.parameters(), rarely.policy.parameters(), strict=True):
+        th.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+def test_result_of_a_run_can_be_saved(tmp_path) -> None:
+    sequence = permuted_observations(n_tasks=2, steps_per_task=150)
+    result = learn_continual(_dqn(sequence), sequence, eval_every=100, n_eval_episodes=1)
+    result.save(tmp_path / "run.json")
+    loaded = ContinualResult.load(tmp_path / "run.json")
+    np.testing.assert_array_equal(loaded.performance, result.performance)
+    assert loaded.task_names == ("permutation-0", "permutation-1") and loaded.seed == 0
+
+
+def test_dqn_runs_through_three_minatar_games() -> None:
+    sequence = make_sequence("minatar_cycle", steps_per_task=300)
+    games = TaskSequence(sequence.tasks[:3], name="minatar3")
+    result = learn_continual(_dqn(games), games, eval_every=300, n_eval_episodes=1)
+    assert result.task_names == ("Asterix", "Breakout", "Freeway") and result.performance.shape == (3, 3)
+
+
+def test_bad_calls_are_rejected_before_training() -> None:
+    sequence = permuted_observations(n_tasks=2, steps_per_task=100)
+    with pytest.raises(ValueError, match="eval_every must be a positive int"):
+        learn_continual(_dqn(sequence), sequence, eval_every=0)
+    with pytest.raises(TypeError, match="needs a crl algorithm"):
+        learn_continual(sb3.DQN("MlpPolicy", sequence.make_vec_env(0)), sequence, eval_every=10)
+    with pytest.raises(ValueError, match="reset_replay_buffer=True needs an off-policy algorithm, got PPO"):
+        learn_continual(crl.PPO("MlpPolicy", sequence.make_vec_env(0)), sequence, 10, reset_replay_buffer=True)
+    other = crl.DQN("MlpPolicy", "Acrobot-v1")
+    with pytest.raises(ValueError, match="Observation spaces do not match"):
+        learn_continual(other, sequence, eval_every=10)
+    assert other.num_timesteps == 0
+
+
+def test_reference_sac_through_the_first_two_cw10_tasks() -> None:
+    sequence = TaskSequence(make_sequence("cw10", steps_per_task=300).tasks[:2], "cw2", True, "success_rate")
+    record = _Record()
+    model = reference_sac(sequence, seed=0, buffer_size=1_000, random_steps=200, learning_starts=100)
+    model.interventions.append(record)
+    model._setup_model()  # rebuild the hook dispatcher with the recorder (a test-only shortcut)
+    result = learn_continual(model, sequence, eval_every=300, **{**REFERENCE_PROTOCOL, "n_eval_episodes": 1})
+    assert result.measure == "success_rate" and result.performance.shape == (2, 2)
+    assert set(np.unique(result.performance)) <= {0.0, 1.0}
+    learns = [event for event in record._events if event[0] == "learn"]
+    # at the second task: empty replay buffer, no optimizer state, the initial temperature (log 1 = 0)
+    assert learns[1][1:] == (0, 0, 0.0)
+    assert model.replay_buffer.pos == 300 and model.num_timesteps == 300
+
+
+def test_reference_sac_networks_and_warm_up() -> None:
+    sequence = TaskSequence(make_sequence("cw10", steps_per_task=300).tasks[:2], "cw2", True, "success_rate")
+    model = reference_sac(sequence, seed=0, buffer_size=1_000)
+    assert isinstance(model, ContinualWorldSAC)
+    assert (model.learning_rate, model.batch_size, model.tau, model.gamma) == (1e-3, 128, 0.005, 0.99)
+    assert (model.train_freq.frequency, model.gradient_steps, model.learning_starts, model.random_steps) == (
+        50,
+        50,
+        1000,
+        10_000,
+    )
+    assert [layer.out_features for layer in model.actor.latent_pi if isinstance(layer, th.nn.Linear)] == [256] * 4
+    assert model.critic.qf0[-1].out_features == 2 and model.actor.mu.out_features == 2 * 4
+    # between learning_starts and random_steps the action is uniformly random: the action space's draw
+    model.num_timesteps = 5_000
+    state = model.action_space.np_random.bit_generator.state
+    expected = model.action_space.sample()
+    model.action_space.np_random.bit_generator.state = state
+    action, _ = model._sample_action(model.learning_starts)
+    np.testing.assert_allclose(action[0], expected, rtol=1e-6)  # SB3 rescales it to [-1, 1] and back
+    with pytest.raises(ValueError, match="needs a sequence with task_id_in_obs=True"):
+        reference_sac(permuted_observations("Pendulum-v1", n_tasks=1, steps_per_task=10))

@@ -1,0 +1,127 @@
+"""The expensive metrics: Hessian top eigenvalue and plasticity probe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch as th
+
+import crl
+from crl.interventions import Intervention
+from crl.metrics import (
+    draw_probe_batch,
+    hessian_top_eigenvalue,
+    network_output,
+    plasticity_probe,
+    training_loss_eigenvalues,
+)
+
+
+def test_hessian_of_a_known_quadratic() -> None:
+    # L(x) = 1/2 x^T A x with A = Q diag(lambda) Q^T: the Hessian is A, its top eigenvalue 50.
+    generator = th.Generator().manual_seed(0)
+    q, _ = th.linalg.qr(th.randn(6, 6, generator=generator, dtype=th.float64))
+    a = q @ th.diag(th.tensor([50.0, 40.0, 10.0, 1.0, 0.5, -3.0], dtype=th.float64)) @ q.T
+    x = th.randn(6, generator=generator, dtype=th.float64, requires_grad=True)
+    eigenvalue = hessian_top_eigenvalue(0.5 * x @ a @ x, [x], iterations=20, generator=generator)
+    assert eigenvalue == pytest.approx(50.0, rel=0.01)
+
+
+def test_hessian_of_least_squares_on_a_network() -> None:
+    # L(w) = mean((X w - y)^2) for a linear layer: H = 2 X^T X / N, known exactly.
+    generator = th.Generator().manual_seed(1)
+    features = th.randn(200, 5, generator=generator) * th.tensor([3.0, 1.0, 1.0, 0.5, 0.1])
+    targets = th.randn(200, 1, generator=generator)
+    layer = th.nn.Linear(5, 1, bias=False)
+    loss = th.nn.functional.mse_loss(layer(features), targets)
+    exact = th.linalg.eigvalsh(2 * features.T @ features / 200).max()
+    estimate = hessian_top_eigenvalue(loss, list(layer.parameters()), generator=generator)
+    assert estimate == pytest.approx(float(exact), rel=0.01)
+    assert layer.weight.grad is None  # autograd.grad only
+
+
+class _LossCheck(Intervention):
+    """At the first gradient step, compares the algorithm's training_losses with train()'s own loss."""
+
+    name = "test_training_loss_check"
+
+    def model_post_init(self, context: Any) -> None:
+        self._pairs: list[tuple[float, float]] = []
+
+    def auxiliary_loss(self, algo: Any, step: Any) -> None:
+        if not self._pairs:
+            with th.no_grad():
+                loss, _ = algo.training_losses(step.batch)[step.loss_name]
+                trains = step.loss.detach()
+            self._pairs.append((float(loss), float(trains)))
+        return None
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("DQN", dict(learning_starts=100, batch_size=32)),
+        ("PPO", dict(n_steps=128, batch_size=32, n_epochs=1)),
+    ],
+)
+def test_training_losses_are_the_losses_train_minimises(name: str, kwargs: dict[str, Any]) -> None:
+    check = _LossCheck()
+    model = getattr(crl, name)("MlpPolicy", "CartPole-v1", seed=0, interventions=[check], **kwargs)
+    model.learn(200 if name == "DQN" else 128)
+    (ours, trains), *_ = check._pairs
+    assert ours == pytest.approx(trains, rel=1e-5, abs=1e-6)
+
+
+def _probe(model: Any, network: str, obs: np.ndarray) -> float:
+    return plasticity_probe(
+        model.policy,
+        network,
+        network_output(model.algorithm_family, network),
+        th.as_tensor(obs),
+        epochs=20,
+        batch_size=32,
+        seed=0,
+    )
+
+
+def test_probe_loss_is_lower_for_a_fresh_network_than_a_saturated_one() -> None:
+    obs = np.random.default_rng(0).uniform(-2, 2, size=(256, 4)).astype(np.float32)
+    fresh = crl.PPO("MlpPolicy", "CartPole-v1", seed=1)  # tanh hidden layers
+    saturated = crl.PPO("MlpPolicy", "CartPole-v1", seed=1)
+    with th.no_grad():
+        for module in saturated.policy.mlp_extractor.modules():
+            if isinstance(module, th.nn.Linear):
+                module.weight.mul_(50.0)  # |pre-activation| >> 1: tanh saturated, gradients vanish
+    state = {key: value.clone() for key, value in saturated.policy.state_dict().items()}
+    rng_state = th.random.get_rng_state()
+
+    fresh_loss = {network: _probe(fresh, network, obs) for network in ("actor", "critic")}
+    saturated_loss = {network: _probe(saturated, network, obs) for network in ("actor", "critic")}
+    for network in ("actor", "critic"):
+        assert fresh_loss[network] < saturated_loss[network] / 2, (fresh_loss, saturated_loss)
+    # The probe trains a copy: the policy and torch's random stream are as they were.
+    assert all(th.equal(value, state[key]) for key, value in saturated.policy.state_dict().items())
+    assert th.equal(th.random.get_rng_state(), rng_state)
+
+
+def test_probe_loss_is_lower_for_a_fresh_q_network_than_a_dead_one() -> None:
+    obs = np.random.default_rng(0).uniform(-2, 2, size=(256, 4)).astype(np.float32)
+    fresh = crl.DQN("MlpPolicy", "CartPole-v1", seed=1)
+    dead = crl.DQN("MlpPolicy", "CartPole-v1", seed=1)
+    with th.no_grad():
+        for module in dead.q_net.q_net[:-1]:
+            if isinstance(module, th.nn.Linear):
+                module.bias.fill_(-100.0)  # every ReLU unit dead: only the output bias can still learn
+    assert _probe(fresh, "q_net", obs) < _probe(dead, "q_net", obs) / 2
+
+
+def test_probe_and_hessian_after_a_forward_pass_with_graph() -> None:
+    """SB3 policies keep their last action distribution (with its graph): the probe must still copy them."""
+    model = crl.PPO("MlpPolicy", "CartPole-v1", seed=0, n_steps=64, batch_size=32, n_epochs=1)
+    model.learn(64)
+    batch = draw_probe_batch(model, 64, seed=0)
+    eigenvalues = training_loss_eigenvalues(model, batch, iterations=5)
+    assert set(eigenvalues) == {"policy"} and np.isfinite(eigenvalues["policy"])
+    assert np.isfinite(_probe(model, "actor", batch.observations.numpy()))

@@ -1,0 +1,160 @@
+"""The metrics monitor during training: stable names in SB3's logger, and training left untouched."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.logger import KVWriter, Logger, configure
+from test_sb3_equivalence import CASES, assert_same_training
+
+import crl
+from crl.metrics import MetricsConfig, MetricsError
+
+# Every metric on, at a short cadence: the strictest check that measuring changes nothing.
+ALL_ON = dict(every=500, plasticity_probe_every=1000, hessian_every=1000, probe_batch_size=256)
+NETWORKS = {"DQN": ["q_net"], "PPO": ["actor", "critic"], "SAC": ["actor", "qf0", "qf1"]}
+LOSSES = {"DQN": ["q_net"], "PPO": ["policy"], "SAC": ["critic", "actor"]}
+LAYER_METRICS = ["srank", "effective_rank", "pca_rank", "feature_rank", "dormant_ratio", "dead_units", "fau"]
+
+
+class _Recorder(KVWriter):
+    """An in-memory SB3 output format: every dump's key-values."""
+
+    def __init__(self) -> None:
+        self.dumps: list[dict[str, Any]] = []
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        self.dumps.append(dict(key_values))
+
+
+def _train(name: str, **extra: Any) -> tuple[Any, _Recorder]:
+    env_id, steps, kwargs = CASES[name]
+    model = getattr(crl, name)("MlpPolicy", env_id, seed=3, device="cpu", **kwargs, **extra)
+    recorder = _Recorder()
+    model.set_logger(Logger(folder=None, output_formats=[recorder]))
+    model.learn(steps)
+    return model, recorder
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_metrics_do_not_change_training_and_reach_the_logger(name: str) -> None:
+    reference, _ = _train(name)
+    monitored, recorder = _train(name, metrics=ALL_ON)
+    assert_same_training(reference, monitored)
+
+    logged = {key for dump in recorder.dumps for key in dump}
+    expected = {
+        f"plasticity/{net}/{layer}/{metric}"
+        for net in NETWORKS[name]
+        for layer in ("layer0", "layer1")
+        for metric in LAYER_METRICS
+    }
+    expected |= {
+        f"plasticity/{net}/all/{metric}"
+        for net in NETWORKS[name]
+        for metric in ("dormant_ratio", "dead_units", "fau", "weight_magnitude", "plasticity_probe")
+    }
+    expected |= {f"plasticity/{net}/penultimate/feature_norm" for net in NETWORKS[name]}
+    expected |= {
+        f"plasticity/{loss}/all/{metric}" for loss in LOSSES[name] for metric in ("grad_norm", "hessian_top_eig")
+    }
+    assert expected <= logged, sorted(expected - logged)
+    # weight_change needs a previous measurement: PPO's 2048 steps of 256-step rollouts measure several times
+    assert all(f"plasticity/{net}/all/weight_change" in logged for net in NETWORKS[name])
+    values = monitored.metrics_monitor.latest
+    assert all(np.isfinite(value) for value in values.values())
+    assert all(0 <= values[f"plasticity/{net}/all/fau"] <= 1 for net in NETWORKS[name])
+    assert all(values[f"plasticity/{loss}/all/grad_norm"] > 0 for loss in LOSSES[name])
+
+
+def test_cadence_and_csv_output(tmp_path: Path) -> None:
+    """Measurements at the first train() after each multiple of `every`; the CSV format receives them."""
+    model = crl.DQN("MlpPolicy", "CartPole-v1", seed=0, learning_starts=100, metrics={"every": 250})
+    measured_at: list[int] = []
+    monitor = model.metrics_monitor
+    assert monitor is not None
+    original = monitor.measure
+
+    def measure(algo: Any) -> dict[str, float]:
+        measured_at.append(algo.num_timesteps)
+        return original(algo)
+
+    monitor.measure = measure  # type: ignore[method-assign]
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(1000, log_interval=1)
+    # train() runs every 4 steps once past learning_starts: at 104, 108, ..., 1000
+    assert measured_at == [104, 252, 500, 752, 1000]
+    rows = list(csv.DictReader((tmp_path / "progress.csv").open()))
+    column = [row["plasticity/q_net/all/dormant_ratio"] for row in rows]
+    assert sum(bool(value) for value in column) == len(measured_at)
+    assert monitor.latest_timesteps == 1000
+
+
+def test_grad_norm_is_the_updates_mean_clipped_norm() -> None:
+    """grad_norm is the mean over the measured update's minibatches of the norm before clipping."""
+    from crl.interventions import Intervention
+
+    class Spy(Intervention):
+        name = "test_grad_norm_spy"
+
+        def model_post_init(self, context: Any) -> None:
+            self._norms: list[float] = []
+
+        def on_train_start(self, algo: Any) -> None:
+            self._norms = []
+
+        def after_backward(self, algo: Any, step: Any) -> None:
+            self._norms.append(step.grad_norm)
+
+    spy = Spy()
+    model = crl.PPO(
+        "MlpPolicy",
+        "CartPole-v1",
+        seed=0,
+        n_steps=128,
+        batch_size=32,
+        n_epochs=2,
+        interventions=[spy],
+        metrics={"every": 10_000},
+    )
+    model.learn(128)
+    assert len(spy._norms) == 8
+    assert model.metrics_monitor.latest["plasticity/policy/all/grad_norm"] == pytest.approx(np.mean(spy._norms))
+
+
+def test_probe_batch_is_fixed_and_survives_save_and_load(tmp_path: Path) -> None:
+    env_id, _, kwargs = CASES["SAC"]
+    model = crl.SAC("MlpPolicy", env_id, seed=1, **kwargs, metrics={"every": 100, "probe_batch_size": 64})
+    model.learn(300)
+    monitor = model.metrics_monitor
+    first = monitor.probe_batch
+    assert first.observations.shape == (64, 3) and first.actions.shape == (64, 1)
+    # distinct transitions, drawn once: later measurements reuse the same batch
+    assert len({tuple(row.tolist()) for row in first.observations}) == 64
+    model.learn(200, reset_num_timesteps=False)
+    assert monitor.probe_batch is first and monitor.latest_timesteps == 500
+    model.save(tmp_path / "model.zip")
+
+    loaded = crl.SAC.load(tmp_path / "model.zip", env=model.get_env())
+    assert loaded._hooks.hooks[-1] is loaded.metrics_monitor
+    assert loaded.metrics_monitor.latest == monitor.latest
+    loaded.learn(200, reset_num_timesteps=False)
+    assert loaded.metrics_monitor.latest_timesteps == 700
+    assert th.equal(loaded.metrics_monitor.probe_batch.observations, first.observations)
+    # weight_change is measured against the weights saved with the model's last measurement
+    assert "plasticity/actor/all/weight_change" in loaded.metrics_monitor.latest
+
+
+def test_bad_settings_fail_at_construction() -> None:
+    with pytest.raises(MetricsError, match=r"no key\(s\) \['evry'\]; allowed keys: every: int > 0 = 10000"):
+        crl.PPO("MlpPolicy", "CartPole-v1", metrics={"evry": 100})
+    with pytest.raises(MetricsError, match=r"metrics key hessian_every=0: .*greater than 0 \(allowed: int > 0 or None"):
+        crl.DQN("MlpPolicy", "CartPole-v1", metrics={"hessian_every": 0})
+    with pytest.raises(MetricsError, match="metrics must be a MetricsConfig, a mapping"):
+        crl.DQN("MlpPolicy", "CartPole-v1", metrics=100)  # type: ignore[arg-type]
+    assert crl.SAC("MlpPolicy", "Pendulum-v1", metrics=MetricsConfig(every=7)).metrics_monitor.config.every == 7

@@ -1,0 +1,169 @@
+"""Task sequences: space unification, task ids, synthetic shifts, presets."""
+
+from __future__ import annotations
+
+import functools
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from crl.wrappers import (
+    PRESETS,
+    ActionShuffle,
+    CartPolePhysics,
+    IncompatibleSpacesError,
+    RewardSignFlip,
+    Task,
+    TaskSequence,
+    cartpole_physics,
+    make_sequence,
+    permuted_observations,
+    unify_spaces,
+)
+
+
+class _Grid(gym.Env):
+    """A fake image env: ``(2, 2, channels)`` observations filled with ``value``."""
+
+    def __init__(self, channels: int, value: float = 1.0, high: float = 1.0, actions: int = 3) -> None:
+        self.observation_space = spaces.Box(0.0, high, (2, 2, channels), np.float32)
+        self.action_space = spaces.Discrete(actions)
+        self.value = value
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.full(self.observation_space.shape, self.value, np.float32), {}
+
+    def step(self, action):
+        return np.full(self.observation_space.shape, self.value, np.float32), 1.0, True, False, {}
+
+
+def _task(name: str, **kwargs) -> Task:
+    return Task(name, functools.partial(_Grid, **kwargs), budget=10)
+
+
+def test_equal_spaces_are_kept() -> None:
+    space = spaces.Discrete(4)
+    assert unify_spaces([("a", space), ("b", spaces.Discrete(4))], "action") is space
+
+
+def test_boxes_of_one_shape_get_the_union_of_their_bounds() -> None:
+    a = spaces.Box(np.float32([-1.0, 0.0]), np.float32([1.0, 2.0]), dtype=np.float32)
+    b = spaces.Box(np.float32([-3.0, 1.0]), np.float32([0.5, 5.0]), dtype=np.float32)
+    unified = unify_spaces([("a", a), ("b", b)], "observation")
+    np.testing.assert_array_equal(unified.low, [-3.0, 0.0])
+    np.testing.assert_array_equal(unified.high, [1.0, 5.0])
+
+
+def test_channel_stacks_are_padded_with_zero_channels() -> None:
+    sequence = TaskSequence([_task("four", channels=4, value=0.5), _task("seven", channels=7)])
+    assert sequence.observation_space == spaces.Box(0.0, 1.0, (2, 2, 7), np.float32)
+    observation, _ = sequence.make_env(0).reset(seed=0)
+    assert observation.shape == (2, 2, 7)
+    np.testing.assert_array_equal(observation[..., :4], 0.5)
+    np.testing.assert_array_equal(observation[..., 4:], 0.0)
+    assert sequence.make_env(0).observation_space == sequence.observation_space
+
+
+def test_incompatible_spaces_fail_at_construction_printing_both() -> None:
+    with pytest.raises(
+        IncompatibleSpacesError,
+        match=r"'three' and 'five' have action spaces (?s:.*)three: Discrete\(3\)\n  five: Discrete\(5\)",
+    ):
+        TaskSequence([_task("three", channels=1), _task("five", channels=1, actions=5)])
+    grid = Task("grid", functools.partial(_Grid, channels=1), 10)
+    cartpole = Task("cartpole", functools.partial(gym.make, "CartPole-v1"), 10)
+    with pytest.raises(
+        IncompatibleSpacesError, match=r"observation spaces that cannot be unified:\n  grid: Box.*\n  cartpole: Box"
+    ):
+        TaskSequence([grid, cartpole])
+
+
+def test_one_hot_task_id_is_appended_and_bounded() -> None:
+    sequence = permuted_observations(n_tasks=3, steps_per_task=10)
+    with_ids = TaskSequence(sequence.tasks, task_id_in_obs=True)
+    assert with_ids.observation_space.shape == (7,)
+    np.testing.assert_array_equal(with_ids.observation_space.low[4:], 0)
+    np.testing.assert_array_equal(with_ids.observation_space.high[4:], 1)
+    plain, _ = sequence.make_env(2).reset(seed=3)
+    coded, _ = with_ids.make_env(2).reset(seed=3)
+    np.testing.assert_array_equal(coded, np.concatenate((plain, [0, 0, 1])))
+    assert coded in with_ids.observation_space
+
+
+def test_task_id_needs_flat_observations() -> None:
+    with pytest.raises(ValueError, match="task_id_in_obs needs a flat Box observation space, got Box"):
+        TaskSequence([_task("grid", channels=2)], task_id_in_obs=True)
+
+
+@pytest.mark.parametrize(
+    ("tasks", "kwargs", "message"),
+    [
+        ([], {}, "needs at least one task"),
+        ([Task("t", functools.partial(gym.make, "CartPole-v1"), 0)], {}, r"task 0 \('t'\): budget must be a positive"),
+        (
+            [Task("t", functools.partial(gym.make, "CartPole-v1"), 5)],
+            {"measure": "auc"},
+            "measure='auc' is not allowed",
+        ),
+    ],
+)
+def test_bad_sequences_are_rejected(tasks, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        TaskSequence(tasks, **kwargs)
+
+
+def test_vec_envs_are_seeded_per_copy() -> None:
+    sequence = permuted_observations(n_tasks=2, steps_per_task=10)
+    first = sequence.make_vec_env(1, n_envs=2, seed=7).reset()
+    again = sequence.make_vec_env(1, n_envs=2, seed=7).reset()
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first[0], first[1])
+
+
+def test_action_shuffle_relabels_actions() -> None:
+    class _Echo(_Grid):
+        def step(self, action):
+            return np.full(self.observation_space.shape, action, np.float32), 0.0, False, False, {}
+
+    env = ActionShuffle(_Echo(channels=1, actions=3), permutation=[2, 0, 1])
+    env.reset(seed=0)
+    assert [env.step(action)[0][0, 0, 0] for action in range(3)] == [2, 0, 1]
+    with pytest.raises(ValueError, match=r"permutation must reorder range\(3\), got \[0, 0, 1\]"):
+        ActionShuffle(_Echo(channels=1, actions=3), permutation=[0, 0, 1])
+
+
+def test_reward_sign_flip_negates_rewards() -> None:
+    env = RewardSignFlip(gym.make("CartPole-v1"))
+    env.reset(seed=0)
+    assert env.step(0)[1] == -1.0
+
+
+def test_cartpole_physics_changes_the_dynamics() -> None:
+    def pole_angles(env: gym.Env) -> list[float]:
+        env.reset(seed=0)
+        return [env.step(1)[0][2] for _ in range(5)]
+
+    default = pole_angles(gym.make("CartPole-v1"))
+    assert pole_angles(CartPolePhysics(gym.make("CartPole-v1"), gravity=9.8, length=0.5)) == default
+    heavy = pole_angles(CartPolePhysics(gym.make("CartPole-v1"), gravity=20.0, length=0.5))
+    long = CartPolePhysics(gym.make("CartPole-v1"), gravity=9.8, length=1.5)
+    assert long.unwrapped.polemass_length == pytest.approx(0.1 * 1.5)
+    assert heavy != default and pole_angles(long) != default
+    with pytest.raises(ValueError, match="needs a CartPole environment, got PendulumEnv"):
+        CartPolePhysics(gym.make("Pendulum-v1"))
+
+
+def test_cartpole_physics_sequence_shares_one_space() -> None:
+    sequence = cartpole_physics(steps_per_task=100)
+    assert len(sequence) == 4 and sequence.action_space == spaces.Discrete(2)
+    assert sequence.task_names[1] == "g20-l0.5"
+
+
+def test_presets_build_and_unknown_names_list_them() -> None:
+    assert make_sequence("cartpole_permuted", n_tasks=2, steps_per_task=50).budgets == [50, 50]
+    with pytest.raises(ValueError, match=r"unknown task sequence 'cw30'; presets: \['atari_cycle'"):
+        make_sequence("cw30")
+    assert {"cw10", "cw20", "space_invaders_modes", "freeway_modes", "breakout_modes", "atari_cycle"} <= set(PRESETS)

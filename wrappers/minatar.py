@@ -1,0 +1,79 @@
+"""MinAtar game-switch sequences (Young & Tian 2019): the CPU-scale analogue of Atari game cycles.
+
+MinAtar's five games are 10x10 grids with one boolean channel per object type; the number of
+channels differs between games (Breakout 4 ... Seaquest 10), so a sequence gives every game all-zero
+extra channels up to the largest count. Every MinAtar game allocates its observation as
+``np.zeros((10, 10, len(self.channels)))``: registering unused channel names makes the game emit the
+padded grid itself, at no cost per step (a padding wrapper would add half of MinAtar's step time).
+All games use MinAtar's full action set of 6 actions (``MinAtar/<Game>-v0``), so the action spaces agree.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import gymnasium as gym
+
+from crl.wrappers.sequence import Task, TaskSequence
+
+# gymnasium-style names -> minatar's own game names
+_GAME_IDS = {"Asterix": "asterix", "Breakout": "breakout", "Freeway": "freeway", "Seaquest": "seaquest"}
+_GAME_IDS["SpaceInvaders"] = "space_invaders"
+MINATAR_GAMES: tuple[str, ...] = tuple(_GAME_IDS)
+
+
+def minatar_env(game: str, channels: int | None = None) -> gym.Env:
+    """MinAtar's gymnasium env for ``game`` with the full action set (what ``MinAtar/<game>-v0`` builds).
+
+    :param game: one of :data:`MINATAR_GAMES`
+    :param channels: pad the observation with all-zero channels up to this many (default: the game's own)
+
+    Built directly rather than through ``gymnasium.make``: minatar 1.0.15 registers its ids only on
+    request and marks ``-v0`` (the full action set every game shares) as outdated. MinAtar's defaults
+    apply: sticky actions with probability 0.1, difficulty ramping.
+    """
+    from minatar.gym import BaseEnv
+
+    if game not in _GAME_IDS:
+        raise ValueError(f"game={game!r} is not a MinAtar game; available: {list(MINATAR_GAMES)}")
+    env = BaseEnv(game=_GAME_IDS[game], use_minimal_action_set=False)
+    if channels is not None:
+        _pad_channels(env, game, channels)
+    return env
+
+
+def _pad_channels(env: gym.Env, game: str, channels: int) -> None:
+    names: dict[str, int] = env.game.env.channels  # type: ignore[attr-defined]
+    own = len(names)
+    if channels < own:
+        raise ValueError(f"channels={channels} is fewer than {game}'s own {own} channels")
+    names.update({f"padding{index}": index for index in range(own, channels)})
+    env.observation_space = gym.spaces.Box(0.0, 1.0, (10, 10, channels), dtype=bool)  # type: ignore[arg-type]
+
+
+def n_channels(game: str) -> int:
+    """The number of observation channels of ``game``."""
+    return int(minatar_env(game).observation_space.shape[-1])  # type: ignore[index]
+
+
+def minatar_cycle(
+    games: Sequence[str] = MINATAR_GAMES, cycles: int = 1, steps_per_task: int = 1_000_000, name: str = "minatar_cycle"
+) -> TaskSequence:
+    """MinAtar games in turn, ``cycles`` times; a game keeps its task id across cycles.
+
+    :param games: MinAtar game names (default: all five)
+    :param steps_per_task: environment steps per game
+    """
+    if cycles < 1:
+        raise ValueError(f"cycles must be >= 1, got {cycles}")
+    for game in games:
+        if game not in MINATAR_GAMES:
+            raise ValueError(f"game={game!r} is not a MinAtar game; available: {list(MINATAR_GAMES)}")
+    channels = max(n_channels(game) for game in games)
+    tasks = [
+        Task(game, functools.partial(minatar_env, game, channels), steps_per_task, task_id=index)
+        for _ in range(cycles)
+        for index, game in enumerate(games)
+    ]
+    return TaskSequence(tasks, name=name)
