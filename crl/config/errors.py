@@ -19,6 +19,15 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be used. Its message is one line."""
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: its non-empty lines joined by ``"; "`` (by a space after a colon)."""
+    joined = ""
+    for line in (line.strip() for line in text.strip().splitlines()):
+        if line:
+            joined += (" " if joined.endswith(":") else "; ") + line if joined else line
+    return joined
+
+
 def key_path(location: Sequence[str | int]) -> str:
     """``("tasks", 2, "budget")`` -> ``tasks[2].budget``."""
     path = ""

@@ -1,0 +1,101 @@
+"""From a validated :class:`~crl.config.curriculum.Curriculum` to the objects that train: sequence and model.
+
+Building is the last check before training: it constructs every task's environment (the sequence
+unifies their spaces, and fails on spaces that cannot be unified) and the model on the first task's
+environment (SB3 checks the policy against the spaces). Any failure is a one-line
+:class:`~crl.config.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import gymnasium as gym
+from stable_baselines3.common.vec_env import VecFrameStack
+
+from crl.algorithms import ContinualAlgorithm
+from crl.config.curriculum import SCHEDULE_HYPERPARAMETERS, Curriculum, TaskSpec
+from crl.config.errors import ConfigError, one_line
+from crl.config.schedules import parse_schedule
+from crl.interventions import InterventionError
+from crl.metrics import MetricsError
+from crl.wrappers import Task, TaskSequence, make_sequence
+
+BUILD_ERRORS = (ValueError, TypeError, AssertionError, InterventionError, MetricsError)
+"""What the builders raise on a configuration that validation could not see (e.g. mismatched spaces)."""
+
+
+def build_sequence(curriculum: Curriculum, source: str = "curriculum") -> TaskSequence:
+    """The curriculum's task sequence, every task's environment built once.
+
+    :raises ConfigError: e.g. tasks whose spaces cannot be unified, a preset option of the wrong type
+    """
+    spec = curriculum.sequence
+    try:
+        if spec.preset is not None:
+            steps = {} if spec.steps_per_task is None else {"steps_per_task": spec.steps_per_task}
+            return make_sequence(spec.preset, **steps, **spec.options)
+        assert spec.tasks is not None
+        tasks = [_task(task, index, spec.steps_per_task) for index, task in enumerate(spec.tasks)]
+        atari = any(task.atari is not None for task in spec.tasks)
+        return TaskSequence(
+            tasks,
+            name=spec.name,
+            task_id_in_obs=spec.task_id_in_obs,
+            measure=spec.measure,
+            vec_env_wrapper=_atari_frame_stack() if atari else None,
+        )
+    except BUILD_ERRORS as error:
+        raise ConfigError(f"{source}: sequence: {one_line(str(error) or type(error).__name__)}") from None
+
+
+def _task(spec: TaskSpec, index: int, steps_per_task: int | None) -> Task:
+    budget = spec.budget if spec.budget is not None else steps_per_task
+    assert budget is not None  # validation requires one of them
+    if spec.atari is not None:
+        from crl.wrappers.atari import atari_task
+
+        task = atari_task(spec.atari, spec.mode, spec.difficulty, budget, spec.task_id, **spec.kwargs)
+        return task if spec.name is None else Task(spec.name, task.make_env, budget, task.wrapper, task.task_id)
+    assert spec.env is not None
+    name = spec.name if spec.name is not None else f"{index}-{spec.env}"
+    make_env = functools.partial(gym.make, spec.env, **spec.kwargs)  # type: ignore[arg-type]
+    return Task(name, make_env, budget, task_id=spec.task_id)
+
+
+def _atari_frame_stack() -> Any:
+    from crl.wrappers.atari import FRAME_STACK
+
+    return functools.partial(VecFrameStack, n_stack=FRAME_STACK)
+
+
+def model_arguments(curriculum: Curriculum) -> dict[str, Any]:
+    """The constructor arguments of the algorithm besides policy, env and seed (schedules parsed)."""
+    hyperparameters = {
+        name: parse_schedule(value) if name in SCHEDULE_HYPERPARAMETERS and isinstance(value, str) else value
+        for name, value in curriculum.hyperparameters.items()
+    }
+    return dict(
+        policy_kwargs=curriculum.policy_options.policy_kwargs(),
+        interventions=curriculum.interventions,
+        metrics=curriculum.metrics,
+        **hyperparameters,
+    )
+
+
+def build_model(
+    curriculum: Curriculum, sequence: TaskSequence, seed: int, source: str = "curriculum", verbose: int = 0
+) -> ContinualAlgorithm:
+    """The curriculum's algorithm on the sequence's first task.
+
+    :raises ConfigError: e.g. a policy that does not fit the observation space, a hyperparameter of the
+        wrong kind, an intervention that does not fit the network
+    """
+    try:
+        env = sequence.make_vec_env(0, n_envs=curriculum.n_envs, seed=seed)
+        return curriculum.algorithm_class(  # type: ignore[call-arg]
+            curriculum.policy, env, seed=seed, verbose=verbose, **model_arguments(curriculum)
+        )
+    except BUILD_ERRORS as error:
+        raise ConfigError(f"{source}: {curriculum.algorithm}: {one_line(str(error) or type(error).__name__)}") from None

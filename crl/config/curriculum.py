@@ -1,0 +1,444 @@
+"""Curriculum files: a whole continual-learning experiment in one YAML file, validated before training.
+
+A curriculum names the algorithm, its policy options and hyperparameters, the interventions, the
+plasticity metrics, the task sequence with its budgets, the evaluation, the seeds and where runs are
+tracked. :func:`load_curriculum` reads it with ``yaml.safe_load`` (never evaluating anything: a
+``!!python/object`` tag is an error) into a :class:`Curriculum`, applies ``--set key.path=value``
+overrides, and checks everything that can be checked without building an environment: unknown keys
+(with a "did you mean"), types and ranges, hyperparameter names against the SB3 class's constructor,
+schedule strings, intervention names and parameters, preset names and options, gymnasium env ids and
+Atari modes. Every problem is a :class:`~crl.config.errors.ConfigError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from crl.algorithms import DQN, PPO, SAC, ContinualAlgorithm
+from crl.config.errors import ConfigError, describe_validation_error, one_line, suggest
+from crl.config.schedules import is_schedule
+from crl.interventions import InterventionError, make_interventions
+from crl.metrics import MetricsConfig, MetricsError
+from crl.policies import ACTIVATIONS
+from crl.wrappers import PRESETS
+from crl.wrappers.sequence import MEASURES
+
+ALGORITHMS: dict[str, type[ContinualAlgorithm]] = {"DQN": DQN, "PPO": PPO, "SAC": SAC}
+
+SCHEDULE_HYPERPARAMETERS = frozenset({"learning_rate", "clip_range", "clip_range_vf"})
+"""SB3 arguments that take a schedule (``lin_<start>``) as well as a number."""
+
+RESERVED_HYPERPARAMETERS = frozenset(
+    {"policy", "env", "policy_kwargs", "seed", "tensorboard_log", "verbose", "_init_setup_model"}
+)
+"""Constructor arguments the curriculum sets through its own keys (or that the runner owns)."""
+
+Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
+HyperparameterValue = bool | int | float | str | list[int | str] | None
+
+
+class Section(BaseModel):
+    """A part of a curriculum: unknown keys are errors, values are validated strictly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicyOptions(Section):
+    """Typed ``policy_kwargs`` of crl's policies (SB3's options plus crl's architecture options).
+
+    :param net_arch: hidden layer widths, or per-network widths (PPO ``pi``/``vf``, SAC ``pi``/``qf``)
+    :param activation: hidden activation by name (``crelu`` included)
+    :param layer_norm: LayerNorm in every hidden layer, before (``pre``) or after (``post``) the activation
+    :param crelu_halve_width: with ``crelu``, halve the widths to keep the parameter count
+    :param normalize_images: divide image observations by 255
+    :param share_features_extractor: actor and critic share the features extractor (PPO, SAC)
+    :param ortho_init: orthogonal initialisation (PPO)
+    :param log_std_init: initial log standard deviation of Gaussian policies (PPO, SAC)
+    :param n_critics: number of Q-networks (SAC)
+    """
+
+    net_arch: list[PositiveInt] | dict[Literal["pi", "vf", "qf"], list[PositiveInt]] | None = None
+    activation: Activation | None = None  # type: ignore[valid-type]
+    layer_norm: Literal["pre", "post"] | None = None
+    crelu_halve_width: bool | None = None
+    normalize_images: bool | None = None
+    share_features_extractor: bool | None = None
+    ortho_init: bool | None = None
+    log_std_init: float | None = None
+    n_critics: PositiveInt | None = None
+
+    def policy_kwargs(self) -> dict[str, Any]:
+        """The options that are set, as SB3 ``policy_kwargs``."""
+        return self.model_dump(exclude_none=True)
+
+
+class TaskSpec(Section):
+    """One task of an explicit task list: a gymnasium env id, or an Atari game with a mode.
+
+    :param env: a registered gymnasium env id (e.g. ``CartPole-v1``)
+    :param atari: an ALE game name (e.g. ``SpaceInvaders``), with crl's Atari preprocessing
+    :param mode: the Atari game mode (checked against the ROM)
+    :param difficulty: the Atari difficulty (checked against the ROM)
+    :param kwargs: further arguments of ``gymnasium.make``
+    :param budget: environment steps; by default the sequence's ``steps_per_task``
+    :param name: the task's label (default: derived from the env)
+    :param task_id: the id a one-hot observation or a multi-head policy sees (default: the position)
+    """
+
+    env: str | None = None
+    atari: str | None = None
+    mode: NonNegativeInt | None = None
+    difficulty: NonNegativeInt | None = None
+    kwargs: dict[str, bool | int | float | str | None] = Field(default_factory=dict)
+    budget: PositiveInt | None = None
+    name: str | None = None
+    task_id: NonNegativeInt | None = None
+
+
+class SequenceSpec(Section):
+    """The task sequence: a preset (``make_sequence(preset, **options)``) or an explicit task list.
+
+    :param preset: a name of :data:`crl.wrappers.PRESETS`
+    :param options: the preset builder's further options (e.g. ``n_tasks``)
+    :param tasks: an explicit task list (instead of a preset)
+    :param name: the explicit sequence's name
+    :param steps_per_task: environment steps per task (the preset's default when not given)
+    :param task_id_in_obs: append the one-hot task id to observations (explicit lists; presets decide themselves)
+    :param measure: what evaluation reports for an explicit list
+    """
+
+    preset: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    tasks: list[TaskSpec] | None = None
+    name: str = "curriculum"
+    steps_per_task: PositiveInt | None = None
+    task_id_in_obs: bool = False
+    measure: Literal[MEASURES] = "mean_return"  # type: ignore[valid-type]
+
+
+class EvaluationSpec(Section):
+    """How every task is evaluated during training (:func:`crl.learn_continual`).
+
+    :param every: environment steps between evaluations (the end of every task is evaluated too)
+    :param n_episodes: episodes per task and evaluation
+    :param deterministic: greedy evaluation; default: greedy for DQN, stochastic otherwise
+    """
+
+    every: PositiveInt = 10_000
+    n_episodes: PositiveInt = 10
+    deterministic: bool | None = None
+
+
+class ContinualSpec(Section):
+    """What happens at task switches (options of :func:`crl.learn_continual`)."""
+
+    restart_exploration: bool = True
+    restart_learning_rate: bool = True
+    reset_replay_buffer: bool = False
+    reset_optimizers: bool = False
+
+
+class TrackingSpec(Section):
+    """Where runs are recorded (MLflow).
+
+    :param experiment: the MLflow experiment's name
+    :param tracking_uri: MLflow tracking URI; ``--tracking-uri`` and ``MLFLOW_TRACKING_URI`` override it
+    :param run_name: name of the parent run (default: the curriculum file's stem)
+    """
+
+    experiment: str = "crl"
+    tracking_uri: str = "sqlite:///mlflow.db"
+    run_name: str | None = None
+
+
+class CheckpointSpec(Section):
+    """When the model (and what resuming needs) is saved.
+
+    :param every: environment steps between checkpoints (``None``: only at task ends)
+    :param at_task_end: save a checkpoint at the end of every task
+    """
+
+    every: PositiveInt | None = None
+    at_task_end: bool = True
+
+
+class Curriculum(Section):
+    """A continual-learning experiment. ``docs/curricula.md`` describes every key."""
+
+    algorithm: Literal["DQN", "PPO", "SAC"]
+    policy: Literal["MlpPolicy", "CnnPolicy", "MultiInputPolicy"] = "MlpPolicy"
+    policy_options: PolicyOptions = PolicyOptions()
+    hyperparameters: dict[str, HyperparameterValue] = Field(default_factory=dict)
+    interventions: list[str | dict[str, Any]] = Field(default_factory=list)
+    metrics: MetricsConfig | None = None
+    sequence: SequenceSpec
+    n_envs: PositiveInt = 1
+    evaluation: EvaluationSpec = EvaluationSpec()
+    continual: ContinualSpec = ContinualSpec()
+    seeds: list[NonNegativeInt] = Field(default=[0], min_length=1)
+    tracking: TrackingSpec = TrackingSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
+
+    @property
+    def algorithm_class(self) -> type[ContinualAlgorithm]:
+        return ALGORITHMS[self.algorithm]
+
+    def to_yaml(self) -> str:
+        """The resolved curriculum (every default filled in) as YAML, loadable by :func:`load_curriculum`."""
+        resolved = self.model_dump(mode="json")
+        resolved["policy_options"] = self.policy_options.policy_kwargs()  # unset options are SB3's defaults
+        return yaml.safe_dump(resolved, sort_keys=False)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping, read with ``yaml.safe_load``.
+
+    :raises ConfigError: missing file, YAML syntax error, a tag that is not plain data, not a mapping
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        # safe_load builds plain data only: a `!!python/object` tag is a ConstructorError here.
+        mark = error.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {error.problem}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {one_line(str(error))}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a curriculum is a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides to ``data`` in place; values are YAML scalars (``safe_load``).
+
+    A numeric path part indexes a list (``sequence.tasks.0.budget=500``); a missing mapping key is
+    created, so that a misspelled one is reported by validation with a suggestion.
+
+    :raises ConfigError: an override without ``=``, a value that is not YAML, a path through a non-container
+    """
+    for override in overrides:
+        path, separator, text = override.partition("=")
+        if not separator or not path:
+            raise ConfigError(f"--set {override!r}: write key.path=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {override!r}: the value is not valid YAML ({one_line(str(error))})") from None
+        *parents, last = path.split(".")
+        node: Any = data
+        for depth, part in enumerate(parents):
+            node = _child(node, part, ".".join(parents[: depth + 1]), override)
+        if isinstance(node, list):
+            index = _index(node, last, path, override)
+            node[index] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"--set {override!r}: {'.'.join(parents)!r} is not a mapping or a list")
+    return data
+
+
+def _child(node: Any, part: str, path: str, override: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, path, override)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {override!r}: {path!r} is not a mapping or a list")
+    if node.get(part) is None:
+        node[part] = {}
+    return node[part]
+
+
+def _index(node: list[Any], part: str, path: str, override: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {override!r}: {path!r} needs a list index in [0, {len(node)})")
+    return int(part)
+
+
+def load_curriculum(path: str | Path, overrides: Iterable[str] = ()) -> Curriculum:
+    """Read, override and validate a curriculum file.
+
+    :param path: the YAML file
+    :param overrides: ``key.path=value`` strings (the command line's ``--set``)
+    :raises ConfigError: with a one-line message naming the file, the key and the problem
+    """
+    data = apply_overrides(read_yaml(path), overrides)
+    return validate_curriculum(data, source=str(path))
+
+
+def validate_curriculum(data: Mapping[str, Any], source: str = "curriculum") -> Curriculum:
+    """Validate a curriculum given as plain data (see :func:`load_curriculum`)."""
+    _check_metrics(data.get("metrics"), source)
+    try:
+        curriculum = Curriculum.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, Curriculum, source)) from None
+    check_hyperparameters(curriculum, source)
+    curriculum = _with_resolved_interventions(curriculum, source)
+    check_sequence(curriculum.sequence, source)
+    return curriculum
+
+
+def _check_metrics(metrics: Any, source: str) -> None:
+    """``metrics`` through :class:`MetricsConfig`'s own checks, with the key's path and a suggestion."""
+    if not isinstance(metrics, Mapping):
+        return  # None, or a wrong type that validation reports
+    allowed = list(MetricsConfig.model_fields)
+    for key in metrics:
+        if key not in allowed:
+            raise ConfigError(
+                f"{source}: unknown key 'metrics.{key}'{suggest(str(key), allowed)}; "
+                f"allowed keys here: {', '.join(allowed)}"
+            )
+    try:
+        MetricsConfig.make(metrics)
+    except MetricsError as error:
+        raise ConfigError(f"{source}: {one_line(str(error))}") from None
+
+
+def sb3_class(algorithm: type[ContinualAlgorithm]) -> type[BaseAlgorithm]:
+    """The SB3 class a crl algorithm extends (whose constructor defines the hyperparameters)."""
+    return next(
+        base
+        for base in algorithm.__mro__
+        if base.__module__.startswith("stable_baselines3") and issubclass(base, BaseAlgorithm)
+    )
+
+
+def hyperparameter_names(algorithm: type[ContinualAlgorithm]) -> list[str]:
+    """The SB3 constructor arguments a curriculum may set under ``hyperparameters``."""
+    parameters = inspect.signature(sb3_class(algorithm).__init__).parameters
+    return [name for name in parameters if name != "self" and name not in RESERVED_HYPERPARAMETERS]
+
+
+def check_hyperparameters(curriculum: Curriculum, source: str) -> None:
+    """Names against the SB3 constructor; schedule strings where SB3 takes a schedule."""
+    allowed = hyperparameter_names(curriculum.algorithm_class)
+    for name, value in curriculum.hyperparameters.items():
+        key = f"hyperparameters.{name}"
+        if name in RESERVED_HYPERPARAMETERS:
+            raise ConfigError(f"{source}: {key!r} is set by the curriculum itself, not as a hyperparameter")
+        if name not in allowed:
+            raise ConfigError(
+                f"{source}: unknown key {key!r}{suggest(name, allowed)}; "
+                f"{curriculum.algorithm} takes: {', '.join(allowed)}"
+            )
+        if not isinstance(value, str):
+            continue
+        if name in SCHEDULE_HYPERPARAMETERS and not is_schedule(value):
+            raise ConfigError(
+                f"{source}: key {key!r} = {value!r}: not a schedule; write a number or 'lin_<start>' (e.g. 'lin_0.001')"
+            )
+        if name not in SCHEDULE_HYPERPARAMETERS and value.startswith("lin_"):
+            raise ConfigError(
+                f"{source}: key {key!r} = {value!r}: {name} takes no schedule; "
+                f"schedules apply to {sorted(SCHEDULE_HYPERPARAMETERS)}"
+            )
+
+
+def _with_resolved_interventions(curriculum: Curriculum, source: str) -> Curriculum:
+    """Build the interventions through the registry; keep them as ``{"name", **every parameter}``."""
+    try:
+        interventions = make_interventions(curriculum.interventions)
+    except InterventionError as error:
+        raise ConfigError(f"{source}: {one_line(str(error))}") from None
+    for index, intervention in enumerate(interventions):
+        if intervention.algorithms is not None and curriculum.algorithm not in intervention.algorithms:
+            raise ConfigError(
+                f"{source}: interventions[{index}]: {intervention.name!r} does not apply to {curriculum.algorithm}; "
+                f"it supports {sorted(intervention.algorithms)}"
+            )
+    resolved = [{"name": intervention.name, **intervention.model_dump(mode="json")} for intervention in interventions]
+    return curriculum.model_copy(update={"interventions": resolved})
+
+
+def check_sequence(sequence: SequenceSpec, source: str) -> None:
+    """Preset name and options, or the explicit tasks' env ids and Atari modes (no env is stepped)."""
+    if (sequence.preset is None) == (sequence.tasks is None):
+        raise ConfigError(f"{source}: 'sequence' needs exactly one of 'preset' or 'tasks'")
+    if sequence.preset is not None:
+        _check_preset(sequence, source)
+        return
+    assert sequence.tasks is not None
+    if not sequence.tasks:
+        raise ConfigError(f"{source}: 'sequence.tasks' is empty; give at least one task")
+    if sequence.options:
+        raise ConfigError(f"{source}: 'sequence.options' applies to presets only; set each task's keys instead")
+    for index, task in enumerate(sequence.tasks):
+        _check_task(task, f"sequence.tasks[{index}]", sequence.steps_per_task, source)
+
+
+def _check_preset(sequence: SequenceSpec, source: str) -> None:
+    name = sequence.preset
+    assert name is not None
+    if name not in PRESETS:
+        raise ConfigError(
+            f"{source}: key 'sequence.preset' = {name!r}: unknown preset{suggest(name, list(PRESETS))}; "
+            f"presets: {', '.join(PRESETS)}"
+        )
+    parameters = inspect.signature(PRESETS[name]).parameters
+    for option in sequence.options:
+        if option == "steps_per_task":
+            raise ConfigError(f"{source}: set 'sequence.steps_per_task', not 'sequence.options.steps_per_task'")
+        if option not in parameters:
+            allowed = [parameter for parameter in parameters if parameter != "steps_per_task"]
+            raise ConfigError(
+                f"{source}: unknown key 'sequence.options.{option}'{suggest(option, allowed)}; "
+                f"preset {name!r} takes: {', '.join(allowed) or 'no options'}"
+            )
+    if sequence.task_id_in_obs or sequence.measure != "mean_return" or sequence.name != "curriculum":
+        raise ConfigError(
+            f"{source}: 'sequence.task_id_in_obs', 'measure' and 'name' apply to task lists; "
+            f"preset {name!r} sets its own"
+        )
+
+
+def _check_task(task: TaskSpec, key: str, steps_per_task: int | None, source: str) -> None:
+    if (task.env is None) == (task.atari is None):
+        raise ConfigError(f"{source}: {key!r} needs exactly one of 'env' (a gymnasium id) or 'atari' (a game)")
+    if task.budget is None and steps_per_task is None:
+        raise ConfigError(f"{source}: {key + '.budget'!r} is missing and 'sequence.steps_per_task' is not set")
+    if task.env is not None:
+        if task.mode is not None or task.difficulty is not None:
+            raise ConfigError(f"{source}: {key!r}: 'mode' and 'difficulty' apply to 'atari' tasks")
+        _check_env_id(task.env, f"{key}.env", source)
+        return
+    from crl.wrappers.atari import check_flavour  # registers the ALE envs on first use
+
+    try:
+        check_flavour(task.atari, task.mode, task.difficulty)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise ConfigError(f"{source}: {key!r}: {one_line(str(error))}") from None
+
+
+def _check_env_id(env_id: str, key: str, source: str) -> None:
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as error:
+        registered = list(gym.registry)
+        raise ConfigError(
+            f"{source}: key {key!r} = {env_id!r}: not a registered gymnasium env{suggest(env_id, registered)} "
+            f"({one_line(str(error))})"
+        ) from None

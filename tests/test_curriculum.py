@@ -1,0 +1,219 @@
+"""Curriculum files: every malformed file fails before training with one line naming the problem."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from stable_baselines3.common.utils import LinearSchedule
+
+import crl
+from crl.config import ConfigError
+from crl.config.build import build_model, build_sequence
+from crl.config.curriculum import apply_overrides, load_curriculum
+
+VALID = """\
+algorithm: DQN
+policy_options: {net_arch: [32, 32], activation: tanh}
+hyperparameters: {learning_rate: lin_0.001, buffer_size: 1000, learning_starts: 50, batch_size: 16}
+interventions: [layer_norm, {name: redo, tau: 0.1}]
+metrics: {every: 100}
+sequence: {preset: cartpole_permuted, options: {n_tasks: 2}, steps_per_task: 200}
+evaluation: {every: 100, n_episodes: 2}
+seeds: [0, 1]
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _edit(**changes: object) -> str:
+    data = yaml.safe_load(VALID)
+    data.update(changes)
+    return yaml.safe_dump(data)
+
+
+def test_a_valid_curriculum_builds_its_sequence_and_model(tmp_path: Path) -> None:
+    curriculum = load_curriculum(_write(tmp_path, VALID))
+    assert [intervention["name"] for intervention in curriculum.interventions] == ["layer_norm", "redo"]
+    assert curriculum.interventions[1]["tau"] == 0.1
+    sequence = build_sequence(curriculum)
+    assert len(sequence) == 2 and list(sequence.budgets) == [200, 200]
+    model = build_model(curriculum, sequence, seed=1)
+    assert isinstance(model, crl.DQN) and model.seed == 1
+    assert isinstance(model.learning_rate, LinearSchedule) and model.lr_schedule(0.5) == pytest.approx(5e-4)
+    assert model.buffer_size == 1000 and model.batch_size == 16
+    assert [type(intervention).__name__ for intervention in model.interventions] == ["LayerNorm", "ReDo"]
+    assert model.metrics_monitor is not None and model.metrics_monitor.config.every == 100
+    assert model.policy_kwargs["activation"] == "tanh"
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    curriculum = load_curriculum(_write(tmp_path, VALID))
+    reloaded = load_curriculum(_write(tmp_path, curriculum.to_yaml(), "config.yml"))
+    assert reloaded == curriculum
+    assert reloaded.tracking.tracking_uri == "sqlite:///mlflow.db"
+    assert reloaded.interventions[0] == {"name": "layer_norm", "placement": "pre"}  # defaults made explicit
+
+
+def test_overrides_are_yaml_scalars_at_a_key_path(tmp_path: Path) -> None:
+    path = _write(tmp_path, VALID)
+    curriculum = load_curriculum(
+        path, ["sequence.steps_per_task=300", "hyperparameters.gamma=0.9", "interventions.1.tau=0.2", "seeds=[3]"]
+    )
+    assert curriculum.sequence.steps_per_task == 300
+    assert curriculum.hyperparameters["gamma"] == 0.9
+    assert curriculum.interventions[1]["tau"] == 0.2
+    assert curriculum.seeds == [3]
+    assert apply_overrides({}, ["a.b.c=yes"]) == {"a": {"b": {"c": True}}}
+
+
+MALFORMED: dict[str, tuple[str, str]] = {
+    "unknown top-level key": (
+        VALID + "seed: 3\n",
+        "c.yaml: unknown key 'seed' (did you mean 'seeds'?)",
+    ),
+    "unknown nested key": (
+        _edit(evaluation={"evry": 100}),
+        "c.yaml: unknown key 'evaluation.evry' (did you mean 'every'?)",
+    ),
+    "wrong type": (
+        _edit(evaluation={"every": "often"}),
+        "c.yaml: key 'evaluation.every' = 'often': Input should be a valid integer",
+    ),
+    "negative budget": (
+        _edit(sequence={"tasks": [{"env": "CartPole-v1", "budget": -5}]}),
+        "c.yaml: key 'sequence.tasks[0].budget' = -5: Input should be greater than 0",
+    ),
+    "unknown algorithm": (
+        _edit(algorithm="DDPG"),
+        "c.yaml: key 'algorithm' = 'DDPG': Input should be 'DQN', 'PPO' or 'SAC'",
+    ),
+    "unknown env": (
+        _edit(sequence={"tasks": [{"env": "CartPol-v1", "budget": 100}]}),
+        "c.yaml: key 'sequence.tasks[0].env' = 'CartPol-v1': not a registered gymnasium env "
+        "(did you mean 'CartPole-v1'?)",
+    ),
+    "unavailable Atari mode": (
+        _edit(sequence={"tasks": [{"atari": "Breakout", "mode": 3, "budget": 100}]}),
+        "c.yaml: 'sequence.tasks[0]': mode=3 is not available for Breakout; available modes: [0, 4, 8,",
+    ),
+    "unknown intervention": (
+        _edit(interventions=["layer_norms"]),
+        "c.yaml: interventions[0]: unknown intervention 'layer_norms'",
+    ),
+    "unknown intervention parameter": (
+        _edit(interventions=[{"name": "redo", "taux": 0.1}]),
+        "c.yaml: interventions[0]: intervention 'redo' has no parameter(s) ['taux']",
+    ),
+    "invalid intervention parameter": (
+        _edit(interventions=[{"name": "layer_norm", "placement": "middle"}]),
+        "c.yaml: interventions[0]: intervention 'layer_norm': parameter placement='middle'",
+    ),
+    "unknown hyperparameter": (
+        _edit(hyperparameters={"learning_rte": 0.001}),
+        "c.yaml: unknown key 'hyperparameters.learning_rte' (did you mean 'learning_rate'?); DQN takes:",
+    ),
+    "bad schedule string": (
+        _edit(hyperparameters={"learning_rate": "linear_0.001"}),
+        "c.yaml: key 'hyperparameters.learning_rate' = 'linear_0.001': not a schedule",
+    ),
+    "schedule where none is taken": (
+        _edit(hyperparameters={"batch_size": "lin_32"}),
+        "c.yaml: key 'hyperparameters.batch_size' = 'lin_32': batch_size takes no schedule",
+    ),
+    "unknown preset": (
+        _edit(sequence={"preset": "cartpole_permute"}),
+        "c.yaml: key 'sequence.preset' = 'cartpole_permute': unknown preset (did you mean 'cartpole_permuted'?)",
+    ),
+    "unknown preset option": (
+        _edit(sequence={"preset": "cartpole_permuted", "options": {"ntasks": 2}}),
+        "c.yaml: unknown key 'sequence.options.ntasks' (did you mean 'n_tasks'?)",
+    ),
+    "unknown metrics key": (
+        _edit(metrics={"evry": 100}),
+        "c.yaml: unknown key 'metrics.evry' (did you mean 'every'?)",
+    ),
+    "unknown policy activation": (
+        _edit(policy_options={"activation": "relu6"}),
+        "c.yaml: key 'policy_options.activation' = 'relu6': Input should be",
+    ),
+    "intervention for another algorithm": (
+        _edit(algorithm="SAC", hyperparameters={}, interventions=["pfo"]),
+        "c.yaml: interventions[0]: 'pfo' does not apply to SAC",
+    ),
+    "neither preset nor tasks": (
+        _edit(sequence={"steps_per_task": 100}),
+        "c.yaml: 'sequence' needs exactly one of 'preset' or 'tasks'",
+    ),
+    "repeated seeds": (
+        _edit(seeds=[0, 0]),
+        "c.yaml: key 'seeds' = [0, 0]: Value error, seeds must be distinct",
+    ),
+    "YAML syntax error": (
+        VALID + "evaluation: {every: 100\n",
+        "c.yaml: invalid YAML (line",
+    ),
+    "python object tag": (
+        VALID + "policy: !!python/object/apply:os.system ['echo pwned']\n",
+        "c.yaml: invalid YAML (line 9, column 9): could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:python/object/apply:os.system'",
+    ),
+    "not a mapping": (
+        "- DQN\n- PPO\n",
+        "c.yaml: a curriculum is a mapping of keys, got list",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_curricula_fail_with_one_line(tmp_path: Path, case: str) -> None:
+    text, expected = MALFORMED[case]
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_curriculum(path)
+    message = str(info.value).replace(str(tmp_path) + "/", "")
+    assert message.startswith(expected), message
+    assert "\n" not in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^.*nothere\.yaml: no such file$"):
+        load_curriculum(tmp_path / "nothere.yaml")
+
+
+def test_mismatched_spaces_fail_when_the_sequence_is_built(tmp_path: Path) -> None:
+    text = _edit(sequence={"tasks": [{"env": "CartPole-v1"}, {"env": "Acrobot-v1"}], "steps_per_task": 100})
+    curriculum = load_curriculum(_write(tmp_path, text))
+    with pytest.raises(ConfigError) as info:
+        build_sequence(curriculum, "c.yaml")
+    message = str(info.value)
+    assert message.startswith(
+        "c.yaml: sequence: tasks '0-CartPole-v1' and '1-Acrobot-v1' have action spaces that cannot be unified: "
+        "0-CartPole-v1: Discrete(2); 1-Acrobot-v1: Discrete(3)"
+    )
+    assert "\n" not in message
+
+
+def test_a_policy_that_does_not_fit_fails_when_the_model_is_built(tmp_path: Path) -> None:
+    curriculum = load_curriculum(_write(tmp_path, _edit(policy="CnnPolicy")))
+    with pytest.raises(ConfigError, match=r"^c\.yaml: DQN: ") as info:
+        build_model(curriculum, build_sequence(curriculum), seed=0, source="c.yaml")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("seeds", "--set 'seeds': write key.path=value"),
+        ("evaluation.every=[1", "--set 'evaluation.every=[1': the value is not valid YAML"),
+        ("interventions.5.tau=1", "--set 'interventions.5.tau=1': 'interventions.5' needs a list index in [0, 2)"),
+        ("evaluation.evry=5", "c.yaml: unknown key 'evaluation.evry' (did you mean 'every'?)"),
+    ],
+)
+def test_bad_overrides(tmp_path: Path, override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_curriculum(_write(tmp_path, VALID), [override])
+    assert str(info.value).replace(str(tmp_path) + "/", "").startswith(expected), str(info.value)
