@@ -29,18 +29,25 @@ class MLflowOutputFormat(KVWriter):
 
     :param run_id: the run that receives the metrics
     :param client: the MLflow client to use (by default one for the current tracking URI)
+    :param exclude_prefixes: keys starting with one of these are not logged (e.g. values the caller
+        logs itself at their exact steps)
     """
 
-    def __init__(self, run_id: str, client: MlflowClient | None = None) -> None:
+    def __init__(self, run_id: str, client: MlflowClient | None = None, exclude_prefixes: tuple[str, ...] = ()) -> None:
         self.run_id = run_id
         self.client = client if client is not None else MlflowClient()
+        self.exclude_prefixes = exclude_prefixes
+        self.step_offset = 0
+        """Added to SB3's step: env steps before the current ``learn()`` call (earlier tasks of a sequence)."""
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
         timestamp = int(time.time() * 1000)
         metrics = [
-            Metric(key, float(value), timestamp, step)
+            Metric(key, float(value), timestamp, self.step_offset + step)
             for key, value in key_values.items()
-            if _is_loggable(value) and EXCLUDE_NAME not in (key_excluded.get(key) or ())
+            if _is_loggable(value)
+            and EXCLUDE_NAME not in (key_excluded.get(key) or ())
+            and not key.startswith(self.exclude_prefixes)
         ]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)

@@ -1,0 +1,82 @@
+"""MLflow runs of a launch: a parent run per launch, a child run per seed, params and provenance tags.
+
+Runs are created through an explicit :class:`mlflow.MlflowClient` (no active-run stack), so a child run
+can be written from any process given its id.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import stable_baselines3
+from mlflow import MlflowClient
+from mlflow.entities import Param
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+import crl
+
+MAX_PARAM_LENGTH = 6000
+"""MLflow's limit on a param value's length (longer values are cut)."""
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}, "c": [{"d": 2}]}`` -> ``{"a.b": "1", "c.0.d": "2"}`` (MLflow params are strings)."""
+    flat: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list) and any(isinstance(item, Mapping) for item in value):
+            flat.update(flatten({str(index): item for index, item in enumerate(value)}, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def git_commit(directory: Path | None = None) -> str:
+    """The commit of the repository crl runs from (``"unknown"`` outside a git checkout)."""
+    directory = directory or Path(crl.__file__).resolve().parent
+    try:
+        output = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return output.stdout.strip()
+
+
+def provenance_tags() -> dict[str, str]:
+    """The code a run used: git commit, crl's and SB3's versions."""
+    return {
+        "git_commit": git_commit(),
+        "crl_version": crl.__version__,
+        "sb3_version": stable_baselines3.__version__,
+    }
+
+
+def create_run(
+    client: MlflowClient,
+    experiment: str,
+    name: str,
+    tags: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Create a run in ``experiment`` (created if needed) and return its id.
+
+    :param parent_run_id: makes it a child run of that run (shown nested in ``mlflow ui``)
+    """
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    all_tags = {MLFLOW_RUN_NAME: name, **provenance_tags(), **(tags or {})}
+    if parent_run_id is not None:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run = client.create_run(experiment_id, tags=all_tags, run_name=name)
+    if params:
+        items = [Param(key, value) for key, value in params.items()]
+        for start in range(0, len(items), 100):  # MLflow's batch limit for params
+            client.log_batch(run.info.run_id, params=items[start : start + 100], synchronous=True)
+    return run.info.run_id

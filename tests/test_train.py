@@ -1,0 +1,73 @@
+"""``python -m crl.train``: a tiny CartPole curriculum into a temporary MLflow store."""
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from crl.continual import ContinualResult
+from crl.train import CONFIG_ERROR_EXIT, main
+
+TINY = """\
+algorithm: DQN
+policy_options: {net_arch: [16]}
+hyperparameters: {buffer_size: 500, learning_starts: 50, batch_size: 16, train_freq: 4}
+interventions: [layer_norm]
+metrics: {every: 100, probe_batch_size: 64}
+sequence: {preset: cartpole_permuted, options: {n_tasks: 2}, steps_per_task: 200}
+evaluation: {every: 100, n_episodes: 1}
+tracking: {experiment: tiny}
+seeds: [0, 1]
+"""
+
+
+@pytest.fixture
+def curriculum(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def test_a_launch_logs_a_parent_run_and_one_child_run_per_seed(tmp_path: Path, curriculum: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main([str(curriculum), "--seeds", "3,4", "--tracking-uri", uri, "--set", "evaluation.n_episodes=2"]) == 0
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = sorted((run for run in runs if "mlflow.parentRunId" in run.data.tags), key=lambda r: r.data.tags["seed"])
+    assert len(parents) == 1 and [child.data.tags["seed"] for child in children] == ["3", "4"]
+    parent = parents[0]
+    assert all(child.data.tags["mlflow.parentRunId"] == parent.info.run_id for child in children)
+    assert all(run.info.status == "FINISHED" for run in runs)
+    assert parent.data.params["evaluation.n_episodes"] == "2" and parent.data.params["seeds"] == "[3, 4]"
+    assert parent.data.params["interventions.0.name"] == "layer_norm"
+    assert {"git_commit", "crl_version", "sb3_version"} <= set(parent.data.tags)
+    assert {artifact.path for artifact in client.list_artifacts(parent.info.run_id)} == {"config.yml", "command.txt"}
+
+    child = children[0].info.run_id
+    assert {artifact.path for artifact in client.list_artifacts(child)} == {"model.zip", "result.json"}
+    result = ContinualResult.load(client.download_artifacts(child, "result.json", str(tmp_path)))
+    assert result.seed == 3
+    # Evaluations at their global steps: every 100 steps and each task's end, both tasks' columns.
+    average = client.get_metric_history(child, "continual/average")
+    assert [point.step for point in average] == [100, 200, 300, 400]
+    assert [point.value for point in average] == pytest.approx(result.performance.mean(axis=0).tolist())
+    assert [(point.step, point.value) for point in client.get_metric_history(child, "task")] == [(0, 0.0), (200, 1.0)]
+    # SB3's logger output is on the sequence's step axis: the second task's steps come after 200.
+    metric_steps = sorted(
+        point.step for point in client.get_metric_history(child, "plasticity/q_net/all/dormant_ratio")
+    )
+    assert metric_steps and metric_steps[-1] > 200
+    assert client.get_run(child).data.metrics["final/average_performance"] == pytest.approx(
+        result.performance[:, -1].mean()
+    )
+
+
+def test_config_errors_exit_with_2_before_any_run(tmp_path: Path, curriculum: Path, capsys) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main([str(curriculum), "--tracking-uri", uri, "--set", "sequence.options.n_tasks=zero"])
+    assert code == CONFIG_ERROR_EXIT
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "sequence" in error and "\n" not in error
+    assert main([str(tmp_path / "missing.yaml"), "--tracking-uri", uri]) == CONFIG_ERROR_EXIT
+    assert not (tmp_path / "mlflow.db").exists()
