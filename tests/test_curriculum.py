@@ -35,6 +35,17 @@ def _edit(**changes: object) -> str:
     return yaml.safe_dump(data)
 
 
+def _agent(**changes: object) -> str:
+    """A Continual World reference-agent curriculum, with ``changes``."""
+    data: dict[str, object] = {
+        "algorithm": "SAC",
+        "agent": "continual_world_reference",
+        "sequence": {"preset": "cw10", "steps_per_task": 100},
+    }
+    data.update(changes)
+    return yaml.safe_dump(data)
+
+
 def test_a_valid_curriculum_builds_its_sequence_and_model(tmp_path: Path) -> None:
     curriculum = load_curriculum(_write(tmp_path, VALID))
     assert [intervention["name"] for intervention in curriculum.interventions] == ["layer_norm", "redo"]
@@ -161,6 +172,26 @@ MALFORMED: dict[str, tuple[str, str]] = {
         "c.yaml: invalid YAML (line 9, column 9): could not determine a constructor for the tag "
         "'tag:yaml.org,2002:python/object/apply:os.system'",
     ),
+    "reference agent with another algorithm": (
+        _agent(algorithm="DQN"),
+        "c.yaml: key 'agent' = 'continual_world_reference' is a SAC agent; set 'algorithm: SAC'",
+    ),
+    "reference agent on another sequence": (
+        _agent(sequence={"preset": "cartpole_permuted"}),
+        "c.yaml: key 'agent' = 'continual_world_reference' needs 'sequence.preset' in ['cw10', 'cw20']",
+    ),
+    "reference agent with policy options": (
+        _agent(policy_options={"net_arch": [64]}, n_envs=2),
+        "c.yaml: key 'agent' = 'continual_world_reference' fixes n_envs, policy_options; remove the key(s)",
+    ),
+    "reference agent with an unknown hyperparameter": (
+        _agent(hyperparameters={"random_step": 10}),
+        "c.yaml: unknown key 'hyperparameters.random_step' (did you mean 'random_steps'?)",
+    ),
+    "unknown agent": (
+        _agent(agent="cw_reference"),
+        "c.yaml: key 'agent' = 'cw_reference': Input should be 'continual_world_reference'",
+    ),
     "not a mapping": (
         "- DQN\n- PPO\n",
         "c.yaml: a curriculum is a mapping of keys, got list",
@@ -177,6 +208,16 @@ def test_malformed_curricula_fail_with_one_line(tmp_path: Path, case: str) -> No
     message = str(info.value).replace(str(tmp_path) + "/", "")
     assert message.startswith(expected), message
     assert "\n" not in message
+
+
+def test_the_reference_agent_takes_its_protocol_unless_the_file_sets_a_key(tmp_path: Path) -> None:
+    text = _agent(hyperparameters={"random_steps": 50}, evaluation={"n_episodes": 2})
+    curriculum = load_curriculum(_write(tmp_path, text))
+    assert curriculum.evaluation.n_episodes == 2  # the file's
+    assert curriculum.evaluation.deterministic is False  # REFERENCE_PROTOCOL's from here on
+    assert curriculum.continual.reset_replay_buffer and curriculum.continual.reset_optimizers
+    assert load_curriculum(_write(tmp_path, VALID)).continual.reset_replay_buffer is False
+    assert load_curriculum(_write(tmp_path, curriculum.to_yaml(), "config.yml")) == curriculum
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -4,18 +4,38 @@ from pathlib import Path
 
 import pytest
 
+from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import load_curriculum
+from crl.continual.continual_world import ContinualWorldSAC
 
 CURRICULA = sorted((Path(__file__).parents[1] / "curricula").glob("*.yaml"))
 
 
 def test_curricula_are_shipped() -> None:
-    assert "default.yaml" in {path.name for path in CURRICULA}
+    assert {path.stem for path in CURRICULA} >= {
+        "default",
+        "minatar_switch",
+        "space_invaders_modes",
+        "freeway_modes",
+        "cw10",
+        "cw20",
+        "cw10_smoke",
+    }
 
 
 @pytest.mark.parametrize("path", CURRICULA, ids=lambda path: path.name)
 def test_shipped_curriculum_validates(path: Path) -> None:
     header = path.read_text().split("\n\n")[0].lower()
-    assert "budget:" in header and "wall time" in header
+    assert "budget:" in header and "estimated cpu wall time" in header
     curriculum = load_curriculum(path)
     assert curriculum.sequence.preset is not None or curriculum.sequence.tasks
+
+
+def test_cw10_smoke_builds_the_reference_agent() -> None:
+    curriculum = load_curriculum(Path(__file__).parents[1] / "curricula" / "cw10_smoke.yaml")
+    sequence = build_sequence(curriculum)
+    model = build_model(curriculum, sequence, seed=0)
+    assert isinstance(model, ContinualWorldSAC) and model.seed == 0
+    assert model.random_steps == 500 and model.learning_starts == 500 and model.buffer_size == 20_000
+    assert model.policy.actor.n_heads == 10 and model.gradient_steps == 50  # the agent's, not SB3's defaults
+    assert list(sequence.budgets) == [2000] * 10 and sequence.measure == "success_rate"

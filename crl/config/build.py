@@ -18,6 +18,7 @@ from crl.algorithms import ContinualAlgorithm
 from crl.config.curriculum import SCHEDULE_HYPERPARAMETERS, Curriculum, TaskSpec
 from crl.config.errors import ConfigError, one_line
 from crl.config.schedules import parse_schedule
+from crl.continual.continual_world import reference_sac
 from crl.interventions import InterventionError
 from crl.metrics import MetricsError
 from crl.wrappers import Task, TaskSequence, make_sequence
@@ -87,12 +88,16 @@ def model_arguments(curriculum: Curriculum) -> dict[str, Any]:
 def build_model(
     curriculum: Curriculum, sequence: TaskSequence, seed: int, source: str = "curriculum", verbose: int = 0
 ) -> ContinualAlgorithm:
-    """The curriculum's algorithm on the sequence's first task.
+    """The curriculum's algorithm (or ``agent``) on the sequence's first task.
 
     :raises ConfigError: e.g. a policy that does not fit the observation space, a hyperparameter of the
         wrong kind, an intervention that does not fit the network
     """
     try:
+        if curriculum.agent == "continual_world_reference":
+            arguments = model_arguments(curriculum)
+            del arguments["policy_kwargs"]  # the agent's own architecture
+            return reference_sac(sequence, seed=seed, verbose=verbose, **arguments)
         env = sequence.make_vec_env(0, n_envs=curriculum.n_envs, seed=seed)
         return curriculum.algorithm_class(  # type: ignore[call-arg]
             curriculum.policy, env, seed=seed, verbose=verbose, **model_arguments(curriculum)

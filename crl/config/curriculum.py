@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from crl.algorithms import DQN, PPO, SAC, ContinualAlgorithm
 from crl.config.errors import ConfigError, describe_validation_error, one_line, suggest
 from crl.config.schedules import is_schedule
+from crl.continual.continual_world import REFERENCE_PROTOCOL, ContinualWorldSAC
 from crl.interventions import InterventionError, make_interventions
 from crl.metrics import MetricsConfig, MetricsError
 from crl.policies import ACTIVATIONS
@@ -32,6 +34,39 @@ from crl.wrappers import PRESETS
 from crl.wrappers.sequence import MEASURES
 
 ALGORITHMS: dict[str, type[ContinualAlgorithm]] = {"DQN": DQN, "PPO": PPO, "SAC": SAC}
+
+
+@dataclass(frozen=True)
+class AgentPreset:
+    """A benchmark's reference agent: its model class and the loop options of its protocol.
+
+    :param algorithm: the curriculum's ``algorithm`` it requires
+    :param model_class: the class its builder returns (its constructor defines the hyperparameters)
+    :param presets: the sequence presets it is defined for
+    :param protocol: :func:`crl.learn_continual` options of the benchmark's protocol; they become the
+        defaults of the matching curriculum keys (:data:`PROTOCOL_KEYS`), which a file may still set
+    """
+
+    algorithm: str
+    model_class: type[ContinualAlgorithm]
+    presets: tuple[str, ...]
+    protocol: Mapping[str, Any]
+
+
+AGENTS: dict[str, AgentPreset] = {
+    "continual_world_reference": AgentPreset("SAC", ContinualWorldSAC, ("cw10", "cw20"), REFERENCE_PROTOCOL),
+}
+"""``agent`` name -> preset (``continual_world_reference``: :func:`crl.continual.continual_world.reference_sac`)."""
+
+PROTOCOL_KEYS: dict[str, tuple[str, str]] = {
+    "n_eval_episodes": ("evaluation", "n_episodes"),
+    "deterministic_eval": ("evaluation", "deterministic"),
+    "reset_replay_buffer": ("continual", "reset_replay_buffer"),
+    "reset_optimizers": ("continual", "reset_optimizers"),
+    "restart_exploration": ("continual", "restart_exploration"),
+    "restart_learning_rate": ("continual", "restart_learning_rate"),
+}
+""":func:`crl.learn_continual` option -> (curriculum section, key)."""
 
 SCHEDULE_HYPERPARAMETERS = frozenset({"learning_rate", "clip_range", "clip_range_vf"})
 """SB3 arguments that take a schedule (``lin_<start>``) as well as a number."""
@@ -174,6 +209,8 @@ class Curriculum(Section):
     """A continual-learning experiment. ``docs/curricula.md`` describes every key."""
 
     algorithm: Literal["DQN", "PPO", "SAC"]
+    agent: Literal["continual_world_reference"] | None = None
+    """A benchmark's own agent instead of ``policy``/``policy_options`` (see :data:`AGENTS`)."""
     policy: Literal["MlpPolicy", "CnnPolicy", "MultiInputPolicy"] = "MlpPolicy"
     policy_options: PolicyOptions = PolicyOptions()
     hyperparameters: dict[str, HyperparameterValue] = Field(default_factory=dict)
@@ -298,7 +335,33 @@ def validate_curriculum(data: Mapping[str, Any], source: str = "curriculum") -> 
     check_hyperparameters(curriculum, source)
     curriculum = _with_resolved_interventions(curriculum, source)
     check_sequence(curriculum.sequence, source)
-    return curriculum
+    return _with_agent_protocol(curriculum, source)
+
+
+_DEFAULTS = {name: field.default for name, field in Curriculum.model_fields.items()}
+
+
+def _with_agent_protocol(curriculum: Curriculum, source: str) -> Curriculum:
+    """Check an ``agent`` against algorithm, sequence and policy keys; fill in its protocol's defaults."""
+    if curriculum.agent is None:
+        return curriculum
+    agent = AGENTS[curriculum.agent]
+    where = f"{source}: key 'agent' = {curriculum.agent!r}"
+    if curriculum.algorithm != agent.algorithm:
+        raise ConfigError(f"{where} is a {agent.algorithm} agent; set 'algorithm: {agent.algorithm}'")
+    if curriculum.sequence.preset not in agent.presets:
+        raise ConfigError(f"{where} needs 'sequence.preset' in {list(agent.presets)}")
+    # Compared with the defaults rather than looked up in the file's keys: a resolved config.yml has them all.
+    fixed = [key for key in ("n_envs", "policy", "policy_options") if getattr(curriculum, key) != _DEFAULTS[key]]
+    if fixed:
+        raise ConfigError(f"{where} fixes {', '.join(sorted(fixed))}; remove the key(s)")
+    update: dict[str, Any] = {}
+    for option, value in agent.protocol.items():
+        section_name, key = PROTOCOL_KEYS[option]
+        section = update.get(section_name, getattr(curriculum, section_name))
+        if key not in section.model_fields_set:  # a key the file sets wins (e.g. fewer episodes in a smoke run)
+            update[section_name] = section.model_copy(update={key: value})
+    return curriculum.model_copy(update=update)
 
 
 def _check_metrics(metrics: Any, source: str) -> None:
@@ -327,15 +390,18 @@ def sb3_class(algorithm: type[ContinualAlgorithm]) -> type[BaseAlgorithm]:
     )
 
 
-def hyperparameter_names(algorithm: type[ContinualAlgorithm]) -> list[str]:
-    """The SB3 constructor arguments a curriculum may set under ``hyperparameters``."""
-    parameters = inspect.signature(sb3_class(algorithm).__init__).parameters
+def hyperparameter_names(algorithm: type[ContinualAlgorithm], agent: str | None = None) -> list[str]:
+    """The constructor arguments a curriculum may set under ``hyperparameters``: SB3's, and an agent's own."""
+    parameters = list(inspect.signature(sb3_class(algorithm).__init__).parameters)
+    if agent is not None:
+        own = inspect.signature(AGENTS[agent].model_class.__init__).parameters.values()
+        parameters += [parameter.name for parameter in own if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
     return [name for name in parameters if name != "self" and name not in RESERVED_HYPERPARAMETERS]
 
 
 def check_hyperparameters(curriculum: Curriculum, source: str) -> None:
     """Names against the SB3 constructor; schedule strings where SB3 takes a schedule."""
-    allowed = hyperparameter_names(curriculum.algorithm_class)
+    allowed = hyperparameter_names(curriculum.algorithm_class, curriculum.agent)
     for name, value in curriculum.hyperparameters.items():
         key = f"hyperparameters.{name}"
         if name in RESERVED_HYPERPARAMETERS:
