@@ -13,15 +13,19 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -33,11 +37,16 @@ from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import Curriculum, load_curriculum
 from crl.config.errors import ConfigError
 from crl.continual import ContinualResult, average_performance, forgetting, learn_continual
+from crl.continual.loop import ContinualPosition, request_checkpoint
+from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from crl.tracking.mlflow_writer import MLflowOutputFormat
 from crl.tracking.runs import create_run, flatten
 from crl.wrappers import TaskSequence
 
 CONFIG_ERROR_EXIT = 2
+INTERRUPTED_EXIT = 130
+CHECKPOINT_TAG = "checkpoint_dir"
+"""The child run's tag naming the directory of its checkpoints."""
 EVALUATION_PREFIX = "continual/"
 """The loop records evaluations under this prefix; they are logged from the result at their exact steps."""
 
@@ -52,6 +61,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a key"
     )
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, then the file's)")
+    parser.add_argument(
+        "--resume", metavar="RUN_ID", help="continue a launch (its parent run id) or one seed (its child run id)"
+    )
     return parser.parse_args(argv)
 
 
@@ -96,10 +108,7 @@ class TrainingProgress(BaseCallback):
     def _on_training_start(self) -> None:
         self.writer.step_offset = self.task_start
         # The task boundary: the task's index from its first step on.
-        self.writer.client.log_batch(
-            self.writer.run_id,
-            metrics=[Metric("task", float(self.model.current_task), 0, self.task_start)],  # type: ignore[attr-defined, arg-type]
-        )
+        self.writer.log({"task": float(self.model.current_task)}, self.task_start)  # type: ignore[attr-defined]
 
     def _on_step(self) -> bool:
         if self.n_calls % 100 == 0:
@@ -126,11 +135,27 @@ def train_seed(
     client: MlflowClient,
     run_id: str,
     progress: Progress,
+    resumed: Checkpoint | None = None,
+    resuming: bool = False,
 ) -> ContinualResult:
-    """Train one seed through the sequence, logging into the child run ``run_id``."""
+    """Train one seed through the sequence, logging into the child run ``run_id``.
+
+    :param resumed: continue from this checkpoint (its model is ``model``)
+    :param resuming: the run exists already: log only the steps it does not have yet
+    """
     writer = MLflowOutputFormat(run_id, client, exclude_prefixes=(EVALUATION_PREFIX,))
+    if resuming:
+        writer.skip_logged()
     model.set_logger(Logger(folder=None, output_formats=[writer]))  # type: ignore[attr-defined]
+    if resumed is not None:
+        resumed.restore_logger_state()
     callback = TrainingProgress(progress, sequence, writer, seed)
+    root = Path(curriculum.checkpoint.directory)
+    client.set_tag(run_id, CHECKPOINT_TAG, str((root / run_id).resolve()))
+
+    def checkpoint(position: ContinualPosition) -> None:
+        save_checkpoint(root, model, position, run_id, seed)
+
     result = learn_continual(
         model,  # type: ignore[arg-type]
         sequence,
@@ -139,6 +164,10 @@ def train_seed(
         deterministic_eval=curriculum.evaluation.deterministic,
         seed=seed,
         callback=callback,
+        position=None if resumed is None else resumed.position,
+        checkpoint=checkpoint,
+        checkpoint_every=curriculum.checkpoint.every,
+        checkpoint_at_task_end=curriculum.checkpoint.at_task_end,
         **curriculum.continual.model_dump(),
     )
     progress.update(callback.bar, completed=int(callback.starts[-1]))
@@ -178,65 +207,132 @@ def main(argv: Sequence[str] | None = None) -> int:
         curriculum = resolve(args)
         sequence = build_sequence(curriculum, source)
         first_model = build_model(curriculum, sequence, curriculum.seeds[0], source)
+        client = MlflowClient(tracking_uri=curriculum.tracking.tracking_uri)
+        parent_id, children = (None, {}) if args.resume is None else resumed_runs(client, args.resume, curriculum)
     except ConfigError as error:
         console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         return CONFIG_ERROR_EXIT
-    client = MlflowClient(tracking_uri=curriculum.tracking.tracking_uri)
     name = curriculum.tracking.run_name or args.curriculum.stem
-    parent_id = create_run(
-        client,
-        curriculum.tracking.experiment,
-        name,
-        tags={"curriculum": source},
-        params=flatten(curriculum.model_dump()),
-    )
     command = shlex.join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)])
+    if parent_id is None:
+        parent_id = create_run(
+            client,
+            curriculum.tracking.experiment,
+            name,
+            tags={"curriculum": source},
+            params=flatten(curriculum.model_dump()),
+        )
+        log_texts(client, parent_id, {"config.yml": curriculum.to_yaml(), "command.txt": command + "\n"})
+    else:
+        client.update_run(parent_id, status=RunStatus.to_string(RunStatus.RUNNING))
     status = RunStatus.to_string(RunStatus.FAILED)
+    previous_handler = signal.signal(signal.SIGINT, _checkpoint_and_stop)
     try:
-        with tempfile.TemporaryDirectory() as directory:
-            (Path(directory) / "config.yml").write_text(curriculum.to_yaml())
-            (Path(directory) / "command.txt").write_text(command + "\n")
-            client.log_artifact(parent_id, str(Path(directory) / "config.yml"))
-            client.log_artifact(parent_id, str(Path(directory) / "command.txt"))
-        results = []
+        results, seeds = [], []
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, TextColumn("{task.fields[info]}"), console=console) as progress:
             for index, seed in enumerate(curriculum.seeds):
-                model = first_model if index == 0 else build_model(curriculum, sequence, seed, source)
-                results.append(run_child(curriculum, sequence, model, seed, client, parent_id, name, progress))
-        console.print(summary_table(curriculum.seeds, results))
+                run_id = children.get(seed)
+                if run_id is not None and client.get_run(run_id).info.status == "FINISHED":
+                    continue
+                model = first_model if index == 0 else None
+                result = run_child(curriculum, sequence, model, seed, client, parent_id, name, progress, run_id)
+                results.append(result)
+                seeds.append(seed)
+        console.print(summary_table(seeds, results))
         status = RunStatus.to_string(RunStatus.FINISHED)
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
-        raise
+        resume = shlex.join(["python", "-m", "crl.train", *_without_resume(sys.argv[1:] if argv is None else argv)])
+        console.print(f"interrupted; the last checkpoint is saved. Resume with:\n  {resume} --resume {parent_id}")
+        return INTERRUPTED_EXIT
     finally:
+        signal.signal(signal.SIGINT, previous_handler)
         client.set_terminated(parent_id, status)
     console.print(f"MLflow parent run {parent_id} at {curriculum.tracking.tracking_uri}")
     return 0
 
 
+def _checkpoint_and_stop(signum: int, frame: FrameType | None) -> None:
+    """First Ctrl-C: checkpoint at the next consistent point and stop; a second one stops at once."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if not request_checkpoint():
+        raise KeyboardInterrupt
+
+
+def _without_resume(argv: Sequence[str]) -> list[str]:
+    arguments = list(argv)
+    if "--resume" in arguments:
+        at = arguments.index("--resume")
+        del arguments[at : at + 2]
+    return [argument for argument in arguments if not argument.startswith("--resume=")]
+
+
+def log_texts(client: MlflowClient, run_id: str, texts: dict[str, str]) -> None:
+    """Log each ``{file name: text}`` as an artifact of the run."""
+    with tempfile.TemporaryDirectory() as directory:
+        for file_name, text in texts.items():
+            (Path(directory) / file_name).write_text(text)
+            client.log_artifact(run_id, str(Path(directory) / file_name))
+
+
+def resumed_runs(client: MlflowClient, run_id: str, curriculum: Curriculum) -> tuple[str, dict[int, str]]:
+    """The parent run and ``{seed: child run id}`` to continue, given a parent's or a child's id.
+
+    :raises ConfigError: no such run, or the launch's ``config.yml`` differs from the curriculum given now
+    """
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"--resume {run_id}: no such run at {curriculum.tracking.tracking_uri}") from None
+    parent_id = run.data.tags.get(MLFLOW_PARENT_RUN_ID, run_id)
+    with tempfile.TemporaryDirectory() as directory:
+        saved = load_curriculum(client.download_artifacts(parent_id, "config.yml", directory))
+    if saved.model_dump(exclude={"seeds"}) != curriculum.model_dump(exclude={"seeds"}):
+        raise ConfigError(f"--resume {run_id}: the curriculum differs from the run's config.yml; give the same one")
+    if parent_id != run_id:
+        return parent_id, {int(run.data.tags["seed"]): run_id}
+    children = client.search_runs([run.info.experiment_id], f"tags.{MLFLOW_PARENT_RUN_ID} = '{parent_id}'")
+    return parent_id, {int(child.data.tags["seed"]): child.info.run_id for child in children}
+
+
 def run_child(
     curriculum: Curriculum,
     sequence: TaskSequence,
-    model: ContinualAlgorithm,
+    model: ContinualAlgorithm | None,
     seed: int,
     client: MlflowClient,
     parent_id: str,
     name: str,
     progress: Progress,
+    run_id: str | None = None,
 ) -> ContinualResult:
-    """One seed in its own child run (terminated as finished, failed or killed)."""
-    run_id = create_run(
-        client,
-        curriculum.tracking.experiment,
-        f"{name}-seed{seed}",
-        tags={"seed": str(seed)},
-        params={"seed": str(seed)},
-        parent_run_id=parent_id,
-    )
+    """One seed in its own child run (terminated as finished, failed or killed).
+
+    :param model: the seed's model, or ``None`` to build it
+    :param run_id: continue this child run from its latest checkpoint (from the start if it has none)
+    """
+    resuming = run_id is not None
+    if run_id is None:
+        run_id = create_run(
+            client,
+            curriculum.tracking.experiment,
+            f"{name}-seed{seed}",
+            tags={"seed": str(seed)},
+            params={"seed": str(seed)},
+            parent_run_id=parent_id,
+        )
+    else:
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
-        result = train_seed(curriculum, sequence, model, seed, client, run_id, progress)
+        found = latest_checkpoint(Path(curriculum.checkpoint.directory), run_id) if resuming else None
+        resumed = load_checkpoint(found) if found is not None else None
+        if resumed is not None:
+            model = resumed.model
+        elif model is None:
+            model = build_model(curriculum, sequence, seed)
+        result = train_seed(curriculum, sequence, model, seed, client, run_id, progress, resumed, resuming)
         with tempfile.TemporaryDirectory() as directory:
             model.save(Path(directory) / "model.zip")  # type: ignore[attr-defined]
             result.save(Path(directory) / "result.json")

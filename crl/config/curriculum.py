@@ -199,10 +199,12 @@ class CheckpointSpec(Section):
 
     :param every: environment steps between checkpoints (``None``: only at task ends)
     :param at_task_end: save a checkpoint at the end of every task
+    :param directory: where checkpoints go (``<directory>/<MLflow run id>/``), relative to the working directory
     """
 
     every: PositiveInt | None = None
     at_task_end: bool = True
+    directory: str = "checkpoints"
 
 
 class Curriculum(Section):

@@ -15,8 +15,8 @@ over the whole sequence instead, the loop hands SB3 a schedule of the sequence's
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,31 @@ def preserved_random_state(model: BaseAlgorithm) -> Iterator[None]:
     action_sampler.state = action_state
 
 
+@dataclass
+class ContinualPosition:
+    """Where a run through a sequence is: what :func:`learn_continual` needs to continue it.
+
+    :param task: the index of the task being trained (``len(sequence)`` when all are done)
+    :param steps_done: environment steps of that task already trained (``0``: the task has not started)
+    :param eval_steps: the global steps of the evaluations so far
+    :param eval_columns: their performance columns (one value per task)
+    :param env: the training env mid-task (its episodes continue), or ``None`` for a fresh one
+    :param eval_envs: the evaluation envs, one per task (their random streams continue), or ``None``
+        for fresh ones
+    """
+
+    task: int = 0
+    steps_done: int = 0
+    eval_steps: list[int] = field(default_factory=list)
+    eval_columns: list[np.ndarray] = field(default_factory=list)
+    env: VecEnv | None = None
+    eval_envs: list[VecEnv] | None = None
+
+
+CheckpointHook = Callable[[ContinualPosition], None]
+"""Called with the position at each checkpoint (the model and its env are in a consistent state)."""
+
+
 class TaskEvaluator:
     """Evaluates a model on every task of a sequence into the columns of a performance matrix.
 
@@ -80,13 +105,21 @@ class TaskEvaluator:
     :param n_eval_episodes: episodes per task and evaluation
     :param deterministic: act greedily (``True``) or sample the policy's actions
     :param seed: seed of the first task's evaluation env (task ``i`` gets ``seed + i``)
+    :param envs: the evaluation envs to use instead (a checkpoint's)
     """
 
-    def __init__(self, sequence: TaskSequence, n_eval_episodes: int, deterministic: bool, seed: int | None) -> None:
+    def __init__(
+        self,
+        sequence: TaskSequence,
+        n_eval_episodes: int,
+        deterministic: bool,
+        seed: int | None,
+        envs: list[VecEnv] | None = None,
+    ) -> None:
         self.sequence = sequence
         self.n_eval_episodes = n_eval_episodes
         self.deterministic = deterministic
-        self.envs: list[VecEnv] = [
+        self.envs: list[VecEnv] = envs or [
             sequence.make_vec_env(index, seed=None if seed is None else seed + index) for index in range(len(sequence))
         ]
         self.steps: list[int] = []
@@ -141,16 +174,47 @@ class TaskEvaluator:
             env.close()
 
 
+class _PeriodicCheckpoint(BaseCallback):
+    """Calls ``save`` at the first rollout start at or after every multiple of ``every`` global steps.
+
+    A rollout's start is the one point inside ``learn()`` where the model is consistent: every
+    collected transition is stored, the update that follows a rollout is done, and ``_last_obs`` is
+    the env's current observation. ``every=None`` saves only when ``requested`` is set (Ctrl-C).
+    """
+
+    def __init__(self, save: Callable[[int], None], every: int | None, start: int, done: int) -> None:
+        super().__init__()
+        self.save = save
+        self.every = every
+        self.start = start
+        self.next_save = None if every is None else ((start + done) // every + 1) * every
+        self.requested = False
+
+    def _on_rollout_start(self) -> None:
+        step = self.start + self.model.num_timesteps
+        due = self.next_save is not None and step >= self.next_save
+        if due or self.requested:
+            self.save(self.model.num_timesteps)
+        if due:
+            assert self.every is not None
+            self.next_save = (step // self.every + 1) * self.every
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def _on_step(self) -> bool:
+        return True
+
+
 class _PeriodicEvaluation(BaseCallback):
     """Evaluates at every multiple of ``eval_every`` global steps that falls inside the current task."""
 
-    def __init__(self, evaluator: TaskEvaluator, eval_every: int, start: int, budget: int) -> None:
+    def __init__(self, evaluator: TaskEvaluator, eval_every: int, start: int, budget: int, done: int = 0) -> None:
         super().__init__()
         self.evaluator = evaluator
         self.eval_every = eval_every
         self.start = start
         self.end = start + budget
-        self.next_eval = (start // eval_every + 1) * eval_every
+        self.next_eval = ((start + done) // eval_every + 1) * eval_every
 
     def _on_step(self) -> bool:
         step = self.start + self.model.num_timesteps
@@ -171,6 +235,29 @@ def _check(model: BaseAlgorithm, eval_every: int, reset_replay_buffer: bool) -> 
         raise ValueError(f"reset_replay_buffer=True needs an off-policy algorithm, got {type(model).__name__}")
 
 
+_ACTIVE_CHECKPOINTS: list[_PeriodicCheckpoint] = []
+"""The checkpoint callback of the ``learn()`` call in progress (at most one), for :func:`request_checkpoint`."""
+
+
+def request_checkpoint() -> bool:
+    """Ask the running :func:`learn_continual` to checkpoint at the next rollout start and stop.
+
+    Safe to call from a signal handler. :return: whether a run with a checkpoint hook is in progress
+    """
+    for callback in _ACTIVE_CHECKPOINTS:
+        callback.requested = True
+    return bool(_ACTIVE_CHECKPOINTS)
+
+
+def _saver(checkpoint: CheckpointHook, evaluator: TaskEvaluator, index: int) -> Callable[[int], None]:
+    def save(steps_done: int) -> None:
+        checkpoint(
+            ContinualPosition(index, steps_done, list(evaluator.steps), list(evaluator.columns), None, evaluator.envs)
+        )
+
+    return save
+
+
 def learn_continual(
     model: BaseAlgorithm,
     sequence: TaskSequence,
@@ -184,6 +271,10 @@ def learn_continual(
     seed: int | None = None,
     callback: MaybeCallback = None,
     progress_bar: bool = False,
+    position: ContinualPosition | None = None,
+    checkpoint: CheckpointHook | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint_at_task_end: bool = True,
 ) -> ContinualResult:
     """Train ``model`` through every task of ``sequence``; return the performance matrix.
 
@@ -204,25 +295,39 @@ def learn_continual(
     :param seed: seeds the training envs (task ``i``: ``seed + 1000 * i``) and evaluation envs;
         default: the model's seed
     :param callback: SB3 callback(s) passed to every ``learn()`` call
+    :param position: continue a run from here (a checkpoint's; the model restored with it): its
+        evaluations are kept, its task is not started again, and mid-task its env continues
+    :param checkpoint: called with the position at every checkpoint: after every task's last
+        evaluation (``checkpoint_at_task_end``), at the first rollout start at or after every multiple
+        of ``checkpoint_every`` global steps, and at the next rollout start after
+        :func:`request_checkpoint` (then training stops with ``KeyboardInterrupt``)
     :return: the run's :class:`~crl.continual.results.ContinualResult`
     """
     _check(model, eval_every, reset_replay_buffer)
     assert isinstance(model, ContinualAlgorithm)  # for the type checker, after the readable check
     seed = model.seed if seed is None else seed
     deterministic = isinstance(model, DQN) if deterministic_eval is None else deterministic_eval
-    evaluator = TaskEvaluator(
-        sequence, n_eval_episodes, deterministic, None if seed is None else seed + EVAL_SEED_OFFSET
-    )
+    position = position if position is not None else ContinualPosition()
+    eval_seed = None if seed is None else seed + EVAL_SEED_OFFSET
+    evaluator = TaskEvaluator(sequence, n_eval_episodes, deterministic, eval_seed, position.eval_envs)
     lr_schedule = model.lr_schedule
     exploration_schedule = getattr(model, "exploration_schedule", None)
     given_callbacks = [] if callback is None else list(callback) if isinstance(callback, list) else [callback]
-    start = 0
+    evaluator.steps, evaluator.columns = list(position.eval_steps), list(position.eval_columns)
+    starts = np.concatenate(([0], np.cumsum(sequence.budgets))).astype(int)
     try:
-        for index, task in enumerate(sequence):
+        for index in range(position.task, len(sequence)):
+            task, start = sequence.tasks[index], int(starts[index])
+            done = position.steps_done if index == position.task else 0
             previous_env = model.get_env()
-            env = sequence.make_vec_env(index, n_envs=model.n_envs, seed=None if seed is None else seed + 1000 * index)
-            model.set_env(env)
-            if index > 0 and previous_env is not None:
+            continued = bool(done) and position.env is not None
+            env = position.env if continued else None
+            if env is None:
+                task_seed = None if seed is None else seed + 1000 * index
+                env = sequence.make_vec_env(index, n_envs=model.n_envs, seed=task_seed)
+            # Mid-task with the checkpoint's env, its episodes continue from the model's last observation.
+            model.set_env(env, force_reset=not continued)
+            if previous_env is not None and previous_env is not env:
                 previous_env.close()
             if not restart_learning_rate:
                 model.lr_schedule = SequenceProgress(lr_schedule, start, task.budget, sequence.total_budget)
@@ -230,19 +335,34 @@ def learn_continual(
                 model.exploration_schedule = SequenceProgress(  # type: ignore[attr-defined]
                     exploration_schedule, start, task.budget, sequence.total_budget
                 )
-            model.start_task(index)
-            if index > 0 and reset_replay_buffer:
-                model.replay_buffer.reset()  # type: ignore[attr-defined]
-            if index > 0 and reset_optimizers:
-                for optimizer in algorithm_optimizers(model):
-                    clear_optimizer_state(optimizer)
-            periodic = _PeriodicEvaluation(evaluator, eval_every, start, task.budget)
-            model.learn(
-                task.budget, callback=[*given_callbacks, periodic], reset_num_timesteps=True, progress_bar=progress_bar
-            )
+            if not done:
+                model.start_task(index)
+                if index > 0 and reset_replay_buffer:
+                    model.replay_buffer.reset()  # type: ignore[attr-defined]
+                if index > 0 and reset_optimizers:
+                    for optimizer in algorithm_optimizers(model):
+                        clear_optimizer_state(optimizer)
+            callbacks: list[BaseCallback] = [_PeriodicEvaluation(evaluator, eval_every, start, task.budget, done)]
+            if checkpoint is not None:
+                save = _saver(checkpoint, evaluator, index)
+                periodic_checkpoint = _PeriodicCheckpoint(save, checkpoint_every, start, done)
+                _ACTIVE_CHECKPOINTS.append(periodic_checkpoint)
+                callbacks.append(periodic_checkpoint)
+            try:
+                # reset_num_timesteps=False mid-task: SB3 adds the steps done, so the task still ends at its budget.
+                model.learn(
+                    task.budget - done,
+                    callback=[*given_callbacks, *callbacks],
+                    reset_num_timesteps=not done,
+                    progress_bar=progress_bar,
+                )
+            finally:
+                _ACTIVE_CHECKPOINTS.clear()
             model.end_task()
-            start += task.budget
-            evaluator.evaluate(model, start)
+            evaluator.evaluate(model, start + task.budget)
+            if checkpoint is not None and checkpoint_at_task_end:
+                steps, columns = list(evaluator.steps), list(evaluator.columns)
+                checkpoint(ContinualPosition(index + 1, 0, steps, columns, None, evaluator.envs))
     finally:
         model.lr_schedule = lr_schedule
         if exploration_schedule is not None:

@@ -39,18 +39,41 @@ class MLflowOutputFormat(KVWriter):
         self.exclude_prefixes = exclude_prefixes
         self.step_offset = 0
         """Added to SB3's step: env steps before the current ``learn()`` call (earlier tasks of a sequence)."""
+        self.logged_through: dict[str, int] = {}
+        """Per key, the last step the run already holds: values at steps up to it are not logged again."""
+
+    def skip_logged(self) -> None:
+        """Skip, per key, the steps the run already has: a resumed run re-trains the steps after its
+        checkpoint that the interrupted process had already logged, so its history gets neither a
+        duplicated step nor a gap (the values are the same where training is reproduced bitwise)."""
+        keys = self.client.get_run(self.run_id).data.metrics
+        self.logged_through = {
+            key: max(metric.step for metric in self.client.get_metric_history(self.run_id, key)) for key in keys
+        }
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        self.log(
+            {
+                key: float(value)
+                for key, value in key_values.items()
+                if _is_loggable(value)
+                and EXCLUDE_NAME not in (key_excluded.get(key) or ())
+                and not key.startswith(self.exclude_prefixes)
+            },
+            self.step_offset + step,
+        )
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        """Log ``values`` at the global ``step``, except keys the run already has at or after it."""
         timestamp = int(time.time() * 1000)
         metrics = [
-            Metric(key, float(value), timestamp, self.step_offset + step)
-            for key, value in key_values.items()
-            if _is_loggable(value)
-            and EXCLUDE_NAME not in (key_excluded.get(key) or ())
-            and not key.startswith(self.exclude_prefixes)
+            Metric(key, value, timestamp, step)
+            for key, value in values.items()
+            if step > self.logged_through.get(key, -1)
         ]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+            self.logged_through.update({metric.key: step for metric in metrics})
 
     def close(self) -> None:
         """Nothing to release: the run's lifetime belongs to whoever created it."""
