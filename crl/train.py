@@ -244,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
         resume = shlex.join(["python", "-m", "crl.train", *_without_resume(sys.argv[1:] if argv is None else argv)])
-        console.print(f"interrupted; the last checkpoint is saved. Resume with:\n  {resume} --resume {parent_id}")
+        message = f"interrupted; the last checkpoint is saved. Resume with:\n  {resume} --resume {parent_id}"
+        console.print(message, soft_wrap=True, highlight=False)  # unwrapped: the command is copied as is
         return INTERRUPTED_EXIT
     finally:
         signal.signal(signal.SIGINT, previous_handler)
