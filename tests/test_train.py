@@ -22,7 +22,8 @@ seeds: [0, 1]
 
 
 @pytest.fixture
-def curriculum(tmp_path: Path) -> Path:
+def curriculum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # checkpoints go to ./checkpoints
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY)
     return path
