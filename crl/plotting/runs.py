@@ -7,14 +7,17 @@ or from a local directory holding a ``result.json`` and optionally SB3's ``progr
 from __future__ import annotations
 
 import csv
+import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -28,6 +31,7 @@ PROGRESS_FILE = "progress.csv"
 INTERVENTIONS_PARAM = "interventions"
 NO_INTERVENTION = "no intervention"
 STEP_COLUMN = "time/total_timesteps"
+PROGRESS_BAR_VARIABLE = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
 
 
 class PlotError(ValueError):
@@ -196,7 +200,8 @@ def _history(client: MlflowClient, run_id: str, key: str) -> Curve:
 def _download_result(client: MlflowClient, run_id: str) -> ContinualResult | None:
     if RESULT_FILE not in {artifact.path for artifact in client.list_artifacts(run_id)}:
         return None
-    with tempfile.TemporaryDirectory() as directory:
+    # MLflow draws a progress bar per download unless told otherwise: noise for one small file.
+    with tempfile.TemporaryDirectory() as directory, mock.patch.dict(os.environ, {PROGRESS_BAR_VARIABLE: "false"}):
         return ContinualResult.load(client.download_artifacts(run_id, RESULT_FILE, directory))
 
 
