@@ -38,6 +38,7 @@ from crl.config.curriculum import Curriculum, load_curriculum
 from crl.config.errors import ConfigError
 from crl.continual import ContinualResult, average_performance, forgetting, learn_continual
 from crl.continual.loop import ContinualPosition, request_checkpoint
+from crl.plotting import PlotError, write_run_plots
 from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from crl.tracking.mlflow_writer import MLflowOutputFormat
 from crl.tracking.runs import create_run, flatten
@@ -48,6 +49,8 @@ INTERRUPTED_EXIT = 130
 CHECKPOINT_TAG = "checkpoint_dir"
 """The child run's tag naming the directory of its checkpoints."""
 EVALUATION_PREFIX = "continual/"
+PLOTS_DIRECTORY = Path("plots")
+"""Where a launch writes its parent run's plots, one folder per parent run id."""
 """The loop records evaluations under this prefix; they are logged from the result at their exact steps."""
 
 
@@ -240,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(result)
                 seeds.append(seed)
         console.print(summary_table(seeds, results))
+        plots = log_plots(client, parent_id, PLOTS_DIRECTORY / parent_id)
+        console.print(f"{len(plots)} plots in {PLOTS_DIRECTORY / parent_id} (also logged to the parent run)")
         status = RunStatus.to_string(RunStatus.FINISHED)
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
@@ -252,6 +257,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.set_terminated(parent_id, status)
     console.print(f"MLflow parent run {parent_id} at {curriculum.tracking.tracking_uri}")
     return 0
+
+
+def log_plots(client: MlflowClient, run_id: str, out_dir: Path) -> list[Path]:
+    """Write the run's plots under ``out_dir`` and log them as its ``plots/`` artifacts.
+
+    A run with nothing to plot (e.g. a curriculum that logs no metric) gets none: plots are a
+    by-product, and their absence must not fail a finished training run.
+    """
+    try:
+        return write_run_plots(client, run_id, out_dir)
+    except PlotError:
+        return []
 
 
 def _checkpoint_and_stop(signum: int, frame: FrameType | None) -> None:
@@ -339,6 +356,7 @@ def run_child(
             result.save(Path(directory) / "result.json")
             client.log_artifact(run_id, str(Path(directory) / "model.zip"))
             client.log_artifact(run_id, str(Path(directory) / "result.json"))
+            log_plots(client, run_id, Path(directory) / "plots")
         status = RunStatus.to_string(RunStatus.FINISHED)
         return result
     except KeyboardInterrupt:

@@ -43,10 +43,16 @@ def test_a_launch_logs_a_parent_run_and_one_child_run_per_seed(tmp_path: Path, c
     assert parent.data.params["evaluation.n_episodes"] == "2" and parent.data.params["seeds"] == "[3, 4]"
     assert parent.data.params["interventions.0.name"] == "layer_norm"
     assert {"git_commit", "crl_version", "sb3_version"} <= set(parent.data.tags)
-    assert {artifact.path for artifact in client.list_artifacts(parent.info.run_id)} == {"config.yml", "command.txt"}
+    assert {artifact.path for artifact in client.list_artifacts(parent.info.run_id)} == {
+        "config.yml",
+        "command.txt",
+        "plots",
+    }
+    parent_plots = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/evaluation.png", "plots/performance_matrix.png"} <= parent_plots
 
     child = children[0].info.run_id
-    assert {artifact.path for artifact in client.list_artifacts(child)} == {"model.zip", "result.json"}
+    assert {artifact.path for artifact in client.list_artifacts(child)} == {"model.zip", "result.json", "plots"}
     result = ContinualResult.load(client.download_artifacts(child, "result.json", str(tmp_path)))
     assert result.seed == 3
     # Evaluations at their global steps: every 100 steps and each task's end, both tasks' columns.
