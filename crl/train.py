@@ -11,6 +11,7 @@ command and the final model are logged at the end of each seed.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shlex
 import signal
@@ -18,10 +19,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
 
 import numpy as np
+import torch as th
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
@@ -45,6 +49,7 @@ from crl.tracking.runs import create_run, flatten
 from crl.wrappers import TaskSequence
 
 CONFIG_ERROR_EXIT = 2
+FAILED_EXIT = 1
 INTERRUPTED_EXIT = 130
 CHECKPOINT_TAG = "checkpoint_dir"
 """The child run's tag naming the directory of its checkpoints."""
@@ -67,7 +72,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resume", metavar="RUN_ID", help="continue a launch (its parent run id) or one seed (its child run id)"
     )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="seeds trained at once, each in its own process (default: the number of seeds, at most the cores)",
+    )
     return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def resolve(args: argparse.Namespace) -> Curriculum:
@@ -229,20 +246,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         client.update_run(parent_id, status=RunStatus.to_string(RunStatus.RUNNING))
     status = RunStatus.to_string(RunStatus.FAILED)
-    previous_handler = signal.signal(signal.SIGINT, _checkpoint_and_stop)
+    pending = [
+        seed
+        for seed in curriculum.seeds
+        if seed not in children or client.get_run(children[seed]).info.status != "FINISHED"
+    ]
+    workers = min(args.workers or os.cpu_count() or 1, len(pending))
+    previous_handler = signal.getsignal(signal.SIGINT)
     try:
-        results, seeds = [], []
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, TextColumn("{task.fields[info]}"), console=console) as progress:
-            for index, seed in enumerate(curriculum.seeds):
-                run_id = children.get(seed)
-                if run_id is not None and client.get_run(run_id).info.status == "FINISHED":
-                    continue
-                model = first_model if index == 0 else None
-                result = run_child(curriculum, sequence, model, seed, client, parent_id, name, progress, run_id)
-                results.append(result)
-                seeds.append(seed)
-        console.print(summary_table(seeds, results))
+        if workers > 1:
+            # The runs exist before any worker starts: an interrupted launch resumes them all by the parent's id.
+            for seed in pending:
+                children.setdefault(seed, create_child_run(client, curriculum, name, seed, parent_id))
+            launch = ParallelLaunch(curriculum, source, parent_id, name, workers, console)
+            results = launch.run({seed: children[seed] for seed in pending})
+        else:
+            signal.signal(signal.SIGINT, _checkpoint_and_stop)
+            results = {}
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, TextColumn("{task.fields[info]}"), console=console) as progress:
+                for seed in pending:
+                    model = first_model if seed == curriculum.seeds[0] else None
+                    run_id = children.get(seed)
+                    results[seed] = run_child(
+                        curriculum, sequence, model, seed, client, parent_id, name, progress, run_id
+                    )
+        console.print(summary_table(list(results), list(results.values())))
+        if len(results) < len(pending):
+            return FAILED_EXIT
         plots = log_plots(client, parent_id, PLOTS_DIRECTORY / parent_id)
         console.print(f"{len(plots)} plots in {PLOTS_DIRECTORY / parent_id} (also logged to the parent run)")
         status = RunStatus.to_string(RunStatus.FINISHED)
@@ -332,14 +363,7 @@ def run_child(
     """
     resuming = run_id is not None
     if run_id is None:
-        run_id = create_run(
-            client,
-            curriculum.tracking.experiment,
-            f"{name}-seed{seed}",
-            tags={"seed": str(seed)},
-            params={"seed": str(seed)},
-            parent_run_id=parent_id,
-        )
+        run_id = create_child_run(client, curriculum, name, seed, parent_id)
     else:
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     status = RunStatus.to_string(RunStatus.FAILED)
@@ -364,6 +388,130 @@ def run_child(
         raise
     finally:
         client.set_terminated(run_id, status)
+
+
+def create_child_run(client: MlflowClient, curriculum: Curriculum, name: str, seed: int, parent_id: str) -> str:
+    """The child run of one seed, under the launch's parent run; returns its id."""
+    return create_run(
+        client,
+        curriculum.tracking.experiment,
+        f"{name}-seed{seed}",
+        tags={"seed": str(seed)},
+        params={"seed": str(seed)},
+        parent_run_id=parent_id,
+    )
+
+
+class ParallelLaunch:
+    """Trains seeds in a pool of ``spawn``ed processes, one seed per process at a time.
+
+    Each worker builds its own sequence and model and writes into the child run it is given (the
+    parent process creates the runs). Workers live in their own process group, so a Ctrl-C at the
+    terminal reaches only the parent, which forwards it once to every worker: each checkpoints and
+    stops as in a sequential launch, and seeds not started yet are not started.
+
+    :param curriculum: the resolved curriculum
+    :param source: the curriculum's file, for error messages
+    :param parent_id: the launch's parent run
+    :param name: the launch's name (child runs are ``<name>-seed<seed>``)
+    :param workers: the number of processes
+    :param console: where each finished or failed seed is reported
+    """
+
+    def __init__(
+        self, curriculum: Curriculum, source: str, parent_id: str, name: str, workers: int, console: Console
+    ) -> None:
+        self.curriculum = curriculum
+        self.source = source
+        self.parent_id = parent_id
+        self.name = name
+        self.workers = workers
+        self.console = console
+        self.context = multiprocessing.get_context("spawn")
+        self.stop = self.context.Event()
+
+    def run(self, runs: dict[int, str]) -> dict[int, ContinualResult]:
+        """Train each ``{seed: child run id}``; return the results of the seeds that finished.
+
+        A failed seed is reported, its run marked failed, and the other seeds go on.
+
+        :raises KeyboardInterrupt: after a Ctrl-C, once every worker has checkpointed and stopped
+        """
+        client = MlflowClient(tracking_uri=self.curriculum.tracking.tracking_uri)
+        results: dict[int, ContinualResult] = {}
+        interrupted = False
+        # The workers start (on submit) with SIGINT ignored, so that a Ctrl-C while they import is not
+        # fatal; each seed then installs the checkpointing handler.
+        previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            with ProcessPoolExecutor(
+                self.workers, mp_context=self.context, initializer=_start_worker, initargs=(self.stop,)
+            ) as executor:
+                futures: dict[Future[ContinualResult], int] = {
+                    executor.submit(
+                        _train_in_worker, self.curriculum, self.source, seed, self.parent_id, self.name, run_id
+                    ): seed
+                    for seed, run_id in runs.items()
+                }
+                signal.signal(signal.SIGINT, self._forward_interrupt)
+                not_done = set(futures)
+                while not_done:
+                    done, not_done = wait(not_done, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        seed = futures[future]
+                        try:
+                            results[seed] = future.result()
+                            self.console.print(
+                                f"seed {seed} finished ({average_performance(results[seed]):.4g} average performance)"
+                            )
+                        except KeyboardInterrupt:
+                            interrupted = True
+                        except Exception as error:  # a failed seed must not stop the others
+                            self.console.print(f"[red]seed {seed} failed:[/red] {error!r}", highlight=False)
+                        if seed not in results:
+                            stopped = RunStatus.KILLED if interrupted else RunStatus.FAILED
+                            _terminate_if_running(client, runs[seed], RunStatus.to_string(stopped))
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+        if interrupted or self.stop.is_set():
+            raise KeyboardInterrupt
+        return {seed: results[seed] for seed in runs if seed in results}
+
+    def _forward_interrupt(self, signum: int, frame: FrameType | None) -> None:
+        self.stop.set()
+        for process in multiprocessing.active_children():
+            os.kill(process.pid, signal.SIGINT)  # type: ignore[arg-type]
+
+
+def _terminate_if_running(client: MlflowClient, run_id: str, status: str) -> None:
+    """End a run that its worker could not end (it died, or never started the seed)."""
+    if client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
+        client.set_terminated(run_id, status)
+
+
+_STOP: Event | None = None
+"""In a worker: set by the parent after a Ctrl-C, so that the worker starts no further seed."""
+
+
+def _start_worker(stop: Event) -> None:
+    global _STOP
+    _STOP = stop
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()  # out of the terminal's process group: Ctrl-C comes once, forwarded by the parent
+    th.set_num_threads(1)  # the cores are shared by the workers
+
+
+def _train_in_worker(
+    curriculum: Curriculum, source: str, seed: int, parent_id: str, name: str, run_id: str
+) -> ContinualResult:
+    """One seed in a worker process, into the existing child run ``run_id``."""
+    if _STOP is not None and _STOP.is_set():
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, _checkpoint_and_stop)
+    sequence = build_sequence(curriculum, source)
+    client = MlflowClient(tracking_uri=curriculum.tracking.tracking_uri)
+    with Progress(disable=True) as progress:
+        return run_child(curriculum, sequence, None, seed, client, parent_id, name, progress, run_id)
 
 
 if __name__ == "__main__":

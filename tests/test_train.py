@@ -1,8 +1,10 @@
 """``python -m crl.train``: a tiny CartPole curriculum into a temporary MLflow store."""
 
+import json
 from pathlib import Path
 
 import pytest
+import torch as th
 from mlflow import MlflowClient
 
 from crl.continual import ContinualResult
@@ -78,3 +80,42 @@ def test_config_errors_exit_with_2_before_any_run(tmp_path: Path, curriculum: Pa
     assert error.startswith("error: ") and "sequence" in error and "\n" not in error
     assert main([str(tmp_path / "missing.yaml"), "--tracking-uri", uri]) == CONFIG_ERROR_EXIT
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def _launch(directory: Path, workers: int) -> dict[str, tuple[dict, dict[str, float]]]:
+    """Train the tiny curriculum's two seeds; ``{seed: (result.json, final metrics)}`` of the child runs."""
+    directory.mkdir()
+    # Without plasticity metrics: the test is about the processes, and fewer plots keep it fast.
+    (directory / "tiny.yaml").write_text(TINY.replace("metrics: {every: 100, probe_batch_size: 64}\n", ""))
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    assert main([str(directory / "tiny.yaml"), "--tracking-uri", uri, "--workers", str(workers)]) == 0
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 2 and all(child.info.status == "FINISHED" for child in children)
+    found = {}
+    for child in children:
+        result = json.loads(
+            Path(client.download_artifacts(child.info.run_id, "result.json", str(directory))).read_text()
+        )
+        final = {key: value for key, value in child.data.metrics.items() if key.startswith("final/")}
+        found[child.data.tags["seed"]] = (result, final)
+    return found
+
+
+def test_two_workers_give_each_seed_the_result_of_a_sequential_launch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # checkpoints go to ./checkpoints
+    threads = th.get_num_threads()
+    th.set_num_threads(1)  # as in each worker, so that both launches compute the same way
+    try:
+        sequential = _launch(tmp_path / "sequential", workers=1)
+    finally:
+        th.set_num_threads(threads)
+    parallel = _launch(tmp_path / "parallel", workers=2)
+    assert set(parallel) == {"0", "1"}
+    assert parallel == sequential
+    assert parallel["0"][0]["performance"] != parallel["1"][0]["performance"]  # the seeds differ
