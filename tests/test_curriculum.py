@@ -82,6 +82,18 @@ def test_overrides_are_yaml_scalars_at_a_key_path(tmp_path: Path) -> None:
 
 
 MALFORMED: dict[str, tuple[str, str]] = {
+    "hyperparameter of the wrong kind": (
+        _edit(hyperparameters={"gamma": "high"}),
+        "c.yaml: key 'hyperparameters.gamma' = 'high': gamma takes a number (SB3's default: 0.99)",
+    ),
+    "flag given a number": (
+        _edit(hyperparameters={"optimize_memory_usage": 1}),
+        "c.yaml: key 'hyperparameters.optimize_memory_usage' = 1: optimize_memory_usage takes true or false",
+    ),
+    "replay-buffer reset without a replay buffer": (
+        _edit(algorithm="PPO", hyperparameters={}, interventions=[], continual={"reset_replay_buffer": True}),
+        "c.yaml: key 'continual.reset_replay_buffer' = True: PPO has no replay buffer; allowed only with DQN or SAC",
+    ),
     "unknown top-level key": (
         VALID + "seed: 3\n",
         "c.yaml: unknown key 'seed' (did you mean 'seeds'?)",

@@ -335,6 +335,7 @@ def validate_curriculum(data: Mapping[str, Any], source: str = "curriculum") -> 
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, Curriculum, source)) from None
     check_hyperparameters(curriculum, source)
+    _check_continual(curriculum, source)
     curriculum = _with_resolved_interventions(curriculum, source)
     check_sequence(curriculum.sequence, source)
     return _with_agent_protocol(curriculum, source)
@@ -402,8 +403,12 @@ def hyperparameter_names(algorithm: type[ContinualAlgorithm], agent: str | None 
 
 
 def check_hyperparameters(curriculum: Curriculum, source: str) -> None:
-    """Names against the SB3 constructor; schedule strings where SB3 takes a schedule."""
+    """Names against the SB3 constructor; schedule strings where SB3 takes a schedule; value kinds."""
     allowed = hyperparameter_names(curriculum.algorithm_class, curriculum.agent)
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(sb3_class(curriculum.algorithm_class)).parameters.items()
+    }
     for name, value in curriculum.hyperparameters.items():
         key = f"hyperparameters.{name}"
         if name in RESERVED_HYPERPARAMETERS:
@@ -413,17 +418,46 @@ def check_hyperparameters(curriculum: Curriculum, source: str) -> None:
                 f"{source}: unknown key {key!r}{suggest(name, allowed)}; "
                 f"{curriculum.algorithm} takes: {', '.join(allowed)}"
             )
-        if not isinstance(value, str):
-            continue
-        if name in SCHEDULE_HYPERPARAMETERS and not is_schedule(value):
+        if isinstance(value, str) and name in SCHEDULE_HYPERPARAMETERS and not is_schedule(value):
             raise ConfigError(
                 f"{source}: key {key!r} = {value!r}: not a schedule; write a number or 'lin_<start>' (e.g. 'lin_0.001')"
             )
-        if name not in SCHEDULE_HYPERPARAMETERS and value.startswith("lin_"):
+        if isinstance(value, str) and name not in SCHEDULE_HYPERPARAMETERS and value.startswith("lin_"):
             raise ConfigError(
                 f"{source}: key {key!r} = {value!r}: {name} takes no schedule; "
                 f"schedules apply to {sorted(SCHEDULE_HYPERPARAMETERS)}"
             )
+        _check_value_kind(name, value, defaults.get(name), source)
+
+
+def _check_value_kind(name: str, value: HyperparameterValue, default: Any, source: str) -> None:
+    """A value of the kind SB3's default has: ``true``/``false`` for a flag, a number for a number.
+
+    SB3 stores most hyperparameters unchecked and fails only in the first update; a string where a
+    number belongs must stop the launch before any run exists. Schedules and ``train_freq``'s
+    ``[n, "step"|"episode"]`` form are the allowed non-numbers.
+    """
+    key = f"hyperparameters.{name}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: key {key!r} = {value!r}: {name} takes true or false")
+        return
+    if not isinstance(default, int | float):
+        return
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    schedule = name in SCHEDULE_HYPERPARAMETERS and isinstance(value, str)  # its form is checked first
+    frequency = name == "train_freq" and isinstance(value, list)
+    if not (numeric or schedule or frequency):
+        raise ConfigError(f"{source}: key {key!r} = {value!r}: {name} takes a number (SB3's default: {default!r})")
+
+
+def _check_continual(curriculum: Curriculum, source: str) -> None:
+    """Task-switch options the algorithm can honour."""
+    if curriculum.continual.reset_replay_buffer and curriculum.algorithm == "PPO":
+        raise ConfigError(
+            f"{source}: key 'continual.reset_replay_buffer' = True: PPO has no replay buffer; "
+            "allowed only with DQN or SAC"
+        )
 
 
 def _with_resolved_interventions(curriculum: Curriculum, source: str) -> Curriculum:
