@@ -38,6 +38,7 @@ WHOLE = "all"
 PENULTIMATE = "penultimate"
 """Layer key of the last hidden layer's pre-activation (PFO's feature-norm collapse indicator)."""
 
+
 def metric_name(network: str, layer: str, metric: str) -> str:
     """The logged name ``plasticity/<network>/<layer>/<metric>``."""
     return f"{PREFIX}/{network}/{layer}/{metric}"
