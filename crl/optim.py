@@ -57,16 +57,20 @@ def reset_parameter_columns_state(optimizer: th.optim.Optimizer, parameter: th.T
             moment[:, columns] = 0.0
 
 
-def algorithm_optimizers(algo: BaseAlgorithm) -> list[th.optim.Optimizer]:
-    """Every optimizer of an SB3 algorithm, each once.
-
-    Those held by the policy's modules (the policy's own for DQN and PPO, the actor's and the
-    critic's for SAC, any other module's) and SAC's entropy-coefficient optimizer.
-    """
-    found = [getattr(module, "optimizer", None) for module in algo.policy.modules()]
-    found.append(getattr(algo, "ent_coef_optimizer", None))
+def policy_optimizers(policy: th.nn.Module) -> list[th.optim.Optimizer]:
+    """The optimizers held by a policy's modules (the policy's own; SAC's actor's and critic's), each once."""
+    found = [getattr(module, "optimizer", None) for module in policy.modules()]
     unique = {id(optimizer): optimizer for optimizer in found if isinstance(optimizer, th.optim.Optimizer)}
     return list(unique.values())
+
+
+def algorithm_optimizers(algo: BaseAlgorithm) -> list[th.optim.Optimizer]:
+    """Every optimizer of an SB3 algorithm, each once: its policy's and SAC's entropy-coefficient optimizer."""
+    optimizers = policy_optimizers(algo.policy)
+    temperature = getattr(algo, "ent_coef_optimizer", None)
+    if isinstance(temperature, th.optim.Optimizer):
+        optimizers.append(temperature)
+    return optimizers
 
 
 def optimizer_of(optimizers: Iterable[th.optim.Optimizer], parameter: th.Tensor) -> th.optim.Optimizer | None:

@@ -19,8 +19,8 @@ import torch as th
 from stable_baselines3.common.distributions import Distribution
 from torch.nn import functional as F
 
-from crl.metrics.hessian import optimizer_parameters
 from crl.metrics.suite import network_parameters
+from crl.optim import optimizer_of, policy_optimizers
 from crl.policies.base import ContinualPolicyMixin
 
 # (policy, observations, actions) -> the network's output on them
@@ -92,12 +92,10 @@ def network_output(algorithm_family: str, network: str) -> NetworkOutput:
 
 def _optimizer_of(policy: ContinualPolicyMixin, parameters: list[th.nn.Parameter]) -> th.optim.Optimizer:
     """The policy's optimizer that updates the first of ``parameters``."""
-    modules = policy.modules()  # type: ignore[attr-defined]
-    optimizers = [m.optimizer for m in modules if isinstance(getattr(m, "optimizer", None), th.optim.Optimizer)]
-    for optimizer in optimizers:
-        if any(p is parameters[0] for p in optimizer_parameters(optimizer)):
-            return optimizer
-    raise ValueError("no optimizer of the policy updates this network")
+    optimizer = optimizer_of(policy_optimizers(policy), parameters[0])  # type: ignore[arg-type]
+    if optimizer is None:
+        raise ValueError("no optimizer of the policy updates this network")
+    return optimizer
 
 
 def fresh_copy(policy: ContinualPolicyMixin, seed: int) -> ContinualPolicyMixin:

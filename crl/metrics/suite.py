@@ -38,9 +38,6 @@ WHOLE = "all"
 PENULTIMATE = "penultimate"
 """Layer key of the last hidden layer's pre-activation (PFO's feature-norm collapse indicator)."""
 
-# PPO's output heads lie outside network_prefixes() (which lists the modules with hidden layers).
-_ACTOR_CRITIC_HEADS = {"actor": ("action_net", "log_std"), "critic": ("value_net",)}
-
 
 def metric_name(network: str, layer: str, metric: str) -> str:
     """The logged name ``plasticity/<network>/<layer>/<metric>``."""
@@ -107,11 +104,10 @@ def network_parameters(policy: ContinualPolicyMixin) -> dict[str, list[th.nn.Par
     named_parameters = dict(policy.named_parameters())  # type: ignore[attr-defined]
     parameters: dict[str, list[th.nn.Parameter]] = {}
     for network, prefixes in policy.network_prefixes().items():
-        paths = list(prefixes)
-        if isinstance(policy, ActorCriticPolicy):
-            paths += [
-                path for path in _ACTOR_CRITIC_HEADS.get(network, ()) if path in modules or path in named_parameters
-            ]
+        # Output heads may lie outside the prefixes (which list the modules with hidden layers).
+        paths = [*prefixes, *policy.output_layers().get(network, [])]
+        if isinstance(policy, ActorCriticPolicy) and network == "actor" and "log_std" in named_parameters:
+            paths.append("log_std")  # PPO's Gaussian log std is a bare parameter, not a layer
         found: dict[int, th.nn.Parameter] = {}
         for path in paths:
             owned = modules[path].parameters() if path in modules else [named_parameters[path]]

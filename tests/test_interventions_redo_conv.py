@@ -1,0 +1,50 @@
+"""ReDo across NatureCNN's conv -> linear boundary, on a real ALE game (SPEC.md §6)."""
+
+from __future__ import annotations
+
+import ale_py
+import gymnasium as gym
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_atari_env
+from stable_baselines3.common.vec_env import VecFrameStack
+
+import crl
+from crl.interventions import ReDo
+from crl.metrics import unit_scores
+
+gym.register_envs(ale_py)
+
+
+def test_redo_recycles_dead_conv_channels_and_zeroes_their_flattened_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = VecFrameStack(make_atari_env("ALE/Breakout-v5", n_envs=1, seed=0), n_stack=4)
+    model = crl.DQN("CnnPolicy", env, buffer_size=500, learning_starts=100, train_freq=4, seed=0)
+    model.learn(160)
+    cnn = model.policy.q_net.features_extractor.cnn
+    last_conv, linear = cnn[4], model.policy.q_net.features_extractor.linear[0]
+    dead = th.tensor([3, 17, 40])
+    with th.no_grad():  # channels that are zero on every input: ReLU of -1
+        last_conv.weight[dead] = 0.0
+        last_conv.bias[dead] = -1.0
+    probe = th.as_tensor(model.replay_buffer.observations[:64, 0]).float()
+    monkeypatch.setattr("crl.interventions.redo.probe_batch", lambda algo, size: (probe, None))
+    outputs = model.q_net(probe)
+    # linear units silent on the probe are recycled too: their rows (incoming weights) become fresh
+    silent_linear = unit_scores(model.policy.hidden_features(probe)["q_net"]["layer3"].post) <= 0.0
+    positions = linear.weight.shape[1] // last_conv.out_channels  # 7 x 7 after the flatten
+
+    recycled = ReDo(tau=0.0).recycle(model)
+
+    assert recycled >= len(dead)
+    assert th.all(last_conv.bias[dead] == 0) and th.all(last_conv.weight[dead].abs().sum(dim=(1, 2, 3)) > 0)
+    columns = (dead[:, None] * positions + th.arange(positions)).flatten()
+    kept_rows = ~silent_linear
+    assert kept_rows.sum() > 100  # the check below covers many rows
+    assert th.all(linear.weight[kept_rows][:, columns] == 0)
+    state = model.policy.optimizer.state[linear.weight]
+    for moment in (state["exp_avg"], state["exp_avg_sq"]):
+        assert th.all(moment[:, columns] == 0)
+    # the recycled channels were silent, and their outgoing columns are zero: the Q-values are unchanged
+    assert th.equal(model.q_net(probe), outputs)
+    target_conv = model.policy.q_net_target.features_extractor.cnn[4]
+    assert th.equal(target_conv.weight[dead], last_conv.weight[dead])
