@@ -14,6 +14,7 @@ import argparse
 import multiprocessing
 import os
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -54,9 +55,11 @@ INTERRUPTED_EXIT = 130
 CHECKPOINT_TAG = "checkpoint_dir"
 """The child run's tag naming the directory of its checkpoints."""
 EVALUATION_PREFIX = "continual/"
+"""The loop records evaluations under this prefix; they are logged from the result at their exact steps."""
 PLOTS_DIRECTORY = Path("plots")
 """Where a launch writes its parent run's plots, one folder per parent run id."""
-"""The loop records evaluations under this prefix; they are logged from the result at their exact steps."""
+COMMAND = ("python", "-m", "crl.train")
+"""How a launch is recorded and a resume suggested (``crl-train`` is the same entry point)."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -155,11 +158,13 @@ def train_seed(
     client: MlflowClient,
     run_id: str,
     progress: Progress,
+    root: Path,
     resumed: Checkpoint | None = None,
     resuming: bool = False,
 ) -> ContinualResult:
     """Train one seed through the sequence, logging into the child run ``run_id``.
 
+    :param root: the checkpoints' root directory (the run's are in ``root / run_id``)
     :param resumed: continue from this checkpoint (its model is ``model``)
     :param resuming: the run exists already: log only the steps it does not have yet
     """
@@ -170,8 +175,7 @@ def train_seed(
     if resumed is not None:
         resumed.restore_logger_state()
     callback = TrainingProgress(progress, sequence, writer, seed)
-    root = Path(curriculum.checkpoint.directory)
-    client.set_tag(run_id, CHECKPOINT_TAG, str((root / run_id).resolve()))
+    client.set_tag(run_id, CHECKPOINT_TAG, str(root / run_id))
 
     def checkpoint(position: ContinualPosition) -> None:
         save_checkpoint(root, model, position, run_id, seed)
@@ -229,17 +233,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         first_model = build_model(curriculum, sequence, curriculum.seeds[0], source)
         client = MlflowClient(tracking_uri=curriculum.tracking.tracking_uri)
         parent_id, children = (None, {}) if args.resume is None else resumed_runs(client, args.resume, curriculum)
+        # Resuming one child run continues that seed only; the launch's other seeds are left as they are.
+        seeds = list(children) if args.resume is not None and args.resume != parent_id else curriculum.seeds
     except ConfigError as error:
         console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         return CONFIG_ERROR_EXIT
     name = curriculum.tracking.run_name or args.curriculum.stem
-    command = shlex.join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)])
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join([*COMMAND, *arguments])
     if parent_id is None:
         parent_id = create_run(
             client,
             curriculum.tracking.experiment,
             name,
-            tags={"curriculum": source},
+            tags={**run_tags(curriculum), "curriculum": source},
             params=flatten(curriculum.model_dump()),
         )
         log_texts(client, parent_id, {"config.yml": curriculum.to_yaml(), "command.txt": command + "\n"})
@@ -247,9 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.update_run(parent_id, status=RunStatus.to_string(RunStatus.RUNNING))
     status = RunStatus.to_string(RunStatus.FAILED)
     pending = [
-        seed
-        for seed in curriculum.seeds
-        if seed not in children or client.get_run(children[seed]).info.status != "FINISHED"
+        seed for seed in seeds if seed not in children or client.get_run(children[seed]).info.status != "FINISHED"
     ]
     workers = min(args.workers or os.cpu_count() or 1, len(pending))
     previous_handler = signal.getsignal(signal.SIGINT)
@@ -279,8 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = RunStatus.to_string(RunStatus.FINISHED)
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
-        resume = shlex.join(["python", "-m", "crl.train", *_without_resume(sys.argv[1:] if argv is None else argv)])
-        message = f"interrupted; the last checkpoint is saved. Resume with:\n  {resume} --resume {parent_id}"
+        resume = shlex.join([*COMMAND, *_without_resume(arguments), "--resume", parent_id])
+        message = f"interrupted; the last checkpoint is saved. Resume with:\n  {resume}"
         console.print(message, soft_wrap=True, highlight=False)  # unwrapped: the command is copied as is
         return INTERRUPTED_EXIT
     finally:
@@ -367,14 +372,15 @@ def run_child(
     else:
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     status = RunStatus.to_string(RunStatus.FAILED)
+    root = checkpoint_root(client, run_id, curriculum)
     try:
-        found = latest_checkpoint(Path(curriculum.checkpoint.directory), run_id) if resuming else None
+        found = latest_checkpoint(root, run_id) if resuming else None
         resumed = load_checkpoint(found) if found is not None else None
         if resumed is not None:
             model = resumed.model
         elif model is None:
             model = build_model(curriculum, sequence, seed)
-        result = train_seed(curriculum, sequence, model, seed, client, run_id, progress, resumed, resuming)
+        result = train_seed(curriculum, sequence, model, seed, client, run_id, progress, root, resumed, resuming)
         with tempfile.TemporaryDirectory() as directory:
             model.save(Path(directory) / "model.zip")  # type: ignore[attr-defined]
             result.save(Path(directory) / "result.json")
@@ -382,6 +388,8 @@ def run_child(
             client.log_artifact(run_id, str(Path(directory) / "result.json"))
             log_plots(client, run_id, Path(directory) / "plots")
         status = RunStatus.to_string(RunStatus.FINISHED)
+        if not curriculum.checkpoint.keep_after_finish:
+            shutil.rmtree(root / run_id, ignore_errors=True)  # the final model is logged; a buffer can be gigabytes
         return result
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
@@ -390,14 +398,27 @@ def run_child(
         client.set_terminated(run_id, status)
 
 
+def checkpoint_root(client: MlflowClient, run_id: str, curriculum: Curriculum) -> Path:
+    """The root of the run's checkpoints: the one its tag names, so that a resume from another working
+    directory finds them; for a run that has none yet, the curriculum's ``checkpoint.directory``."""
+    tagged = client.get_run(run_id).data.tags.get(CHECKPOINT_TAG)
+    return Path(tagged).parent if tagged else Path(curriculum.checkpoint.directory).resolve()
+
+
+def run_tags(curriculum: Curriculum) -> dict[str, str]:
+    """Tags to group and filter runs by in the MLflow UI (e.g. ``tags.interventions = 'layer_norm'``)."""
+    names = [spec if isinstance(spec, str) else spec["name"] for spec in curriculum.interventions]
+    return {"algorithm": curriculum.algorithm, "interventions": ",".join(names) or "none"}
+
+
 def create_child_run(client: MlflowClient, curriculum: Curriculum, name: str, seed: int, parent_id: str) -> str:
-    """The child run of one seed, under the launch's parent run; returns its id."""
+    """The child run of one seed, under the launch's parent run, with the launch's parameters; returns its id."""
     return create_run(
         client,
         curriculum.tracking.experiment,
         f"{name}-seed{seed}",
-        tags={"seed": str(seed)},
-        params={"seed": str(seed)},
+        tags={**run_tags(curriculum), "seed": str(seed)},
+        params={**flatten(curriculum.model_dump()), "seed": str(seed)},
         parent_run_id=parent_id,
     )
 

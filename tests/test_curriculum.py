@@ -204,6 +204,34 @@ MALFORMED: dict[str, tuple[str, str]] = {
         _agent(agent="cw_reference"),
         "c.yaml: key 'agent' = 'cw_reference': Input should be 'continual_world_reference'",
     ),
+    "number given as a string": (
+        _edit(evaluation={"every": "100"}),
+        "c.yaml: key 'evaluation.every' = '100': Input should be a valid integer",
+    ),
+    "step count given as a float": (
+        _edit(sequence={"preset": "cartpole_permuted", "steps_per_task": 200.0}),
+        "c.yaml: key 'sequence.steps_per_task' = 200.0: Input should be a valid integer",
+    ),
+    "flag given as a word": (
+        _edit(checkpoint={"at_task_end": "yes"}),
+        "c.yaml: key 'checkpoint.at_task_end' = 'yes': Input should be a valid boolean",
+    ),
+    "preset option of the wrong type": (
+        _edit(sequence={"preset": "cartpole_permuted", "options": {"n_tasks": "zero"}}),
+        "c.yaml: key 'sequence.options.n_tasks' = 'zero': Input should be a valid integer (the preset takes int)",
+    ),
+    "intervention parameter given as a string": (
+        _edit(interventions=[{"name": "redo", "tau": "0.1"}]),
+        "c.yaml: key 'interventions[0].tau' = '0.1': Input should be a valid number",
+    ),
+    "mapping for a hyperparameter that takes none": (
+        _edit(hyperparameters={"gamma": {"value": 0.9}}),
+        "c.yaml: key 'hyperparameters.gamma' = {'value': 0.9}: gamma takes no mapping; mappings go to *_kwargs keys",
+    ),
+    "keyword arguments that are not a mapping": (
+        _edit(hyperparameters={"replay_buffer_kwargs": 3}),
+        "c.yaml: key 'hyperparameters.replay_buffer_kwargs' = 3: replay_buffer_kwargs takes a mapping of arguments",
+    ),
     "not a mapping": (
         "- DQN\n- PPO\n",
         "c.yaml: a curriculum is a mapping of keys, got list",
@@ -220,6 +248,15 @@ def test_malformed_curricula_fail_with_one_line(tmp_path: Path, case: str) -> No
     message = str(info.value).replace(str(tmp_path) + "/", "")
     assert message.startswith(expected), message
     assert "\n" not in message
+
+
+def test_scientific_notation_is_a_float_and_kwargs_take_a_mapping(tmp_path: Path) -> None:
+    text = VALID.replace("learning_rate: lin_0.001", "learning_rate: 1e-3, replay_buffer_kwargs: {}")
+    curriculum = load_curriculum(_write(tmp_path, text), ["hyperparameters.gamma=9.9e-1"])
+    assert curriculum.hyperparameters["learning_rate"] == 0.001
+    assert curriculum.hyperparameters["gamma"] == 0.99
+    assert curriculum.hyperparameters["replay_buffer_kwargs"] == {}
+    assert load_curriculum(_write(tmp_path, curriculum.to_yaml(), "config.yml")) == curriculum
 
 
 def test_the_reference_agent_takes_its_protocol_unless_the_file_sets_a_key(tmp_path: Path) -> None:

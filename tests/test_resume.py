@@ -29,11 +29,15 @@ seeds: [0]
 KEYS = ("rollout/exploration_rate", "train/loss", "plasticity/q_net/all/dormant_ratio", "task", "continual/average")
 
 
-def _train(directory: Path, *arguments: str) -> subprocess.Popen[bytes]:
+def _train(
+    directory: Path, *arguments: str, cwd: Path | None = None, curriculum: str = "curriculum.yaml"
+) -> subprocess.Popen[bytes]:
     # One torch thread in every process, so that the runs compared are computed the same way.
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{directory / 'mlflow.db'}"}
-    command = [sys.executable, "-m", "crl.train", "curriculum.yaml", *arguments]
-    return subprocess.Popen(command, cwd=directory, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command = [sys.executable, "-m", "crl.train", curriculum, *arguments]
+    return subprocess.Popen(
+        command, cwd=cwd or directory, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def _finish(process: subprocess.Popen[bytes]) -> None:
@@ -93,7 +97,13 @@ def test_a_run_killed_mid_task_resumes_to_the_uninterrupted_model(
     killed_history = _history(killed, "train/loss")
     parent = MlflowClient(f"sqlite:///{killed / 'mlflow.db'}").get_run(_child(killed)).data.tags["mlflow.parentRunId"]
 
-    _finish(_train(killed, "--resume", parent))
+    if kill_in_task == 0:
+        _finish(_train(killed, "--resume", parent))
+    else:  # by the child's id, from another working directory: the checkpoints are found through the run's tag
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        curriculum = str(killed / "curriculum.yaml")
+        _finish(_train(killed, "--resume", _child(killed), cwd=elsewhere, curriculum=curriculum))
 
     for key in KEYS:
         history, expected = _history(killed, key), _history(uninterrupted, key)

@@ -53,7 +53,14 @@ def test_a_launch_logs_a_parent_run_and_one_child_run_per_seed(tmp_path: Path, c
     parent_plots = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/evaluation.png", "plots/performance_matrix.png"} <= parent_plots
 
+    command = Path(client.download_artifacts(parent.info.run_id, "command.txt", str(tmp_path))).read_text()
+    assert command.startswith(f"python -m crl.train {curriculum} --seeds 3,4")
+    # Each child carries the launch's parameters, so that the UI compares child runs directly.
+    assert children[0].data.params["interventions.0.name"] == "layer_norm" and children[1].data.params["seed"] == "4"
+    assert {run.data.tags["interventions"] for run in runs} == {"layer_norm"}
+
     child = children[0].info.run_id
+    assert not (tmp_path / "checkpoints" / child).exists()  # finished: its final model is logged instead
     assert {artifact.path for artifact in client.list_artifacts(child)} == {"model.zip", "result.json", "plots"}
     result = ContinualResult.load(client.download_artifacts(child, "result.json", str(tmp_path)))
     assert result.seed == 3
@@ -70,6 +77,22 @@ def test_a_launch_logs_a_parent_run_and_one_child_run_per_seed(tmp_path: Path, c
     assert client.get_run(child).data.metrics["final/average_performance"] == pytest.approx(
         result.performance[:, -1].mean()
     )
+
+
+def test_resuming_a_child_run_continues_that_seed_only(tmp_path: Path, curriculum: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    no_metrics = ["--set", "metrics=null", "--tracking-uri", uri]
+    assert main([str(curriculum), *no_metrics]) == 0
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    children = {run.data.tags["seed"]: run for run in client.search_runs([experiment]) if "seed" in run.data.tags}
+    client.set_terminated(children["1"].info.run_id, "KILLED")  # as if seed 1 had been interrupted
+
+    assert main([str(curriculum), *no_metrics, "--resume", children["1"].info.run_id]) == 0
+    runs = client.search_runs([experiment])
+    assert len(runs) == 3  # no new run for seed 0 (which had finished) nor for seed 1
+    assert client.get_run(children["1"].info.run_id).info.status == "FINISHED"
+    assert client.get_run(children["0"].info.run_id).info.end_time == children["0"].info.end_time
 
 
 def test_config_errors_exit_with_2_before_any_run(tmp_path: Path, curriculum: Path, capsys) -> None:

@@ -2,7 +2,7 @@
 
 A curriculum names the algorithm, its policy options and hyperparameters, the interventions, the
 plasticity metrics, the task sequence with its budgets, the evaluation, the seeds and where runs are
-tracked. :func:`load_curriculum` reads it with ``yaml.safe_load`` (never evaluating anything: a
+tracked. :func:`load_curriculum` reads it with PyYAML's safe loader (never evaluating anything: a
 ``!!python/object`` tag is an error) into a :class:`Curriculum`, applies ``--set key.path=value``
 overrides, and checks everything that can be checked without building an environment: unknown keys
 (with a "did you mean"), types and ranges, hyperparameter names against the SB3 class's constructor,
@@ -13,14 +13,25 @@ Atari modes. Every problem is a :class:`~crl.config.errors.ConfigError` with a o
 from __future__ import annotations
 
 import inspect
+import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import gymnasium as gym
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from crl.algorithms import DQN, PPO, SAC, ContinualAlgorithm
@@ -77,13 +88,18 @@ RESERVED_HYPERPARAMETERS = frozenset(
 """Constructor arguments the curriculum sets through its own keys (or that the runner owns)."""
 
 Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
-HyperparameterValue = bool | int | float | str | list[int | str] | None
+Scalar = bool | int | float | str | None
+HyperparameterValue = Scalar | list[int | str] | dict[str, Scalar]
 
 
 class Section(BaseModel):
-    """A part of a curriculum: unknown keys are errors, values are validated strictly."""
+    """A part of a curriculum: unknown keys are errors, values are validated strictly.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict: a value of the wrong kind is an error rather than converted (``"10"`` is no integer,
+    ``2.0`` no step count, ``"yes"`` no flag); an integer is still a float.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class PolicyOptions(Section):
@@ -200,11 +216,14 @@ class CheckpointSpec(Section):
     :param every: environment steps between checkpoints (``None``: only at task ends)
     :param at_task_end: save a checkpoint at the end of every task
     :param directory: where checkpoints go (``<directory>/<MLflow run id>/``), relative to the working directory
+    :param keep_after_finish: keep a seed's last checkpoint once it has finished (its final model is
+        logged to MLflow either way; a replay buffer checkpoint can take gigabytes)
     """
 
     every: PositiveInt | None = None
     at_task_end: bool = True
     directory: str = "checkpoints"
+    keep_after_finish: bool = False
 
 
 class Curriculum(Section):
@@ -244,8 +263,26 @@ class Curriculum(Section):
         return yaml.safe_dump(resolved, sort_keys=False)
 
 
+class SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only), reading ``1e-3`` as a float as YAML 1.2 does.
+
+    YAML 1.1, which PyYAML implements, needs a dot (``1.0e-3``); without this, the usual way of
+    writing a learning rate would be a string, which strict validation rejects.
+    """
+
+
+SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
+
+
+def safe_load(text: str) -> Any:
+    """``text`` as plain data, through :class:`SafeLoader`."""
+    return yaml.load(text, Loader=SafeLoader)  # a SafeLoader subclass: plain data only
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file's top-level mapping, read with ``yaml.safe_load``.
+    """A YAML file's top-level mapping, read with :func:`safe_load`.
 
     :raises ConfigError: missing file, YAML syntax error, a tag that is not plain data, not a mapping
     """
@@ -257,7 +294,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.MarkedYAMLError as error:
         # safe_load builds plain data only: a `!!python/object` tag is a ConstructorError here.
         mark = error.problem_mark
@@ -271,7 +308,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides to ``data`` in place; values are YAML scalars (``safe_load``).
+    """Apply ``key.path=value`` overrides to ``data`` in place; values are YAML (:func:`safe_load`).
 
     A numeric path part indexes a list (``sequence.tasks.0.budget=500``); a missing mapping key is
     created, so that a misspelled one is reported by validation with a suggestion.
@@ -283,7 +320,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         if not separator or not path:
             raise ConfigError(f"--set {override!r}: write key.path=value")
         try:
-            value = yaml.safe_load(text)
+            value = safe_load(text)
         except yaml.YAMLError as error:
             raise ConfigError(f"--set {override!r}: the value is not valid YAML ({one_line(str(error))})") from None
         *parents, last = path.split(".")
@@ -331,7 +368,7 @@ def validate_curriculum(data: Mapping[str, Any], source: str = "curriculum") -> 
     """Validate a curriculum given as plain data (see :func:`load_curriculum`)."""
     _check_metrics(data.get("metrics"), source)
     try:
-        curriculum = Curriculum.model_validate(data)
+        curriculum = Curriculum.model_validate(data, strict=True)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, Curriculum, source)) from None
     check_hyperparameters(curriculum, source)
@@ -435,9 +472,13 @@ def _check_value_kind(name: str, value: HyperparameterValue, default: Any, sourc
 
     SB3 stores most hyperparameters unchecked and fails only in the first update; a string where a
     number belongs must stop the launch before any run exists. Schedules and ``train_freq``'s
-    ``[n, "step"|"episode"]`` form are the allowed non-numbers.
+    ``[n, "step"|"episode"]`` form are the allowed non-numbers; mappings go to ``*_kwargs`` arguments
+    (e.g. ``replay_buffer_kwargs``) and only there.
     """
     key = f"hyperparameters.{name}"
+    if name.endswith("_kwargs") != isinstance(value, dict) and value is not None:
+        wanted = "a mapping of arguments" if name.endswith("_kwargs") else "no mapping; mappings go to *_kwargs keys"
+        raise ConfigError(f"{source}: key {key!r} = {value!r}: {name} takes {wanted}")
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: key {key!r} = {value!r}: {name} takes true or false")
@@ -472,8 +513,28 @@ def _with_resolved_interventions(curriculum: Curriculum, source: str) -> Curricu
                 f"{source}: interventions[{index}]: {intervention.name!r} does not apply to {curriculum.algorithm}; "
                 f"it supports {sorted(intervention.algorithms)}"
             )
+    for index, spec in enumerate(curriculum.interventions):
+        if isinstance(spec, Mapping):
+            _check_parameter_kinds(type(interventions[index]), spec, f"interventions[{index}]", source)
     resolved = [{"name": intervention.name, **intervention.model_dump(mode="json")} for intervention in interventions]
     return curriculum.model_copy(update={"interventions": resolved})
+
+
+def _check_parameter_kinds(kind: type[BaseModel], spec: Mapping[str, Any], key: str, source: str) -> None:
+    """The intervention's parameters as strictly as the rest of the file (its constructor converts).
+
+    Field by field: a model with its own ``__init__`` (as interventions have) validates leniently
+    through it even when asked to be strict.
+    """
+    for name, value in spec.items():
+        if name == "name":
+            continue
+        field = kind.model_fields[name]
+        annotation = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+        try:
+            validate_strictly(TypeAdapter(annotation), value)
+        except ValidationError as error:
+            raise ConfigError(f"{source}: key '{key}.{name}' = {value!r}: {error.errors()[0]['msg']}") from None
 
 
 def check_sequence(sequence: SequenceSpec, source: str) -> None:
@@ -500,8 +561,8 @@ def _check_preset(sequence: SequenceSpec, source: str) -> None:
             f"{source}: key 'sequence.preset' = {name!r}: unknown preset{suggest(name, list(PRESETS))}; "
             f"presets: {', '.join(PRESETS)}"
         )
-    parameters = inspect.signature(PRESETS[name]).parameters
-    for option in sequence.options:
+    parameters = inspect.signature(PRESETS[name], eval_str=True).parameters
+    for option, value in sequence.options.items():
         if option == "steps_per_task":
             raise ConfigError(f"{source}: set 'sequence.steps_per_task', not 'sequence.options.steps_per_task'")
         if option not in parameters:
@@ -510,11 +571,33 @@ def _check_preset(sequence: SequenceSpec, source: str) -> None:
                 f"{source}: unknown key 'sequence.options.{option}'{suggest(option, allowed)}; "
                 f"preset {name!r} takes: {', '.join(allowed) or 'no options'}"
             )
+        _check_option_type(parameters[option], value, f"sequence.options.{option}", source)
     if sequence.task_id_in_obs or sequence.measure != "mean_return" or sequence.name != "curriculum":
         raise ConfigError(
             f"{source}: 'sequence.task_id_in_obs', 'measure' and 'name' apply to task lists; "
             f"preset {name!r} sets its own"
         )
+
+
+def validate_strictly(adapter: TypeAdapter[Any], value: Any) -> Any:
+    """``value`` validated strictly as plain (JSON-like) data: a list may be a tuple, ``"3"`` is no int.
+
+    :raises ValidationError: a value of the wrong kind
+    """
+    return adapter.validate_json(json.dumps(value, default=str), strict=True)  # dates, YAML's only non-JSON, as str
+
+
+def _check_option_type(parameter: inspect.Parameter, value: Any, key: str, source: str) -> None:
+    """``value`` against the builder's annotation, strictly (the builder itself would fail much later)."""
+    if parameter.annotation is inspect.Parameter.empty:
+        return
+    try:
+        validate_strictly(TypeAdapter(parameter.annotation), value)
+    except ValidationError as error:
+        allowed = getattr(parameter.annotation, "__name__", str(parameter.annotation))
+        raise ConfigError(
+            f"{source}: key {key!r} = {value!r}: {one_line(error.errors()[0]['msg'])} (the preset takes {allowed})"
+        ) from None
 
 
 def _check_task(task: TaskSpec, key: str, steps_per_task: int | None, source: str) -> None:
