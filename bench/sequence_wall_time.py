@@ -17,6 +17,7 @@ import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch as th
 from rich.console import Console
@@ -24,10 +25,14 @@ from rich.table import Table
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 import crl
+from crl.config.build import model_arguments
+from crl.config.curriculum import load_curriculum
 from crl.continual.continual_world import reference_sac
-from crl.demo import ZOO_CARTPOLE_DQN
 from crl.wrappers import TaskSequence, make_sequence
 
+# rl-baselines3-zoo's CartPole DQN, as the default curriculum has it; training alone is timed (no metrics)
+DEFAULT_CURRICULUM = load_curriculum(Path(__file__).parents[1] / "curricula" / "default.yaml")
+ZOO_CARTPOLE_DQN = {**model_arguments(DEFAULT_CURRICULUM), "metrics": None}
 # rl-baselines3-zoo's Atari PPO (CompoNet trains PPO on the mode sequences), 8 envs
 ZOO_ATARI_PPO = dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1, ent_coef=0.01)
 

@@ -41,7 +41,13 @@ from crl.algorithms import ContinualAlgorithm
 from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import Curriculum, load_curriculum
 from crl.config.errors import ConfigError
-from crl.continual import ContinualResult, average_performance, forgetting, learn_continual
+from crl.continual import (
+    ContinualResult,
+    average_performance,
+    forgetting,
+    learn_continual,
+    performance_after_training,
+)
 from crl.continual.loop import ContinualPosition, request_checkpoint
 from crl.plotting import PlotError, write_run_plots
 from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -215,11 +221,13 @@ def log_result(client: MlflowClient, run_id: str, result: ContinualResult) -> No
 
 
 def summary_table(seeds: Sequence[int], results: Sequence[ContinualResult]) -> Table:
+    """Per seed: the continual metrics, and each task's performance right after its training (plasticity)."""
     table = Table(title="continual metrics")
-    for column in ("seed", "average performance", "forgetting"):
+    for column in ("seed", "average performance", "forgetting", "each task after its training"):
         table.add_column(column, justify="right")
     for seed, result in zip(seeds, results, strict=True):
-        table.add_row(str(seed), f"{average_performance(result):.4g}", f"{np.mean(forgetting(result)):.4g}")
+        learned = " ".join(f"{value:.3g}" for value in performance_after_training(result))
+        table.add_row(str(seed), f"{average_performance(result):.4g}", f"{np.mean(forgetting(result)):.4g}", learned)
     return table
 
 

@@ -14,6 +14,7 @@ from crl.continual import (
     bootstrap_ci,
     forgetting,
     forward_transfer,
+    performance_after_training,
     reference_auc,
     summarize,
 )
@@ -50,6 +51,7 @@ def test_average_performance() -> None:
 
 
 def test_forgetting_is_own_end_minus_sequence_end() -> None:
+    np.testing.assert_allclose(performance_after_training(_result()), [0.6, 0.9, 1.0])
     np.testing.assert_allclose(forgetting(_result()), [0.6 - 0.1, 0.9 - 0.7, 0.0])
 
 

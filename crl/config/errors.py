@@ -1,6 +1,6 @@
 """One-line, actionable messages for invalid configuration files.
 
-Configuration files are parsed with ``yaml.safe_load`` and validated by pydantic models. A pydantic
+Configuration files are parsed with a PyYAML safe loader and validated by pydantic models. A pydantic
 ``ValidationError`` lists every problem with its location; :func:`describe_validation_error` turns the
 first one into a single line that names the key's path, the value given and what is allowed, with a
 "did you mean" suggestion for a misspelled key.

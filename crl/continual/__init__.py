@@ -15,6 +15,7 @@ from crl.continual.metrics import (
     final_performance,
     forgetting,
     forward_transfer,
+    performance_after_training,
     reference_auc,
     summarize,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "forgetting",
     "forward_transfer",
     "learn_continual",
+    "performance_after_training",
     "reference_auc",
     "summarize",
 ]

@@ -38,10 +38,16 @@ def average_performance(result: ContinualResult, window: int = 1) -> float:
     return float(final_performance(result, window).mean())
 
 
+def performance_after_training(result: ContinualResult) -> np.ndarray:
+    """Per task, its performance at the end of its own training: how well the agent learned it."""
+    return np.asarray(
+        [result.performance[task, result.column_at(int(end))] for task, end in enumerate(result.task_ends)]
+    )
+
+
 def forgetting(result: ContinualResult) -> np.ndarray:
     """``F_i``: performance on task ``i`` at the end of its training minus at the end of the sequence."""
-    at_own_end = [result.performance[task, result.column_at(int(end))] for task, end in enumerate(result.task_ends)]
-    return np.asarray(at_own_end) - result.performance[:, -1]
+    return performance_after_training(result) - result.performance[:, -1]
 
 
 def area_under_curve(result: ContinualResult) -> np.ndarray:

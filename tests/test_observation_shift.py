@@ -1,4 +1,4 @@
-"""Observation shifts and the README's main job."""
+"""Observation shifts: a fixed permutation and sign flip of the observation vector."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from crl import demo
 from crl.wrappers import ObservationShift
 
 
@@ -37,17 +36,3 @@ def test_random_shifts_are_seeded_and_differ_between_tasks() -> None:
 def test_bad_shift_is_rejected(permutation, signs, message) -> None:
     with pytest.raises(ValueError, match=message):
         ObservationShift(gym.make("CartPole-v1"), permutation, signs)
-
-
-def test_demo_runs_every_variant_through_every_task() -> None:
-    results = demo.main(["--tasks", "2", "--steps", "1200"])
-    assert list(results) == [variant.name for variant in demo.VARIANTS]
-    assert all(len(scores) == 2 and all(score > 0 for score in scores) for scores in results.values())
-    # same seed, same first task: the continuing and the fresh-network variants start identically
-    assert results["one network, trained on"][0] == results["fresh network per task"][0]
-
-
-def test_demo_rejects_a_non_positive_budget() -> None:
-    with pytest.raises(SystemExit) as error:
-        demo.main(["--steps", "0"])
-    assert error.value.code == 2
