@@ -277,8 +277,12 @@ SafeLoader.add_implicit_resolver(
 
 
 def safe_load(text: str) -> Any:
-    """``text`` as plain data, through :class:`SafeLoader`."""
-    return yaml.load(text, Loader=SafeLoader)  # a SafeLoader subclass: plain data only
+    """``text`` as plain data, through :class:`SafeLoader` (what ``yaml.safe_load`` does, with our loader)."""
+    loader = SafeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
