@@ -50,15 +50,18 @@ def task_boundaries(runs: Sequence[RunRecord]) -> RunRecord | None:
     return candidates[0] if candidates else None
 
 
-def shade_tasks(ax: Axes, boundaries: RunRecord | None) -> None:
-    """One background span per task, alternating shades, labelled with the task above the axes."""
+def shade_tasks(ax: Axes, boundaries: RunRecord | None, max_names: int = MAX_TASK_LABELS) -> None:
+    """One background span per task, alternating shades, labelled with the task above the axes.
+
+    :param max_names: above this many tasks the spans are labelled by index (names would overlap)
+    """
     if boundaries is None:
         return
     n_tasks = len(boundaries.task_starts)
     above = blended_transform_factory(ax.transData, ax.transAxes)
     for index, (start, end) in enumerate(zip(boundaries.task_starts, boundaries.task_ends, strict=True)):
         ax.axvspan(float(start), float(end), color=TASK_SHADES[index % 2], zorder=0, linewidth=0, gid=TASK_SPAN_GID)
-        label = boundaries.task_names[index] if n_tasks <= MAX_TASK_LABELS else str(index)
+        label = boundaries.task_names[index] if n_tasks <= max_names else str(index)
         ax.text((start + end) / 2, 1.0, label, transform=above, ha="center", va="bottom", fontsize=6, clip_on=False)
 
 
@@ -139,7 +142,7 @@ def evaluation_figure(runs: Sequence[RunRecord]) -> Figure:
     figure = new_figure(4 * n_columns, 2.6 * n_rows)
     axes = figure.subplots(n_rows, n_columns, squeeze=False, sharex=True, sharey=True).ravel()
     for task, ax in enumerate(axes[: reference.n_tasks]):
-        shade_tasks(ax, boundaries)
+        shade_tasks(ax, boundaries, max_names=MAX_TASK_LABELS // n_columns)  # a panel is 1/n_columns wide
         draw_runs(ax, [(run, task_curve(run.result, task)) for run in with_result if run.result is not None])
         ax.set_title(f"task {task}: {reference.task_names[task]}", fontsize=8, pad=12)
         ax.set_ylabel(reference.measure, fontsize=7)
