@@ -86,6 +86,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=_positive_int,
         help="seeds trained at once, each in its own process (default: the number of seeds, at most the cores)",
     )
+    parser.add_argument(
+        "--torch-threads",
+        type=_positive_int,
+        default=1,
+        help="torch threads per seed process (default 1: small RL batches gain little from more, and lose "
+        "badly when the cores are shared)",
+    )
     return parser.parse_args(argv)
 
 
@@ -265,15 +272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed for seed in seeds if seed not in children or client.get_run(children[seed]).info.status != "FINISHED"
     ]
     workers = min(args.workers or os.cpu_count() or 1, len(pending))
-    previous_handler = signal.getsignal(signal.SIGINT)
+    previous_handler, previous_threads = signal.getsignal(signal.SIGINT), th.get_num_threads()
     try:
         if workers > 1:
             # The runs exist before any worker starts: an interrupted launch resumes them all by the parent's id.
             for seed in pending:
                 children.setdefault(seed, create_child_run(client, curriculum, name, seed, parent_id))
-            launch = ParallelLaunch(curriculum, source, parent_id, name, workers, console)
+            launch = ParallelLaunch(curriculum, source, parent_id, name, workers, console, args.torch_threads)
             results = launch.run({seed: children[seed] for seed in pending})
         else:
+            th.set_num_threads(args.torch_threads)
             signal.signal(signal.SIGINT, _checkpoint_and_stop)
             results = {}
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -298,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERRUPTED_EXIT
     finally:
         signal.signal(signal.SIGINT, previous_handler)
+        th.set_num_threads(previous_threads)
         client.set_terminated(parent_id, status)
     console.print(f"MLflow parent run {parent_id} at {curriculum.tracking.tracking_uri}")
     return 0
@@ -445,16 +454,25 @@ class ParallelLaunch:
     :param name: the launch's name (child runs are ``<name>-seed<seed>``)
     :param workers: the number of processes
     :param console: where each finished or failed seed is reported
+    :param torch_threads: torch threads in each worker
     """
 
     def __init__(
-        self, curriculum: Curriculum, source: str, parent_id: str, name: str, workers: int, console: Console
+        self,
+        curriculum: Curriculum,
+        source: str,
+        parent_id: str,
+        name: str,
+        workers: int,
+        console: Console,
+        torch_threads: int = 1,
     ) -> None:
         self.curriculum = curriculum
         self.source = source
         self.parent_id = parent_id
         self.name = name
         self.workers = workers
+        self.torch_threads = torch_threads
         self.console = console
         self.context = multiprocessing.get_context("spawn")
         self.stop = self.context.Event()
@@ -474,7 +492,10 @@ class ParallelLaunch:
         previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             with ProcessPoolExecutor(
-                self.workers, mp_context=self.context, initializer=_start_worker, initargs=(self.stop,)
+                self.workers,
+                mp_context=self.context,
+                initializer=_start_worker,
+                initargs=(self.stop, self.torch_threads),
             ) as executor:
                 futures: dict[Future[ContinualResult], int] = {
                     executor.submit(
@@ -522,12 +543,12 @@ _STOP: Event | None = None
 """In a worker: set by the parent after a Ctrl-C, so that the worker starts no further seed."""
 
 
-def _start_worker(stop: Event) -> None:
+def _start_worker(stop: Event, torch_threads: int) -> None:
     global _STOP
     _STOP = stop
     if hasattr(os, "setpgrp"):
         os.setpgrp()  # out of the terminal's process group: Ctrl-C comes once, forwarded by the parent
-    th.set_num_threads(1)  # the cores are shared by the workers
+    th.set_num_threads(torch_threads)
 
 
 def _train_in_worker(

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch as th
 from mlflow import MlflowClient
 
 from crl.continual import ContinualResult
@@ -132,12 +131,8 @@ def test_two_workers_give_each_seed_the_result_of_a_sequential_launch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # checkpoints go to ./checkpoints
-    threads = th.get_num_threads()
-    th.set_num_threads(1)  # as in each worker, so that both launches compute the same way
-    try:
-        sequential = _launch(tmp_path / "sequential", workers=1)
-    finally:
-        th.set_num_threads(threads)
+    # Both launches use crl.train's default of one torch thread per seed, so they compute the same way.
+    sequential = _launch(tmp_path / "sequential", workers=1)
     parallel = _launch(tmp_path / "parallel", workers=2)
     assert set(parallel) == {"0", "1"}
     assert parallel == sequential
