@@ -41,7 +41,7 @@ from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import Curriculum, load_curriculum
 from crl.config.errors import ConfigError
 from crl.continual import ContinualResult, average_performance, forgetting, learn_continual
-from crl.continual.loop import ContinualPosition, request_checkpoint
+from crl.continual.loop import ContinualPosition, TaskEndHook, request_checkpoint
 from crl.plotting import PlotError, write_run_plots
 from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from crl.tracking.mlflow_writer import MLflowOutputFormat
@@ -157,11 +157,13 @@ def train_seed(
     progress: Progress,
     resumed: Checkpoint | None = None,
     resuming: bool = False,
+    on_task_end: TaskEndHook | None = None,
 ) -> ContinualResult:
     """Train one seed through the sequence, logging into the child run ``run_id``.
 
     :param resumed: continue from this checkpoint (its model is ``model``)
     :param resuming: the run exists already: log only the steps it does not have yet
+    :param on_task_end: passed to :func:`crl.learn_continual` (e.g. a study's pruning)
     """
     writer = MLflowOutputFormat(run_id, client, exclude_prefixes=(EVALUATION_PREFIX,))
     if resuming:
@@ -188,6 +190,7 @@ def train_seed(
         checkpoint=checkpoint,
         checkpoint_every=curriculum.checkpoint.every,
         checkpoint_at_task_end=curriculum.checkpoint.at_task_end,
+        on_task_end=on_task_end,
         **curriculum.continual.model_dump(),
     )
     progress.update(callback.bar, completed=int(callback.starts[-1]))
@@ -355,11 +358,13 @@ def run_child(
     name: str,
     progress: Progress,
     run_id: str | None = None,
+    on_task_end: TaskEndHook | None = None,
 ) -> ContinualResult:
     """One seed in its own child run (terminated as finished, failed or killed).
 
     :param model: the seed's model, or ``None`` to build it
     :param run_id: continue this child run from its latest checkpoint (from the start if it has none)
+    :param on_task_end: passed to :func:`crl.learn_continual` (e.g. a study's pruning)
     """
     resuming = run_id is not None
     if run_id is None:
@@ -374,7 +379,7 @@ def run_child(
             model = resumed.model
         elif model is None:
             model = build_model(curriculum, sequence, seed)
-        result = train_seed(curriculum, sequence, model, seed, client, run_id, progress, resumed, resuming)
+        result = train_seed(curriculum, sequence, model, seed, client, run_id, progress, resumed, resuming, on_task_end)
         with tempfile.TemporaryDirectory() as directory:
             model.save(Path(directory) / "model.zip")  # type: ignore[attr-defined]
             result.save(Path(directory) / "result.json")
