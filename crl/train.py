@@ -198,8 +198,11 @@ def train_seed(
     return result
 
 
-def log_result(client: MlflowClient, run_id: str, result: ContinualResult) -> None:
-    """The performance matrix at its evaluation steps, and the continual metrics at the last step."""
+def log_result(client: MlflowClient, run_id: str, result: ContinualResult, final: bool = True) -> None:
+    """The performance matrix at its evaluation steps, and the continual metrics at the last step.
+
+    :param final: the run went through the whole sequence (else only the evaluations so far are logged)
+    """
     metrics = []
     for column, step in enumerate(result.eval_steps):
         for index, name in enumerate(result.task_names):
@@ -207,8 +210,9 @@ def log_result(client: MlflowClient, run_id: str, result: ContinualResult) -> No
             metrics.append(Metric(f"{EVALUATION_PREFIX}{index}_{name}", value, 0, int(step)))
         metrics.append(Metric(f"{EVALUATION_PREFIX}average", float(result.performance[:, column].mean()), 0, int(step)))
     end = int(result.eval_steps[-1])
-    metrics.append(Metric("final/average_performance", average_performance(result), 0, end))
-    metrics.append(Metric("final/forgetting", float(np.mean(forgetting(result))), 0, end))
+    if final:
+        metrics.append(Metric("final/average_performance", average_performance(result), 0, end))
+        metrics.append(Metric("final/forgetting", float(np.mean(forgetting(result))), 0, end))
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit for metrics
         client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
 
@@ -359,12 +363,14 @@ def run_child(
     progress: Progress,
     run_id: str | None = None,
     on_task_end: TaskEndHook | None = None,
+    plots: bool = True,
 ) -> ContinualResult:
     """One seed in its own child run (terminated as finished, failed or killed).
 
     :param model: the seed's model, or ``None`` to build it
     :param run_id: continue this child run from its latest checkpoint (from the start if it has none)
     :param on_task_end: passed to :func:`crl.learn_continual` (e.g. a study's pruning)
+    :param plots: write the run's plots and log them as artifacts
     """
     resuming = run_id is not None
     if run_id is None:
@@ -385,7 +391,8 @@ def run_child(
             result.save(Path(directory) / "result.json")
             client.log_artifact(run_id, str(Path(directory) / "model.zip"))
             client.log_artifact(run_id, str(Path(directory) / "result.json"))
-            log_plots(client, run_id, Path(directory) / "plots")
+            if plots:
+                log_plots(client, run_id, Path(directory) / "plots")
         status = RunStatus.to_string(RunStatus.FINISHED)
         return result
     except KeyboardInterrupt:

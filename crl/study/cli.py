@@ -30,6 +30,7 @@ from crl.config.build import build_model, build_sequence
 from crl.config.errors import ConfigError
 from crl.study.best import write_best
 from crl.study.config import StudyConfig, load_study
+from crl.study.interrupt import STOP
 from crl.study.progress import StudyDisplay
 from crl.study.runs import FINISHED, KILLED, study_parent_run
 from crl.study.storage import StaleTrialHandler, open_storage, open_study
@@ -83,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker = worker_name()
             display.training = Progress(*_columns(), console=console)
             runner = TrialRunner(config, client, parent_id, worker, display.training, handler.retry)
-            with Live(console=console, get_renderable=display.__rich__, refresh_per_second=REFRESH_PER_SECOND):
+            live = Live(console=console, get_renderable=display.__rich__, refresh_per_second=REFRESH_PER_SECOND)
+            with live, STOP.installed():
                 run_worker(study, runner, config.n_trials, callbacks=[display.update])
             code = 0
         else:
@@ -132,15 +134,17 @@ def _run_processes(config: StudyConfig, parent_id: str, workers: int, display: S
     processes = [context.Process(target=_worker_process, args=(config, parent_id)) for _ in range(workers)]
     for process in processes:
         process.start()
+    live = Live(console=console, get_renderable=display.__rich__, refresh_per_second=REFRESH_PER_SECOND)
     try:
-        with Live(console=console, get_renderable=display.__rich__, refresh_per_second=REFRESH_PER_SECOND):
+        with live, STOP.installed():
             while any(process.is_alive() for process in processes):
                 display.update()
                 time.sleep(POLL_SECONDS)
-    except KeyboardInterrupt:
-        for process in processes:  # each worker got the Ctrl-C too: it queues its trial again and stops
+    finally:
+        for process in processes:  # each worker got the Ctrl-C too: it stops, its trial queued again
             process.join()
-        raise
+    if STOP.requested:
+        raise KeyboardInterrupt
     failed = [index for index, process in enumerate(processes) if process.exitcode != 0]
     for index in failed:
         console.print(f"[red]worker {index} stopped with exit code {processes[index].exitcode}[/red]")
@@ -155,7 +159,7 @@ def _worker_process(config: StudyConfig, parent_id: str) -> None:
     handler = StaleTrialHandler(client, config.spec.storage.max_retry)
     study = open_study(config, open_storage(config, handler))
     try:
-        with Progress(disable=True) as progress:
+        with Progress(disable=True) as progress, STOP.installed():
             run_worker(
                 study, TrialRunner(config, client, parent_id, worker_name(), progress, handler.retry), config.n_trials
             )

@@ -12,6 +12,7 @@ study goes on.
 from __future__ import annotations
 
 import math
+import tempfile
 import traceback
 from collections.abc import Callable, Iterable
 
@@ -27,10 +28,12 @@ from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import CheckpointSpec, Curriculum
 from crl.continual import ContinualResult
 from crl.study.config import StudyConfig
+from crl.study.interrupt import STOP
 from crl.study.objective import aggregate, measure
 from crl.study.runs import FAILED, FINISHED, KILLED, create_trial_run, end_trial_run, trial_name
 from crl.study.schema import ObjectiveSpec
-from crl.train import create_child_run, log_texts, run_child
+from crl.train import create_child_run, log_result, log_texts, run_child
+from crl.wrappers import TaskSequence
 
 RUN_ATTR = "mlflow_run_id"
 """The trial's user attribute holding its MLflow run's id."""
@@ -91,8 +94,12 @@ class TaskEndReport:
         self.seed_run_id = seed_run_id
         self.trial_run_id = trial_run_id
         self.first_step = first_step
+        self.result: ContinualResult | None = None
+        """The evaluations so far."""
 
     def __call__(self, task: int, result: ContinualResult) -> None:
+        STOP.check()
+        self.result = result
         if not parameters_finite(self.model):
             raise TrialPruned(f"diverged: non-finite network parameters after task {task}")
         value = measure(self.objective, result, self.client, self.seed_run_id)
@@ -177,27 +184,34 @@ class TrialRunner:
 
     def train(self, trial: optuna.Trial, curriculum: Curriculum, run_id: str) -> float:
         """Train every seed of ``curriculum`` into a run under ``run_id``; the aggregate of their measures."""
+        sequence = build_sequence(curriculum, self.config.source)
+        with tempfile.TemporaryDirectory() as directory:
+            # An interrupted trial is trained again from its start: no checkpoints, but the one a Ctrl-C
+            # writes as it stops at a rollout's start (crl.study.interrupt) goes to a temporary directory.
+            checkpoint = CheckpointSpec(at_task_end=False, directory=directory)
+            return self._train_seeds(trial, curriculum.model_copy(update={"checkpoint": checkpoint}), sequence, run_id)
+
+    def _train_seeds(self, trial: optuna.Trial, curriculum: Curriculum, sequence: TaskSequence, run_id: str) -> float:
         objective = self.config.spec.objective
         name = trial_name(self.config, trial.number)
-        sequence = build_sequence(curriculum, self.config.source)
-        # A trial interrupted is trained again from its start: no checkpoints.
-        training = curriculum.model_copy(update={"checkpoint": CheckpointSpec(at_task_end=False)})
         values = []
         for position, seed in enumerate(curriculum.seeds):
             model = build_model(curriculum, sequence, seed, self.config.source)
             seed_run = create_child_run(self.client, curriculum, name, seed, run_id)
             report = TaskEndReport(trial, objective, model, self.client, seed_run, run_id, position * len(sequence))
             try:
+                # No plots per seed: many trials; crl.plot draws any run's on demand.
                 result = run_child(
-                    training, sequence, model, seed, self.client, run_id, name, self.progress, seed_run, report
-                )
+                    curriculum, sequence, model, seed, self.client, run_id, name, self.progress,
+                    run_id=seed_run, on_task_end=report, plots=False,
+                )  # fmt: skip
             except TrialPruned:
-                self.client.set_terminated(seed_run, KILLED)
+                self._stopped(seed_run, report)
                 raise
             except Exception as error:
                 if parameters_finite(model):
                     raise
-                self.client.set_terminated(seed_run, KILLED)
+                self._stopped(seed_run, report)
                 raise TrialPruned(f"diverged: non-finite network parameters ({error!r})") from error
             finally:
                 for task in list(self.progress.task_ids):
@@ -212,3 +226,9 @@ class TrialRunner:
         value = aggregate(objective, values)
         self.client.log_metric(run_id, "objective", value)
         return value
+
+    def _stopped(self, seed_run: str, report: TaskEndReport) -> None:
+        """End a seed's run stopped by pruning, with the evaluations it made."""
+        if report.result is not None:
+            log_result(self.client, seed_run, report.result, final=False)
+        self.client.set_terminated(seed_run, KILLED)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from crl.study.interrupt import STOP
 from crl.study.trial import TrialRunner, counted
 
 POLL_SECONDS = 1.0
@@ -79,11 +80,12 @@ def run_worker(
     callbacks: Sequence[TrialCallback] = (),
     poll_seconds: float = POLL_SECONDS,
 ) -> None:
-    """Train trials until the study has ``n_trials`` finished ones.
+    """Train trials until the study has ``n_trials`` finished ones (or Ctrl-C, see :mod:`crl.study.interrupt`).
 
     :param callbacks: called after each trial this worker ran (e.g. a progress display)
     """
     while True:
+        STOP.check()
         fail_stale_trials(study)
         counts = TrialCounts.of(study.get_trials(deepcopy=False))
         if counts.finished >= n_trials:
