@@ -396,7 +396,7 @@ def test_an_interrupted_study_relaunched_with_its_name_continues(directory: Path
     (parent,) = [run for run in _runs(directory) if STUDY_TAG in run.data.tags]
     assert parent.info.status == "KILLED"
 
-    assert main([str(path)]) == 0
+    assert main([str(path), "--workers", "2"]) == 0  # the rest in two processes
     after = _study(_optuna(directory), "study").trials
     states = [trial.state for trial in after]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
