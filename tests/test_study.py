@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -30,7 +31,8 @@ from crl.study.objective import area_under_evaluation_curve, mean_forgetting
 from crl.study.runs import STUDY_TAG, TRIAL_TAG
 from crl.study.sampler import TrialSeededSampler
 from crl.study.space import set_path
-from crl.study.trial import RUN_ATTR, WORKER_ATTR, counted
+from crl.study.trial import RUN_ATTR, SURPLUS_ATTR, WORKER_ATTR, TrialRunner, counted
+from crl.study.worker import TrialCounts
 from crl.train import CONFIG_ERROR_EXIT, INTERRUPTED_EXIT
 from crl.train import main as train
 
@@ -354,6 +356,48 @@ def test_pruned_diverged_and_crashed_trials_are_recorded_and_the_study_goes_on(
     )
 
 
+def test_a_logged_metric_as_objective_is_its_last_value(directory: Path) -> None:
+    key = "plasticity/q_net/all/dormant_ratio"
+    base = {"curriculum": "curriculum.yaml", "overrides": {"metrics": {"every": 100, "probe_batch_size": 32}}}
+    objective = {"measure": "metric", "key": key}
+    path = _write(directory, "metric", base=base, objective=objective, direction="minimize", n_trials=1)
+    assert main([str(path)]) == 0
+    (trial,) = _study(_optuna(directory), "metric").trials
+    client = MlflowClient(_mlflow(directory))
+    (seed_run,) = [
+        run for run in _runs(directory) if run.data.tags.get("mlflow.parentRunId") == trial.user_attrs[RUN_ATTR]
+    ]
+    history = sorted(client.get_metric_history(seed_run.info.run_id, key), key=lambda point: point.step)
+    assert trial.state == TrialState.COMPLETE and trial.value == history[-1].value
+    assert trial.intermediate_values[1] == trial.value  # the last report: the value logged by the sequence's end
+
+
+def test_finished_trials_count_retries_once_and_surplus_trials_not_at_all() -> None:
+    study = optuna.create_study()
+    study.add_trial(optuna.create_trial(state=TrialState.COMPLETE, value=1.0))
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL))  # its worker died ...
+    study.add_trial(optuna.create_trial(state=TrialState.RUNNING, system_attrs={"retry_history": [1]}))  # ... retried
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL))  # crashed
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={SURPLUS_ATTR: True}))
+    assert TrialCounts.of(study.trials) == TrialCounts(complete=1, pruned=0, failed=1, running=1, waiting=0)
+    runner = TrialRunner.__new__(TrialRunner)  # is_surplus reads the study's n_trials only
+    runner.config = SimpleNamespace(n_trials=3)  # type: ignore[assignment]
+    late = study.ask()
+    assert runner.is_surplus(late)  # trials 0, 2, 3 count: the study had its 3
+    late.set_user_attr(SURPLUS_ATTR, True)  # as the runner marks it
+    runner.config = SimpleNamespace(n_trials=4)  # type: ignore[assignment]
+    assert not runner.is_surplus(study.ask())
+
+    # A retry, numbered after every trial so far, takes the place of the trial it replaces.
+    study = optuna.create_study()
+    for state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE):
+        study.add_trial(optuna.create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None))
+    study.add_trial(optuna.create_trial(state=TrialState.WAITING, system_attrs={"retry_history": [1]}))
+    runner.config = SimpleNamespace(n_trials=3)  # type: ignore[assignment]
+    retry = study.ask()
+    assert retry.number == 3 and not runner.is_surplus(retry)
+
+
 def _launch(directory: Path, *arguments: str) -> subprocess.Popen[bytes]:
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": _mlflow(directory)}
     command = [sys.executable, "-m", "crl.study", *arguments]
@@ -455,7 +499,7 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_the_other(directory: Pa
     trials = _study(POSTGRES_URL, name).trials  # type: ignore[arg-type]
     assert trials[killed.number].state == TrialState.FAIL
     (retry,) = [trial for trial in trials if trial.system_attrs.get("failed_trial") == killed.number]
-    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params, retry.user_attrs
     assert retry.user_attrs[WORKER_ATTR].endswith(f":{survivor.pid}")
     done = counted(trials)
     assert len(done) == 3 and all(trial.state == TrialState.COMPLETE for trial in done)

@@ -179,8 +179,9 @@ class TrialRunner:
         Trial numbers are given out atomically by the storage, so of two workers that started a
         trial at the same moment for the last place, exactly the later one is surplus.
         """
-        earlier = [frozen for frozen in trial.study.get_trials(deepcopy=False) if frozen.number < trial.number]
-        return len(counted(earlier)) >= self.config.n_trials
+        # Over all trials: a retry is numbered after the failed trial it replaces.
+        earlier = [frozen for frozen in counted(trial.study.get_trials(deepcopy=False)) if frozen.number < trial.number]
+        return len(earlier) >= self.config.n_trials
 
     def train(self, trial: optuna.Trial, curriculum: Curriculum, run_id: str) -> float:
         """Train every seed of ``curriculum`` into a run under ``run_id``; the aggregate of their measures."""
