@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 from collections.abc import Sequence
 
 import optuna
@@ -16,6 +17,8 @@ from crl.study.worker import TrialCounts
 
 BEST_SHOWN = 10
 """Trials in the final table."""
+READ_SECONDS = 2.0
+"""How often the live view re-reads the study (from the display's refresh thread)."""
 
 
 def best_trials(trials: Sequence[FrozenTrial], direction: optuna.study.StudyDirection) -> list[FrozenTrial]:
@@ -44,12 +47,19 @@ class StudyDisplay:
         self.n_trials = n_trials
         self.console = console
         self.training = training
-        self.trials: list[FrozenTrial] = study.get_trials(deepcopy=False)
+        self.trials: list[FrozenTrial] = []
+        self.read_at = 0.0
+        self.read()
         self.reported = {trial.number for trial in self.trials if trial.state.is_finished()}
+
+    def read(self) -> None:
+        """Read the study's trials."""
+        self.trials = self.study.get_trials(deepcopy=False)
+        self.read_at = time.monotonic()
 
     def update(self, *_: object) -> None:
         """Read the trials; print one line per trial finished since the last update (an Optuna callback too)."""
-        self.trials = self.study.get_trials(deepcopy=False)
+        self.read()
         for trial in counted(self.trials):
             if trial.state.is_finished() and trial.number not in self.reported:
                 self.reported.add(trial.number)
@@ -70,6 +80,8 @@ class StudyDisplay:
         return TrialCounts.of(self.trials)
 
     def __rich__(self) -> RenderableType:
+        if time.monotonic() - self.read_at > READ_SECONDS:  # e.g. trials started by other workers
+            self.read()
         counts = self.counts
         header = (
             f"[bold]{self.study.study_name}[/bold]: {counts.finished}/{self.n_trials} trials finished "

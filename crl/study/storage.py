@@ -10,6 +10,8 @@ which the next free worker trains.
 
 from __future__ import annotations
 
+import random
+import time
 import warnings
 from typing import Any
 
@@ -17,7 +19,7 @@ import optuna
 from mlflow import MlflowClient
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 from crl.config.errors import ConfigError, one_line
 from crl.study.config import StudyConfig
@@ -28,6 +30,8 @@ FINGERPRINT_ATTR = "crl.fingerprint"
 """The study's user attribute holding :meth:`StudyConfig.fingerprint` of the file that created it."""
 SQLITE_TIMEOUT = 60
 """Seconds an SQLite connection waits for another process's write (several local workers)."""
+CREATE_ATTEMPTS = 5
+"""Attempts at opening a storage whose tables other workers are creating at the same moment."""
 
 
 class StaleTrialHandler:
@@ -61,18 +65,27 @@ def open_storage(config: StudyConfig, handler: StaleTrialHandler) -> RDBStorage:
     engine: dict[str, Any] = {"pool_pre_ping": True}
     if config.storage_url.startswith("sqlite"):
         engine = {"connect_args": {"timeout": SQLITE_TIMEOUT}}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                config.storage_url,
-                engine_kwargs=engine,
-                heartbeat_interval=spec.heartbeat_interval,
-                grace_period=spec.grace_period or 2 * spec.heartbeat_interval,
-                heartbeat_stale_trial_callback=handler,
-            )
-    except (SQLAlchemyError, ImportError) as error:
-        raise ConfigError(f"storage {config.storage_url!r} cannot be opened: {one_line(str(error))}") from None
+    attempt = 1
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    config.storage_url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=spec.heartbeat_interval,
+                    grace_period=spec.grace_period or 2 * spec.heartbeat_interval,
+                    heartbeat_stale_trial_callback=handler,
+                )
+        except (IntegrityError, ProgrammingError):
+            # Workers starting together on an empty database both create the tables (PostgreSQL:
+            # "duplicate key value ... pg_type"); once one has, opening it again finds them.
+            if attempt == CREATE_ATTEMPTS:
+                raise
+            attempt += 1
+            time.sleep(1.0 + random.random())
+        except (SQLAlchemyError, ImportError) as error:
+            raise ConfigError(f"storage {config.storage_url!r} cannot be opened: {one_line(str(error))}") from None
 
 
 def open_study(config: StudyConfig, storage: RDBStorage) -> optuna.Study:
