@@ -48,7 +48,7 @@ from crl.continual import (
     learn_continual,
     performance_after_training,
 )
-from crl.continual.loop import ContinualPosition, request_checkpoint
+from crl.continual.loop import ContinualPosition, TaskEndHook, request_checkpoint
 from crl.plotting import PlotError, write_run_plots
 from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from crl.tracking.mlflow_writer import MLflowOutputFormat
@@ -174,12 +174,14 @@ def train_seed(
     root: Path,
     resumed: Checkpoint | None = None,
     resuming: bool = False,
+    on_task_end: TaskEndHook | None = None,
 ) -> ContinualResult:
     """Train one seed through the sequence, logging into the child run ``run_id``.
 
     :param root: the checkpoints' root directory (the run's are in ``root / run_id``)
     :param resumed: continue from this checkpoint (its model is ``model``)
     :param resuming: the run exists already: log only the steps it does not have yet
+    :param on_task_end: passed to :func:`crl.learn_continual` (e.g. a study's pruning)
     """
     writer = MLflowOutputFormat(run_id, client, exclude_prefixes=(EVALUATION_PREFIX,))
     if resuming:
@@ -205,6 +207,7 @@ def train_seed(
         checkpoint=checkpoint,
         checkpoint_every=curriculum.checkpoint.every,
         checkpoint_at_task_end=curriculum.checkpoint.at_task_end,
+        on_task_end=on_task_end,
         **curriculum.continual.model_dump(),
     )
     progress.update(callback.bar, completed=int(callback.starts[-1]))
@@ -212,8 +215,11 @@ def train_seed(
     return result
 
 
-def log_result(client: MlflowClient, run_id: str, result: ContinualResult) -> None:
-    """The performance matrix at its evaluation steps, and the continual metrics at the last step."""
+def log_result(client: MlflowClient, run_id: str, result: ContinualResult, final: bool = True) -> None:
+    """The performance matrix at its evaluation steps, and the continual metrics at the last step.
+
+    :param final: the run went through the whole sequence (else only the evaluations so far are logged)
+    """
     metrics = []
     for column, step in enumerate(result.eval_steps):
         for index, name in enumerate(result.task_names):
@@ -221,8 +227,9 @@ def log_result(client: MlflowClient, run_id: str, result: ContinualResult) -> No
             metrics.append(Metric(f"{EVALUATION_PREFIX}{index}_{name}", value, 0, int(step)))
         metrics.append(Metric(f"{EVALUATION_PREFIX}average", float(result.performance[:, column].mean()), 0, int(step)))
     end = int(result.eval_steps[-1])
-    metrics.append(Metric("final/average_performance", average_performance(result), 0, end))
-    metrics.append(Metric("final/forgetting", float(np.mean(forgetting(result))), 0, end))
+    if final:
+        metrics.append(Metric("final/average_performance", average_performance(result), 0, end))
+        metrics.append(Metric("final/forgetting", float(np.mean(forgetting(result))), 0, end))
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit for metrics
         client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
 
@@ -377,11 +384,15 @@ def run_child(
     name: str,
     progress: Progress,
     run_id: str | None = None,
+    on_task_end: TaskEndHook | None = None,
+    plots: bool = True,
 ) -> ContinualResult:
     """One seed in its own child run (terminated as finished, failed or killed).
 
     :param model: the seed's model, or ``None`` to build it
     :param run_id: continue this child run from its latest checkpoint (from the start if it has none)
+    :param on_task_end: passed to :func:`crl.learn_continual` (e.g. a study's pruning)
+    :param plots: write the run's plots and log them as artifacts
     """
     resuming = run_id is not None
     if run_id is None:
@@ -397,13 +408,16 @@ def run_child(
             model = resumed.model
         elif model is None:
             model = build_model(curriculum, sequence, seed)
-        result = train_seed(curriculum, sequence, model, seed, client, run_id, progress, root, resumed, resuming)
+        result = train_seed(
+            curriculum, sequence, model, seed, client, run_id, progress, root, resumed, resuming, on_task_end
+        )
         with tempfile.TemporaryDirectory() as directory:
             model.save(Path(directory) / "model.zip")  # type: ignore[attr-defined]
             result.save(Path(directory) / "result.json")
             client.log_artifact(run_id, str(Path(directory) / "model.zip"))
             client.log_artifact(run_id, str(Path(directory) / "result.json"))
-            log_plots(client, run_id, Path(directory) / "plots")
+            if plots:
+                log_plots(client, run_id, Path(directory) / "plots")
         status = RunStatus.to_string(RunStatus.FINISHED)
         if not curriculum.checkpoint.keep_after_finish:
             shutil.rmtree(root / run_id, ignore_errors=True)  # the final model is logged; a buffer can be gigabytes

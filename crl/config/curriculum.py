@@ -285,9 +285,10 @@ def safe_load(text: str) -> Any:
         loader.dispose()
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, kind: str = "curriculum") -> dict[str, Any]:
     """A YAML file's top-level mapping, read with :func:`safe_load`.
 
+    :param kind: what the file holds, for the message when it is not a mapping
     :raises ConfigError: missing file, YAML syntax error, a tag that is not plain data, not a mapping
     """
     path = Path(path)
@@ -307,7 +308,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {one_line(str(error))}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a curriculum is a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(f"{path}: a {kind} is a mapping of keys, got {type(data).__name__}")
     return data
 
 

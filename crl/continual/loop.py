@@ -97,6 +97,9 @@ class ContinualPosition:
 CheckpointHook = Callable[[ContinualPosition], None]
 """Called with the position at each checkpoint (the model and its env are in a consistent state)."""
 
+TaskEndHook = Callable[[int, ContinualResult], None]
+"""Called after each task's last evaluation with the task's index and the evaluations so far."""
+
 
 class TaskEvaluator:
     """Evaluates a model on every task of a sequence into the columns of a performance matrix.
@@ -275,6 +278,7 @@ def learn_continual(
     checkpoint: CheckpointHook | None = None,
     checkpoint_every: int | None = None,
     checkpoint_at_task_end: bool = True,
+    on_task_end: TaskEndHook | None = None,
 ) -> ContinualResult:
     """Train ``model`` through every task of ``sequence``; return the performance matrix.
 
@@ -301,6 +305,9 @@ def learn_continual(
         evaluation (``checkpoint_at_task_end``), at the first rollout start at or after every multiple
         of ``checkpoint_every`` global steps, and at the next rollout start after
         :func:`request_checkpoint` (then training stops with ``KeyboardInterrupt``)
+    :param on_task_end: called after every task's last evaluation with the task's index and the
+        result so far (e.g. to report intermediate values to a hyperparameter search, which may stop
+        training by raising)
     :return: the run's :class:`~crl.continual.results.ContinualResult`
     """
     _check(model, eval_every, reset_replay_buffer)
@@ -363,6 +370,8 @@ def learn_continual(
             if checkpoint is not None and checkpoint_at_task_end:
                 steps, columns = list(evaluator.steps), list(evaluator.columns)
                 checkpoint(ContinualPosition(index + 1, 0, steps, columns, None, evaluator.envs))
+            if on_task_end is not None:
+                on_task_end(index, evaluator.result(seed))
     finally:
         model.lr_schedule = lr_schedule
         if exploration_schedule is not None:

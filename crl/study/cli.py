@@ -1,0 +1,167 @@
+"""``python -m crl.study FILE``: an Optuna study over a curriculum, trials tracked in MLflow.
+
+Everything that can be wrong with the study file is checked before the study or any MLflow run
+exists: the file, its base curriculum, every corner of the search space as a curriculum, the sampler
+and pruner options, the storage URL, and the base curriculum's sequence and model are built. A
+problem prints one line and exits with code 2. Then the study is created in its storage (or joined,
+with the same name: relaunching continues it), the study's MLflow parent run is found or created,
+and ``--workers`` processes train trials until the study has ``n_trials`` finished ones. Workers on
+other machines join by running the same command with the same ``--storage``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+import torch as th
+from mlflow import MlflowClient
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+
+from crl.config.build import build_model, build_sequence
+from crl.config.errors import ConfigError
+from crl.study.best import write_best
+from crl.study.config import StudyConfig, load_study
+from crl.study.interrupt import STOP
+from crl.study.progress import StudyDisplay
+from crl.study.runs import FINISHED, KILLED, study_parent_run
+from crl.study.storage import StaleTrialHandler, open_storage, open_study
+from crl.study.trial import TrialRunner
+from crl.study.worker import POLL_SECONDS, TrialCounts, run_worker, worker_name
+from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT
+
+REFRESH_PER_SECOND = 2
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="crl-study", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("study", type=Path, help="the study YAML file")
+    parser.add_argument("--storage", help="Optuna storage URL (default: the file's, else optuna.db beside mlflow.db)")
+    parser.add_argument("--n-trials", type=_positive_int, help="finished trials the study needs (default: the file's)")
+    parser.add_argument("--workers", type=_positive_int, default=1, help="trials trained at once, in processes")
+    parser.add_argument("--study-name", help="the study's name (default: the file's, else its stem)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, then the base's)")
+    parser.add_argument("--best", type=Path, help="where the best configuration goes (default: <study name>-best.yaml)")
+    return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(stderr=True)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the display reports each trial, MLflow keeps tracebacks
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        config = load_study(args.study, args.n_trials, args.study_name, args.storage, tracking_uri)
+        sequence = build_sequence(config.curriculum, config.source)
+        build_model(config.curriculum, sequence, config.curriculum.seeds[0], config.source)
+        client = MlflowClient(tracking_uri=config.tracking_uri)
+        handler = StaleTrialHandler(client, config.spec.storage.max_retry)
+        study = open_study(config, open_storage(config, handler))
+    except ConfigError as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        return CONFIG_ERROR_EXIT
+    texts = {"study.yml": args.study.read_text(), "base.yml": config.curriculum.to_yaml()}
+    parent_id = study_parent_run(client, config, texts)
+    status, code = KILLED, INTERRUPTED_EXIT
+    display = StudyDisplay(study, config.n_trials, console)
+    try:
+        if args.workers == 1:
+            worker = worker_name()
+            display.training = Progress(*_columns(), console=console)
+            runner = TrialRunner(config, client, parent_id, worker, display.training, handler.retry)
+            live = Live(console=console, get_renderable=display.__rich__, refresh_per_second=REFRESH_PER_SECOND)
+            with live, STOP.installed():
+                run_worker(study, runner, config.n_trials, callbacks=[display.update])
+            code = 0
+        else:
+            code = _run_processes(config, parent_id, args.workers, display, console)
+        status = FINISHED if TrialCounts.of(study.get_trials(deepcopy=False)).finished >= config.n_trials else KILLED
+    except KeyboardInterrupt:
+        console.print(
+            f"interrupted; the interrupted trials are queued again. Continue with the same command "
+            f"(study {config.name!r} in {config.storage_url}).",
+            highlight=False,
+            soft_wrap=True,
+        )
+    finally:
+        client.set_terminated(parent_id, status)
+    display.update()
+    console.print(display.summary())
+    _report_best(config, study, client, parent_id, args.best or Path(f"{config.name}-best.yaml"), console)
+    console.print(
+        f"MLflow parent run {parent_id} at {config.tracking_uri}; Optuna study {config.name!r} at {config.storage_url}"
+    )
+    return code
+
+
+def _columns() -> tuple[ProgressColumn, ...]:
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"))  # fmt: skip
+
+
+def _report_best(
+    config: StudyConfig, study: optuna.Study, client: MlflowClient, parent_id: str, path: Path, console: Console
+) -> None:
+    """Write the best configuration, log it to the parent run with the best value and trial."""
+    best = write_best(config, study, path)
+    if best is None:
+        console.print("no trial has completed yet: no best configuration")
+        return
+    client.log_artifact(parent_id, str(path), artifact_path=None)
+    client.set_tag(parent_id, "best_trial", str(best.number))
+    client.log_metric(parent_id, "best_value", float(best.value), step=best.number)  # type: ignore[arg-type]
+    console.print(f"best trial {best.number} ({best.value:.4g}) in {path}; train it: python -m crl.train {path}")
+
+
+def _run_processes(config: StudyConfig, parent_id: str, workers: int, display: StudyDisplay, console: Console) -> int:
+    """Train trials in ``workers`` spawned processes; show the study until they end. 0 when all ended well."""
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker_process, args=(config, parent_id)) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    live = Live(console=console, get_renderable=display.__rich__, refresh_per_second=REFRESH_PER_SECOND)
+    try:
+        with live, STOP.installed():
+            while any(process.is_alive() for process in processes):
+                display.update()
+                time.sleep(POLL_SECONDS)
+    finally:
+        for process in processes:  # each worker got the Ctrl-C too: it stops, its trial queued again
+            process.join()
+    if STOP.requested:
+        raise KeyboardInterrupt
+    failed = [index for index, process in enumerate(processes) if process.exitcode != 0]
+    for index in failed:
+        console.print(f"[red]worker {index} stopped with exit code {processes[index].exitcode}[/red]")
+    return FAILED_EXIT if failed else 0
+
+
+def _worker_process(config: StudyConfig, parent_id: str) -> None:
+    """One worker of a launch, in its own process."""
+    th.set_num_threads(1)  # the cores are shared by the workers
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    handler = StaleTrialHandler(client, config.spec.storage.max_retry)
+    study = open_study(config, open_storage(config, handler))
+    try:
+        with Progress(disable=True) as progress, STOP.installed():
+            run_worker(
+                study, TrialRunner(config, client, parent_id, worker_name(), progress, handler.retry), config.n_trials
+            )
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED_EXIT)

@@ -1,0 +1,278 @@
+"""Loading a study file: the schema, then every check against its base curriculum, before any trial runs.
+
+:func:`load_study` reads the file with ``yaml.safe_load``, validates it (:class:`StudySpec`), loads the
+base curriculum with its overrides, validates the curriculum each corner of the search space gives
+(bounds and choices, in combination when there are few), and builds the sampler and the pruner. Every
+problem is a :class:`~crl.config.errors.ConfigError` with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from crl.config.curriculum import Curriculum, read_yaml, validate_curriculum
+from crl.config.errors import ConfigError, describe_validation_error, suggest
+from crl.study.sampler import TrialSeededSampler
+from crl.study.schema import DIMENSION_TYPES, SEED_KEY, PrunerSpec, SamplerSpec, StudySpec
+from crl.study.space import SearchSpace, TrialParameters, set_path
+
+SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "grid": optuna.samplers.GridSampler,
+    "gp": optuna.samplers.GPSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "brute_force": optuna.samplers.BruteForceSampler,
+}
+PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "threshold": optuna.pruners.ThresholdPruner,
+    "none": optuna.pruners.NopPruner,
+}
+OWN_OPTIONS = frozenset({"self", "seed", "search_space"})
+"""Constructor arguments the study sets itself."""
+DEFAULT_STORAGE_FILE = "optuna.db"
+"""The default storage's file name, beside an SQLite MLflow database."""
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A validated study: what every worker needs to run trials.
+
+    :param spec: the study file's content
+    :param source: the study file, for messages
+    :param name: the Optuna study's name (and the MLflow parent run's)
+    :param base: the base curriculum's data, with the overrides, the study's seeds and the tracking URI
+    :param curriculum: ``base`` validated
+    :param space: the search space
+    :param n_trials: finished trials the study needs
+    :param storage_url: the Optuna storage
+    """
+
+    spec: StudySpec
+    source: str
+    name: str
+    base: dict[str, Any]
+    curriculum: Curriculum
+    space: SearchSpace
+    n_trials: int
+    storage_url: str
+
+    @property
+    def direction(self) -> str:
+        return self.spec.resolved_direction
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.curriculum.tracking.tracking_uri
+
+    def trial_curriculum(self, parameters: TrialParameters) -> Curriculum:
+        """The curriculum a trial trains: the base with the trial's values.
+
+        :raises ConfigError: values the corner checks could not foresee (e.g. two dimensions that
+            only clash in the middle of their ranges)
+        """
+        try:
+            data = self.space.apply(self.base, parameters.values)
+        except ValueError as error:
+            raise ConfigError(f"{self.source}: search_space: {error}") from None
+        return validate_curriculum(data, source=f"{self.source} (trial {parameters.params})")
+
+    def make_sampler(self) -> optuna.samplers.BaseSampler:
+        return make_sampler(self.spec.sampler, self.space, self.source)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        return make_pruner(self.spec.resolved_pruner, self.source)
+
+    def fingerprint(self) -> str:
+        """A hash of what makes trials comparable: search space, objective, search and base curriculum.
+
+        The number of trials, the name, the storage and the tracking may change between launches.
+        """
+        content = {
+            "study": self.spec.model_dump(mode="json", exclude={"n_trials", "study_name", "storage"}),
+            "base": self.curriculum.model_dump(mode="json", exclude={"tracking"}),
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def load_study(
+    path: str | Path,
+    n_trials: int | None = None,
+    study_name: str | None = None,
+    storage_url: str | None = None,
+    tracking_uri: str | None = None,
+) -> StudyConfig:
+    """Read and check a study file; the arguments are the command line's, which take precedence.
+
+    :raises ConfigError: with a one-line message naming the file, the key and the problem
+    """
+    path = Path(path)
+    source = str(path)
+    data = read_yaml(path, kind="study")
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_without_dimension_tags(describe_validation_error(error, StudySpec, source))) from None
+    base, curriculum = _base_curriculum(spec, path, tracking_uri)
+    _check_objective(spec, curriculum, source)
+    space = SearchSpace(spec.search_space)
+    _check_space(space, base, source)
+    make_sampler(spec.sampler, space, source)  # the options' check
+    make_pruner(spec.resolved_pruner, source)
+    n_trials = _n_trials(n_trials or spec.n_trials, spec, space, source)
+    url = storage_url or spec.storage.url or default_storage(curriculum.tracking.tracking_uri, source)
+    _check_url(url, source)
+    return StudyConfig(spec, source, study_name or spec.study_name or path.stem, base, curriculum, space, n_trials, url)
+
+
+def _without_dimension_tags(message: str) -> str:
+    # pydantic puts the tag of a discriminated union in the key's path: search_space.x.float.low
+    for tag in DIMENSION_TYPES:
+        message = message.replace(f".{tag}.", ".").replace(f".{tag}'", "'")
+    return message
+
+
+def _base_curriculum(spec: StudySpec, path: Path, tracking_uri: str | None) -> tuple[dict[str, Any], Curriculum]:
+    """The base curriculum's data (its overrides, the study's seeds and the tracking URI applied), validated."""
+    source = str(path)
+    curriculum_path = path.parent / spec.base.curriculum
+    if not curriculum_path.is_file():
+        raise ConfigError(
+            f"{source}: key 'base.curriculum' = {spec.base.curriculum!r}: no such file ({curriculum_path})"
+        )
+    base = read_yaml(curriculum_path)
+    for key, value in spec.base.overrides.items():
+        try:
+            set_path(base, key, value)
+        except ValueError as error:
+            raise ConfigError(f"{source}: key 'base.overrides.{key}': {error}") from None
+    if spec.seeds is not None:
+        if SEED_KEY in spec.search_space:
+            raise ConfigError(f"{source}: 'seeds' and the search-space key 'seed' exclude each other; keep one")
+        base["seeds"] = list(spec.seeds)
+    if tracking_uri:
+        set_path(base, "tracking.tracking_uri", tracking_uri)
+    curriculum = validate_curriculum(base, source=f"{source} (base {curriculum_path})")
+    return base, curriculum
+
+
+def _check_objective(spec: StudySpec, curriculum: Curriculum, source: str) -> None:
+    objective = spec.objective
+    if objective.measure == "metric" and spec.direction is None:
+        raise ConfigError(
+            f"{source}: key 'direction' is missing: a logged metric's objective needs maximize or minimize"
+        )
+    if objective.key is not None and objective.key.startswith("plasticity/") and curriculum.metrics is None:
+        raise ConfigError(
+            f"{source}: key 'objective.key' = {objective.key!r}: the base curriculum logs no plasticity "
+            "metrics; set its 'metrics' (e.g. base.overrides: {metrics: {every: 10000}})"
+        )
+
+
+def _check_space(space: SearchSpace, base: Mapping[str, Any], source: str) -> None:
+    """Every corner combination of the search space must give a valid curriculum."""
+    for combination in space.corner_combinations():
+        where = f"{source} (search_space: {', '.join(f'{path}={value!r}' for path, value in combination.items())})"
+        try:
+            data = space.apply(base, combination)
+        except ValueError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        validate_curriculum(data, source=where)
+
+
+def _options(kind: str, cls: type, options: Mapping[str, Any], source: str) -> None:
+    allowed = [name for name in inspect.signature(cls).parameters if name not in OWN_OPTIONS]
+    for name in options:
+        if name not in allowed:
+            raise ConfigError(
+                f"{source}: unknown key '{kind}.options.{name}'{suggest(name, allowed)}; "
+                f"{cls.__name__} takes: {', '.join(allowed) or 'no options'}"
+            )
+
+
+def make_sampler(spec: SamplerSpec, space: SearchSpace, source: str) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of ``spec``; with a seed, trial ``n`` draws with ``seed + n`` (:class:`TrialSeededSampler`).
+
+    :raises ConfigError: an unknown option, or one the sampler rejects
+    """
+    cls = SAMPLERS[spec.name]
+    _options("sampler", cls, spec.options, source)
+    arguments = dict(spec.options)
+    if spec.name == "grid":
+        arguments["search_space"] = space.grid(source)
+
+    def make(seed: int | None) -> optuna.samplers.BaseSampler:
+        return _construct("sampler", cls, {**arguments, "seed": seed}, source)  # type: ignore[return-value]
+
+    return make(None) if spec.seed is None else TrialSeededSampler(make, spec.seed)
+
+
+def make_pruner(spec: PrunerSpec, source: str) -> optuna.pruners.BasePruner:
+    """The Optuna pruner of ``spec``.
+
+    :raises ConfigError: an unknown option, or one the pruner rejects
+    """
+    cls = PRUNERS[spec.name]
+    _options("pruner", cls, spec.options, source)
+    return _construct("pruner", cls, dict(spec.options), source)  # type: ignore[return-value]
+
+
+def _construct(kind: str, cls: type, arguments: dict[str, Any], source: str) -> object:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return cls(**arguments)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{source}: key '{kind}.options': {cls.__name__} rejects them ({error})") from None
+
+
+def _n_trials(n_trials: int | None, spec: StudySpec, space: SearchSpace, source: str) -> int:
+    """The given number of trials; a grid's size by default (and at most)."""
+    if spec.sampler.name == "grid":
+        points = math.prod(len(values) for values in space.grid(source).values())
+        if n_trials is not None and n_trials > points:
+            raise ConfigError(f"{source}: key 'n_trials' = {n_trials}: the grid has {points} points only")
+        return n_trials or points
+    if n_trials is None:
+        raise ConfigError(f"{source}: key 'n_trials' is missing; give it in the file or with --n-trials")
+    return n_trials
+
+
+def default_storage(tracking_uri: str, source: str) -> str:
+    """``sqlite:///<dir>/optuna.db`` beside an SQLite MLflow database ``sqlite:///<dir>/mlflow.db``.
+
+    :raises ConfigError: an MLflow URI that is not an SQLite file (e.g. a tracking server)
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        raise ConfigError(
+            f"{source}: no default Optuna storage beside the MLflow tracking URI {tracking_uri!r}; "
+            "give --storage URL (e.g. postgresql://user@host/db) or 'storage.url'"
+        )
+    return prefix + str(Path(tracking_uri[len(prefix) :]).parent / DEFAULT_STORAGE_FILE)
+
+
+def _check_url(url: str, source: str) -> None:
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"{source}: storage URL {url!r} is not a database URL (e.g. sqlite:///optuna.db, postgresql://host/db)"
+        ) from None

@@ -1,0 +1,112 @@
+"""The Optuna storage every worker of a study shares, with heartbeats so that a dead worker's trial is retried.
+
+An :class:`optuna.storages.RDBStorage` on the study's URL (SQLite on one machine, PostgreSQL across
+machines). Each running trial sends a heartbeat every ``heartbeat_interval`` seconds; a trial without
+one for ``grace_period`` seconds is failed by the next worker that looks (before each of its trials
+and while it waits), its MLflow runs are marked failed, and Optuna's
+:class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` queues a copy with the same parameters,
+which the next free worker trains.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import warnings
+from typing import Any
+
+import optuna
+from mlflow import MlflowClient
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
+from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
+
+from crl.config.errors import ConfigError, one_line
+from crl.study.config import StudyConfig
+from crl.study.runs import FAILED, end_trial_run
+from crl.study.trial import RUN_ATTR
+
+FINGERPRINT_ATTR = "crl.fingerprint"
+"""The study's user attribute holding :meth:`StudyConfig.fingerprint` of the file that created it."""
+SQLITE_TIMEOUT = 60
+"""Seconds an SQLite connection waits for another process's write (several local workers)."""
+CREATE_ATTEMPTS = 5
+"""Attempts at opening a storage whose tables other workers are creating at the same moment."""
+
+
+class StaleTrialHandler:
+    """Called by the storage for each trial failed for a missing heartbeat: ends its MLflow runs, retries it.
+
+    :param client: the MLflow client
+    :param max_retry: how often one trial is retried (``None``: always)
+    """
+
+    def __init__(self, client: MlflowClient, max_retry: int | None) -> None:
+        self.client = client
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get(RUN_ATTR)
+        if run_id is not None:
+            end_trial_run(self.client, run_id, "FAIL", FAILED)
+        self.retry(study, trial)
+
+
+def open_storage(config: StudyConfig, handler: StaleTrialHandler) -> RDBStorage:
+    """The study's storage (its tables created on first use).
+
+    :param handler: what happens to a trial whose worker died
+
+    :raises ConfigError: the database cannot be reached or opened
+    """
+    spec = config.spec.storage
+    engine: dict[str, Any] = {"pool_pre_ping": True}
+    if config.storage_url.startswith("sqlite"):
+        engine = {"connect_args": {"timeout": SQLITE_TIMEOUT}}
+    attempt = 1
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    config.storage_url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=spec.heartbeat_interval,
+                    grace_period=spec.grace_period or 2 * spec.heartbeat_interval,
+                    heartbeat_stale_trial_callback=handler,
+                )
+        except (IntegrityError, ProgrammingError):
+            # Workers starting together on an empty database both create the tables (PostgreSQL:
+            # "duplicate key value ... pg_type"); once one has, opening it again finds them.
+            if attempt == CREATE_ATTEMPTS:
+                raise
+            attempt += 1
+            time.sleep(1.0 + random.random())
+        except (SQLAlchemyError, ImportError) as error:
+            raise ConfigError(f"storage {config.storage_url!r} cannot be opened: {one_line(str(error))}") from None
+
+
+def open_study(config: StudyConfig, storage: RDBStorage) -> optuna.Study:
+    """Create the study, or join it; a study created from another study file is refused.
+
+    :raises ConfigError: the study exists with another search space, objective, search or base curriculum
+    """
+    study = optuna.create_study(
+        storage=storage,
+        sampler=config.make_sampler(),
+        pruner=config.make_pruner(),
+        study_name=config.name,
+        direction=config.direction,  # type: ignore[arg-type]
+        load_if_exists=True,
+    )
+    fingerprint = study.user_attrs.get(FINGERPRINT_ATTR)
+    if fingerprint is None:
+        study.set_user_attr(FINGERPRINT_ATTR, config.fingerprint())
+    elif fingerprint != config.fingerprint():
+        raise ConfigError(
+            f"{config.source}: study {config.name!r} in {config.storage_url} was created from a different "
+            "study (search space, objective, search or base curriculum); give another --study-name"
+        )
+    return study

@@ -1,0 +1,235 @@
+"""One trial: its curriculum trained seed after seed, each seed in its own MLflow run, reported at task ends.
+
+Seeds: a trial trains the curriculum's seeds (the study's ``seeds``, else the base curriculum's) one
+after the other; each seed's value is the objective's measure of its run, and the trial's value
+their aggregate. At the end of every task the measure of the evaluations so far is reported to
+Optuna at step ``position of the seed * number of tasks + task``, so the pruner compares trials at
+the same seed and task. A trial stops as pruned when the pruner says so, or when it diverged: its
+network's parameters or its measure are not finite. Any other exception fails the trial, and the
+study goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import traceback
+from collections.abc import Callable, Iterable
+
+import optuna
+import torch as th
+from mlflow import MlflowClient
+from optuna.exceptions import TrialPruned
+from optuna.trial import FrozenTrial, TrialState
+from rich.progress import Progress
+
+from crl.algorithms import ContinualAlgorithm
+from crl.config.build import build_model, build_sequence
+from crl.config.curriculum import CheckpointSpec, Curriculum
+from crl.continual import ContinualResult
+from crl.study.config import StudyConfig
+from crl.study.interrupt import STOP
+from crl.study.objective import aggregate, measure
+from crl.study.runs import FAILED, FINISHED, KILLED, create_trial_run, end_trial_run, trial_name
+from crl.study.schema import ObjectiveSpec
+from crl.train import create_child_run, log_result, log_texts, run_child
+from crl.wrappers import TaskSequence
+
+RUN_ATTR = "mlflow_run_id"
+"""The trial's user attribute holding its MLflow run's id."""
+WORKER_ATTR = "worker"
+"""The trial's user attribute naming the process that runs it (``host:pid``)."""
+SURPLUS_ATTR = "surplus"
+"""Set on a trial started when the study already had its trials (workers that asked at the same moment)."""
+ERROR_ATTR = "error"
+
+RetryCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+class SurplusTrial(Exception):
+    """The study had all its trials when this one started; it is failed and not counted."""
+
+
+def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
+    """The numbers of failed trials that a later trial retries."""
+    return {trial.system_attrs["retry_history"][-1] for trial in trials if trial.system_attrs.get("retry_history")}
+
+
+def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that count against ``n_trials``: all but failed trials being retried and surplus trials."""
+    retried = retried_numbers(trials)
+    return [trial for trial in trials if trial.number not in retried and not trial.user_attrs.get(SURPLUS_ATTR)]
+
+
+def parameters_finite(model: ContinualAlgorithm) -> bool:
+    return all(bool(th.isfinite(parameter).all()) for parameter in model.policy.parameters())  # type: ignore[attr-defined]
+
+
+class TaskEndReport:
+    """At each task's end: prune a diverged trial, report the measure so far, ask the pruner.
+
+    :param trial: the Optuna trial
+    :param objective: the study's objective
+    :param model: the seed's model (checked for non-finite parameters)
+    :param client: the MLflow client
+    :param seed_run_id: the seed's run (for a logged metric's value)
+    :param trial_run_id: the trial's run, which gets the reported values as ``objective/intermediate``
+    :param first_step: the report step of the seed's first task
+    """
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        objective: ObjectiveSpec,
+        model: ContinualAlgorithm,
+        client: MlflowClient,
+        seed_run_id: str,
+        trial_run_id: str,
+        first_step: int,
+    ) -> None:
+        self.trial = trial
+        self.objective = objective
+        self.model = model
+        self.client = client
+        self.seed_run_id = seed_run_id
+        self.trial_run_id = trial_run_id
+        self.first_step = first_step
+        self.result: ContinualResult | None = None
+        """The evaluations so far."""
+
+    def __call__(self, task: int, result: ContinualResult) -> None:
+        STOP.check()
+        self.result = result
+        if not parameters_finite(self.model):
+            raise TrialPruned(f"diverged: non-finite network parameters after task {task}")
+        value = measure(self.objective, result, self.client, self.seed_run_id)
+        if value is None:  # the metric has not been logged yet
+            return
+        if not math.isfinite(value):
+            raise TrialPruned(f"diverged: objective {value} after task {task}")
+        step = self.first_step + task
+        self.trial.report(value, step)
+        self.client.log_metric(self.trial_run_id, "objective/intermediate", value, step=step)
+        if self.trial.should_prune():
+            raise TrialPruned(f"pruned at step {step} (value {value:.4g})")
+
+
+class TrialRunner:
+    """Optuna's objective function: draws a trial's parameters, trains its curriculum, returns its value.
+
+    :param config: the study
+    :param client: the MLflow client
+    :param parent_id: the study's parent run
+    :param worker: this process's name (``host:pid``), recorded on each trial
+    :param progress: where each seed's training shows its progress
+    :param retry: re-queues a trial interrupted by Ctrl-C (as one whose worker died)
+    """
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        client: MlflowClient,
+        parent_id: str,
+        worker: str,
+        progress: Progress,
+        retry: RetryCallback,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.parent_id = parent_id
+        self.worker = worker
+        self.progress = progress
+        self.retry = retry
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.is_surplus(trial):
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            raise SurplusTrial(f"the study had its {self.config.n_trials} trials when trial {trial.number} started")
+        parameters = self.config.space.suggest(trial)
+        curriculum = self.config.trial_curriculum(parameters)
+        run_id = create_trial_run(
+            self.client, self.config, self.parent_id, trial.number, parameters.params, self.worker
+        )
+        trial.set_user_attr(RUN_ATTR, run_id)
+        trial.set_user_attr(WORKER_ATTR, self.worker)
+        log_texts(self.client, run_id, {"config.yml": curriculum.to_yaml()})
+        state, status = TrialState.FAIL, FAILED
+        try:
+            value = self.train(trial, curriculum, run_id)
+            state, status = TrialState.COMPLETE, FINISHED
+            return value
+        except TrialPruned:
+            state, status = TrialState.PRUNED, KILLED
+            raise
+        except KeyboardInterrupt:
+            status = KILLED
+            frozen = next(frozen for frozen in trial.study.get_trials(deepcopy=False) if frozen.number == trial.number)
+            self.retry(trial.study, frozen)  # the next launch trains it again
+            raise
+        except Exception as error:
+            trial.set_user_attr(ERROR_ATTR, repr(error)[:1000])
+            log_texts(self.client, run_id, {"error.txt": traceback.format_exc()})
+            raise
+        finally:
+            end_trial_run(self.client, run_id, state.name, status)
+
+    def is_surplus(self, trial: optuna.Trial) -> bool:
+        """Whether the trials numbered before this one already make the study's ``n_trials``.
+
+        Trial numbers are given out atomically by the storage, so of two workers that started a
+        trial at the same moment for the last place, exactly the later one is surplus.
+        """
+        # Over all trials: a retry is numbered after the failed trial it replaces.
+        earlier = [frozen for frozen in counted(trial.study.get_trials(deepcopy=False)) if frozen.number < trial.number]
+        return len(earlier) >= self.config.n_trials
+
+    def train(self, trial: optuna.Trial, curriculum: Curriculum, run_id: str) -> float:
+        """Train every seed of ``curriculum`` into a run under ``run_id``; the aggregate of their measures."""
+        sequence = build_sequence(curriculum, self.config.source)
+        with tempfile.TemporaryDirectory() as directory:
+            # An interrupted trial is trained again from its start: no checkpoints, but the one a Ctrl-C
+            # writes as it stops at a rollout's start (crl.study.interrupt) goes to a temporary directory.
+            checkpoint = CheckpointSpec(at_task_end=False, directory=directory)
+            return self._train_seeds(trial, curriculum.model_copy(update={"checkpoint": checkpoint}), sequence, run_id)
+
+    def _train_seeds(self, trial: optuna.Trial, curriculum: Curriculum, sequence: TaskSequence, run_id: str) -> float:
+        objective = self.config.spec.objective
+        name = trial_name(self.config, trial.number)
+        values = []
+        for position, seed in enumerate(curriculum.seeds):
+            model = build_model(curriculum, sequence, seed, self.config.source)
+            seed_run = create_child_run(self.client, curriculum, name, seed, run_id)
+            report = TaskEndReport(trial, objective, model, self.client, seed_run, run_id, position * len(sequence))
+            try:
+                # No plots per seed: many trials; crl.plot draws any run's on demand.
+                result = run_child(
+                    curriculum, sequence, model, seed, self.client, run_id, name, self.progress,
+                    run_id=seed_run, on_task_end=report, plots=False,
+                )  # fmt: skip
+            except TrialPruned:
+                self._stopped(seed_run, report)
+                raise
+            except Exception as error:
+                if parameters_finite(model):
+                    raise
+                self._stopped(seed_run, report)
+                raise TrialPruned(f"diverged: non-finite network parameters ({error!r})") from error
+            finally:
+                for task in list(self.progress.task_ids):
+                    self.progress.remove_task(task)
+            value = measure(objective, result, self.client, seed_run)
+            if value is None:
+                raise RuntimeError(f"metric {objective.key!r} was never logged in run {seed_run}")
+            self.client.log_metric(run_id, f"objective/seed_{seed}", value)
+            if not math.isfinite(value):
+                raise TrialPruned(f"diverged: objective {value} for seed {seed}")
+            values.append(value)
+        value = aggregate(objective, values)
+        self.client.log_metric(run_id, "objective", value)
+        return value
+
+    def _stopped(self, seed_run: str, report: TaskEndReport) -> None:
+        """End a seed's run stopped by pruning, with the evaluations it made."""
+        if report.result is not None:
+            log_result(self.client, seed_run, report.result, final=False)
+        self.client.set_terminated(seed_run, KILLED)

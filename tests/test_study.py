@@ -1,0 +1,507 @@
+"""``python -m crl.study``: study files, search spaces, objectives, trials in MLflow, pruning, relaunch.
+
+The tests with two workers and a killed worker need a PostgreSQL server: ``.ci/run`` starts one and
+sets ``CRL_TEST_POSTGRES_URL``; without it they are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from crl.config.curriculum import load_curriculum
+from crl.continual import ContinualResult, forgetting
+from crl.study.cli import main
+from crl.study.config import load_study
+from crl.study.objective import area_under_evaluation_curve, mean_forgetting
+from crl.study.runs import STUDY_TAG, TRIAL_TAG
+from crl.study.sampler import TrialSeededSampler
+from crl.study.space import set_path
+from crl.study.trial import RUN_ATTR, SURPLUS_ATTR, WORKER_ATTR, TrialRunner, counted
+from crl.study.worker import TrialCounts
+from crl.train import CONFIG_ERROR_EXIT, INTERRUPTED_EXIT
+from crl.train import main as train
+
+POSTGRES_URL = os.environ.get("CRL_TEST_POSTGRES_URL")
+needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="CRL_TEST_POSTGRES_URL is not set (.ci/run sets it)")
+
+CURRICULUM = """\
+algorithm: DQN
+policy_options: {net_arch: [16]}
+hyperparameters: {buffer_size: 500, learning_starts: 50, batch_size: 16, train_freq: 4}
+interventions: [layer_norm, {name: redo, tau: 0.1, every: 100}]
+sequence: {preset: cartpole_permuted, options: {n_tasks: 2}, steps_per_task: 200}
+evaluation: {every: 100, n_episodes: 1}
+tracking: {experiment: studies}
+seeds: [0]
+"""
+STUDY = {
+    "base": {"curriculum": "curriculum.yaml"},
+    "search_space": {
+        "interventions.redo.tau": {"type": "float", "low": 0.0, "high": 0.5},
+        "hyperparameters.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    },
+    "objective": {"measure": "auc"},
+    "sampler": {"name": "random", "seed": 0},
+    "n_trials": 2,
+}
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow database: creating its tables takes seconds, copying it does not."""
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_template: Path) -> Path:
+    """A working directory with the base curriculum and an MLflow database."""
+    monkeypatch.chdir(tmp_path)
+    # Absolute: MLflow caches a store per URI, and a relative one would outlive its directory.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _mlflow(tmp_path))
+    (tmp_path / "curriculum.yaml").write_text(CURRICULUM)
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    return tmp_path
+
+
+def _mlflow(directory: Path) -> str:
+    return f"sqlite:///{directory / 'mlflow.db'}"
+
+
+def _optuna(directory: Path) -> str:
+    """The default storage, beside mlflow.db."""
+    return f"sqlite:///{directory / 'optuna.db'}"
+
+
+def _write(directory: Path, name: str = "study", **changes: object) -> Path:
+    data = {**STUDY, **changes}
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({key: value for key, value in data.items() if value is not None}))
+    return path
+
+
+def _runs(directory: Path, experiment: str = "studies") -> list:
+    client = MlflowClient(_mlflow(directory))
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def _study(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+# --- study files -----------------------------------------------------------------------------------
+
+MALFORMED = {
+    "misspelled key": ({"n_trails": 3}, "unknown key 'n_trails' (did you mean 'n_trials'?)"),
+    "unknown dimension type": (
+        {"search_space": {"interventions.redo.tau": {"type": "flaot", "low": 0, "high": 1}}},
+        "'search_space.interventions.redo.tau'",
+    ),
+    "low above high": (
+        {"search_space": {"interventions.redo.tau": {"type": "float", "low": 0.5, "high": 0.1}}},
+        "low must not exceed high",
+    ),
+    "log scale from zero": (
+        {"search_space": {"hyperparameters.learning_rate": {"type": "float", "low": 0, "high": 1, "log": True}}},
+        "a log scale needs low > 0",
+    ),
+    "misspelled hyperparameter": (
+        {"search_space": {"hyperparameters.learnin_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}},
+        "unknown key 'hyperparameters.learnin_rate' (did you mean 'learning_rate'?)",
+    ),
+    "unknown intervention parameter": (
+        {"search_space": {"interventions.redo.tua": {"type": "float", "low": 0, "high": 1}}},
+        "intervention 'redo' has no parameter(s) ['tua']",
+    ),
+    "range outside the parameter's": (
+        {"search_space": {"interventions.redo.tau": {"type": "float", "low": -1, "high": 1}}},
+        "tau=-1.0: Input should be greater than or equal to 0",
+    ),
+    "intervention not in the curriculum": (
+        {"search_space": {"interventions.pfo.coef": {"type": "float", "low": 0.1, "high": 1}}},
+        "no item named 'pfo' in ['layer_norm', 'redo']",
+    ),
+    "misspelled intervention in a named set": (
+        {"search_space": {"interventions": {"type": "categorical", "choices": {"none": [], "ln": ["layer_nrm"]}}}},
+        "unknown intervention 'layer_nrm'",
+    ),
+    "unknown sampler": ({"sampler": "tpee"}, "key 'sampler.name' = 'tpee'"),
+    "misspelled sampler option": (
+        {"sampler": {"name": "tpe", "options": {"n_startup_trial": 3}}},
+        "unknown key 'sampler.options.n_startup_trial' (did you mean 'n_startup_trials'?)",
+    ),
+    "pruner option rejected": (
+        {"pruner": {"name": "median", "options": {"n_startup_trials": -1}}},
+        "MedianPruner rejects them",
+    ),
+    "unknown measure": ({"objective": {"measure": "avg"}}, "key 'objective.measure' = 'avg'"),
+    "metric without direction": (
+        {"objective": {"measure": "metric", "key": "train/loss"}},
+        "key 'direction' is missing",
+    ),
+    "plasticity metric never logged": (
+        {"objective": {"measure": "metric", "key": "plasticity/q_net/all/dormant_ratio"}, "direction": "minimize"},
+        "the base curriculum logs no plasticity metrics",
+    ),
+    "missing base curriculum": ({"base": {"curriculum": "nope.yaml"}}, "key 'base.curriculum' = 'nope.yaml'"),
+    "grid over a float": ({"sampler": "grid"}, "the grid sampler takes categorical and int dimensions only"),
+    "no number of trials": ({"n_trials": None}, "key 'n_trials' is missing"),
+    "unnamed list choices": (
+        {"search_space": {"interventions": {"type": "categorical", "choices": [[], ["layer_norm"]]}}},
+        "give lists and mappings a name",
+    ),
+    "seed swept and seeds given": (
+        {"seeds": [0, 1], "search_space": {"seed": {"type": "categorical", "choices": [0, 1]}}},
+        "'seeds' and the search-space key 'seed' exclude each other",
+    ),
+    "not a storage URL": ({"storage": {"url": "not a url"}}, "is not a database URL"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
+def test_a_malformed_study_exits_2_with_one_line_before_anything_exists(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "curriculum.yaml").write_text(CURRICULUM)
+    changes, expected = MALFORMED[case]
+    path = _write(tmp_path, **changes)  # type: ignore[arg-type]
+    assert main([str(path)]) == CONFIG_ERROR_EXIT
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {path}") and "\n" not in error
+    assert expected in error
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["curriculum.yaml", "study.yaml"]  # no database
+
+
+def test_a_python_tag_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.yaml").write_text("!!python/object/apply:os.system [echo hacked]\n")
+    assert main(["study.yaml"]) == CONFIG_ERROR_EXIT
+    assert "could not determine a constructor for the tag" in capsys.readouterr().err
+
+
+def test_a_study_created_from_another_file_is_not_joined(directory: Path, capsys) -> None:
+    assert main([str(_write(directory, n_trials=1))]) == 0
+    changed = {"interventions.redo.tau": {"type": "float", "low": 0.0, "high": 0.2}}
+    assert main([str(_write(directory, search_space=changed))]) == CONFIG_ERROR_EXIT
+    assert "was created from a different study" in capsys.readouterr().err
+
+
+# --- search space, measures, sampler ---------------------------------------------------------------
+
+
+def test_paths_address_keys_list_items_and_interventions_by_name() -> None:
+    data: dict = {"interventions": ["layer_norm", {"name": "redo", "tau": 0.1}], "hyperparameters": {}}
+    set_path(data, "interventions.redo.tau", 0.3)
+    set_path(data, "interventions.layer_norm.placement", "post")
+    set_path(data, "interventions.1.every", 50)
+    set_path(data, "hyperparameters.learning_rate", 1e-3)
+    set_path(data, "evaluation.n_episodes", 2)
+    assert data == {
+        "interventions": [{"name": "layer_norm", "placement": "post"}, {"name": "redo", "tau": 0.3, "every": 50}],
+        "hyperparameters": {"learning_rate": 1e-3},
+        "evaluation": {"n_episodes": 2},
+    }
+    with pytest.raises(ValueError, match=r"'interventions.5' needs a list index in \[0, 2\)"):
+        set_path(data, "interventions.5.tau", 0.1)
+    with pytest.raises(ValueError, match="not a mapping or a list"):
+        set_path(data, "hyperparameters.learning_rate.x", 1)
+
+
+def test_a_named_set_is_applied_before_its_parameters(tmp_path: Path) -> None:
+    (tmp_path / "curriculum.yaml").write_text(CURRICULUM)
+    sets = {"redo": [{"name": "redo"}], "both": ["layer_norm", {"name": "redo"}]}
+    space = {
+        "interventions.redo.tau": {"type": "float", "low": 0.0, "high": 0.5},  # listed first, applied second
+        "interventions": {"type": "categorical", "choices": sets},
+        "seed": {"type": "int", "low": 3, "high": 4},
+    }
+    config = load_study(_write(tmp_path, search_space=space))
+    parameters = config.space.from_params({"interventions": "both", "interventions.redo.tau": 0.25, "seed": 4})
+    curriculum = config.trial_curriculum(parameters)
+    assert [item["name"] for item in curriculum.interventions] == ["layer_norm", "redo"]
+    assert curriculum.interventions[1]["tau"] == 0.25 and curriculum.seeds == [4]
+    assert len(list(config.space.corner_combinations())) == 2 * 2 * 2  # every combination is validated
+
+
+def test_measures_on_a_constructed_result() -> None:
+    # two tasks of 100 steps, evaluated at 50, 100, 150, 200
+    performance = np.array([[1.0, 3.0, 2.0, 2.0], [0.0, 1.0, 3.0, 4.0]])
+    result = ContinualResult("s", ("a", "b"), (100, 100), "mean_return", np.array([50, 100, 150, 200]), performance)
+    # step-function area of the task mean (0.5, 2, 2.5, 3) over widths of 50, divided by 200
+    assert area_under_evaluation_curve(result) == pytest.approx((0.5 + 2 + 2.5 + 3) * 50 / 200)
+    assert mean_forgetting(result) == pytest.approx(np.mean(forgetting(result))) == pytest.approx(0.5)
+    partial = ContinualResult("s", ("a", "b"), (100, 100), "mean_return", np.array([50, 100]), performance[:, :2])
+    assert mean_forgetting(partial) == 0.0  # only task a has ended, at the last evaluation
+    assert area_under_evaluation_curve(partial) == pytest.approx((0.5 + 2) * 50 / 100)
+
+
+def test_a_seeded_sampler_draws_per_trial_the_same_in_any_process() -> None:
+    def make() -> TrialSeededSampler:
+        return TrialSeededSampler(lambda seed: optuna.samplers.RandomSampler(seed=seed), seed=7)
+
+    def objective(trial: optuna.Trial) -> float:
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    whole = optuna.create_study(sampler=make())
+    whole.optimize(objective, n_trials=4)
+    # a relaunch (a new sampler) continuing the same trials, as a second worker or a restarted process would
+    first, second = optuna.create_study(sampler=make()), None
+    first.optimize(objective, n_trials=2)
+    second = optuna.create_study(sampler=make())
+    for trial in first.trials:
+        second.add_trial(trial)
+    second.optimize(objective, n_trials=2)
+    draws = [trial.params["x"] for trial in whole.trials]
+    assert [trial.params["x"] for trial in second.trials] == draws
+    assert len(set(draws)) == 4
+
+
+# --- trials in MLflow, pruning, failures ------------------------------------------------------------
+
+
+def test_a_study_logs_trials_under_one_parent_and_writes_a_runnable_best(directory: Path) -> None:
+    path = _write(directory, seeds=[0, 1])
+    assert main([str(path)]) == 0
+    study = _study(_optuna(directory), "study")
+    assert [trial.state for trial in study.trials] == [TrialState.COMPLETE] * 2
+    runs = _runs(directory)
+    (parent,) = [run for run in runs if run.data.tags.get(STUDY_TAG) == "study"]
+    trials = {run.info.run_id: run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert parent.info.status == "FINISHED" and len(trials) == 2
+    for trial in study.trials:
+        run = trials[trial.user_attrs[RUN_ATTR]]
+        assert run.data.tags[TRIAL_TAG] == str(trial.number) and run.info.status == "FINISHED"
+        assert float(run.data.params["interventions.redo.tau"]) == trial.params["interventions.redo.tau"]
+        assert run.data.metrics["objective"] == trial.value
+        seeds = [seed for seed in runs if seed.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+        assert sorted(seed.data.tags["seed"] for seed in seeds) == ["0", "1"]
+        # reported at each task's end of each seed (steps 0, 1: seed 0; 2, 3: seed 1): the AUC so far
+        client = MlflowClient(_mlflow(directory))
+        for position, seed in enumerate(sorted(seeds, key=lambda seed: seed.data.tags["seed"])):
+            result = ContinualResult.load(client.download_artifacts(seed.info.run_id, "result.json", str(directory)))
+            first_task = ContinualResult(
+                result.sequence, result.task_names, result.budgets, result.measure,
+                result.eval_steps[:2], result.performance[:, :2],
+            )  # fmt: skip
+            assert trial.intermediate_values[2 * position] == pytest.approx(area_under_evaluation_curve(first_task))
+            assert trial.intermediate_values[2 * position + 1] == pytest.approx(area_under_evaluation_curve(result))
+        assert trial.value == pytest.approx(np.mean([trial.intermediate_values[1], trial.intermediate_values[3]]))
+
+    best = directory / "study-best.yaml"
+    assert load_curriculum(best).interventions[1]["tau"] == study.best_params["interventions.redo.tau"]
+    assert train([str(best), "--set", "tracking.experiment=best", "--workers", "1"]) == 0
+    assert {run.data.tags.get("seed") for run in _runs(directory, "best")} == {None, "0", "1"}
+
+
+def test_pruned_diverged_and_crashed_trials_are_recorded_and_the_study_goes_on(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pruner stops a trial at its first report: the seed's run has the first task's evaluations only.
+    pruned = _write(directory, "pruned", n_trials=1, pruner={"name": "threshold", "options": {"lower": 1e9}})
+    assert main([str(pruned)]) == 0
+    (trial,) = _study(_optuna(directory), "pruned").trials
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
+    client = MlflowClient(_mlflow(directory))
+    run = client.get_run(trial.user_attrs[RUN_ATTR])
+    assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
+    (seed_run,) = [seed for seed in _runs(directory) if seed.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+    assert [point.step for point in client.get_metric_history(seed_run.info.run_id, "continual/average")] == [100, 200]
+
+    # Diverged (PPO with a huge learning rate: NaN parameters) is pruned, the sane trial completes.
+    ppo = {"algorithm": "PPO", "interventions": [], "hyperparameters": {"n_steps": 64, "batch_size": 32, "n_epochs": 2}}
+    space = {"hyperparameters.learning_rate": {"type": "categorical", "choices": [3e-4, 1e30]}}
+    diverging = _write(directory, "diverging", base={"curriculum": "curriculum.yaml", "overrides": ppo},
+                       search_space=space, sampler="grid")  # fmt: skip
+    assert main([str(diverging)]) == 0
+    states = {
+        trial.params["hyperparameters.learning_rate"]: trial.state
+        for trial in _study(_optuna(directory), "diverging").trials
+    }
+    assert states == {3e-4: TrialState.COMPLETE, 1e30: TrialState.PRUNED}
+
+    # A trial that crashes is failed, with its error, and the next trial runs.
+    import crl.study.trial
+
+    real_run_child = crl.study.trial.run_child
+
+    def crash_second(*args, **kwargs):
+        if "trial1" in args[6]:  # the trial's name
+            raise RuntimeError("boom")
+        return real_run_child(*args, **kwargs)
+
+    monkeypatch.setattr(crl.study.trial, "run_child", crash_second)
+    assert main([str(_write(directory, "crashing", n_trials=3))]) == 0
+    trials = _study(_optuna(directory), "crashing").trials
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs["error"] == "RuntimeError('boom')"
+    assert (
+        "RuntimeError: boom" in Path(client.download_artifacts(trials[1].user_attrs[RUN_ATTR], "error.txt")).read_text()
+    )
+
+
+def test_a_logged_metric_as_objective_is_its_last_value(directory: Path) -> None:
+    key = "plasticity/q_net/all/dormant_ratio"
+    base = {"curriculum": "curriculum.yaml", "overrides": {"metrics": {"every": 100, "probe_batch_size": 32}}}
+    objective = {"measure": "metric", "key": key}
+    path = _write(directory, "metric", base=base, objective=objective, direction="minimize", n_trials=1)
+    assert main([str(path)]) == 0
+    (trial,) = _study(_optuna(directory), "metric").trials
+    client = MlflowClient(_mlflow(directory))
+    (seed_run,) = [
+        run for run in _runs(directory) if run.data.tags.get("mlflow.parentRunId") == trial.user_attrs[RUN_ATTR]
+    ]
+    history = sorted(client.get_metric_history(seed_run.info.run_id, key), key=lambda point: point.step)
+    assert trial.state == TrialState.COMPLETE and trial.value == history[-1].value
+    assert trial.intermediate_values[1] == trial.value  # the last report: the value logged by the sequence's end
+
+
+def test_finished_trials_count_retries_once_and_surplus_trials_not_at_all() -> None:
+    study = optuna.create_study()
+    study.add_trial(optuna.create_trial(state=TrialState.COMPLETE, value=1.0))
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL))  # its worker died ...
+    study.add_trial(optuna.create_trial(state=TrialState.RUNNING, system_attrs={"retry_history": [1]}))  # ... retried
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL))  # crashed
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={SURPLUS_ATTR: True}))
+    assert TrialCounts.of(study.trials) == TrialCounts(complete=1, pruned=0, failed=1, running=1, waiting=0)
+    runner = TrialRunner.__new__(TrialRunner)  # is_surplus reads the study's n_trials only
+    runner.config = SimpleNamespace(n_trials=3)  # type: ignore[assignment]
+    late = study.ask()
+    assert runner.is_surplus(late)  # trials 0, 2, 3 count: the study had its 3
+    late.set_user_attr(SURPLUS_ATTR, True)  # as the runner marks it
+    runner.config = SimpleNamespace(n_trials=4)  # type: ignore[assignment]
+    assert not runner.is_surplus(study.ask())
+
+    # A retry, numbered after every trial so far, takes the place of the trial it replaces.
+    study = optuna.create_study()
+    for state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE):
+        study.add_trial(optuna.create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None))
+    study.add_trial(optuna.create_trial(state=TrialState.WAITING, system_attrs={"retry_history": [1]}))
+    runner.config = SimpleNamespace(n_trials=3)  # type: ignore[assignment]
+    retry = study.ask()
+    assert retry.number == 3 and not runner.is_surplus(retry)
+
+
+def _launch(directory: Path, *arguments: str) -> subprocess.Popen[bytes]:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": _mlflow(directory)}
+    command = [sys.executable, "-m", "crl.study", *arguments]
+    return subprocess.Popen(command, cwd=directory, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_trial(url: str, name: str, condition, timeout: float = 120) -> optuna.trial.FrozenTrial:
+    """The first trial of the study that meets ``condition``, once one does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = [trial for trial in _study(url, name).get_trials(deepcopy=False) if condition(trial)]
+        except KeyError:  # the study does not exist yet
+            found = []
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise TimeoutError(f"no trial of {name} met the condition in {timeout} s")
+
+
+def _finish(process: subprocess.Popen[bytes], code: int = 0) -> None:
+    _, error = process.communicate(timeout=300)
+    assert process.returncode == code, error.decode()[-3000:]
+
+
+LONGER = CURRICULUM.replace("steps_per_task: 200", "steps_per_task: 600")
+"""Trials of a few seconds, to be interrupted in the middle."""
+
+
+def test_an_interrupted_study_relaunched_with_its_name_continues(directory: Path) -> None:
+    (directory / "curriculum.yaml").write_text(LONGER)
+    path = _write(directory, n_trials=3)
+    process = _launch(directory, str(path))
+    _wait_for_trial(_optuna(directory), "study", lambda trial: trial.number == 1 and trial.state == TrialState.RUNNING)
+    process.send_signal(signal.SIGINT)
+    _finish(process, INTERRUPTED_EXIT)
+    before = _study(_optuna(directory), "study").trials
+    assert [trial.state for trial in before] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert before[2].system_attrs["failed_trial"] == 1 and before[2].params == before[1].params
+    (parent,) = [run for run in _runs(directory) if STUDY_TAG in run.data.tags]
+    assert parent.info.status == "KILLED"
+
+    assert main([str(path), "--workers", "2"]) == 0  # the rest in two processes
+    after = _study(_optuna(directory), "study").trials
+    states = [trial.state for trial in after]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert after[0].datetime_complete == before[0].datetime_complete  # not trained again
+    assert after[2].params == before[1].params  # the interrupted trial, trained again
+    assert len(counted(after)) == 3
+    runs = _runs(directory)
+    (parent,) = [run for run in runs if STUDY_TAG in run.data.tags]  # the same parent run, reused
+    trial_runs = {run.data.tags[TRIAL_TAG]: run.info.status for run in runs if TRIAL_TAG in run.data.tags}
+    assert parent.info.status == "FINISHED"
+    assert trial_runs == {"0": "FINISHED", "1": "KILLED", "2": "FINISHED", "3": "FINISHED"}
+
+
+# --- several workers on one PostgreSQL storage ------------------------------------------------------
+
+
+@needs_postgres
+def test_two_workers_share_one_study_on_postgresql(directory: Path) -> None:
+    name = f"two-{uuid.uuid4().hex[:8]}"
+    path = _write(directory, n_trials=4, storage={"heartbeat_interval": 1, "grace_period": 3})
+    workers = [_launch(directory, str(path), "--storage", POSTGRES_URL, "--study-name", name) for _ in range(2)]
+    for worker in workers:
+        _finish(worker)
+    trials = _study(POSTGRES_URL, name).trials  # type: ignore[arg-type]
+    done = counted(trials)
+    assert len(done) == 4 and all(trial.state == TrialState.COMPLETE for trial in done)
+    assert {trial.user_attrs[WORKER_ATTR].split(":")[1] for trial in done} == {str(worker.pid) for worker in workers}
+    params = [tuple(trial.params.values()) for trial in done]
+    assert len(set(params)) == 4  # each configuration trained once
+    runs = _runs(directory)
+    (parent,) = [run for run in runs if run.data.tags.get(STUDY_TAG) == name]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(run.info.run_id for run in children) == sorted(trial.user_attrs[RUN_ATTR] for trial in done)
+    assert all(run.info.status == "FINISHED" for run in children)
+
+
+@needs_postgres
+def test_a_killed_workers_trial_is_failed_and_retried_by_the_other(directory: Path) -> None:
+    (directory / "curriculum.yaml").write_text(LONGER)
+    name = f"kill-{uuid.uuid4().hex[:8]}"
+    path = _write(directory, n_trials=3, storage={"heartbeat_interval": 1, "grace_period": 2})
+    victim, survivor = (
+        _launch(directory, str(path), "--storage", POSTGRES_URL, "--study-name", name) for _ in range(2)
+    )
+    killed = _wait_for_trial(
+        POSTGRES_URL,  # type: ignore[arg-type]
+        name,
+        lambda trial: (
+            trial.state == TrialState.RUNNING and trial.user_attrs.get(WORKER_ATTR, "").endswith(f":{victim.pid}")
+        ),
+    )
+    time.sleep(1.0)  # in the middle of its training
+    victim.kill()
+    victim.wait()
+    _finish(survivor)
+    trials = _study(POSTGRES_URL, name).trials  # type: ignore[arg-type]
+    assert trials[killed.number].state == TrialState.FAIL
+    (retry,) = [trial for trial in trials if trial.system_attrs.get("failed_trial") == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params, retry.user_attrs
+    assert retry.user_attrs[WORKER_ATTR].endswith(f":{survivor.pid}")
+    done = counted(trials)
+    assert len(done) == 3 and all(trial.state == TrialState.COMPLETE for trial in done)
+    run = MlflowClient(_mlflow(directory)).get_run(trials[killed.number].user_attrs[RUN_ATTR])
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"  # ended by the survivor
