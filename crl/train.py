@@ -83,12 +83,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         help="seeds trained at once, each in its own process (default: the number of seeds, at most the cores)",
     )
     parser.add_argument(
         "--torch-threads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="torch threads per seed process (default 1: small RL batches gain little from more, and lose "
         "badly when the cores are shared)",
@@ -96,7 +96,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")

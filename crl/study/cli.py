@@ -36,7 +36,7 @@ from crl.study.runs import FINISHED, KILLED, study_parent_run
 from crl.study.storage import StaleTrialHandler, open_storage, open_study
 from crl.study.trial import TrialRunner
 from crl.study.worker import POLL_SECONDS, TrialCounts, run_worker, worker_name
-from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT
+from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT, positive_int
 
 REFRESH_PER_SECOND = 2
 
@@ -45,19 +45,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="crl-study", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("study", type=Path, help="the study YAML file")
     parser.add_argument("--storage", help="Optuna storage URL (default: the file's, else optuna.db beside mlflow.db)")
-    parser.add_argument("--n-trials", type=_positive_int, help="finished trials the study needs (default: the file's)")
-    parser.add_argument("--workers", type=_positive_int, default=1, help="trials trained at once, in processes")
+    parser.add_argument("--n-trials", type=positive_int, help="finished trials the study needs (default: the file's)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="trials trained at once, in processes")
     parser.add_argument("--study-name", help="the study's name (default: the file's, else its stem)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, then the base's)")
     parser.add_argument("--best", type=Path, help="where the best configuration goes (default: <study name>-best.yaml)")
+    parser.add_argument(
+        "--torch-threads", type=positive_int, default=1, help="torch threads per worker process (default 1)"
+    )
     return parser.parse_args(argv)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,10 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return CONFIG_ERROR_EXIT
     texts = {"study.yml": args.study.read_text(), "base.yml": config.curriculum.to_yaml()}
     parent_id = study_parent_run(client, config, texts)
-    status, code = KILLED, INTERRUPTED_EXIT
+    status, code, threads = KILLED, INTERRUPTED_EXIT, th.get_num_threads()
     display = StudyDisplay(study, config.n_trials, console)
     try:
         if args.workers == 1:
+            th.set_num_threads(args.torch_threads)
             worker = worker_name()
             display.training = Progress(*_columns(), console=console)
             runner = TrialRunner(config, client, parent_id, worker, display.training, handler.retry)
@@ -89,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_worker(study, runner, config.n_trials, callbacks=[display.update])
             code = 0
         else:
-            code = _run_processes(config, parent_id, args.workers, display, console)
+            code = _run_processes(config, parent_id, args.workers, display, console, args.torch_threads)
         status = FINISHED if TrialCounts.of(study.get_trials(deepcopy=False)).finished >= config.n_trials else KILLED
     except KeyboardInterrupt:
         console.print(
@@ -99,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             soft_wrap=True,
         )
     finally:
+        th.set_num_threads(threads)
         client.set_terminated(parent_id, status)
     display.update()
     console.print(display.summary())
@@ -128,10 +126,13 @@ def _report_best(
     console.print(f"best trial {best.number} ({best.value:.4g}) in {path}; train it: python -m crl.train {path}")
 
 
-def _run_processes(config: StudyConfig, parent_id: str, workers: int, display: StudyDisplay, console: Console) -> int:
+def _run_processes(
+    config: StudyConfig, parent_id: str, workers: int, display: StudyDisplay, console: Console, torch_threads: int
+) -> int:
     """Train trials in ``workers`` spawned processes; show the study until they end. 0 when all ended well."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker_process, args=(config, parent_id)) for _ in range(workers)]
+    arguments = (config, parent_id, torch_threads)
+    processes = [context.Process(target=_worker_process, args=arguments) for _ in range(workers)]
     for process in processes:
         process.start()
     live = Live(console=console, get_renderable=display.__rich__, refresh_per_second=REFRESH_PER_SECOND)
@@ -151,9 +152,9 @@ def _run_processes(config: StudyConfig, parent_id: str, workers: int, display: S
     return FAILED_EXIT if failed else 0
 
 
-def _worker_process(config: StudyConfig, parent_id: str) -> None:
+def _worker_process(config: StudyConfig, parent_id: str, torch_threads: int) -> None:
     """One worker of a launch, in its own process."""
-    th.set_num_threads(1)  # the cores are shared by the workers
+    th.set_num_threads(torch_threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     client = MlflowClient(tracking_uri=config.tracking_uri)
     handler = StaleTrialHandler(client, config.spec.storage.max_retry)
