@@ -43,6 +43,10 @@ class Curve:
     def first_at_or_above(self, threshold: float) -> int | None:
         return next((step for step, value in self.points if value >= threshold), None)
 
+    def last_mean(self, count: int) -> float:
+        """Mean of the last ``count`` evaluations (steadier than the final one)."""
+        return float(np.mean([value for _, value in self.points[-count:]]))
+
 
 class Evaluate(BaseCallback):
     """Evaluates the greedy policy every ``every`` steps into ``curve``."""
@@ -78,19 +82,21 @@ def main() -> None:
     args = parser.parse_args()
     th.set_num_threads(1)
 
-    print("| head | seed | first step with return >= 475 | best return | final return | wall time (s) |")
-    print("|---|---|---|---|---|---|")
+    last = 5
+    print(f"| head | seed | first step with return >= 475 | best return | mean of the last {last} evaluations |")
+    print("|---|---|---|---|---|")
     summary: dict[str, list[tuple[int | None, float, float]]] = {name: [] for name in HEADS}
     for seed in args.seeds:
         for name, head in HEADS.items():
             curve, seconds = run(head, seed, args.steps, args.eval_every)
             first = curve.first_at_or_above(THRESHOLD)
-            best, final = max(value for _, value in curve.points), curve.points[-1][1]
+            best, final = max(value for _, value in curve.points), curve.last_mean(last)
             summary[name].append((first, best, final))
             reached = f"{first:,}" if first is not None else "not reached"
-            print(f"| {name} | {seed} | {reached} | {best:.1f} | {final:.1f} | {seconds:.0f} |", flush=True)
+            print(f"| {name} | {seed} | {reached} | {best:.1f} | {final:.1f} |", flush=True)
+            print(f"<!-- {name}, seed {seed}: {seconds:.0f} s, curve {curve.points} -->", flush=True)
     print()
-    print("| head | runs reaching 475 | mean first step (those reaching it) | mean best return | mean final return |")
+    print(f"| head | runs reaching 475 | mean first step (runs reaching it) | mean best | mean of the last {last} |")
     print("|---|---|---|---|---|")
     for name, rows in summary.items():
         firsts = [first for first, _, _ in rows if first is not None]

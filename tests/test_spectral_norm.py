@@ -111,6 +111,24 @@ def test_power_iteration_runs_only_while_training() -> None:
     assert changed and all(key.startswith("critic_target.") for key in changed)
 
 
+def test_metrics_leave_a_normalised_run_unchanged() -> None:
+    """The monitor's measurements (Hessian included: it runs the target network) never step an estimate."""
+    runs = []
+    for metrics in (None, dict(every=100, hessian_every=100, probe_batch_size=64, hessian_iterations=2)):
+        model = crl.DQN(
+            "MlpPolicy",
+            "CartPole-v1",
+            seed=0,
+            learning_starts=100,
+            target_update_interval=50,
+            policy_kwargs=dict(net_arch=[16], spectral_norm="all"),
+            metrics=metrics,
+        )
+        model.learn(400)
+        runs.append(model.policy.state_dict())
+    assert all(th.equal(value, runs[1][key]) for key, value in runs[0].items())
+
+
 def test_spectral_norm_survives_save_and_load(tmp_path) -> None:
     model = crl.PPO(
         "MlpPolicy", "CartPole-v1", seed=0, n_steps=64, batch_size=32, policy_kwargs=dict(spectral_norm="hidden")
