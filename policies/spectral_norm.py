@@ -26,7 +26,7 @@ normalised layer iterates, so measuring never changes training.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Literal
 
 import torch as th
 from torch import nn
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from crl.policies.base import ContinualPolicyMixin
 
 SPECTRAL_NORM_GROUPS = ("hidden", "head", "all")
-SpectralNormOption = Union[Literal["hidden", "head", "all"], list[str], None]  # noqa: UP007 (a runtime alias)
+SpectralNormOption = Literal["hidden", "head", "all"] | list[str] | None
 
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 

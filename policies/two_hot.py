@@ -10,8 +10,9 @@ the two support points around it,
 whose expectation is ``y`` itself, and the head is trained with the cross-entropy
 ``L = -sum_k p_k log softmax(logits)_k`` (averaged over the batch). Schrittwieser et al. 2020 (MuZero)
 and Hafner et al. 2023 (DreamerV3) train values this way; Lyle et al. 2023 ("Understanding plasticity
-in neural networks") and Farebrother et al. 2024 ("Stop regressing") find that it reduces plasticity
-loss compared with regression.
+in neural networks") report that it reduces plasticity loss compared with regression, and
+Farebrother et al. 2024 ("Stop regressing") that classification losses make value-based deep RL
+more robust and scalable.
 
 This module is the whole of the math; DQN's Q-network, SAC's critics and PPO's value function use it
 through the policy option ``two_hot`` (see ``docs/interventions.md``).

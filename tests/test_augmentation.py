@@ -25,7 +25,8 @@ def _drq_reference(images: th.Tensor, offsets: th.Tensor, pad: int) -> th.Tensor
 
 def test_shift_moves_pixels_and_repeats_the_border() -> None:
     image = th.arange(16, dtype=th.uint8).reshape(1, 1, 4, 4)
-    shifted = random_shift(image, th.tensor([[1, -2]]))  # one row down the image, two columns left of it
+    # out[i, j] = x[clamp(i + 1), clamp(j - 2)]: the content moves up one row and right two columns
+    shifted = random_shift(image, th.tensor([[1, -2]]))
     expected = th.tensor([[4, 4, 4, 5], [8, 8, 8, 9], [12, 12, 12, 13], [12, 12, 12, 13]], dtype=th.uint8)
     assert th.equal(shifted[0, 0], expected)
 
