@@ -87,6 +87,13 @@ class TrainingHook:
     def on_train_start(self, algo: BaseAlgorithm) -> None:
         """A ``train()`` call starts (learning rates are already updated)."""
 
+    def transform_batch(self, algo: BaseAlgorithm, batch: Any) -> Any:
+        """A minibatch is drawn: return it, or a changed copy (e.g. augmented observations) to train on.
+
+        Hooks transform in turn, before ``before_gradient_step``, so every later hook sees the result.
+        """
+        return batch
+
     def before_gradient_step(self, algo: BaseAlgorithm, step: GradientStep) -> None:
         """A minibatch is drawn, before any forward pass."""
 
@@ -141,6 +148,12 @@ class HookDispatcher:
     def __call__(self, name: str, algo: BaseAlgorithm, *args: Any) -> None:
         for hook in self._by_name[name]:
             getattr(hook, name)(algo, *args)
+
+    def transform_batch(self, algo: BaseAlgorithm, batch: Any) -> Any:
+        """``batch`` passed through every hook's ``transform_batch`` (the same object when none acts)."""
+        for hook in self._by_name["transform_batch"]:
+            batch = hook.transform_batch(algo, batch)
+        return batch
 
     def begin_gradient_step(self, algo: BaseAlgorithm, index: int, batch: Any) -> GradientStep | None:
         """The step object for this gradient step, or ``None`` when no hook acts per gradient step."""

@@ -44,9 +44,11 @@ from crl.config.errors import ConfigError
 from crl.continual import (
     ContinualResult,
     average_performance,
+    backward_transfer,
     forgetting,
     learn_continual,
     performance_after_training,
+    performance_maintenance,
 )
 from crl.continual.loop import ContinualPosition, TaskEndHook, request_checkpoint
 from crl.plotting import PlotError, write_run_plots
@@ -231,6 +233,11 @@ def log_result(client: MlflowClient, run_id: str, result: ContinualResult, final
     if final:
         metrics.append(Metric("final/average_performance", average_performance(result), 0, end))
         metrics.append(Metric("final/forgetting", float(np.mean(forgetting(result))), 0, end))
+        # Relative performance and sample efficiency need single-task reference runs, which a launch has not.
+        if result.n_tasks > 1:
+            metrics.append(Metric("final/backward_transfer", float(np.mean(backward_transfer(result))), 0, end))
+        maintenance = float(np.mean(performance_maintenance(result)))
+        metrics.append(Metric("final/performance_maintenance", maintenance, 0, end))
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit for metrics
         client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch as th
 from stable_baselines3.common import policies as sb3
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
 
 from crl.policies.base import ContinualPolicyMixin
 
@@ -12,6 +16,11 @@ class _ActorCriticMixin(ContinualPolicyMixin):
     """The trained networks are the ``actor`` path and the ``critic`` path.
 
     Both include the features extractor when it is shared (SB3's default for PPO).
+
+    With the option ``two_hot`` the value network ``value_net`` outputs ``bins`` logits
+    (:mod:`crl.policies.two_hot`): ``forward`` and ``predict_values`` return the expected value, as
+    SB3's do, while ``evaluate_actions`` returns the logits in place of the values, for PPO's
+    cross-entropy value loss.
     """
 
     def _build_mlp_extractor(self) -> None:
@@ -22,6 +31,26 @@ class _ActorCriticMixin(ContinualPolicyMixin):
             extractor.latent_dim_pi *= 2
         if self.architecture.rewrite(extractor.value_net):
             extractor.latent_dim_vf *= 2
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)  # type: ignore[misc]
+        if self.two_hot is not None:
+            self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, self.two_hot.bins)
+            if self.ortho_init:
+                self.value_net.apply(partial(self.init_weights, gain=1))
+            # SB3 built the optimizer with the scalar head's parameters.
+            self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        actions, values, log_prob = super().forward(obs, deterministic)  # type: ignore[misc]
+        return actions, self._expected_values(values), log_prob
+
+    def predict_values(self, obs: PyTorchObs) -> th.Tensor:
+        return self._expected_values(super().predict_values(obs))  # type: ignore[misc]
+
+    def _expected_values(self, outputs: th.Tensor) -> th.Tensor:
+        """``value_net``'s outputs as values of shape ``(batch, 1)``: decoded from logits with ``two_hot``."""
+        return outputs if self.two_hot is None else self.two_hot.decode(outputs).unsqueeze(-1)
 
     def network_prefixes(self) -> dict[str, list[str]]:
         critic_extractor = "features_extractor" if self.share_features_extractor else "vf_features_extractor"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -11,21 +12,34 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 from crl.policies.features import FeatureRecorder, Features, HiddenLayer, hidden_layers
 from crl.policies.layers import ArchitectureOptions
+from crl.policies.spectral_norm import (
+    SpectralNormOption,
+    apply_spectral_norm,
+    check_spectral_norm_option,
+    selected_layers,
+    set_power_iteration,
+)
+from crl.policies.two_hot import TwoHot
 
 
 class ContinualPolicyMixin:
     """Mixed into SB3 policy classes, before them in the bases.
 
     Adds the constructor options ``layer_norm``, ``activation`` and ``crelu_halve_width`` (see
-    :class:`ArchitectureOptions`)
-    and a uniform view of the networks an algorithm trains: :meth:`network_prefixes` names them,
-    :meth:`hidden_layers` lists their hidden layers, :meth:`record_features` records their features
-    during any forward pass and :meth:`hidden_features` runs them on a batch.
+    :class:`ArchitectureOptions`), ``spectral_norm`` (see :mod:`crl.policies.spectral_norm`) and
+    ``two_hot`` (a categorical value head, see :mod:`crl.policies.two_hot`: a :class:`TwoHot` or a
+    mapping ``{"low", "high", "bins"}``), and a uniform view of the networks an algorithm trains:
+    :meth:`network_prefixes` names them, :meth:`hidden_layers` lists their hidden layers,
+    :meth:`record_features` records their features during any forward pass and
+    :meth:`hidden_features` runs them on a batch.
 
     With the default options the networks are exactly SB3's: same modules, same initialisation.
     """
 
     architecture: ArchitectureOptions
+    spectral_norm: SpectralNormOption
+    two_hot: TwoHot | None
+    """The support of the categorical value head, or ``None`` for SB3's scalar head."""
 
     def __init__(
         self,
@@ -33,6 +47,8 @@ class ContinualPolicyMixin:
         layer_norm: str | None = None,
         activation: str | None = None,
         crelu_halve_width: bool = False,
+        spectral_norm: SpectralNormOption = None,
+        two_hot: TwoHot | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ):
         architecture = ArchitectureOptions(
@@ -49,10 +65,15 @@ class ContinualPolicyMixin:
                     "disagree; pass only one of them"
                 )
             kwargs["activation_fn"] = derived
-        self._validate_architecture(architecture, kwargs)
+        check_spectral_norm_option(spectral_norm)
         # Set before SB3's constructor, which builds the networks through the overridden factories.
         object.__setattr__(self, "architecture", architecture)
+        object.__setattr__(self, "spectral_norm", spectral_norm)
+        object.__setattr__(self, "two_hot", None if two_hot is None else TwoHot.make(two_hot))
+        self._validate_architecture(architecture, kwargs)
         super().__init__(*args, **kwargs)
+        if spectral_norm is not None:
+            apply_spectral_norm(self, selected_layers(self, spectral_norm), self.target_networks())
 
     def _validate_architecture(self, architecture: ArchitectureOptions, kwargs: dict[str, Any]) -> None:
         """Reject option combinations this policy cannot build (overridden per algorithm)."""
@@ -63,8 +84,16 @@ class ContinualPolicyMixin:
             layer_norm=self.architecture.layer_norm,
             activation=self.architecture.activation,
             crelu_halve_width=self.architecture.crelu_halve_width,
+            spectral_norm=self.spectral_norm,
+            two_hot=None if self.two_hot is None else self.two_hot.options(),
         )
         return data
+
+    def set_training_mode(self, mode: bool) -> None:
+        super().set_training_mode(mode)  # type: ignore[misc]
+        if self.spectral_norm is not None:
+            for target in self.target_networks().values():
+                set_power_iteration(getattr(self, target), mode)
 
     def make_features_extractor(self) -> BaseFeaturesExtractor:
         """SB3's features extractor, rewritten for the architecture options when it is a NatureCNN.
@@ -90,6 +119,10 @@ class ContinualPolicyMixin:
         """Network name -> dotted paths of its output layers when they lie outside (or at the end of)
         :meth:`network_prefixes` and read the last hidden layer in parallel (e.g. SAC's ``mu`` and
         ``log_std``). Networks not listed end in the last layer found under their prefixes."""
+        return {}
+
+    def target_networks(self) -> dict[str, str]:
+        """Attribute of a trained network -> attribute of its target copy (e.g. ``q_net`` -> ``q_net_target``)."""
         return {}
 
     def hidden_layers(self, networks: list[str] | None = None) -> dict[str, list[HiddenLayer]]:

@@ -121,6 +121,8 @@ class MultiHeadSACPolicy(SACPolicy):
 
     def _validate_architecture(self, architecture: ArchitectureOptions, kwargs: dict[str, Any]) -> None:
         super()._validate_architecture(architecture, kwargs)
+        if self.two_hot is not None:
+            raise ValueError("policy option two_hot is not supported by MultiHeadSACPolicy; use two_hot=None")
         if self.first_layer is not None and not architecture.is_default:
             raise ValueError(
                 f"policy option first_layer={self.first_layer!r} sets the first layer's normalisation and "

@@ -8,9 +8,40 @@ import torch as th
 from stable_baselines3.common.policies import ContinuousCritic
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.sac import policies as sb3
+from torch import nn
 
 from crl.policies.base import ContinualPolicyMixin
 from crl.policies.layers import ArchitectureOptions, widened
+from crl.policies.two_hot import TwoHot
+
+
+class CategoricalContinuousCritic(ContinuousCritic):
+    """SB3's SAC critic whose Q-networks end in ``bins`` logits (see :mod:`crl.policies.two_hot`).
+
+    ``forward`` returns each network's expected Q-value, shaped like SB3's, so the actor loss and
+    the TD target are SB3's; :meth:`logits` is what SAC's cross-entropy critic loss trains.
+
+    :param two_hot: the support of each Q-network's value distribution
+    """
+
+    def __init__(self, *args: Any, two_hot: TwoHot, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.two_hot = two_hot
+        for q_net in self.q_networks:
+            assert isinstance(q_net, nn.Sequential)
+            output = q_net[-1]
+            assert isinstance(output, nn.Linear)
+            q_net[-1] = nn.Linear(output.in_features, two_hot.bins)
+
+    def logits(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, ...]:
+        """One ``(batch, bins)`` tensor of logits per Q-network."""
+        return super().forward(obs, actions)
+
+    def forward(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, ...]:
+        return tuple(self.two_hot.decode(logits).unsqueeze(-1) for logits in self.logits(obs, actions))
+
+    def q1_forward(self, obs: th.Tensor, actions: th.Tensor) -> th.Tensor:
+        return self.two_hot.decode(super().q1_forward(obs, actions)).unsqueeze(-1)
 
 
 class _SACMixin(ContinualPolicyMixin):
@@ -33,7 +64,11 @@ class _SACMixin(ContinualPolicyMixin):
         return self._rewrite_actor(super().make_actor(features_extractor))  # type: ignore[misc]
 
     def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
-        return self._rewrite_critic(super().make_critic(features_extractor))  # type: ignore[misc]
+        if self.two_hot is None:
+            return self._rewrite_critic(super().make_critic(features_extractor))  # type: ignore[misc]
+        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)  # type: ignore[attr-defined]
+        critic = CategoricalContinuousCritic(**critic_kwargs, two_hot=self.two_hot).to(self.device)  # type: ignore[attr-defined]
+        return self._rewrite_critic(critic)
 
     def _rewrite_actor(self, actor: sb3.Actor) -> sb3.Actor:
         """Apply the architecture options to an actor built by SB3 (or a subclass of its Actor)."""
@@ -53,6 +88,9 @@ class _SACMixin(ContinualPolicyMixin):
         extractor = "actor.features_extractor" if self.share_features_extractor else "critic.features_extractor"
         critics = {f"qf{index}": [extractor, f"critic.qf{index}"] for index in range(self.critic.n_critics)}
         return {"actor": ["actor"], **critics}
+
+    def target_networks(self) -> dict[str, str]:
+        return {"critic": "critic_target"}
 
     def output_layers(self) -> dict[str, list[str]]:
         # With gSDE, log_std is a parameter, not a layer.

@@ -1,3 +1,7 @@
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch as th
 
@@ -9,3 +13,30 @@ def _one_torch_thread():
     th.set_num_threads(1)
     yield
     th.set_num_threads(threads)
+
+
+class ImageEnv(gym.Env):
+    """Random uint8 frames of a given shape (channels last, as Atari's stacked frames), two actions, no end.
+
+    :param shape: the observation's shape
+    """
+
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.observation_space.seed(seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+@pytest.fixture
+def image_env() -> Callable[..., gym.Env]:
+    """A factory of :class:`ImageEnv`: ``image_env()`` has Atari's shape (84, 84, 4), ``image_env((36, 36, 1))``
+    is the smallest a NatureCNN takes."""
+    return lambda shape=(84, 84, 4): ImageEnv(shape)

@@ -11,11 +11,16 @@ from crl.continual import (
     ContinualResult,
     area_under_curve,
     average_performance,
+    backward_transfer,
     bootstrap_ci,
     forgetting,
     forward_transfer,
     performance_after_training,
+    performance_maintenance,
     reference_auc,
+    reference_final_performance,
+    relative_performance,
+    sample_efficiency,
     summarize,
 )
 
@@ -100,6 +105,61 @@ def test_summarize_over_seeds() -> None:
     assert summary.forgetting.low <= summary.forgetting.mean <= summary.forgetting.high
     assert summarize([_result()]).forward_transfer is None
     assert summary.to_dict()["average_performance"]["n_seeds"] == 2
+
+
+# Task a peaks after its own training (transfer from b), so its best is not its value at its own end.
+LIFELONG = np.array(
+    [
+        [0.5, 0.4, 0.8, 0.3, 0.2, 0.2],
+        [0.0, 0.1, 0.3, 0.9, 0.8, 0.7],
+        [0.0, 0.0, 0.1, 0.2, 0.5, 1.0],
+    ]
+)
+FINAL_REFERENCE = {"a": 0.8, "b": 0.9, "c": 0.5}
+
+
+def test_backward_transfer_is_gems_average_over_the_tasks_before_the_last() -> None:
+    # BWT_i = p[i, T] - p[i, e_i]: a ends at step 10 (0.4), b at step 20 (0.9)
+    np.testing.assert_allclose(backward_transfer(_result(LIFELONG)), [0.2 - 0.4, 0.7 - 0.9])
+    single = ContinualResult("a", ("a",), (10,), "success_rate", np.array([5, 10]), np.array([[0.4, 0.6]]))
+    assert backward_transfer(single).size == 0
+
+
+def test_performance_maintenance_is_final_minus_best() -> None:
+    np.testing.assert_allclose(performance_maintenance(_result(LIFELONG)), [0.2 - 0.8, 0.7 - 0.9, 1.0 - 1.0])
+
+
+def test_relative_performance_compares_the_end_of_each_tasks_training_with_the_reference() -> None:
+    np.testing.assert_allclose(
+        relative_performance(_result(LIFELONG), FINAL_REFERENCE), [0.4 / 0.8, 0.9 / 0.9, 1.0 / 0.5]
+    )
+    with pytest.raises(ValueError, match=r"no reference final performance for task\(s\) \['c'\]"):
+        relative_performance(_result(LIFELONG), {"a": 0.8, "b": 0.9})
+    with pytest.raises(ValueError, match=r"must be positive to divide by, got \[0.0\] for task\(s\) \['b'\]"):
+        relative_performance(_result(LIFELONG), {**FINAL_REFERENCE, "b": 0.0})
+
+
+def test_sample_efficiency_is_the_ratio_of_the_areas_under_the_learning_curves() -> None:
+    # AUC: a (0.5 + 0.4) / 2, b (0.3 + 0.9) / 2, c (0.5 + 1.0) / 2
+    np.testing.assert_allclose(sample_efficiency(_result(LIFELONG), REFERENCE), [0.45 / 0.5, 0.6 / 0.2, 0.75 / 0.75])
+
+
+def test_reference_final_performance_averages_the_end_of_single_task_runs() -> None:
+    runs = [
+        ContinualResult("a", ("a",), (10,), "success_rate", np.array([5, 10]), np.array([[0.1, end]]), seed)
+        for seed, end in enumerate((0.6, 0.8))
+    ]
+    assert reference_final_performance(runs) == pytest.approx({"a": 0.7})
+
+
+def test_summarize_reports_the_lifelong_metrics() -> None:
+    summary = summarize([_result(LIFELONG), _result(PERFORMANCE, seed=1)], REFERENCE, reference_final=FINAL_REFERENCE)
+    assert summary.backward_transfer.mean == pytest.approx(((-0.2 - 0.2) / 2 + (-0.5 - 0.2) / 2) / 2)
+    assert summary.performance_maintenance.mean == pytest.approx(((-0.6 - 0.2) / 3 + (-0.5 - 0.2) / 3) / 2)
+    assert summary.relative_performance.mean == pytest.approx(((0.5 + 1 + 2) / 3 + (0.6 / 0.8 + 1 + 2) / 3) / 2)
+    assert summary.sample_efficiency.mean == pytest.approx(((0.9 + 3 + 1) / 3 + (0.8 + 3 + 1) / 3) / 2)
+    without = summarize([_result(LIFELONG)])
+    assert without.relative_performance is None and without.sample_efficiency is None
 
 
 @pytest.mark.parametrize("suffix", [".json", ".npz"])

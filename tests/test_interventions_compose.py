@@ -16,6 +16,7 @@ from crl.interventions import (
     L2Init,
     LayerNorm,
     PlasticityInjection,
+    RandomShift,
     ReDo,
     Reset,
     ResetOptimizer,
@@ -69,7 +70,10 @@ CASES = {
     "adaptive_replay_ratio": ("DQN", AdaptiveReplayRatio(check_every=2, gap=1.0)),
     "reset_optimizer": ("DQN", ResetOptimizer(every=100)),
     "layer_norm": ("DQN", LayerNorm()),
+    "random_shift": ("DQN", RandomShift()),
 }
+IMAGES = {"random_shift"}
+"""Cases that need image observations (a small random-frame env with a CNN policy)."""
 
 
 def test_every_registered_intervention_is_covered() -> None:
@@ -77,10 +81,11 @@ def test_every_registered_intervention_is_covered() -> None:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_state_survives_save_load_and_resuming(name: str, tmp_path: Path) -> None:
+def test_state_survives_save_load_and_resuming(name: str, tmp_path: Path, image_env) -> None:
     family, intervention = CASES[name]
     kwargs = PPO_KWARGS if family == "PPO" else DQN_KWARGS
-    model = getattr(crl, family)("MlpPolicy", "CartPole-v1", interventions=[intervention], **kwargs)
+    policy, env = ("CnnPolicy", image_env((36, 36, 1))) if name in IMAGES else ("MlpPolicy", "CartPole-v1")
+    model = getattr(crl, family)(policy, env, interventions=[intervention], **kwargs)
     model.learn(300)
     path = tmp_path / "model.zip"
     model.save(path)
@@ -103,6 +108,8 @@ def test_state_survives_save_load_and_resuming(name: str, tmp_path: Path) -> Non
 def _assert_same(restored: object, original: object, key: str) -> None:
     if isinstance(original, th.Tensor):
         assert isinstance(restored, th.Tensor) and th.equal(restored, original), key
+    elif isinstance(original, th.Generator):
+        assert isinstance(restored, th.Generator) and th.equal(restored.get_state(), original.get_state()), key
     elif isinstance(original, dict):
         assert isinstance(restored, dict) and restored.keys() == original.keys(), key
         for sub in original:

@@ -73,9 +73,12 @@ def test_a_launch_logs_a_parent_run_and_one_child_run_per_seed(tmp_path: Path, c
         point.step for point in client.get_metric_history(child, "plasticity/q_net/all/dormant_ratio")
     )
     assert metric_steps and metric_steps[-1] > 200
-    assert client.get_run(child).data.metrics["final/average_performance"] == pytest.approx(
-        result.performance[:, -1].mean()
-    )
+    final = client.get_run(child).data.metrics
+    assert final["final/average_performance"] == pytest.approx(result.performance[:, -1].mean())
+    # Two tasks, evaluated at 100, 200 (the first task's end), 300 and 400.
+    assert final["final/backward_transfer"] == pytest.approx(result.performance[0, 3] - result.performance[0, 1])
+    maintenance = result.performance[:, 3] - result.performance.max(axis=1)
+    assert final["final/performance_maintenance"] == pytest.approx(maintenance.mean())
 
 
 def test_resuming_a_child_run_continues_that_seed_only(tmp_path: Path, curriculum: Path) -> None:

@@ -21,6 +21,7 @@ from crl.hooks import GradientStep, HookDispatcher
 from crl.interventions.base import Intervention, make_interventions
 from crl.metrics.config import MetricsConfig
 from crl.metrics.monitor import MetricsMonitor
+from crl.policies.two_hot import TwoHot
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -67,6 +68,11 @@ class ContinualAlgorithm:
     def _algo(self) -> BaseAlgorithm:
         """``self`` as the SB3 algorithm it is mixed into."""
         return cast("BaseAlgorithm", self)
+
+    @property
+    def two_hot(self) -> TwoHot | None:
+        """The support of the policy's categorical value head (policy option ``two_hot``), or ``None``."""
+        return getattr(self._algo.policy, "two_hot", None)
 
     def _setup_model(self) -> None:
         for intervention in self.interventions:

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from crl.algorithms.base import ContinualAlgorithm, with_sb3_signature
 from crl.policies import dqn as policies
+from crl.policies.dqn import CategoricalQNetwork
 
 
 class DQN(ContinualAlgorithm, sb3.DQN):
@@ -20,7 +21,9 @@ class DQN(ContinualAlgorithm, sb3.DQN):
 
     Takes every argument of :class:`stable_baselines3.DQN`, plus ``interventions`` and ``metrics``
     (see :class:`~crl.algorithms.base.ContinualAlgorithm`). With no interventions it trains exactly
-    like SB3's DQN: same random draws, same parameters.
+    like SB3's DQN: same random draws, same parameters. With the policy option ``two_hot`` the
+    Q-network has a categorical head trained by cross-entropy against the two-hot encoding of the
+    TD target (:mod:`crl.policies.two_hot`); the target uses the expected Q-values.
     """
 
     algorithm_family: ClassVar[str] = "DQN"
@@ -39,15 +42,12 @@ class DQN(ContinualAlgorithm, sb3.DQN):
         losses = []
         for gradient_step in range(gradient_steps):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            replay_data = hooks.transform_batch(self, replay_data)
             step = hooks.begin_gradient_step(self, gradient_step, replay_data)
             target_q_values = self._td_target(replay_data)
 
             with hooks.recording(self.policy, step, ["q_net"]):
-                current_q_values = self.q_net(replay_data.observations)
-            current_q_values = th.gather(current_q_values, dim=1, index=replay_data.actions.long())
-
-            # Huber loss between Q(s, a) and y
-            loss = F.smooth_l1_loss(current_q_values, target_q_values)
+                loss = self._q_loss(replay_data, target_q_values)
             losses.append(loss.item())
             clip = (self.policy.parameters(), self.max_grad_norm)
             self._optimize(step, "q_net", loss, self.policy.optimizer, clip=clip)
@@ -68,13 +68,25 @@ class DQN(ContinualAlgorithm, sb3.DQN):
             next_q_values = next_q_values.reshape(-1, 1)
             return replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
 
+    def _q_loss(self, replay_data: ReplayBufferSamples, target_q_values: th.Tensor) -> th.Tensor:
+        """Huber loss between ``Q(s, a)`` and ``y``; with a two-hot head, cross-entropy against ``twohot(y)``."""
+        two_hot = self.two_hot
+        if two_hot is not None:
+            assert isinstance(self.q_net, CategoricalQNetwork)
+            logits = self.q_net.logits(replay_data.observations)
+            # Z(s, a): the logits of the action taken
+            logits = logits[th.arange(len(logits), device=logits.device), replay_data.actions.long().flatten()]
+            return two_hot.loss(logits, target_q_values)
+        current_q_values = self.q_net(replay_data.observations)
+        current_q_values = th.gather(current_q_values, dim=1, index=replay_data.actions.long())
+        return F.smooth_l1_loss(current_q_values, target_q_values)
+
     def training_losses(self, batch: ReplayBufferSamples) -> dict[str, tuple[th.Tensor, th.optim.Optimizer]]:
         """The loss ``train()`` minimises, on ``batch``, with its optimizer (for the Hessian metric).
 
         No hook fires and nothing is updated.
         """
-        current_q_values = th.gather(self.q_net(batch.observations), dim=1, index=batch.actions.long())
-        return {"q_net": (F.smooth_l1_loss(current_q_values, self._td_target(batch)), self.policy.optimizer)}
+        return {"q_net": (self._q_loss(batch, self._td_target(batch)), self.policy.optimizer)}
 
 
 with_sb3_signature(DQN, sb3.DQN)

@@ -23,7 +23,9 @@ class PPO(ContinualAlgorithm, sb3.PPO):
     Takes every argument of :class:`stable_baselines3.PPO`, plus ``interventions`` and ``metrics``
     (see :class:`~crl.algorithms.base.ContinualAlgorithm`). With no interventions it trains exactly
     like SB3's PPO. The gradient-step hooks see one minibatch per step and the joint loss
-    ``"policy"`` (clipped surrogate + entropy + value terms, one optimizer).
+    ``"policy"`` (clipped surrogate + entropy + value terms, one optimizer). With the policy option
+    ``two_hot`` the value term is the cross-entropy of the value logits against the two-hot encoding
+    of the return (:mod:`crl.policies.two_hot`); value clipping (``clip_range_vf``) is then refused.
     """
 
     algorithm_family: ClassVar[str] = "PPO"
@@ -33,11 +35,20 @@ class PPO(ContinualAlgorithm, sb3.PPO):
         "MultiInputPolicy": policies.MultiInputActorCriticPolicy,
     }
 
+    def _setup_model(self) -> None:
+        if self.clip_range_vf is not None and self.policy_kwargs.get("two_hot") is not None:
+            raise ValueError(
+                f"clip_range_vf={self.clip_range_vf!r} clips a scalar value estimate and cannot be used with the "
+                "policy option two_hot; use clip_range_vf=None"
+            )
+        super()._setup_model()
+
     def train(self) -> None:
         hooks = self._hooks
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        clip_range_vf = None
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
         hooks("on_train_start", self)
@@ -51,6 +62,7 @@ class PPO(ContinualAlgorithm, sb3.PPO):
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
             for rollout_data in self.rollout_buffer.get(self.batch_size):
+                rollout_data = hooks.transform_batch(self, rollout_data)
                 step = hooks.begin_gradient_step(self, gradient_step, rollout_data)
                 gradient_step += 1
                 actions = rollout_data.actions
@@ -59,7 +71,6 @@ class PPO(ContinualAlgorithm, sb3.PPO):
 
                 with hooks.recording(self.policy, step, ["actor", "critic"]):
                     values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
-                values = values.flatten()
                 advantages = rollout_data.advantages
                 # Normalising a minibatch of one is meaningless (SB3 GH issue #325)
                 if self.normalize_advantage and len(advantages) > 1:
@@ -75,14 +86,7 @@ class PPO(ContinualAlgorithm, sb3.PPO):
                 clip_fraction = th.mean((th.abs(ratio - 1) > clip_range).float()).item()
                 clip_fractions.append(clip_fraction)
 
-                if self.clip_range_vf is None:
-                    values_pred = values
-                else:
-                    # Clip the change of the value estimate (depends on the reward scale)
-                    values_pred = rollout_data.old_values + th.clamp(
-                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
-                    )
-                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                value_loss = self._value_loss(values, rollout_data, clip_range_vf)
                 value_losses.append(value_loss.item())
 
                 if entropy is None:
@@ -131,6 +135,19 @@ class PPO(ContinualAlgorithm, sb3.PPO):
             self.logger.record("train/clip_range_vf", clip_range_vf)
         hooks("on_train_end", self)
 
+    def _value_loss(self, values: th.Tensor, batch: RolloutBufferSamples, clip_range_vf: float | None) -> th.Tensor:
+        """``(R - V(s))^2`` averaged, ``V``'s change clipped to ``clip_range_vf`` if given; with a two-hot
+        head (``values`` are then logits) the cross-entropy against ``twohot(R)``."""
+        if self.two_hot is not None:
+            return self.two_hot.loss(values, batch.returns)
+        values = values.flatten()
+        if clip_range_vf is None:
+            values_pred = values
+        else:
+            # Clip the change of the value estimate (depends on the reward scale)
+            values_pred = batch.old_values + th.clamp(values - batch.old_values, -clip_range_vf, clip_range_vf)
+        return F.mse_loss(batch.returns, values_pred)
+
     def training_losses(self, batch: RolloutBufferSamples) -> dict[str, tuple[th.Tensor, th.optim.Optimizer]]:
         """The loss ``train()`` minimises, on ``batch``, at the start of an update (for the Hessian metric).
 
@@ -146,7 +163,7 @@ class PPO(ContinualAlgorithm, sb3.PPO):
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         ratio = th.exp(log_prob - log_prob.detach())
         policy_loss = -(advantages * ratio).mean()
-        value_loss = F.mse_loss(batch.returns, values.flatten())
+        value_loss = self._value_loss(values, batch, clip_range_vf=None)
         entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
         loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
         return {"policy": (loss, self.policy.optimizer)}

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from crl.algorithms.base import ContinualAlgorithm, with_sb3_signature
 from crl.policies import sac as policies
+from crl.policies.sac import CategoricalContinuousCritic
 
 
 class SAC(ContinualAlgorithm, sb3.SAC):
@@ -22,7 +23,9 @@ class SAC(ContinualAlgorithm, sb3.SAC):
     Takes every argument of :class:`stable_baselines3.SAC`, plus ``interventions`` and ``metrics``
     (see :class:`~crl.algorithms.base.ContinualAlgorithm`). With no interventions it trains exactly
     like SB3's SAC. Each gradient step optimises the loss ``"critic"`` and then ``"actor"``; the
-    gradient-step hooks fire for each.
+    gradient-step hooks fire for each. With the policy option ``two_hot`` the critics have categorical
+    heads trained by cross-entropy against the two-hot encoding of the TD target
+    (:mod:`crl.policies.two_hot`); the target and the actor loss use the expected Q-values.
     """
 
     algorithm_family: ClassVar[str] = "SAC"
@@ -47,6 +50,7 @@ class SAC(ContinualAlgorithm, sb3.SAC):
 
         for gradient_step in range(gradient_steps):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            replay_data = hooks.transform_batch(self, replay_data)
             step = hooks.begin_gradient_step(self, gradient_step, replay_data)
 
             # log_std may have changed since the last gradient step
@@ -79,9 +83,7 @@ class SAC(ContinualAlgorithm, sb3.SAC):
             target_q_values = self._td_target(replay_data, ent_coef)
 
             with hooks.recording(self.policy, step, critic_networks):
-                current_q_values = self.critic(replay_data.observations, replay_data.actions)
-
-            critic_loss = self._critic_loss(current_q_values, target_q_values)
+                critic_loss = self._critic_loss(replay_data, target_q_values)
             critic_losses.append(critic_loss.item())
             self._optimize(step, "critic", critic_loss, self.critic.optimizer)
 
@@ -115,10 +117,16 @@ class SAC(ContinualAlgorithm, sb3.SAC):
             next_q_values = next_q_values - ent_coef * next_log_prob.reshape(-1, 1)
             return replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
 
-    @staticmethod
-    def _critic_loss(current_q_values: tuple[th.Tensor, ...], target_q_values: th.Tensor) -> th.Tensor:
-        """``J_Q = 1/2 sum_i (Q_i(s, a) - y)^2``."""
-        critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
+    def _critic_loss(self, replay_data: ReplayBufferSamples, target_q_values: th.Tensor) -> th.Tensor:
+        """``J_Q = 1/2 sum_i (Q_i(s, a) - y)^2``; with a two-hot head ``1/2 sum_i CE(Z_i(s, a), twohot(y))``."""
+        two_hot = self.two_hot
+        if two_hot is not None:
+            assert isinstance(self.critic, CategoricalContinuousCritic)
+            logits = self.critic.logits(replay_data.observations, replay_data.actions)
+            critic_loss = 0.5 * sum(two_hot.loss(current_logits, target_q_values) for current_logits in logits)
+        else:
+            current_q_values = self.critic(replay_data.observations, replay_data.actions)
+            critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
         assert isinstance(critic_loss, th.Tensor)  # for type checker
         return critic_loss
 
@@ -138,9 +146,7 @@ class SAC(ContinualAlgorithm, sb3.SAC):
         """
         learned = self.ent_coef_optimizer is not None and self.log_ent_coef is not None
         ent_coef = th.exp(self.log_ent_coef.detach()) if learned else self.ent_coef_tensor  # type: ignore[union-attr]
-        critic_loss = self._critic_loss(
-            self.critic(batch.observations, batch.actions), self._td_target(batch, ent_coef)
-        )
+        critic_loss = self._critic_loss(batch, self._td_target(batch, ent_coef))
         actions_pi, log_prob = self.actor.action_log_prob(batch.observations)
         actor_loss = self._actor_loss(batch, actions_pi, log_prob.reshape(-1, 1), ent_coef)
         return {"critic": (critic_loss, self.critic.optimizer), "actor": (actor_loss, self.actor.optimizer)}

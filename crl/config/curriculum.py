@@ -31,6 +31,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -41,6 +42,8 @@ from crl.continual.continual_world import REFERENCE_PROTOCOL, ContinualWorldSAC
 from crl.interventions import InterventionError, make_interventions
 from crl.metrics import MetricsConfig, MetricsError
 from crl.policies import ACTIVATIONS
+from crl.policies.spectral_norm import SPECTRAL_NORM_GROUPS
+from crl.policies.two_hot import TwoHot
 from crl.wrappers import PRESETS
 from crl.wrappers.sequence import MEASURES
 
@@ -102,6 +105,24 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class TwoHotOptions(Section):
+    """The support of a categorical (two-hot) value head (:class:`crl.policies.two_hot.TwoHot`).
+
+    :param low: the smallest representable value
+    :param high: the largest representable value
+    :param bins: the number of support points
+    """
+
+    low: float
+    high: float
+    bins: int = 51
+
+    @model_validator(mode="after")
+    def _valid_support(self) -> TwoHotOptions:
+        TwoHot(self.low, self.high, self.bins)  # its checks, with its messages
+        return self
+
+
 class PolicyOptions(Section):
     """Typed ``policy_kwargs`` of crl's policies (SB3's options plus crl's architecture options).
 
@@ -114,6 +135,8 @@ class PolicyOptions(Section):
     :param ortho_init: orthogonal initialisation (PPO)
     :param log_std_init: initial log standard deviation of Gaussian policies (PPO, SAC)
     :param n_critics: number of Q-networks (SAC)
+    :param spectral_norm: spectrally normalised layers: ``hidden``, ``head``, ``all`` or a list of module paths
+    :param two_hot: a categorical value head on this support (DQN's Q-network, SAC's critics, PPO's value)
     """
 
     net_arch: list[PositiveInt] | dict[Literal["pi", "vf", "qf"], list[PositiveInt]] | None = None
@@ -125,6 +148,8 @@ class PolicyOptions(Section):
     ortho_init: bool | None = None
     log_std_init: float | None = None
     n_critics: PositiveInt | None = None
+    spectral_norm: Literal[SPECTRAL_NORM_GROUPS] | list[str] | None = None  # type: ignore[valid-type]
+    two_hot: TwoHotOptions | None = None
 
     def policy_kwargs(self) -> dict[str, Any]:
         """The options that are set, as SB3 ``policy_kwargs``."""

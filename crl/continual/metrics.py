@@ -13,12 +13,22 @@ trained on ``(s_i, e_i]`` and ``T`` the end of the sequence:
 
 The ``1`` in ``FT``'s denominator is the best possible success rate. For returns pass
 ``max_performance``, the best possible return: the formula is the same with ``1`` replaced by it.
+
+Lifelong-learning metrics beside them (``docs/metrics.md`` gives the sources and how they relate):
+
+- backward transfer ``BWT_i = p[i, T] - p[i, e_i]`` for the tasks before the last, ``BWT = mean_i BWT_i``
+  (Lopez-Paz & Ranzato 2017);
+- performance maintenance ``PM_i = p[i, T] - max_t p[i, t]``, final minus best performance;
+- relative performance ``RP_i = p[i, e_i] / p_i_ref``, ``p_i_ref`` the final performance of single-task
+  agents on task ``i``;
+- sample efficiency ``SE_i = AUC_i / AUC_i_ref``, the area under task ``i``'s learning curve relative
+  to the single-task agents' (New et al. 2022 call this ratio "performance relative to STE").
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -59,14 +69,26 @@ def area_under_curve(result: ContinualResult) -> np.ndarray:
     return np.asarray(areas)
 
 
-def reference_auc(single_task_runs: Sequence[ContinualResult]) -> dict[str, float]:
-    """``AUC_ref`` per task name: the mean AUC of single-task runs (one task each, any number of seeds)."""
-    areas: dict[str, list[float]] = defaultdict(list)
+def _per_task_reference(
+    single_task_runs: Sequence[ContinualResult], measure: Callable[[ContinualResult], float]
+) -> dict[str, float]:
+    """``measure`` of single-task runs (one task each, any number of seeds), averaged per task name."""
+    values: dict[str, list[float]] = defaultdict(list)
     for run in single_task_runs:
         if run.n_tasks != 1:
             raise ValueError(f"reference runs must have one task each, got {run.n_tasks} ({list(run.task_names)})")
-        areas[run.task_names[0]].append(float(area_under_curve(run)[0]))
-    return {name: float(np.mean(values)) for name, values in areas.items()}
+        values[run.task_names[0]].append(measure(run))
+    return {name: float(np.mean(per_seed)) for name, per_seed in values.items()}
+
+
+def reference_auc(single_task_runs: Sequence[ContinualResult]) -> dict[str, float]:
+    """``AUC_ref`` per task name: the mean AUC of single-task runs (one task each, any number of seeds)."""
+    return _per_task_reference(single_task_runs, lambda run: float(area_under_curve(run)[0]))
+
+
+def reference_final_performance(single_task_runs: Sequence[ContinualResult]) -> dict[str, float]:
+    """``p_ref`` per task name: the mean over single-task runs of the evaluation at the end of their training."""
+    return _per_task_reference(single_task_runs, lambda run: float(performance_after_training(run)[0]))
 
 
 def forward_transfer(
@@ -77,12 +99,83 @@ def forward_transfer(
     :param reference: ``AUC_ref`` per task name (see :func:`reference_auc`)
     :param max_performance: best possible performance (1 for success rates)
     """
+    areas = area_under_curve(result)
+    references = _references(result, reference, "reference AUC")
+    return (areas - references) / (max_performance - references)
+
+
+def _references(result: ContinualResult, reference: Mapping[str, float], what: str) -> np.ndarray:
+    """``reference`` in the order of ``result``'s tasks."""
     missing = sorted(set(result.task_names) - set(reference))
     if missing:
-        raise ValueError(f"no reference AUC for task(s) {missing}; reference has {sorted(reference)}")
-    areas = area_under_curve(result)
-    references = np.asarray([reference[name] for name in result.task_names])
-    return (areas - references) / (max_performance - references)
+        raise ValueError(f"no {what} for task(s) {missing}; reference has {sorted(reference)}")
+    return np.asarray([reference[name] for name in result.task_names], dtype=np.float64)
+
+
+def _positive_references(result: ContinualResult, reference: Mapping[str, float], what: str) -> np.ndarray:
+    """``reference`` in task order, checked to be a valid denominator of a ratio."""
+    references = _references(result, reference, what)
+    not_positive = [name for name, value in zip(result.task_names, references, strict=True) if not value > 0]
+    if not_positive:
+        raise ValueError(
+            f"{what} must be positive to divide by, got {[reference[name] for name in not_positive]} "
+            f"for task(s) {not_positive}"
+        )
+    return references
+
+
+def backward_transfer(result: ContinualResult) -> np.ndarray:
+    """``BWT_i = p[i, T] - p[i, e_i]`` for every task but the last (``BWT = mean_i BWT_i``).
+
+    Lopez-Paz & Ranzato 2017 ("Gradient Episodic Memory for Continual Learning"):
+    ``BWT = 1/(T-1) sum_{i<T} (R_{T,i} - R_{i,i})``, ``R_{j,i}`` the performance on task ``i`` after
+    training task ``j``. Positive: later tasks improved earlier ones. Per task it is ``-F_i``; the
+    averages differ in that CW's forgetting also counts the last task (whose ``F`` is 0).
+
+    :return: one value per task but the last (empty for a single task)
+    """
+    return -forgetting(result)[:-1]
+
+
+def performance_maintenance(result: ContinualResult) -> np.ndarray:
+    """``PM_i = p[i, T] - max_t p[i, t]``: final minus best performance of each task (``<= 0``).
+
+    The best is taken over every evaluation of the run, before, during and after the task's own
+    training, so a task that peaked through transfer and then declined counts as not maintained.
+    The DARPA L2M metrics (New et al. 2022, "Lifelong Learning Metrics") define performance
+    maintenance as the mean difference between each later evaluation and the most recent terminal
+    learning performance; this is its final-versus-best form.
+    """
+    return result.performance[:, -1] - result.performance.max(axis=1)
+
+
+def relative_performance(result: ContinualResult, reference: Mapping[str, float]) -> np.ndarray:
+    """``RP_i = p[i, e_i] / p_i_ref``: performance at the end of task ``i``'s training, relative to single-task agents.
+
+    Below 1, the agent learns task ``i`` less well after the tasks before it than a fresh agent does
+    (a symptom of lost plasticity); for the first task it measures the agent against its own
+    reference. The ratio of terminal performances, as in New et al. 2022's comparisons with a
+    single-task expert (their "performance relative to STE" ratio of learning-curve areas is
+    :func:`sample_efficiency` here).
+
+    :param reference: ``p_ref`` per task name (see :func:`reference_final_performance`), positive
+    """
+    references = _positive_references(result, reference, "reference final performance")
+    return performance_after_training(result) / references
+
+
+def sample_efficiency(result: ContinualResult, reference: Mapping[str, float]) -> np.ndarray:
+    """``SE_i = AUC_i / AUC_i_ref``: the area under task ``i``'s learning curve relative to single-task agents.
+
+    Above 1, the agent reached higher performance sooner while training task ``i`` than a fresh
+    agent did. ``AUC`` as for forward transfer (:func:`area_under_curve`: the mean of the evaluations
+    made while the task is trained). This ratio is New et al. 2022's "performance relative to STE"
+    (L2M metrics); L2M's own "sample efficiency" instead multiplies the ratios of saturation values
+    and of the times to reach them.
+
+    :param reference: ``AUC_ref`` per task name (see :func:`reference_auc`), positive
+    """
+    return area_under_curve(result) / _positive_references(result, reference, "reference AUC")
 
 
 @dataclass(frozen=True)
@@ -123,11 +216,16 @@ def bootstrap_ci(
 
 @dataclass(frozen=True)
 class ContinualSummary:
-    """The SPEC.md §4 metrics of several seeds' runs of one sequence, each with its bootstrap CI."""
+    """The SPEC.md §4 metrics of several seeds' runs of one sequence and the lifelong-learning metrics,
+    each with its bootstrap CI (``None`` where the inputs are missing)."""
 
     average_performance: Estimate
     forgetting: Estimate
     forward_transfer: Estimate | None
+    backward_transfer: Estimate | None = None
+    performance_maintenance: Estimate | None = None
+    relative_performance: Estimate | None = None
+    sample_efficiency: Estimate | None = None
 
     def to_dict(self) -> dict[str, dict[str, float] | None]:
         return asdict(self)
@@ -139,22 +237,35 @@ def summarize(
     window: int = 1,
     max_performance: float = 1.0,
     confidence: float = 0.95,
+    reference_final: Mapping[str, float] | None = None,
 ) -> ContinualSummary:
-    """Average performance, forgetting and (given ``reference``) forward transfer over seeds.
+    """Every metric over seeds: each run's mean over tasks, then its bootstrap CI over the runs.
 
     :param runs: one run per seed, all of the same sequence
     :param reference: ``AUC_ref`` per task name (:func:`reference_auc`); without it no forward transfer
+        and no sample efficiency
     :param window: evaluations averaged into each task's final performance
+    :param reference_final: ``p_ref`` per task name (:func:`reference_final_performance`); without it
+        no relative performance
     """
     if not runs:
         raise ValueError("summarize needs at least one run")
     if len({run.task_names for run in runs}) != 1:
         raise ValueError("all runs must be of the same sequence (same task names in the same order)")
-    transfer = None
-    if reference is not None:
-        transfer = bootstrap_ci([forward_transfer(run, reference, max_performance).mean() for run in runs], confidence)
+
+    def over_seeds(metric: Callable[[ContinualResult], np.ndarray]) -> Estimate:
+        return bootstrap_ci([float(metric(run).mean()) for run in runs], confidence)
+
     return ContinualSummary(
         average_performance=bootstrap_ci([average_performance(run, window) for run in runs], confidence),
-        forgetting=bootstrap_ci([forgetting(run).mean() for run in runs], confidence),
-        forward_transfer=transfer,
+        forgetting=over_seeds(forgetting),
+        forward_transfer=None
+        if reference is None
+        else over_seeds(lambda run: forward_transfer(run, reference, max_performance)),
+        backward_transfer=over_seeds(backward_transfer) if runs[0].n_tasks > 1 else None,
+        performance_maintenance=over_seeds(performance_maintenance),
+        relative_performance=None
+        if reference_final is None
+        else over_seeds(lambda run: relative_performance(run, reference_final)),
+        sample_efficiency=None if reference is None else over_seeds(lambda run: sample_efficiency(run, reference)),
     )

@@ -6,6 +6,7 @@ LayerNorm(placement='post')
 """
 
 from crl.interventions.adaptive_replay_ratio import AdaptiveReplayRatio
+from crl.interventions.augmentation import RandomShift
 from crl.interventions.base import (
     Intervention,
     InterventionError,
@@ -31,6 +32,7 @@ __all__ = [
     "L2Init",
     "LayerNorm",
     "PlasticityInjection",
+    "RandomShift",
     "ReDo",
     "Reset",
     "ResetOptimizer",

@@ -21,6 +21,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch import nn
+from torch.nn.utils import parametrize
 
 from crl.metrics.probe_batch import draw_probe_batch
 from crl.optim import algorithm_optimizers, reset_parameter_columns_state, reset_parameter_state
@@ -57,7 +58,7 @@ class UnitLayer:
 
     @property
     def n_units(self) -> int:
-        return int(self.incoming.weight.shape[0])
+        return int(weight_of(self.incoming).shape[0])
 
     @property
     def halves(self) -> int:
@@ -66,7 +67,7 @@ class UnitLayer:
 
     def columns(self, layer: WeightLayer, units: th.Tensor) -> th.Tensor:
         """Indices of ``layer``'s input dimension that read the given unit indices."""
-        n_inputs = int(layer.weight.shape[1])
+        n_inputs = int(weight_of(layer).shape[1])
         block = n_inputs // (self.n_units * self.halves)  # spatial positions per channel after a flatten
         channels = units[:, None] + self.n_units * th.arange(self.halves, device=units.device)[None, :]
         return (channels[..., None] * block + th.arange(block, device=units.device)).flatten()
@@ -79,13 +80,25 @@ class UnitLayer:
         """Mean ``|W_out|`` of each unit over all its outgoing weights."""
         per_layer = [
             # out x (halves, units, block[, kh, kw]) -> mean over everything but the unit
-            layer.weight.detach()
+            weight_of(layer)
+            .detach()
             .abs()
-            .reshape(layer.weight.shape[0], self.halves, self.n_units, -1)
+            .reshape(weight_of(layer).shape[0], self.halves, self.n_units, -1)
             .mean(dim=(0, 1, 3))
             for layer in self.outgoing
         ]
         return per_layer[0] if len(per_layer) == 1 else th.stack(per_layer).mean(dim=0)
+
+
+def weight_of(layer: WeightLayer) -> th.Tensor:
+    """The trained weight parameter of a layer: ``weight``, or the original one under a parametrization.
+
+    A spectrally normalised layer's ``weight`` is computed from ``parametrizations.weight.original``
+    (reading it in training mode even runs a power-iteration step): edits go to the original.
+    """
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations.weight.original  # type: ignore[union-attr,return-value]
+    return layer.weight
 
 
 def _leaf_layers(policy: nn.Module, prefixes: Sequence[str], skip: set[nn.Module]) -> list[nn.Module]:
@@ -256,7 +269,7 @@ class Reinitializer:
         """
         if units.numel() == 0:
             return
-        weight = layer.incoming.weight
+        weight = weight_of(layer.incoming)
         self.set_rows(weight, units, self.fresh(weight)[units])
         if layer.incoming.bias is not None:
             self.set_rows(layer.incoming.bias, units, 0.0)
@@ -269,7 +282,7 @@ class Reinitializer:
                 if param is not None:
                     self.set_rows(param, rows, self.fresh(param)[rows])
         for reader in layer.outgoing:
-            self.set_columns(reader.weight, layer.columns(reader, units), 0.0)
+            self.set_columns(weight_of(reader), layer.columns(reader, units), 0.0)
 
     def _sync(self, parameter: th.Tensor, index: tuple[Any, ...]) -> None:
         target = self.targets.get(parameter)

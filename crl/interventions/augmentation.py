@@ -1,0 +1,98 @@
+"""DrQ's random-shift image augmentation of training batches (Kostrikov et al. 2020)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch as th
+from gymnasium import spaces
+from pydantic import Field, PrivateAttr
+from stable_baselines3.common.preprocessing import is_image_space_channels_first
+
+from crl.interventions.base import Intervention, InterventionError
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+
+def random_shift(images: th.Tensor, shifts: th.Tensor, channels_first: bool = True) -> th.Tensor:
+    """Shift each image by whole pixels, repeating the border pixels into the uncovered strip.
+
+    ``out[b, :, i, j] = images[b, :, clamp(i + dy_b), clamp(j + dx_b)]``, which is DrQ's augmentation
+    with ``shifts = offset - pad``: replicate-pad every side by ``pad`` and crop the original size at
+    ``offset`` in ``[0, 2 pad]``. The image is indexed directly instead of padded and cropped, so any
+    dtype (uint8 Atari frames included) keeps its values, and all channels of a sample (e.g. its
+    stacked frames) move together.
+
+    :param images: a batch of images, ``(B, C, H, W)`` (or ``(B, H, W, C)``)
+    :param shifts: ``(B, 2)`` integer shifts ``(dy, dx)``, one row per image
+    :param channels_first: whether the channel axis comes before the spatial axes
+    """
+    x = images if channels_first else images.movedim(-1, 1)
+    batch, _, height, width = x.shape
+    dy, dx = shifts.to(x.device).unbind(dim=1)
+    rows = (th.arange(height, device=x.device) + dy[:, None]).clamp(0, height - 1)  # B x H
+    cols = (th.arange(width, device=x.device) + dx[:, None]).clamp(0, width - 1)  # B x W
+    samples = th.arange(batch, device=x.device)[:, None, None]
+    # Advanced indices on the batch and both spatial axes: the result is B x H x W x C.
+    shifted = x.movedim(1, -1)[samples, rows[:, :, None], cols[:, None, :]]
+    return (shifted.movedim(-1, 1) if channels_first else shifted).contiguous()
+
+
+class RandomShift(Intervention):
+    """DrQ random shift: every image of a training batch moved by up to ``pad`` pixels, independently.
+
+    Kostrikov et al. 2020 ("Image Augmentation Is All You Need", DrQ) pad each side by 4 pixels,
+    repeating the border (replicate padding), and crop back to the original size at a random offset;
+    Ma et al. 2023 ("Revisiting Plasticity in Visual Reinforcement Learning") find this augmentation
+    essential to keep plasticity in visual RL. Applied to the observations and next observations of
+    DQN's and SAC's replay batches (each drawn independently, as DrQ does) and to the observations of
+    PPO's minibatches (the rollout's log-probabilities, values and advantages were computed on the
+    unshifted images). Acting and evaluation see unshifted observations.
+
+    The shifts come from a private ``torch.Generator`` seeded from the algorithm's seed (fresh entropy
+    when it has none), so a seed fixes them, no other random stream of the run is touched, and the
+    generator's state is saved with the model.
+
+    :param pad: the largest shift in pixels, along each axis
+    """
+
+    name: ClassVar[str] = "random_shift"
+
+    pad: int = Field(default=4, gt=0)
+
+    _generator: th.Generator | None = PrivateAttr(default=None)
+    _channels_first: bool = PrivateAttr(default=True)
+
+    def check(self, algo: BaseAlgorithm) -> None:
+        super().check(algo)
+        space = algo.observation_space
+        if not isinstance(space, spaces.Box) or len(space.shape) != 3:
+            raise InterventionError(
+                f"intervention 'random_shift' shifts images, but the observation space is {space}; "
+                "it needs a Box of shape (C, H, W) or (H, W, C)"
+            )
+
+    def on_setup(self, algo: BaseAlgorithm) -> None:
+        self._channels_first = is_image_space_channels_first(algo.observation_space)  # type: ignore[arg-type]
+        if self._generator is None:  # a loaded model keeps its generator's state
+            self._generator = th.Generator()
+            if algo.seed is None:
+                self._generator.seed()
+            else:
+                self._generator.manual_seed(algo.seed)
+
+    def sample_shifts(self, batch_size: int) -> th.Tensor:
+        """``(batch_size, 2)`` shifts ``(dy, dx)``, uniform on ``{-pad, ..., pad}``, from the private generator."""
+        assert self._generator is not None, "on_setup draws the generator"
+        return th.randint(-self.pad, self.pad + 1, (batch_size, 2), generator=self._generator)
+
+    def shift(self, images: th.Tensor) -> th.Tensor:
+        """``images`` with a fresh random shift per image."""
+        return random_shift(images, self.sample_shifts(len(images)), self._channels_first)
+
+    def transform_batch(self, algo: BaseAlgorithm, batch: Any) -> Any:
+        shifted = {"observations": self.shift(batch.observations)}
+        if hasattr(batch, "next_observations"):
+            shifted["next_observations"] = self.shift(batch.next_observations)
+        return batch._replace(**shifted)
