@@ -201,12 +201,13 @@ def widened(layer: nn.Module) -> nn.Module:
 
 def halved(layer: nn.Module) -> nn.Module:
     """A freshly initialised copy of ``layer`` with half as many outputs (units or channels)."""
+    if not isinstance(layer, nn.Linear | nn.Conv2d):
+        raise TypeError(f"only Linear and Conv2d layers can be halved, got {layer}")
     width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     if width % 2:
         raise ValueError(f"crelu_halve_width=True needs even hidden widths, got a layer of width {width}: {layer}")
     if isinstance(layer, nn.Linear):
         return nn.Linear(layer.in_features, width // 2, bias=layer.bias is not None)
-    assert isinstance(layer, nn.Conv2d)
     return nn.Conv2d(
         layer.in_channels,
         width // 2,

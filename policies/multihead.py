@@ -45,9 +45,10 @@ class MultiHeadActor(sb3.Actor):
         if self.use_sde:
             raise ValueError("MultiHeadSACPolicy does not support use_sde=True; use use_sde=False")
         self.n_heads = n_heads
-        action_dim = self.mu.out_features  # type: ignore[union-attr]
-        self.mu = nn.Linear(self.mu.in_features, n_heads * action_dim)  # type: ignore[union-attr]
-        self.log_std = nn.Linear(self.log_std.in_features, n_heads * action_dim)  # type: ignore[union-attr]
+        assert isinstance(self.mu, nn.Linear) and isinstance(self.log_std, nn.Linear)  # without use_sde
+        action_dim = self.mu.out_features
+        self.mu = nn.Linear(self.mu.in_features, n_heads * action_dim)
+        self.log_std = nn.Linear(self.log_std.in_features, n_heads * action_dim)  # type: ignore[assignment]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), "n_heads": self.n_heads}
@@ -69,8 +70,8 @@ class MultiHeadContinuousCritic(ContinuousCritic):
         super().__init__(*args, **kwargs)
         self.n_heads = n_heads
         for q_net in self.q_networks:
-            output = q_net[-1]  # type: ignore[index]
-            q_net[-1] = nn.Linear(output.in_features, n_heads)  # type: ignore[index]
+            assert isinstance(q_net, nn.Sequential) and isinstance(q_net[-1], nn.Linear)
+            q_net[-1] = nn.Linear(q_net[-1].in_features, n_heads)
 
     def forward(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, ...]:
         task = task_index(obs, self.n_heads)
@@ -151,7 +152,8 @@ class MultiHeadSACPolicy(SACPolicy):
 def _layer_norm_tanh_first(stack: nn.Sequential) -> None:
     """Turn the first ``Linear -> activation`` of ``stack`` into ``Linear -> LayerNorm -> tanh``, in place."""
     index = next(i for i, module in enumerate(stack) if isinstance(module, ACTIVATION_TYPES))
-    width = stack[index - 1].out_features
+    linear = stack[index - 1]
+    assert isinstance(linear, nn.Linear)
     stack[index] = nn.Tanh()
     # In place (not a new Sequential): SAC's critic keeps references to its Q-network stacks.
-    stack.insert(index, nn.LayerNorm(width).to(stack[index - 1].weight.device))
+    stack.insert(index, nn.LayerNorm(linear.out_features).to(linear.weight.device))

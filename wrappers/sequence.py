@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 Measure = Literal["mean_return", "success_rate"]
 MEASURES: tuple[Measure, ...] = ("mean_return", "success_rate")
@@ -259,7 +259,11 @@ class TaskSequence:
         return env
 
     def make_vec_env(
-        self, index: int, n_envs: int = 1, seed: int | None = None, vec_env_cls: type[VecEnv] = DummyVecEnv
+        self,
+        index: int,
+        n_envs: int = 1,
+        seed: int | None = None,
+        vec_env_cls: type[DummyVecEnv] | type[SubprocVecEnv] = DummyVecEnv,
     ) -> VecEnv:
         """Task ``index`` as an SB3 ``VecEnv`` of ``n_envs`` monitored copies.
 
