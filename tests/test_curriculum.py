@@ -78,6 +78,7 @@ def test_overrides_are_yaml_scalars_at_a_key_path(tmp_path: Path) -> None:
     assert curriculum.hyperparameters["gamma"] == 0.9
     assert curriculum.interventions[1]["tau"] == 0.2
     assert curriculum.seeds == [3]
+    assert load_curriculum(path, ["interventions.redo.tau=0.3"]).interventions[1]["tau"] == 0.3  # by name
     assert apply_overrides({}, ["a.b.c=yes"]) == {"a": {"b": {"c": True}}}
 
 

@@ -23,14 +23,13 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from crl.config.curriculum import load_curriculum
+from crl.config.curriculum import load_curriculum, set_path
 from crl.continual import ContinualResult, forgetting
 from crl.study.cli import main
 from crl.study.config import load_study
 from crl.study.objective import area_under_evaluation_curve, mean_forgetting
 from crl.study.runs import STUDY_TAG, TRIAL_TAG
 from crl.study.sampler import TrialSeededSampler
-from crl.study.space import set_path
 from crl.study.trial import RUN_ATTR, SURPLUS_ATTR, WORKER_ATTR, TrialRunner, counted
 from crl.study.worker import TrialCounts
 from crl.train import CONFIG_ERROR_EXIT, INTERRUPTED_EXIT

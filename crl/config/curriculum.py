@@ -340,8 +340,9 @@ def read_yaml(path: str | Path, kind: str = "curriculum") -> dict[str, Any]:
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides to ``data`` in place; values are YAML (:func:`safe_load`).
 
-    A numeric path part indexes a list (``sequence.tasks.0.budget=500``); a missing mapping key is
-    created, so that a misspelled one is reported by validation with a suggestion.
+    The path is a :func:`set_path` path: a numeric part indexes a list (``sequence.tasks.0.budget=500``),
+    an intervention can be named (``interventions.redo.tau=0.2``); a missing mapping key is created,
+    so that a misspelled one is reported by validation with a suggestion.
 
     :raises ConfigError: an override without ``=``, a value that is not YAML, a path through a non-container
     """
@@ -353,34 +354,55 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             value = safe_load(text)
         except yaml.YAMLError as error:
             raise ConfigError(f"--set {override!r}: the value is not valid YAML ({one_line(str(error))})") from None
-        *parents, last = path.split(".")
-        node: Any = data
-        for depth, part in enumerate(parents):
-            node = _child(node, part, ".".join(parents[: depth + 1]), override)
-        if isinstance(node, list):
-            index = _index(node, last, path, override)
-            node[index] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            raise ConfigError(f"--set {override!r}: {'.'.join(parents)!r} is not a mapping or a list")
+        try:
+            set_path(data, path, value)
+        except ValueError as error:
+            raise ConfigError(f"--set {override!r}: {error}") from None
     return data
 
 
-def _child(node: Any, part: str, path: str, override: str) -> Any:
-    if isinstance(node, list):
-        return node[_index(node, part, path, override)]
-    if not isinstance(node, dict):
-        raise ConfigError(f"--set {override!r}: {path!r} is not a mapping or a list")
-    if node.get(part) is None:
-        node[part] = {}
-    return node[part]
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``path`` (``a.b.0.c``; a list of interventions also by name: ``interventions.redo.tau``) in ``data``.
+
+    A missing mapping key is created, so that a misspelled one is reported by the curriculum's
+    validation with a suggestion.
+
+    :raises ValueError: a path through something that is not a mapping or list, or a missing item
+    """
+    *parents, last = path.split(".")
+    node: Any = data
+    for depth, part in enumerate(parents):
+        where = ".".join(parents[: depth + 1])
+        if isinstance(node, dict):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        elif isinstance(node, list):
+            node = node[_item(node, part, where)]
+        else:
+            raise ValueError(f"{'.'.join(parents[:depth]) or 'the top level'} is not a mapping or a list")
+    if isinstance(node, dict):
+        node[last] = value
+    elif isinstance(node, list):
+        node[_item(node, last, path)] = value
+    else:
+        raise ValueError(f"{'.'.join(parents)!r} is not a mapping or a list")
 
 
-def _index(node: list[Any], part: str, path: str, override: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"--set {override!r}: {path!r} needs a list index in [0, {len(node)})")
-    return int(part)
+def _item(items: list[Any], part: str, where: str) -> int:
+    """The index ``part`` names: a position, or the one intervention of that name (made a mapping)."""
+    if part.isdigit():
+        if int(part) >= len(items):
+            raise ValueError(f"{where!r} needs a list index in [0, {len(items)})")
+        return int(part)
+    names = [item if isinstance(item, str) else item.get("name") if isinstance(item, dict) else None for item in items]
+    found = [index for index, name in enumerate(names) if name == part]
+    if len(found) != 1:
+        problem = "no item" if not found else f"{len(found)} items"
+        raise ValueError(f"{where!r}: {problem} named {part!r} in {names}; address it by position instead")
+    if isinstance(items[found[0]], str):
+        items[found[0]] = {"name": part}  # to take parameters
+    return found[0]
 
 
 def load_curriculum(path: str | Path, overrides: Iterable[str] = ()) -> Curriculum:

@@ -23,11 +23,11 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from crl.config.curriculum import Curriculum, read_yaml, validate_curriculum
+from crl.config.curriculum import Curriculum, read_yaml, set_path, validate_curriculum
 from crl.config.errors import ConfigError, describe_validation_error, suggest
 from crl.study.sampler import TrialSeededSampler
 from crl.study.schema import DIMENSION_TYPES, SEED_KEY, PrunerSpec, SamplerSpec, StudySpec
-from crl.study.space import SearchSpace, TrialParameters, set_path
+from crl.study.space import SearchSpace, TrialParameters
 
 SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
     "tpe": optuna.samplers.TPESampler,

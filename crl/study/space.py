@@ -17,55 +17,12 @@ from typing import Any
 
 import optuna
 
+from crl.config.curriculum import set_path
 from crl.config.errors import ConfigError
 from crl.study.schema import SEED_KEY, CategoricalDimension, FloatDimension, IntDimension, Scalar
 
 MAX_CHECKED_COMBINATIONS = 64
 """Up to this many combinations of the dimensions' corner values are each validated as a curriculum."""
-
-
-def set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``path`` (``a.b.0.c``; a list of interventions also by name: ``interventions.redo.tau``) in ``data``.
-
-    A missing mapping key is created, so that a misspelled one is reported by the curriculum's
-    validation with a suggestion.
-
-    :raises ValueError: a path through something that is not a mapping or list, or a missing item
-    """
-    *parents, last = path.split(".")
-    node: Any = data
-    for depth, part in enumerate(parents):
-        where = ".".join(parents[: depth + 1])
-        if isinstance(node, dict):
-            if node.get(part) is None:
-                node[part] = {}
-            node = node[part]
-        elif isinstance(node, list):
-            node = node[_item(node, part, where)]
-        else:
-            raise ValueError(f"{'.'.join(parents[:depth]) or 'the top level'} is not a mapping or a list")
-    if isinstance(node, dict):
-        node[last] = value
-    elif isinstance(node, list):
-        node[_item(node, last, path)] = value
-    else:
-        raise ValueError(f"{'.'.join(parents)!r} is not a mapping or a list")
-
-
-def _item(items: list[Any], part: str, where: str) -> int:
-    """The index ``part`` names: a position, or the one intervention of that name (made a mapping)."""
-    if part.isdigit():
-        if int(part) >= len(items):
-            raise ValueError(f"{where!r} needs a list index in [0, {len(items)})")
-        return int(part)
-    names = [item if isinstance(item, str) else item.get("name") if isinstance(item, dict) else None for item in items]
-    found = [index for index, name in enumerate(names) if name == part]
-    if len(found) != 1:
-        problem = "no item" if not found else f"{len(found)} items"
-        raise ValueError(f"{where!r}: {problem} named {part!r} in {names}; address it by position instead")
-    if isinstance(items[found[0]], str):
-        items[found[0]] = {"name": part}  # to take parameters
-    return found[0]
 
 
 @dataclass(frozen=True)
