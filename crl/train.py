@@ -40,7 +40,7 @@ from stable_baselines3.common.logger import Logger
 from crl.algorithms import ContinualAlgorithm
 from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import Curriculum, load_curriculum
-from crl.config.errors import ConfigError
+from crl.config.errors import ConfigError, print_error
 from crl.continual import (
     ContinualResult,
     average_performance,
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Resuming one child run continues that seed only; the launch's other seeds are left as they are.
         seeds = list(children) if args.resume is not None and args.resume != parent_id else curriculum.seeds
     except ConfigError as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        print_error(console, error)
         return CONFIG_ERROR_EXIT
     name = curriculum.tracking.run_name or args.curriculum.stem
     arguments = sys.argv[1:] if argv is None else list(argv)
@@ -317,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = RunStatus.to_string(RunStatus.KILLED)
         resume = shlex.join([*COMMAND, *_without_resume(arguments), "--resume", parent_id])
         message = f"interrupted; the last checkpoint is saved. Resume with:\n  {resume}"
-        console.print(message, soft_wrap=True, highlight=False)  # unwrapped: the command is copied as is
+        # unwrapped and not read as markup: the command, brackets and all, is copied as is
+        console.print(message, soft_wrap=True, highlight=False, markup=False)
         return INTERRUPTED_EXIT
     finally:
         signal.signal(signal.SIGINT, previous_handler)

@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from crl.continual import ContinualResult
-from crl.train import CONFIG_ERROR_EXIT, main
+from crl.train import CONFIG_ERROR_EXIT, INTERRUPTED_EXIT, main
 
 TINY = """\
 algorithm: DQN
@@ -140,3 +140,18 @@ def test_two_workers_give_each_seed_the_result_of_a_sequential_launch(
     assert set(parallel) == {"0", "1"}
     assert parallel == sequential
     assert parallel["0"][0]["performance"] != parallel["1"][0]["performance"]  # the seeds differ
+
+
+def test_the_resume_command_keeps_bracketed_overrides(
+    tmp_path: Path, curriculum: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The printed command is copied as is: ``[layer_norm]`` must not be swallowed as console markup."""
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("crl.train.run_child", interrupted)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    arguments = [str(curriculum), "--seed", "0", "--tracking-uri", uri, "--set", "interventions=[layer_norm]"]
+    assert main(arguments) == INTERRUPTED_EXIT
+    assert "--set 'interventions=[layer_norm]'" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bench.validation.experiment import ExperimentError, experiment_paths
-from crl.config.errors import ConfigError
+from crl.config.errors import ConfigError, print_error
 from crl.train import positive_int
 
 DEFAULT_TRACKING_URI = "sqlite:///validation.db"
@@ -29,6 +29,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     run = commands.add_parser("run", help="train the variants of the experiments (finished ones are skipped)")
     run.add_argument("experiments", nargs="*", help="experiment names (bench/validation/*.yaml stems); default: all")
     run.add_argument("--workers", type=positive_int, default=2, help="seeds trained at once (default 2)")
+    run.add_argument(
+        "--variants", nargs="+", help="only these variants (e.g. to split one experiment over two commands)"
+    )
     report = commands.add_parser("report", help="write docs/RESULTS.md and docs/results/*.png from the runs")
     report.add_argument("experiments", nargs="*", help="experiment names; default: all")
     report.add_argument("--output", type=Path, default=DOCS / "RESULTS.md", help="the report file")
@@ -43,9 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from bench.validation.run import check_all, run_experiment
 
-            check_all(paths)
+            check_all(paths, args.variants)
             for path in paths:
-                code = run_experiment(path, args.tracking_uri, args.workers, console)
+                code = run_experiment(path, args.tracking_uri, args.workers, console, args.variants)
                 if code != 0:
                     return code
             return 0
@@ -54,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_report(paths, args.tracking_uri, args.output, console)
         return 0
     except (ExperimentError, ConfigError) as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        print_error(console, error)
         return 2
 
 

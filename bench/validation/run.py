@@ -14,7 +14,7 @@ from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from rich.console import Console
 
-from bench.validation.experiment import Experiment, load_experiment, override_arguments
+from bench.validation.experiment import Experiment, ExperimentError, load_experiment, override_arguments
 from crl import train
 from crl.config.curriculum import load_curriculum
 
@@ -34,9 +34,15 @@ def variant_arguments(path: Path, experiment: Experiment, variant: str) -> list[
     return [curriculum, *override_arguments({**experiment.variants[variant], **tracking}), "--seeds", seeds]
 
 
-def check(path: Path) -> Experiment:
-    """Validate the experiment file and every variant's curriculum (nothing is built or run)."""
+def check(path: Path, variants: list[str] | None = None) -> Experiment:
+    """Validate the experiment file and every variant's curriculum (nothing is built or run).
+
+    :param variants: variant names that must exist in the file
+    """
     experiment = load_experiment(path)
+    unknown = sorted(set(variants or []) - set(experiment.variants))
+    if unknown:
+        raise ExperimentError(f"{path}: unknown variant(s) {unknown}; variants: {list(experiment.variants)}")
     for variant in experiment.variants:
         arguments = train.parse_args(variant_arguments(path, experiment, variant))
         train.resolve(arguments)
@@ -52,11 +58,16 @@ def variant_parent_runs(client: MlflowClient, path: Path) -> dict[str, Run]:
     return {run.data.tags[MLFLOW_RUN_NAME]: run for run in runs if MLFLOW_PARENT_RUN_ID not in run.data.tags}
 
 
-def run_experiment(path: Path, tracking_uri: str, workers: int, console: Console) -> int:
-    """Train every variant of one experiment that has not finished; the first failing exit code, or 0."""
-    experiment = check(path)
+def run_experiment(
+    path: Path, tracking_uri: str, workers: int, console: Console, variants: list[str] | None = None
+) -> int:
+    """Train every variant (or those named) of one experiment that has not finished.
+
+    :return: the first failing exit code of ``crl.train``, or 0
+    """
+    experiment = check(path, variants)
     client = MlflowClient(tracking_uri=tracking_uri)
-    for variant in experiment.variants:
+    for variant in variants or experiment.variants:
         parent = variant_parent_runs(client, path).get(variant)
         if parent is not None and parent.info.status == "FINISHED":
             console.print(f"{path.stem}/{variant}: finished (run {parent.info.run_id}), skipped")
@@ -70,8 +81,8 @@ def run_experiment(path: Path, tracking_uri: str, workers: int, console: Console
     return 0
 
 
-def check_all(paths: list[Path]) -> None:
+def check_all(paths: list[Path], variants: list[str] | None = None) -> None:
     """Validate every experiment before the first one trains (a typo in the last file fails at once)."""
     for path in paths:
-        check(path)
+        check(path, variants)
         load_curriculum(path.parent / load_experiment(path).curriculum)

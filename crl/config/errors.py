@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.markup import escape
 
 
 class ConfigError(ValueError):
@@ -90,3 +92,8 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel], so
 def _is_union_tag(part: str | int) -> bool:
     # pydantic inserts the member type's name (e.g. "float", "function-after[...]") into union locations
     return isinstance(part, str) and ("[" in part or part in {"int", "float", "str", "bool", "list", "dict"})
+
+
+def print_error(console: Console, error: Exception) -> None:
+    """Print ``error`` as one red-labelled line; its text is escaped, as ``[name, ...]`` would read as markup."""
+    console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)

@@ -27,7 +27,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 
 from crl.config.build import build_model, build_sequence
-from crl.config.errors import ConfigError
+from crl.config.errors import ConfigError, print_error
 from crl.study.best import write_best
 from crl.study.config import StudyConfig, load_study
 from crl.study.interrupt import STOP
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = StaleTrialHandler(client, config.spec.storage.max_retry)
         study = open_study(config, open_storage(config, handler))
     except ConfigError as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        print_error(console, error)
         return CONFIG_ERROR_EXIT
     texts = {"study.yml": args.study.read_text(), "base.yml": config.curriculum.to_yaml()}
     parent_id = study_parent_run(client, config, texts)
