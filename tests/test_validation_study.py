@@ -180,7 +180,7 @@ def test_report_decides_each_claim_from_the_runs(tmp_path: Path) -> None:
     log_variant(client, path, "many", [20.0, 22.0, 21.0, 19.0, 23.0], [11.0, 9.5, 10.0, 12.0, 10.2], tmp_path)
     output = tmp_path / "docs" / "RESULTS.md"
     output.parent.mkdir()
-    write_report([path], client.tracking_uri, output, Console(quiet=True))
+    write_report([path], client.tracking_uri, output, Console(quiet=True), repetitions=2_000)
     text = output.read_text()
     assert "**1 of 2 claims reproduced**" in text
     rank_row = next(line for line in text.splitlines() if line.startswith("| many lowers the rank"))

@@ -9,6 +9,7 @@ of the child runs' durations (one core each).
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from rich.console import Console
 
 from bench.validation.experiment import Claim, Experiment, Measure, load_experiment
 from bench.validation.run import mlflow_experiment, variant_parent_runs
-from bench.validation.stats import Interval, difference_interval, iqm_interval
+from bench.validation.stats import REPETITIONS, Interval, difference_interval, iqm, iqm_interval
 from crl.continual import ContinualResult
 from crl.continual.metrics import area_under_curve, final_performance, performance_after_training
 from crl.plotting.figures import new_figure, shade_tasks, task_boundaries
@@ -97,16 +98,16 @@ def score_matrices(measure: Measure, variants: Mapping[str, VariantRuns]) -> dic
         return matrices
     if measure.normalize_by not in matrices:
         return {}
-    reference = np.array([iqm_interval(column).point for column in matrices[measure.normalize_by].T])
+    reference = np.array([iqm(column[:, None]) for column in matrices[measure.normalize_by].T])
     return {name: scores / reference for name, scores in matrices.items()}
 
 
-def decide(claim: Claim, matrices: Mapping[str, np.ndarray]) -> Verdict | None:
+def decide(claim: Claim, matrices: Mapping[str, np.ndarray], repetitions: int = REPETITIONS) -> Verdict | None:
     """The claim's verdict, or ``None`` when one of its variants has no runs."""
     if claim.treatment not in matrices or claim.control not in matrices:
         return None
-    effect = difference_interval(matrices[claim.treatment], matrices[claim.control])
-    return Verdict(claim, effect, iqm_interval(matrices[claim.control]).point)
+    effect = difference_interval(matrices[claim.treatment], matrices[claim.control], repetitions=repetitions)
+    return Verdict(claim, effect, iqm(matrices[claim.control]))
 
 
 def load_variants(client: MlflowClient, path: Path, experiment: Experiment) -> dict[str, VariantRuns]:
@@ -128,7 +129,7 @@ def _seconds(client: MlflowClient, parent: Run) -> float:
     return sum((child.info.end_time - child.info.start_time) / 1000 for child in children if child.info.end_time)
 
 
-def curve_figure(key: str, label: str, variants: Mapping[str, VariantRuns], path: Path) -> None:
+def curve_figure(key: str, label: str, variants: Mapping[str, VariantRuns], path: Path, repetitions: int) -> None:
     """IQM over seeds of a metric at each measurement, with its 95 % interval band, one line per variant."""
     figure = new_figure(6.0, 3.2)
     ax = figure.subplots()
@@ -141,7 +142,7 @@ def curve_figure(key: str, label: str, variants: Mapping[str, VariantRuns], path
         points = min(curve.values.size for curve in curves)
         steps = np.median([curve.steps[:points] for curve in curves], axis=0)
         values = np.stack([curve.values[:points] for curve in curves])
-        estimates = [iqm_interval(values[:, k], repetitions=CURVE_REPETITIONS) for k in range(points)]
+        estimates = [iqm_interval(values[:, k], repetitions=repetitions) for k in range(points)]
         ax.plot(steps, [estimate.point for estimate in estimates], label=name)
         ax.fill_between(steps, [e.low for e in estimates], [e.high for e in estimates], alpha=0.2, linewidth=0)
     ax.set_xlabel("environment steps")
@@ -150,15 +151,14 @@ def curve_figure(key: str, label: str, variants: Mapping[str, VariantRuns], path
     figure.savefig(path, dpi=110)
 
 
-def interval_figure(experiment: Experiment, matrices: Mapping[str, Mapping[str, np.ndarray]], path: Path) -> None:
+def interval_figure(experiment: Experiment, estimates: Mapping[str, Mapping[str, Interval]], path: Path) -> None:
     """Every measure's IQM and 95 % interval per variant, one panel per measure."""
-    measures = [name for name in experiment.measures if matrices[name]]
+    measures = [name for name in experiment.measures if estimates[name]]
     figure = new_figure(3.3 * len(measures), 0.45 * len(experiment.variants) + 1.0)
     axes = np.atleast_1d(figure.subplots(1, len(measures)))
     for ax, measure in zip(axes, measures, strict=True):
-        names = [name for name in experiment.variants if name in matrices[measure]]
-        estimates = [iqm_interval(matrices[measure][name]) for name in names]
-        for row, estimate in enumerate(estimates):
+        names = [name for name in experiment.variants if name in estimates[measure]]
+        for row, estimate in enumerate(estimates[measure][name] for name in names):
             ax.plot([estimate.low, estimate.high], [row, row], linewidth=6, alpha=0.5, solid_capstyle="butt")
             ax.plot([estimate.point], [row], marker="|", color="black", markersize=12)
         ax.set_yticks(range(len(names)), names if ax is axes[0] else [""] * len(names), fontsize=8)
@@ -168,7 +168,12 @@ def interval_figure(experiment: Experiment, matrices: Mapping[str, Mapping[str, 
 
 
 def experiment_section(
-    path: Path, experiment: Experiment, variants: Mapping[str, VariantRuns], figures: Path, docs: Path
+    path: Path,
+    experiment: Experiment,
+    variants: Mapping[str, VariantRuns],
+    figures: Path,
+    docs: Path,
+    repetitions: int = REPETITIONS,
 ) -> tuple[str, list[Verdict]]:
     """The Markdown section of one experiment, and its claims' verdicts."""
     lines = [f"## {experiment.title}", "", f"**Published direction.** {experiment.direction}", ""]
@@ -189,30 +194,38 @@ def experiment_section(
     total = sum(runs.seconds for runs in variants.values())
     lines += ["", f"Wall time of the experiment: {total / 60:.1f} core-minutes.", ""]
     matrices = {name: score_matrices(measure, variants) for name, measure in experiment.measures.items()}
-    lines += _measure_table(experiment, matrices)
-    verdicts = [verdict for claim in experiment.claims if (verdict := decide(claim, matrices[claim.measure]))]
+    estimates = {
+        measure: {variant: iqm_interval(scores, repetitions=repetitions) for variant, scores in by_variant.items()}
+        for measure, by_variant in matrices.items()
+    }
+    lines += _measure_table(experiment, estimates)
+    verdicts = [
+        verdict
+        for claim in experiment.claims
+        if (verdict := decide(claim, matrices[claim.measure], repetitions)) is not None
+    ]
     lines += _claim_table(experiment, verdicts)
     stem = path.stem
     if any(matrices.values()):
-        interval_figure(experiment, matrices, figures / f"{stem}_intervals.png")
+        interval_figure(experiment, estimates, figures / f"{stem}_intervals.png")
         lines += [f"![IQM and 95 % intervals]({_relative(figures / f'{stem}_intervals.png', docs)})", ""]
     for index, curve in enumerate(experiment.curves):
         shown = {name: runs for name, runs in variants.items() if curve.variants is None or name in curve.variants}
         if shown:
             file = figures / f"{stem}_curve{index}.png"
-            curve_figure(curve.key, curve.label, shown, file)
+            curve_figure(curve.key, curve.label, shown, file, min(repetitions, CURVE_REPETITIONS))
             lines += [f"![{curve.label}]({_relative(file, docs)})", ""]
     if experiment.discussion:
         lines += ["**Discussion.** " + experiment.discussion.strip(), ""]
     return "\n".join(lines), verdicts
 
 
-def _measure_table(experiment: Experiment, matrices: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
+def _measure_table(experiment: Experiment, estimates: Mapping[str, Mapping[str, Interval]]) -> list[str]:
     names = list(experiment.measures)
     lines = ["IQM over seeds (and tasks) with its 95 % stratified-bootstrap interval:", ""]
     lines += ["| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for variant in experiment.variants:
-        cells = [iqm_interval(matrices[m][variant]).text() if variant in matrices[m] else "" for m in names]
+        cells = [estimates[m][variant].text() if variant in estimates[m] else "" for m in names]
         lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
     lines += [""] + [f"- `{name}`: {measure.label}" for name, measure in experiment.measures.items()] + [""]
     return lines
@@ -235,17 +248,17 @@ def _claim_table(experiment: Experiment, verdicts: Sequence[Verdict]) -> list[st
 
 
 def _relative(path: Path, start: Path) -> str:
-    return Path(*_relative_parts(path.resolve(), start.resolve())).as_posix()
+    """``path`` as a link from a document in ``start``."""
+    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
 
 
-def _relative_parts(path: Path, start: Path) -> list[str]:
-    common = Path(*[a for a, b in zip(path.parts, start.parts, strict=False) if a == b])
-    ups = [".."] * (len(start.parts) - len(common.parts))
-    return ups + list(path.parts[len(common.parts) :])
+def write_report(
+    paths: Sequence[Path], tracking_uri: str, output: Path, console: Console, repetitions: int = REPETITIONS
+) -> None:
+    """Write the report of the experiments ``paths`` to ``output``, its figures beside it in ``results/``.
 
-
-def write_report(paths: Sequence[Path], tracking_uri: str, output: Path, console: Console) -> None:
-    """Write the report of the experiments ``paths`` to ``output``, its figures beside it in ``results/``."""
+    :param repetitions: bootstrap resamples of every interval (curves: at most ``CURVE_REPETITIONS``)
+    """
     client = MlflowClient(tracking_uri=tracking_uri)
     figures = output.parent / "results"
     figures.mkdir(parents=True, exist_ok=True)
@@ -254,14 +267,14 @@ def write_report(paths: Sequence[Path], tracking_uri: str, output: Path, console
         experiment = load_experiment(path)
         variants = load_variants(client, path, experiment)
         console.print(f"{path.stem}: {len(variants)}/{len(experiment.variants)} variants finished")
-        section, decided = experiment_section(path, experiment, variants, figures, output.parent)
+        section, decided = experiment_section(path, experiment, variants, figures, output.parent, repetitions)
         sections.append(section)
         verdicts += decided
-    output.write_text(_header(verdicts) + "\n\n".join(sections))
+    output.write_text(_header(verdicts, repetitions) + "\n\n".join(sections))
     console.print(f"wrote {output} and {len(list(figures.glob('*.png')))} figures in {figures}")
 
 
-def _header(verdicts: Sequence[Verdict]) -> str:
+def _header(verdicts: Sequence[Verdict], repetitions: int) -> str:
     reproduced = sum(verdict.reproduced for verdict in verdicts)
     return "\n".join(
         [
@@ -276,7 +289,7 @@ def _header(verdicts: Sequence[Verdict]) -> str:
             "",
             f"**{reproduced} of {len(verdicts)} claims reproduced** (the 95 % interval of the effect lies on the",
             "expected side of zero). IQM = interquartile mean over seeds and tasks; intervals: stratified",
-            "bootstrap (rliable), 20,000 resamples.",
+            f"bootstrap (rliable), {repetitions:,} resamples (metric curves: {CURVE_REPETITIONS:,}).",
             "",
             "",
         ]
