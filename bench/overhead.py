@@ -26,6 +26,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,7 @@ def measure(
     names: list[str], repetitions: int, seed: int, scale: float, console: Console
 ) -> dict[str, dict[str, list[float]]]:
     """Config -> agent -> wall time of each repetition; agents of a repetition run back to back."""
+    th.set_num_threads(1)
     times: dict[str, dict[str, list[float]]] = {name: {agent: [] for agent in AGENTS} for name in names}
     for repetition in range(repetitions):
         # rotate the order so that no agent always runs first (a cold cache) or last
@@ -169,6 +171,27 @@ def measure(
                 times[name][agent].append(seconds)
                 console.print(f"rep {repetition + 1}/{repetitions} {name} {agent}: {seconds:.2f} s")
     return times
+
+
+def measure_in_parallel(
+    names: list[str], args: argparse.Namespace, console: Console
+) -> dict[str, dict[str, list[float]]]:
+    """:func:`measure` of each configuration in one of ``args.jobs`` processes (one torch thread each).
+
+    The three agents of a configuration still run in the same process, back to back, so each ratio
+    compares runs made under the same load; the absolute times include the other processes' load.
+    """
+    times: dict[str, dict[str, list[float]]] = {}
+    with ProcessPoolExecutor(args.jobs) as pool:
+        jobs = {name: pool.submit(_measure_in_worker, name, args.reps, args.seed, args.scale) for name in names}
+        for name, job in jobs.items():
+            times.update(job.result())
+            console.print(f"{name}: done")
+    return times
+
+
+def _measure_in_worker(name: str, repetitions: int, seed: int, scale: float) -> dict[str, dict[str, list[float]]]:
+    return measure([name], repetitions, seed, scale, Console())  # a console cannot be pickled: one per worker
 
 
 def ratio_rows(times: dict[str, dict[str, list[float]]], scale: float = 1.0) -> list[list[str]]:
@@ -224,11 +247,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every run length (0.1: a quick look)")
     parser.add_argument("--write", type=Path, help="write the table into this Markdown file's generated block")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="processes, each timing whole configurations (the costliest first)"
+    )
     args = parser.parse_args()
     th.set_num_threads(1)
     console = Console()
     names = args.only or list(CONFIGS)
-    times = measure(names, args.reps, args.seed, args.scale, console)
+    if args.jobs == 1:
+        times = measure(names, args.reps, args.seed, args.scale, console)
+    else:
+        times = measure_in_parallel(names, args, console)
     table = Table("configuration", "agent", "median s", "steps/s", "ratio [min, max]", "target")
     for row in ratio_rows(times, args.scale):
         table.add_row(*row)
@@ -236,7 +265,8 @@ def main() -> None:
     if args.write:
         only = f" --only {' '.join(names)}" if args.only else ""
         scale = f" --scale {args.scale}" if args.scale != 1.0 else ""
-        command = f"python bench/overhead.py --reps {args.reps}{only}{scale} --write {args.write}"
+        jobs = f" --jobs {args.jobs}" if args.jobs != 1 else ""
+        command = f"python bench/overhead.py --reps {args.reps}{only}{scale}{jobs} --write {args.write}"
         write_block(args.write, markdown(times, args.reps, command, args.scale))
         console.print(f"wrote {args.write}")
 
