@@ -16,7 +16,6 @@ from rich.console import Console
 
 from bench.validation.experiment import Experiment, ExperimentError, load_experiment, override_arguments
 from crl import train
-from crl.config.curriculum import load_curriculum
 
 EXPERIMENT_PREFIX = "validation/"
 
@@ -85,4 +84,3 @@ def check_all(paths: list[Path], variants: list[str] | None = None) -> None:
     """Validate every experiment before the first one trains (a typo in the last file fails at once)."""
     for path in paths:
         check(path, variants)
-        load_curriculum(path.parent / load_experiment(path).curriculum)
