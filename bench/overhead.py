@@ -251,7 +251,6 @@ def main() -> None:
         "--jobs", type=int, default=1, help="processes, each timing whole configurations (the costliest first)"
     )
     args = parser.parse_args()
-    th.set_num_threads(1)
     console = Console()
     names = args.only or list(CONFIGS)
     if args.jobs == 1:
