@@ -25,6 +25,12 @@ The run lengths make each ``crl_metrics`` run pay at least the measurement densi
 cadence: runs of 10,000 steps or fewer take the baseline measurement (and one more at 10,000), i.e.
 one measurement per run or more, where a long run takes one per 10,000 steps.
 
+``--profile STEPS`` profiles instead of timing: ``dqn_cartpole`` for STEPS steps under ``cProfile``,
+once with SB3 and once with crl, and reports the cumulative time of each hot spot of the issue
+(mode switches, deep copies, ``obs_to_tensor``, ...) as a share of ``learn()``. cProfile inflates
+Python-heavy code, so a share is larger than its wall-time weight, but the two columns compare, also
+on a loaded machine; ``--write`` puts that table between ``<!-- profile:begin -->`` and ``<!-- profile:end -->``.
+
 ``--write FILE`` replaces the table's block in ``FILE`` (between ``<!-- overhead:begin -->`` and
 ``<!-- overhead:end -->``, or the ``throughput`` markers) with the machine description and the table.
 ``--save`` keeps the measured times in a JSON file; ``--load`` makes the table from saved files instead
@@ -34,9 +40,11 @@ of measuring (e.g. two runs of different ``--only`` subsets made side by side on
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import platform
+import pstats
 import statistics
 import time
 from collections.abc import Callable
@@ -343,6 +351,52 @@ def load(paths: list[Path], table: str) -> tuple[Times, int, float]:
     return times, reps, scale
 
 
+HOT_SPOTS: dict[str, tuple[str, str]] = {
+    "`nn.Module.train` (mode switches)": ("torch/nn/modules/module.py", "train"),
+    "`copy.deepcopy` (all callers)": ("copy.py", "deepcopy"),
+    "`obs_to_tensor`": ("policies", "obs_to_tensor"),
+    "policy `device` look-ups": ("policies", "device"),
+    "Q-network forward (acting and training)": ("dqn/policies.py", "forward"),
+    "`VecEnv.step` (env dynamics included)": ("vec_env/base_vec_env.py", "step"),
+    "`train()`": ("dqn.py", "train"),
+}
+"""Row label -> (part of the file path, function name) of the profiled functions (SB3's and crl's)."""
+
+
+def profile(agent: str, steps: int, seed: int = 0) -> dict[str, float]:
+    """Share of ``learn()``'s profiled time spent in each hot spot (and the total, in seconds)."""
+    model = build(CONFIGS["dqn_cartpole"], agent, seed)
+    profiler = cProfile.Profile()
+    profiler.runcall(model.learn, steps)
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    total = max(cumulative for _, _, _, cumulative, _ in stats.values())
+    shares = {"total seconds (profiled)": total}
+    for label, (path, function) in HOT_SPOTS.items():
+        cumulative = sum(entry[3] for (file, _, name), entry in stats.items() if path in file and name == function)
+        shares[label] = cumulative / total
+    return shares
+
+
+def profile_markdown(shares: dict[str, dict[str, float]], steps: int) -> str:
+    lines = [
+        "<!-- profile:begin -->",
+        "",
+        f"Command: `python bench/overhead.py --profile {steps}` (`dqn_cartpole` under cProfile, cumulative time "
+        "of each hot spot as a share of `learn()`; a call nested in another hot spot counts in both).",
+        "",
+        "| hot spot | SB3 | crl |",
+        "|---|---|---|",
+    ]
+    for label in shares["sb3"]:
+        if label.startswith("total"):
+            cells = [f"{shares[agent][label]:.1f} s" for agent in ("sb3", "crl")]
+        else:
+            cells = [f"{100 * shares[agent][label]:.1f} %" for agent in ("sb3", "crl")]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    lines += ["", "<!-- profile:end -->"]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", choices=list(TABLES), default="overhead", help="which table (default overhead)")
@@ -353,7 +407,20 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="write the table into this Markdown file's generated block")
     parser.add_argument("--save", type=Path, help="save the measured times to this JSON file")
     parser.add_argument("--load", type=Path, nargs="+", help="make the table from these --save files, measure nothing")
+    parser.add_argument(
+        "--profile", type=int, metavar="STEPS", help="profile dqn_cartpole (SB3, crl) instead of timing"
+    )
     args = parser.parse_args()
+    if args.profile:
+        th.set_num_threads(1)
+        shares = {agent: profile(agent, args.profile) for agent in ("sb3", "crl")}
+        table = Table("hot spot", "SB3", "crl")
+        for label in shares["sb3"]:
+            table.add_row(label, *(f"{shares[agent][label]:.3f}" for agent in ("sb3", "crl")))
+        Console().print(table)
+        if args.write:
+            write_block(args.write, "profile", profile_markdown(shares, args.profile))
+        return
     spec = TABLES[args.table]
     unknown = sorted(set(args.only or []) - set(spec.runs))
     if unknown:

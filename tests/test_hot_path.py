@@ -7,6 +7,7 @@ import pytest
 import stable_baselines3 as sb3
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
@@ -144,3 +145,26 @@ def test_four_envs_in_crls_vec_env_train_like_sb3(algorithm: str) -> None:
         return model
 
     assert_same_training(train(sb3, SB3DummyVecEnv), train(crl, DummyVecEnv))
+
+
+class _LocalsReader(BaseCallback):
+    """A user callback that reads the collection loop's variables every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saw_infos: list[bool] = []
+
+    def _on_step(self) -> bool:
+        self.saw_infos.append("infos" in self.locals)
+        return True
+
+
+def test_hooks_relay_costs_one_callback_and_user_callbacks_keep_their_locals() -> None:
+    model = crl.DQN("MlpPolicy", "CartPole-v1", metrics={"every": 100}, **DQN_ARGS)
+    relay = model._init_callback(None)
+    assert isinstance(relay, BaseCallback) and not isinstance(relay, CallbackList)
+
+    reader = _LocalsReader()
+    model.learn(300, callback=reader)
+    assert len(reader.saw_infos) == 300 and all(reader.saw_infos)
+    assert model.metrics_monitor is not None and model.metrics_monitor.measurements >= 1

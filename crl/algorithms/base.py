@@ -105,9 +105,13 @@ class ContinualAlgorithm:
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         if self._hooks.uses_callback:
-            given = callback if isinstance(callback, list) else [callback]
-            callback = [c if isinstance(c, BaseCallback) else ConvertCallback(c) for c in given]
-            callback.append(_HookCallback(self._hooks))
+            relay = _HookCallback(self._hooks)
+            if callback is None:
+                # Alone rather than in a list beside SB3's empty ConvertCallback(None): one callback per step
+                callback = relay
+            else:
+                given = callback if isinstance(callback, list) else [callback]
+                callback = [*(c if isinstance(c, BaseCallback) else ConvertCallback(c) for c in given), relay]
         return super()._init_callback(callback, progress_bar)  # type: ignore[misc]
 
     def _excluded_save_params(self) -> list[str]:
@@ -153,6 +157,11 @@ class _HookCallback(BaseCallback):
     def __init__(self, hooks: HookDispatcher) -> None:
         super().__init__()
         self.hooks = hooks
+
+    def update_locals(self, locals_: dict[str, Any]) -> None:
+        # Hooks see the algorithm, not the collection loop's local variables: SB3's copy of them every
+        # step would be paid for nothing.
+        pass
 
     def _on_training_start(self) -> None:
         self.hooks("on_training_start", self.model)
