@@ -276,8 +276,9 @@ def measure(spec: TableSpec, names: list[str], repetitions: int, seed: int, scal
     return times
 
 
-def ratio_rows(spec: TableSpec, times: Times, scale: float = 1.0) -> list[list[str]]:
-    """Table rows: config, agent, median seconds, steps/s, median ratio to SB3 [min, max], target."""
+def ratio_rows(times: Times, scale: float = 1.0, table: str = "overhead") -> list[list[str]]:
+    """Rows of ``table``: config, agent, median seconds, steps/s, median ratio to SB3 [min, max], target."""
+    spec = TABLES[table]
     rows = []
     for name, by_agent in times.items():
         steps = round(scale * spec.runs[name])
@@ -306,7 +307,11 @@ def machine() -> str:
 
 
 def markers(table: str) -> tuple[str, str]:
+    """The comments around ``table``'s generated block (``overhead``, ``throughput`` or ``profile``)."""
     return f"<!-- {table}:begin -->", f"<!-- {table}:end -->"
+
+
+BEGIN, END = markers("overhead")
 
 
 def markdown(table: str, times: Times, repetitions: int, command: str, scale: float) -> str:
@@ -316,16 +321,20 @@ def markdown(table: str, times: Times, repetitions: int, command: str, scale: fl
     header = f"| configuration | agent | median wall time (s) | steps/s | {ratio}: median [min, max] | target |"
     lines = [begin, "", f"Machine: {machine()}.", "", f"Command: `{command}` ({repetitions} repetitions).", ""]
     lines += [header, "|---|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(row) + " |" for row in ratio_rows(spec, times, scale)]
+    lines += ["| " + " | ".join(row) + " |" for row in ratio_rows(times, scale, table)]
     lines += ["", *(f"- `{name}`: {CONFIGS[name].description}" for name in times)]
     lines += ["- steps per run: " + ", ".join(f"`{name}` {round(scale * spec.runs[name]):,}" for name in times)]
     lines += ["", end]
     return "\n".join(lines)
 
 
-def write_block(path: Path, table: str, block: str) -> None:
-    """Replace the table's generated block of ``path`` (or append it when the file has none)."""
-    begin, end = markers(table)
+def write_block(path: Path, block: str) -> None:
+    """Replace the generated block of ``path`` that ``block`` replaces (or append it when the file has none).
+
+    :param block: a generated block: its first line is its begin marker, its last line the end marker
+    """
+    lines = block.strip().splitlines()
+    begin, end = lines[0], lines[-1]
     text = path.read_text() if path.exists() else ""
     if begin in text and end in text:
         before, rest = text.split(begin, 1)
@@ -419,7 +428,7 @@ def main() -> None:
             table.add_row(label, *(f"{shares[agent][label]:.3f}" for agent in ("sb3", "crl")))
         Console().print(table)
         if args.write:
-            write_block(args.write, "profile", profile_markdown(shares, args.profile))
+            write_block(args.write, profile_markdown(shares, args.profile))
         return
     spec = TABLES[args.table]
     unknown = sorted(set(args.only or []) - set(spec.runs))
@@ -443,11 +452,11 @@ def main() -> None:
     if args.save:
         args.save.write_text(json.dumps({"table": args.table, "reps": reps, "scale": scale, "times": times}, indent=1))
     table = Table("configuration", "agent", "median s", "steps/s", "ratio [min, max]", "target")
-    for row in ratio_rows(spec, times, scale):
+    for row in ratio_rows(times, scale, args.table):
         table.add_row(*row)
     console.print(table)
     if args.write:
-        write_block(args.write, args.table, markdown(args.table, times, reps, f"{command} --write {args.write}", scale))
+        write_block(args.write, markdown(args.table, times, reps, f"{command} --write {args.write}", scale))
         console.print(f"wrote {args.write}")
 
 
