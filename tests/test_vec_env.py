@@ -46,6 +46,18 @@ class SharedBuffersEnv(gym.Env):
         return self._obs, float(self._t), self._t >= self.length, False, self._info
 
 
+class DictObservation(gym.ObservationWrapper):
+    """CartPole with a dict observation: the state and its sign."""
+
+    def __init__(self) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+        box = self.env.observation_space
+        self.observation_space = spaces.Dict({"state": box, "sign": spaces.MultiBinary(box.shape)})
+
+    def observation(self, observation):
+        return {"state": observation, "sign": (observation > 0).astype(np.int8)}
+
+
 def _rollout(vec_env_cls, make_env, n_envs: int, steps: int) -> list:
     """Every step's return, kept as returned: later steps must not change what earlier steps handed out."""
     env = vec_env_cls([make_env] * n_envs)
@@ -68,7 +80,9 @@ def _snapshot(value):
 
 
 @pytest.mark.parametrize(
-    "make_env", [SharedBuffersEnv, lambda: gym.make("CartPole-v1")], ids=["shared_buffers", "cartpole"]
+    "make_env",
+    [SharedBuffersEnv, lambda: gym.make("CartPole-v1"), DictObservation],
+    ids=["shared_buffers", "cartpole", "dict_observation"],
 )
 def test_same_returns_as_sb3_and_nothing_aliased(make_env) -> None:
     """Step by step equal to SB3's DummyVecEnv, and what a step returned stays as it was returned."""

@@ -69,5 +69,7 @@ class DummyVecEnv(SB3DummyVecEnv):
         return self._obs_from_buf(), np.copy(self.buf_rews), np.copy(self.buf_dones), copy_infos(self.buf_infos)
 
     def _obs_from_buf(self) -> VecEnvObs:
+        if self.keys == [None]:  # an unstructured space: dict_to_obs would return this one array
+            return copy_observation(self.buf_obs[None])
         copies = OrderedDict((key, copy_observation(buf)) for key, buf in self.buf_obs.items())
         return dict_to_obs(self.observation_space, copies)
