@@ -13,6 +13,8 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.utils import obs_as_tensor
+from torch import nn
+from torch.nn.modules.module import register_module_module_registration_hook
 
 from crl.policies.features import FeatureRecorder, Features, HiddenLayer, hidden_layers
 from crl.policies.layers import ArchitectureOptions
@@ -24,6 +26,23 @@ from crl.policies.spectral_norm import (
     set_power_iteration,
 )
 from crl.policies.two_hot import TwoHot
+
+
+class _SubmoduleRegistrations:
+    """How many submodules were registered (``setattr``, ``add_module``, ...) anywhere in the process.
+
+    A policy remembers the count at its last mode switch: a different count means its module tree may
+    have changed (e.g. an intervention inserted layers), and the next switch walks it again.
+    """
+
+    count = 0
+
+    @classmethod
+    def record(cls, module: nn.Module, name: str, submodule: nn.Module | None) -> None:
+        cls.count += 1
+
+
+register_module_module_registration_hook(_SubmoduleRegistrations.record)
 
 
 class ContinualPolicyMixin:
@@ -46,6 +65,8 @@ class ContinualPolicyMixin:
     """The support of the categorical value head, or ``None`` for SB3's scalar head."""
     _training_mode: bool | None = None
     """The mode of the last :meth:`set_training_mode` (``None``: unknown, the next call walks)."""
+    _registrations_at_switch: int = -1
+    """:class:`_SubmoduleRegistrations` count at the last :meth:`set_training_mode`."""
     _device: th.device | None = None
     """:attr:`device` once looked up (``None``: look it up), forgotten when the policy is moved."""
 
@@ -102,16 +123,19 @@ class ContinualPolicyMixin:
 
         SB3 calls this on every ``predict()``, i.e. every environment step of DQN and SAC, and each
         call walks every submodule (``nn.Module.train``): 14 % of DQN's wall time on CartPole. The
-        walk now happens only when the mode changes. Mode changes made through the policy
-        (``train()``/``eval()``) are seen; a submodule switched on its own is not, so switch the policy.
+        walk now happens only when the mode changes, or when the module tree may have changed since
+        the last walk (a submodule was registered somewhere), or after the policy's own
+        ``train()``/``eval()``. A submodule switched on its own (``policy.q_net.eval()``) is not
+        seen: switch the policy instead.
         """
-        if mode == self._training_mode:
+        if mode == self._training_mode and self._registrations_at_switch == _SubmoduleRegistrations.count:
             return
         super().set_training_mode(mode)  # type: ignore[misc]
         if self.spectral_norm is not None:
             for target in self.target_networks().values():
                 set_power_iteration(getattr(self, target), mode)
         self._training_mode = mode
+        self._registrations_at_switch = _SubmoduleRegistrations.count
 
     def train(self, mode: bool = True) -> Any:
         # A direct train()/eval() may leave submodules in another mode than the last set_training_mode.

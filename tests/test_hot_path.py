@@ -11,12 +11,12 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
+from test_sb3_equivalence import assert_same_training
 
 import crl
 from crl.hooks import GradientStep
 from crl.interventions import Intervention
 from crl.wrappers.vec_env import DummyVecEnv
-from tests.test_sb3_equivalence import assert_same_training
 
 DQN_ARGS = dict(learning_starts=200, train_freq=10, target_update_interval=100, batch_size=32, seed=0, device="cpu")
 
@@ -168,3 +168,11 @@ def test_hooks_relay_costs_one_callback_and_user_callbacks_keep_their_locals() -
     model.learn(300, callback=reader)
     assert len(reader.saw_infos) == 300 and all(reader.saw_infos)
     assert model.metrics_monitor is not None and model.metrics_monitor.measurements >= 1
+
+
+def test_mode_switch_reaches_submodules_added_since_the_last_switch() -> None:
+    policy = crl.DQN("MlpPolicy", "CartPole-v1", device="cpu").policy
+    policy.set_training_mode(False)
+    policy.q_net.q_net.append(th.nn.Dropout(0.5))  # e.g. an intervention changing the network; born in training mode
+    policy.set_training_mode(False)
+    assert not any(module.training for module in policy.q_net.modules())
