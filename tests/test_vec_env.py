@@ -110,6 +110,13 @@ def test_shallow_copies_only_for_flat_immutable_infos() -> None:
     assert copies[0]["episode"] == {"r": 1.0} and copies[0]["episode"] is not nested[0]["episode"]
     assert copies[1]["terminal_observation"] is not nested[1]["terminal_observation"]
 
+    class Tagged(str):
+        """A str subclass whose instances carry a mutable attribute."""
+
+    tagged = Tagged("x")
+    tagged.notes = []
+    assert copy_infos([{"name": tagged}])[0]["name"] is not tagged  # deep-copied, as SB3 would
+
     shared = {"lives": 3}
     copies = copy_infos([shared, shared])
     assert copies[0] is copies[1] and copies[0] is not shared  # as deepcopy keeps the sharing

@@ -26,13 +26,17 @@ from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 from stable_baselines3.common.vec_env.util import dict_to_obs
 
-_IMMUTABLE_SCALARS = (bool, int, float, str, type(None), np.bool_, np.integer, np.floating)
+_IMMUTABLE_TYPES = frozenset({bool, int, float, str, type(None)})
+_NUMPY_SCALARS = (np.bool_, np.integer, np.floating)
+
+
+def _is_immutable_scalar(value: Any) -> bool:
+    # Exact builtin types: a subclass may carry mutable attributes that deepcopy would copy.
+    return type(value) in _IMMUTABLE_TYPES or isinstance(value, _NUMPY_SCALARS)
 
 
 def _is_flat_immutable(info: Any) -> bool:
-    return type(info) is dict and all(
-        type(key) is str and isinstance(value, _IMMUTABLE_SCALARS) for key, value in info.items()
-    )
+    return type(info) is dict and all(type(key) is str and _is_immutable_scalar(value) for key, value in info.items())
 
 
 def copy_infos(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
