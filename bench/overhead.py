@@ -1,28 +1,50 @@
 """Wall time of crl against plain Stable-Baselines3 on the same training runs, interleaved.
 
-``python bench/overhead.py [--reps 5] [--only ppo_cartpole ...] [--scale 0.1] [--write docs/performance.md]``
+``python bench/overhead.py [--table overhead|throughput] [--reps 5] [--only NAME ...] [--scale 0.1]
+[--write docs/performance.md] [--save FILE.json] [--load FILE.json ...]``
 
-Each configuration is trained by three agents: plain SB3 (``sb3``), crl with no intervention and no
-metrics (``crl``) and crl with the default metric suite (``crl_metrics``: ``MetricsConfig()``, every
-10,000 steps plus the baseline measurement at the first update). Every repetition runs the three
-agents of a configuration back to back, in an order that rotates between repetitions, with the same
-seed and fresh environments, on one torch thread; only ``learn()`` is timed. The ratio of a
-repetition is ``crl time / sb3 time``; the table shows the median and the range over repetitions
-(targets: ``crl`` <= 1.02, ``crl_metrics`` <= 1.05).
+Two tables, each from its own run:
+
+- ``overhead`` (the default): each configuration is trained by three agents: plain SB3 (``sb3``),
+  crl with no intervention and no metrics (``crl``) and crl with the default metric suite
+  (``crl_metrics``: ``MetricsConfig()``, every 10,000 steps plus the baseline measurement at the first
+  update). The ratio of a repetition is ``crl time / sb3 time`` (targets: ``crl`` <= 1.02,
+  ``crl_metrics`` <= 1.05).
+- ``throughput``: the configurations of the hot-path targets (DQN on CartPole with the single-file
+  baseline's hyperparameters, DQN and PPO on Atari, SAC on Pendulum, PPO on CartPole) and a fourth
+  agent, ``crl_ln_redo`` (``LayerNorm()`` and ``ReDo()``). The ratio of a repetition is
+  ``crl steps/s / sb3 steps/s`` (targets per configuration, e.g. >= 1.5 for ``dqn_cartpole``).
+
+Every repetition runs the agents of a configuration back to back, in an order that rotates between
+repetitions, with the same seed and fresh environments, on one torch thread; only ``learn()`` is
+timed; the tables show the median and the range over repetitions. Each agent runs its library's
+stack: ``sb3`` gets SB3's ``DummyVecEnv``, the crl agents crl's (:mod:`crl.wrappers.vec_env`, what crl
+builds for an env id or a task sequence).
 
 The run lengths make each ``crl_metrics`` run pay at least the measurement density of the default
 cadence: runs of 10,000 steps or fewer take the baseline measurement (and one more at 10,000), i.e.
 one measurement per run or more, where a long run takes one per 10,000 steps.
 
-``--write FILE`` replaces the block between ``<!-- overhead:begin -->`` and ``<!-- overhead:end -->``
-in ``FILE`` with the machine description and the table.
+``--profile STEPS`` profiles instead of timing: ``dqn_cartpole`` for STEPS steps under ``cProfile``,
+once with SB3 and once with crl, and reports the cumulative time of each hot spot of the issue
+(mode switches, deep copies, ``obs_to_tensor``, ...) as a share of ``learn()``. cProfile inflates
+Python-heavy code, so a share is larger than its wall-time weight, but the two columns compare, also
+on a loaded machine; ``--write`` puts that table between ``<!-- profile:begin -->`` and ``<!-- profile:end -->``.
+
+``--write FILE`` replaces the table's block in ``FILE`` (between ``<!-- overhead:begin -->`` and
+``<!-- overhead:end -->``, or the ``throughput`` markers) with the machine description and the table.
+``--save`` keeps the measured times in a JSON file; ``--load`` makes the table from saved files instead
+of measuring (e.g. two runs of different ``--only`` subsets made side by side on two cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import json
 import os
 import platform
+import pstats
 import statistics
 import time
 from collections.abc import Callable
@@ -39,17 +61,18 @@ from rich.console import Console
 from rich.table import Table
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
 import crl
+from crl.interventions import LayerNorm, ReDo
 from crl.metrics import MetricsConfig
 from crl.wrappers.continual_world import metaworld_env
+from crl.wrappers.vec_env import DummyVecEnv
 
 gym.register_envs(ale_py)
 
-AGENTS = ("sb3", "crl", "crl_metrics")
-TARGETS = {"crl": 1.02, "crl_metrics": 1.05}
-BEGIN, END = "<!-- overhead:begin -->", "<!-- overhead:end -->"
+VecEnvClass = type[SB3DummyVecEnv]
 
 
 @dataclass(frozen=True)
@@ -58,42 +81,71 @@ class Config:
 
     :param algorithm: the SB3 class name (crl has a subclass of the same name)
     :param policy: the policy name
-    :param make_env: builds the training ``VecEnv`` from a seed
+    :param make_env: builds the training ``VecEnv`` from a seed and the ``DummyVecEnv`` class to use
     :param steps: environment steps of ``learn()``
     :param hyperparameters: constructor arguments shared by SB3 and crl
     """
 
     algorithm: str
     policy: str
-    make_env: Callable[[int], VecEnv]
+    make_env: Callable[[int, VecEnvClass], VecEnv]
     steps: int
     description: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
-def _atari(seed: int) -> VecEnv:
-    return VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=1, seed=seed), n_stack=4)
+def _atari(seed: int, vec_env_cls: VecEnvClass, n_envs: int = 1) -> VecEnv:
+    env = make_atari_env("BreakoutNoFrameskip-v4", n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls)
+    return VecFrameStack(env, n_stack=4)
 
 
-def _cartpole(seed: int) -> VecEnv:
-    return make_vec_env("CartPole-v1", n_envs=4, seed=seed)
+def _atari_8(seed: int, vec_env_cls: VecEnvClass) -> VecEnv:
+    return _atari(seed, vec_env_cls, n_envs=8)
 
 
-def _pendulum(seed: int) -> VecEnv:
-    return make_vec_env("Pendulum-v1", n_envs=1, seed=seed)
+def _cartpole(seed: int, vec_env_cls: VecEnvClass) -> VecEnv:
+    return make_vec_env("CartPole-v1", n_envs=4, seed=seed, vec_env_cls=vec_env_cls)
 
 
-def _continual_world(seed: int) -> VecEnv:
-    return make_vec_env(lambda: metaworld_env("hammer"), n_envs=1, seed=seed)
+def _cartpole_1(seed: int, vec_env_cls: VecEnvClass) -> VecEnv:
+    return make_vec_env("CartPole-v1", n_envs=1, seed=seed, vec_env_cls=vec_env_cls)
+
+
+def _pendulum(seed: int, vec_env_cls: VecEnvClass) -> VecEnv:
+    return make_vec_env("Pendulum-v1", n_envs=1, seed=seed, vec_env_cls=vec_env_cls)
+
+
+def _continual_world(seed: int, vec_env_cls: VecEnvClass) -> VecEnv:
+    return make_vec_env(lambda: metaworld_env("hammer"), n_envs=1, seed=seed, vec_env_cls=vec_env_cls)
 
 
 CONFIGS: dict[str, Config] = {
+    "dqn_cartpole": Config(
+        "DQN",
+        "MlpPolicy",
+        _cartpole_1,
+        100_000,
+        "DQN, CartPole, the single-file baseline's hyperparameters (lr 2.5e-4, buffer 10k, batch 128, updates "
+        "every 10 steps from step 10k, target sync every 500, epsilon 1 -> 0.05 over 50k steps, 120x84 MLP)",
+        dict(
+            learning_rate=2.5e-4,
+            buffer_size=10_000,
+            batch_size=128,
+            learning_starts=10_000,
+            train_freq=10,
+            target_update_interval=500,
+            exploration_fraction=0.5,
+            exploration_final_eps=0.05,
+            gamma=0.99,
+            policy_kwargs=dict(net_arch=[120, 84]),
+        ),
+    ),
     "dqn_atari": Config(
         "DQN",
         "CnnPolicy",
         _atari,
         10_000,
-        "DQN, Breakout (SB3's Atari preprocessing, 4 frames), NatureCNN, 10k steps, updates every 4 from step 1k",
+        "DQN, Breakout (SB3's Atari preprocessing, 4 frames), NatureCNN, updates every 4 from step 1k",
         dict(
             buffer_size=10_000,
             learning_starts=1_000,
@@ -112,15 +164,23 @@ CONFIGS: dict[str, Config] = {
         "MlpPolicy",
         _cartpole,
         20_480,
-        "PPO, CartPole, 4 envs x 128 steps, 4 epochs, 64x64 tanh MLP, 20k steps",
+        "PPO, CartPole, 4 envs x 128 steps, 4 epochs, 64x64 tanh MLP",
         dict(n_steps=128, n_epochs=4, batch_size=64),
+    ),
+    "ppo_atari": Config(
+        "PPO",
+        "CnnPolicy",
+        _atari_8,
+        8_192,
+        "PPO, Breakout (SB3's Atari preprocessing, 4 frames), 8 envs x 128 steps, 4 epochs, minibatch 256, NatureCNN",
+        dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1, ent_coef=0.01),
     ),
     "sac_pendulum": Config(
         "SAC",
         "MlpPolicy",
         _pendulum,
         3_000,
-        "SAC, Pendulum, 256x256 MLPs, 3k steps, updates from step 100",
+        "SAC, Pendulum, 256x256 MLPs, updates from step 100",
         dict(learning_starts=100),
     ),
     "sac_cw": Config(
@@ -128,20 +188,65 @@ CONFIGS: dict[str, Config] = {
         "MlpPolicy",
         _continual_world,
         3_000,
-        "SAC, Continual World hammer (Meta-World v3), 256x256 MLPs, 3k steps, updates from step 1k",
+        "SAC, Continual World hammer (Meta-World v3), 256x256 MLPs, updates from step 1k",
         dict(learning_starts=1_000),
     ),
 }
 
 
+@dataclass(frozen=True)
+class TableSpec:
+    """What one table compares: its agents, its runs and how a ratio is read.
+
+    :param agents: ``sb3`` first, then the crl agents
+    :param runs: configuration -> environment steps of its ``learn()``
+    :param speedup: ratios are ``sb3 time / crl time`` (steps/s against SB3's, higher is better)
+        instead of ``crl time / sb3 time`` (cost against SB3's, lower is better)
+    :param targets: the target of each row, by agent (overhead) or by configuration (throughput)
+    """
+
+    agents: tuple[str, ...]
+    runs: dict[str, int]
+    speedup: bool
+    targets: dict[str, float]
+
+    def target(self, name: str, agent: str) -> float:
+        return self.targets[name] if self.speedup else self.targets[agent]
+
+
+TABLES: dict[str, TableSpec] = {
+    "overhead": TableSpec(
+        agents=("sb3", "crl", "crl_metrics"),
+        runs={name: CONFIGS[name].steps for name in ("dqn_atari", "ppo_cartpole", "sac_pendulum", "sac_cw")},
+        speedup=False,
+        targets={"crl": 1.02, "crl_metrics": 1.05},
+    ),
+    "throughput": TableSpec(
+        agents=("sb3", "crl", "crl_metrics", "crl_ln_redo"),
+        runs={
+            "dqn_cartpole": 100_000,
+            "dqn_atari": 4_000,
+            "sac_pendulum": 1_500,
+            "ppo_cartpole": 20_480,
+            "ppo_atari": 4_096,
+        },
+        speedup=True,
+        targets={"dqn_cartpole": 1.5, "dqn_atari": 1.2, "sac_pendulum": 1.1, "ppo_cartpole": 1.0, "ppo_atari": 1.0},
+    ),
+}
+Times = dict[str, dict[str, list[float]]]
+"""configuration -> agent -> wall time in seconds of each repetition"""
+
+
 def build(config: Config, agent: str, seed: int) -> BaseAlgorithm:
-    """The agent's model of ``config`` (plain SB3, or crl with or without the default metrics)."""
-    env = config.make_env(seed)
+    """The agent's model of ``config``: plain SB3, or crl bare, with the default metrics or with LayerNorm + ReDo."""
     arguments = dict(config.hyperparameters, seed=seed, device="cpu")
     if agent == "sb3":
-        return getattr(sb3, config.algorithm)(config.policy, env, **arguments)
+        return getattr(sb3, config.algorithm)(config.policy, config.make_env(seed, SB3DummyVecEnv), **arguments)
     metrics = MetricsConfig() if agent == "crl_metrics" else None
-    return getattr(crl, config.algorithm)(config.policy, env, metrics=metrics, **arguments)
+    interventions = [LayerNorm(), ReDo()] if agent == "crl_ln_redo" else None
+    env = config.make_env(seed, DummyVecEnv)
+    return getattr(crl, config.algorithm)(config.policy, env, metrics=metrics, interventions=interventions, **arguments)
 
 
 def timed_learn(config: Config, agent: str, seed: int, steps: int) -> float:
@@ -156,60 +261,64 @@ def timed_learn(config: Config, agent: str, seed: int, steps: int) -> float:
     return elapsed
 
 
-def measure(
-    names: list[str], repetitions: int, seed: int, scale: float, console: Console
-) -> dict[str, dict[str, list[float]]]:
-    """Config -> agent -> wall time of each repetition; agents of a repetition run back to back."""
+def measure(spec: TableSpec, names: list[str], repetitions: int, seed: int, scale: float, console: Console) -> Times:
+    """Wall times of every agent on every configuration; the agents of a repetition run back to back."""
     th.set_num_threads(1)
-    times: dict[str, dict[str, list[float]]] = {name: {agent: [] for agent in AGENTS} for name in names}
+    times: Times = {name: {agent: [] for agent in spec.agents} for name in names}
+    agents = spec.agents
     for repetition in range(repetitions):
         # rotate the order so that no agent always runs first (a cold cache) or last
-        order = AGENTS[repetition % 3 :] + AGENTS[: repetition % 3]
+        shift = repetition % len(agents)
+        order = agents[shift:] + agents[:shift]
         for name in names:
             for agent in order:
-                seconds = timed_learn(CONFIGS[name], agent, seed, round(scale * CONFIGS[name].steps))
+                seconds = timed_learn(CONFIGS[name], agent, seed, round(scale * spec.runs[name]))
                 times[name][agent].append(seconds)
                 console.print(f"rep {repetition + 1}/{repetitions} {name} {agent}: {seconds:.2f} s")
     return times
 
 
-def measure_in_parallel(
-    names: list[str], args: argparse.Namespace, console: Console
-) -> dict[str, dict[str, list[float]]]:
+def measure_in_parallel(spec: TableSpec, names: list[str], args: argparse.Namespace, console: Console) -> Times:
     """:func:`measure` of each configuration in one of ``args.jobs`` processes (one torch thread each).
 
-    The three agents of a configuration still run in the same process, back to back, so each ratio
+    The agents of a configuration still run in the same process, back to back, so each ratio
     compares runs made under the same load; the absolute times include the other processes' load.
     """
-    times: dict[str, dict[str, list[float]]] = {}
+    times: Times = {}
     with ProcessPoolExecutor(args.jobs) as pool:
-        jobs = {name: pool.submit(_measure_in_worker, name, args.reps, args.seed, args.scale) for name in names}
+        jobs = {
+            name: pool.submit(_measure_in_worker, args.table, name, args.reps, args.seed, args.scale) for name in names
+        }
         for name, job in jobs.items():
             times.update(job.result())
             console.print(f"{name}: done")
     return times
 
 
-def _measure_in_worker(name: str, repetitions: int, seed: int, scale: float) -> dict[str, dict[str, list[float]]]:
-    return measure([name], repetitions, seed, scale, Console())  # a console cannot be pickled: one per worker
+def _measure_in_worker(table: str, name: str, repetitions: int, seed: int, scale: float) -> Times:
+    return measure(TABLES[table], [name], repetitions, seed, scale, Console())  # a console cannot be pickled
 
 
-def ratio_rows(times: dict[str, dict[str, list[float]]], scale: float = 1.0) -> list[list[str]]:
-    """Table rows: config, agent, median seconds, steps/s, median ratio to SB3 [min, max], target."""
+def ratio_rows(times: Times, scale: float = 1.0, table: str = "overhead") -> list[list[str]]:
+    """Rows of ``table``: config, agent, median seconds, steps/s, median ratio to SB3 [min, max], target."""
+    spec = TABLES[table]
     rows = []
     for name, by_agent in times.items():
-        steps = round(scale * CONFIGS[name].steps)
-        for agent in AGENTS:
+        steps = round(scale * spec.runs[name])
+        for agent in spec.agents:
             seconds = statistics.median(by_agent[agent])
             cells = [name, agent, f"{seconds:.2f}", f"{steps / seconds:,.0f}"]
             if agent == "sb3":
                 rows.append([*cells, "1", ""])
                 continue
-            ratios = [own / base for own, base in zip(by_agent[agent], by_agent["sb3"], strict=True)]
-            spread = f"{statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"
-            target = TARGETS[agent]
-            verdict = "met" if statistics.median(ratios) <= target else "**missed**"
-            rows.append([*cells, spread, f"<= {target} {verdict}"])
+            pairs = zip(by_agent[agent], by_agent["sb3"], strict=True)
+            ratios = [base / own if spec.speedup else own / base for own, base in pairs]
+            median = statistics.median(ratios)
+            spread = f"{median:.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"
+            target = spec.target(name, agent)
+            met = median >= target if spec.speedup else median <= target
+            verdict = "met" if met else "**missed**"
+            rows.append([*cells, spread, f"{'>=' if spec.speedup else '<='} {target} {verdict}"])
     return rows
 
 
@@ -220,53 +329,163 @@ def machine() -> str:
     )
 
 
-def markdown(times: dict[str, dict[str, list[float]]], repetitions: int, command: str, scale: float) -> str:
-    header = "| configuration | agent | median wall time (s) | steps/s | ratio to SB3: median [min, max] | target |"
-    lines = [BEGIN, "", f"Machine: {machine()}.", "", f"Command: `{command}` ({repetitions} repetitions).", ""]
+def markers(table: str) -> tuple[str, str]:
+    """The comments around ``table``'s generated block (``overhead``, ``throughput`` or ``profile``)."""
+    return f"<!-- {table}:begin -->", f"<!-- {table}:end -->"
+
+
+BEGIN, END = markers("overhead")
+
+
+def markdown(table: str, times: Times, repetitions: int, command: str, scale: float) -> str:
+    spec = TABLES[table]
+    begin, end = markers(table)
+    ratio = "steps/s against SB3's" if spec.speedup else "wall time against SB3's"
+    header = f"| configuration | agent | median wall time (s) | steps/s | {ratio}: median [min, max] | target |"
+    lines = [begin, "", f"Machine: {machine()}.", "", f"Command: `{command}` ({repetitions} repetitions).", ""]
     lines += [header, "|---|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(row) + " |" for row in ratio_rows(times, scale)]
-    lines += ["", *(f"- `{name}`: {CONFIGS[name].description}" for name in times), "", END]
+    lines += ["| " + " | ".join(row) + " |" for row in ratio_rows(times, scale, table)]
+    lines += ["", *(f"- `{name}`: {CONFIGS[name].description}" for name in times)]
+    lines += ["- steps per run: " + ", ".join(f"`{name}` {round(scale * spec.runs[name]):,}" for name in times)]
+    lines += ["", end]
     return "\n".join(lines)
 
 
 def write_block(path: Path, block: str) -> None:
-    """Replace the generated block of ``path`` (or append it when the file has none)."""
+    """Replace the generated block of ``path`` that ``block`` replaces (or append it when the file has none).
+
+    :param block: a generated block: its first line is its begin marker, its last line the end marker
+    """
+    lines = block.strip().splitlines()
+    begin, end = lines[0], lines[-1]
     text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        text = before + block + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        text = before + block + rest.split(end, 1)[1]
     else:
         text = text + ("\n" if text else "") + block + "\n"
     path.write_text(text)
 
 
+def load(paths: list[Path], table: str) -> tuple[Times, int, float]:
+    """Merge the times saved by ``--save`` runs of ``table`` (same repetitions and scale)."""
+    times: Times = {}
+    settings = set()
+    for path in paths:
+        saved = json.loads(path.read_text())
+        if saved["table"] != table:
+            raise SystemExit(f"{path} holds the {saved['table']!r} table, not {table!r}")
+        settings.add((saved["reps"], saved["scale"]))
+        times.update(saved["times"])
+    if len(settings) != 1:
+        raise SystemExit(f"--load files differ in repetitions or scale: {sorted(settings)}")
+    reps, scale = settings.pop()
+    return times, reps, scale
+
+
+HOT_SPOTS: dict[str, tuple[str, str]] = {
+    "`nn.Module.train` (mode switches)": ("torch/nn/modules/module.py", "train"),
+    "`copy.deepcopy` (all callers)": ("copy.py", "deepcopy"),
+    "`obs_to_tensor`": ("policies", "obs_to_tensor"),
+    "policy `device` look-ups": ("policies", "device"),
+    "Q-network forward (acting and training)": ("dqn/policies.py", "forward"),
+    "`VecEnv.step` (env dynamics included)": ("vec_env/base_vec_env.py", "step"),
+    "`train()`": ("dqn.py", "train"),
+}
+"""Row label -> (part of the file path, function name) of the profiled functions (SB3's and crl's)."""
+
+
+def profile(agent: str, steps: int, seed: int = 0) -> dict[str, float]:
+    """Share of ``learn()``'s profiled time spent in each hot spot (and the total, in seconds)."""
+    model = build(CONFIGS["dqn_cartpole"], agent, seed)
+    profiler = cProfile.Profile()
+    profiler.runcall(model.learn, steps)
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    total = max(cumulative for _, _, _, cumulative, _ in stats.values())
+    shares = {"total seconds (profiled)": total}
+    for label, (path, function) in HOT_SPOTS.items():
+        cumulative = sum(entry[3] for (file, _, name), entry in stats.items() if path in file and name == function)
+        shares[label] = cumulative / total
+    return shares
+
+
+def profile_markdown(shares: dict[str, dict[str, float]], steps: int) -> str:
+    lines = [
+        "<!-- profile:begin -->",
+        "",
+        f"Command: `python bench/overhead.py --profile {steps}` (`dqn_cartpole` under cProfile, cumulative time "
+        "of each hot spot as a share of `learn()`; a call nested in another hot spot counts in both).",
+        "",
+        "| hot spot | SB3 | crl |",
+        "|---|---|---|",
+    ]
+    for label in shares["sb3"]:
+        if label.startswith("total"):
+            cells = [f"{shares[agent][label]:.1f} s" for agent in ("sb3", "crl")]
+        else:
+            cells = [f"{100 * shares[agent][label]:.1f} %" for agent in ("sb3", "crl")]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    lines += ["", "<!-- profile:end -->"]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", choices=list(TABLES), default="overhead", help="which table (default overhead)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
-    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="configurations to run (default: all)")
+    parser.add_argument("--only", nargs="+", help="configurations of the table to run (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every run length (0.1: a quick look)")
     parser.add_argument("--write", type=Path, help="write the table into this Markdown file's generated block")
+    parser.add_argument("--save", type=Path, help="save the measured times to this JSON file")
+    parser.add_argument("--load", type=Path, nargs="+", help="make the table from these --save files, measure nothing")
+    parser.add_argument(
+        "--profile", type=int, metavar="STEPS", help="profile dqn_cartpole (SB3, crl) instead of timing"
+    )
     parser.add_argument(
         "--jobs", type=int, default=1, help="processes, each timing whole configurations (the costliest first)"
     )
     args = parser.parse_args()
+    if args.profile:
+        th.set_num_threads(1)
+        shares = {agent: profile(agent, args.profile) for agent in ("sb3", "crl")}
+        table = Table("hot spot", "SB3", "crl")
+        for label in shares["sb3"]:
+            table.add_row(label, *(f"{shares[agent][label]:.3f}" for agent in ("sb3", "crl")))
+        Console().print(table)
+        if args.write:
+            write_block(args.write, profile_markdown(shares, args.profile))
+        return
+    spec = TABLES[args.table]
+    unknown = sorted(set(args.only or []) - set(spec.runs))
+    if unknown:
+        parser.error(f"--only {unknown}: the {args.table} table runs {list(spec.runs)}")
     console = Console()
-    names = args.only or list(CONFIGS)
-    if args.jobs == 1:
-        times = measure(names, args.reps, args.seed, args.scale, console)
+    if args.load:
+        times, reps, scale = load(args.load, args.table)
+        names = [name for name in spec.runs if name in times]
+        times = {name: times[name] for name in names}
+        command = f"python bench/overhead.py --table {args.table} --reps {reps}"
     else:
-        times = measure_in_parallel(names, args, console)
+        names = args.only or list(spec.runs)
+        reps, scale = args.reps, args.scale
+        if args.jobs == 1:
+            times = measure(spec, names, reps, args.seed, scale, console)
+        else:
+            times = measure_in_parallel(spec, names, args, console)
+        only = f" --only {' '.join(names)}" if args.only else ""
+        jobs = f" --jobs {args.jobs}" if args.jobs != 1 else ""
+        command = f"python bench/overhead.py --table {args.table} --reps {reps}{only}{jobs}"
+    if scale != 1.0:
+        command += f" --scale {scale}"
+    if args.save:
+        args.save.write_text(json.dumps({"table": args.table, "reps": reps, "scale": scale, "times": times}, indent=1))
     table = Table("configuration", "agent", "median s", "steps/s", "ratio [min, max]", "target")
-    for row in ratio_rows(times, args.scale):
+    for row in ratio_rows(times, scale, args.table):
         table.add_row(*row)
     console.print(table)
     if args.write:
-        only = f" --only {' '.join(names)}" if args.only else ""
-        scale = f" --scale {args.scale}" if args.scale != 1.0 else ""
-        jobs = f" --jobs {args.jobs}" if args.jobs != 1 else ""
-        command = f"python bench/overhead.py --reps {args.reps}{only}{scale}{jobs} --write {args.write}"
-        write_block(args.write, markdown(times, args.reps, command, args.scale))
+        write_block(args.write, markdown(args.table, times, reps, f"{command} --write {args.write}", scale))
         console.print(f"wrote {args.write}")
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
+from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.utils import obs_as_tensor
+from torch import nn
+from torch.nn.modules.module import register_module_module_registration_hook
 
 from crl.policies.features import FeatureRecorder, Features, HiddenLayer, hidden_layers
 from crl.policies.layers import ArchitectureOptions
@@ -20,6 +26,23 @@ from crl.policies.spectral_norm import (
     set_power_iteration,
 )
 from crl.policies.two_hot import TwoHot
+
+
+class _SubmoduleRegistrations:
+    """How many submodules were registered (``setattr``, ``add_module``, ...) anywhere in the process.
+
+    A policy remembers the count at its last mode switch: a different count means its module tree may
+    have changed (e.g. an intervention inserted layers), and the next switch walks it again.
+    """
+
+    count = 0
+
+    @classmethod
+    def record(cls, module: nn.Module, name: str, submodule: nn.Module | None) -> None:
+        cls.count += 1
+
+
+register_module_module_registration_hook(_SubmoduleRegistrations.record)
 
 
 class ContinualPolicyMixin:
@@ -40,6 +63,12 @@ class ContinualPolicyMixin:
     spectral_norm: SpectralNormOption
     two_hot: TwoHot | None
     """The support of the categorical value head, or ``None`` for SB3's scalar head."""
+    _training_mode: bool | None = None
+    """The mode of the last :meth:`set_training_mode` (``None``: unknown, the next call walks)."""
+    _registrations_at_switch: int = -1
+    """:class:`_SubmoduleRegistrations` count at the last :meth:`set_training_mode`."""
+    _device: th.device | None = None
+    """:attr:`device` once looked up (``None``: look it up), forgotten when the policy is moved."""
 
     def __init__(
         self,
@@ -90,10 +119,71 @@ class ContinualPolicyMixin:
         return data
 
     def set_training_mode(self, mode: bool) -> None:
+        """SB3's mode switch, skipped when the policy is already in ``mode``.
+
+        SB3 calls this on every ``predict()``, i.e. every environment step of DQN and SAC, and each
+        call walks every submodule (``nn.Module.train``): 14 % of DQN's wall time on CartPole. The
+        walk now happens only when the mode changes, or when the module tree may have changed since
+        the last walk (a submodule was registered somewhere), or after the policy's own
+        ``train()``/``eval()``. A submodule switched on its own (``policy.q_net.eval()``) is not
+        seen: switch the policy instead.
+        """
+        if mode == self._training_mode and self._registrations_at_switch == _SubmoduleRegistrations.count:
+            return
         super().set_training_mode(mode)  # type: ignore[misc]
         if self.spectral_norm is not None:
             for target in self.target_networks().values():
                 set_power_iteration(getattr(self, target), mode)
+        self._training_mode = mode
+        self._registrations_at_switch = _SubmoduleRegistrations.count
+
+    def train(self, mode: bool = True) -> Any:
+        # A direct train()/eval() may leave submodules in another mode than the last set_training_mode.
+        self._training_mode = None
+        return super().train(mode)  # type: ignore[misc]
+
+    @property
+    def device(self) -> th.device:
+        """SB3's device (that of the first parameter), remembered until the policy is moved or cast.
+
+        SB3 looks it up through a ``parameters()`` generator on every ``predict()`` (2 % of DQN's
+        wall time on CartPole).
+        """
+        if self._device is None:
+            self._device = super().device  # type: ignore[misc]
+        return self._device
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # Behind to(), cpu(), cuda(), float(), ...: the parameters may now live elsewhere.
+        self._device = None
+        return super()._apply(fn, recurse)  # type: ignore[misc]
+
+    def obs_to_tensor(self, observation: np.ndarray | dict[str, np.ndarray]) -> tuple[PyTorchObs, bool]:
+        """SB3's conversion, with a short path for the common case: an array of a ``Box`` space.
+
+        SB3 re-derives the space's kind and looks up its shape check on every call (6 % of DQN's
+        wall time on CartPole); here an array whose shape is the space's, with or without a batch
+        dimension, goes straight to a tensor. As in SB3, a non-image observation is copied first
+        (a network that writes into its input must not change the caller's array); images are not.
+        Anything else (dicts, discrete spaces, channel-last images, bad shapes) takes SB3's path.
+        """
+        space = self.observation_space  # type: ignore[attr-defined]
+        if type(observation) is np.ndarray and type(space) is spaces.Box:
+            if observation.shape == space.shape:
+                vectorized = False
+            elif observation.shape[1:] == space.shape:
+                vectorized = True
+            else:
+                return super().obs_to_tensor(observation)  # type: ignore[misc,no-any-return]
+            if not self._image_observations:
+                observation = np.array(observation)
+            return th.as_tensor(observation.reshape((-1, *space.shape)), device=self.device), vectorized  # type: ignore[attr-defined]
+        return super().obs_to_tensor(observation)  # type: ignore[misc,no-any-return]
+
+    @cached_property
+    def _image_observations(self) -> bool:
+        # SB3's check compares the bounds of every pixel (16 us per call for Atari's frames); the space is fixed.
+        return is_image_space(self.observation_space)  # type: ignore[attr-defined]
 
     def make_features_extractor(self) -> BaseFeaturesExtractor:
         """SB3's features extractor, rewritten for the architecture options when it is a NatureCNN.

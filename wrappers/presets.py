@@ -48,9 +48,7 @@ def _cw(name: str, steps_per_task: int = 1_000_000) -> TaskSequence:
     return continual_world.cw10(steps_per_task) if name == "cw10" else continual_world.cw20(steps_per_task)
 
 
-def _minatar_cycle(
-    steps_per_task: int = 1_000_000, cycles: int = 1, games: list[str] | None = None
-) -> TaskSequence:
+def _minatar_cycle(steps_per_task: int = 1_000_000, cycles: int = 1, games: list[str] | None = None) -> TaskSequence:
     from crl.wrappers.minatar import MINATAR_GAMES, minatar_cycle
 
     return minatar_cycle(games=games or MINATAR_GAMES, cycles=cycles, steps_per_task=steps_per_task)

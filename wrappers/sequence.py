@@ -20,7 +20,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
+
+from crl.wrappers.vec_env import DummyVecEnv
 
 Measure = Literal["mean_return", "success_rate"]
 MEASURES: tuple[Measure, ...] = ("mean_return", "success_rate")
@@ -263,7 +266,7 @@ class TaskSequence:
         index: int,
         n_envs: int = 1,
         seed: int | None = None,
-        vec_env_cls: type[DummyVecEnv] | type[SubprocVecEnv] = DummyVecEnv,
+        vec_env_cls: type[SB3DummyVecEnv] | type[SubprocVecEnv] = DummyVecEnv,
     ) -> VecEnv:
         """Task ``index`` as an SB3 ``VecEnv`` of ``n_envs`` monitored copies.
 
@@ -271,7 +274,7 @@ class TaskSequence:
         Atari it would count lives as episodes); ours sits right around the raw environment.
 
         :param seed: seed of the first copy, the others get ``seed + rank`` (as ``make_vec_env``)
-        :param vec_env_cls: ``DummyVecEnv`` or ``SubprocVecEnv``
+        :param vec_env_cls: ``DummyVecEnv`` (by default crl's, see :mod:`crl.wrappers.vec_env`) or ``SubprocVecEnv``
         """
         seeds = [None if seed is None else seed + rank for rank in range(n_envs)]
         vec_env = vec_env_cls([partial(self.make_env, index, action_seed=rank_seed) for rank_seed in seeds])

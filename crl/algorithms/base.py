@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
-from stable_baselines3.common.type_aliases import MaybeCallback
+from stable_baselines3.common.env_util import is_wrapped
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
+from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env.patch_gym import _patch_env
 
 from crl.hooks import GradientStep, HookDispatcher
 from crl.interventions.base import Intervention, make_interventions
 from crl.metrics.config import MetricsConfig
 from crl.metrics.monitor import MetricsMonitor
 from crl.policies.two_hot import TwoHot
-
-if TYPE_CHECKING:
-    from stable_baselines3.common.base_class import BaseAlgorithm
+from crl.wrappers.vec_env import DummyVecEnv
 
 InterventionSpec = Intervention | str | Mapping[str, Any]
 
@@ -86,11 +89,29 @@ class ContinualAlgorithm:
         self._hooks = HookDispatcher([*self.interventions, *monitors])
         self._hooks("on_setup", self._algo)
 
+    @staticmethod
+    def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
+        # SB3's wrapping, with crl's DummyVecEnv for a single environment (same values, cheaper copies).
+        if not isinstance(env, VecEnv):
+            env = _patch_env(env)
+            if not is_wrapped(env, Monitor) and monitor_wrapper:
+                if verbose >= 1:
+                    print("Wrapping the env with a `Monitor` wrapper")
+                env = Monitor(env)
+            if verbose >= 1:
+                print("Wrapping the env in a DummyVecEnv.")
+            env = DummyVecEnv([lambda: env])
+        return BaseAlgorithm._wrap_env(env, verbose, monitor_wrapper)
+
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         if self._hooks.uses_callback:
-            given = callback if isinstance(callback, list) else [callback]
-            callback = [c if isinstance(c, BaseCallback) else ConvertCallback(c) for c in given]
-            callback.append(_HookCallback(self._hooks))
+            relay = _HookCallback(self._hooks)
+            if callback is None:
+                # Alone rather than in a list beside SB3's empty ConvertCallback(None): one callback per step
+                callback = relay
+            else:
+                given = callback if isinstance(callback, list) else [callback]
+                callback = [*(c if isinstance(c, BaseCallback) else ConvertCallback(c) for c in given), relay]
         return super()._init_callback(callback, progress_bar)  # type: ignore[misc]
 
     def _excluded_save_params(self) -> list[str]:
@@ -136,6 +157,11 @@ class _HookCallback(BaseCallback):
     def __init__(self, hooks: HookDispatcher) -> None:
         super().__init__()
         self.hooks = hooks
+
+    def update_locals(self, locals_: dict[str, Any]) -> None:
+        # Hooks see the algorithm, not the collection loop's local variables: SB3's copy of them every
+        # step would be paid for nothing.
+        pass
 
     def _on_training_start(self) -> None:
         self.hooks("on_training_start", self.model)

@@ -1,0 +1,174 @@
+"""What each hot-path shortcut of crl saves against SB3's code for the same call (microbenchmarks).
+
+``python bench/hot_path.py [--number 20000] [--write docs/performance.md]``
+
+Each row times one call the way SB3 makes it and the way crl makes it, on the same objects, on one
+torch thread (median of 5 timing runs of ``--number`` calls each, the two interleaved). ``--write
+FILE`` replaces the block between ``<!-- shortcuts:begin -->`` and ``<!-- shortcuts:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+import torch as th
+from overhead import write_block  # bench/ is on sys.path when this runs as a script
+from rich.console import Console
+from rich.table import Table
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
+from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
+from stable_baselines3.common.vec_env import VecFrameStack
+
+import crl
+from crl.algorithms import sac as crl_sac
+from crl.algorithms.base import _HookCallback
+from crl.metrics import MetricsConfig
+from crl.wrappers.vec_env import DummyVecEnv
+
+gym.register_envs(ale_py)
+
+Call = Callable[[], object]
+
+
+def per_call(sb3_call: Call, crl_call: Call, number: int) -> tuple[float, float]:
+    """Median microseconds per call of SB3's and crl's version, timed alternately."""
+    times: dict[str, list[float]] = {"sb3": [], "crl": []}
+    for _ in range(5):
+        for name, call in (("sb3", sb3_call), ("crl", crl_call)):
+            times[name].append(timeit.timeit(call, number=number) / number * 1e6)
+    return statistics.median(times["sb3"]), statistics.median(times["crl"])
+
+
+def _mode_switch(algorithm: str, env_id: str) -> tuple[Call, Call]:
+    policy = getattr(crl, algorithm)("MlpPolicy", env_id, device="cpu").policy
+    # SB3's switch: the method of the first SB3 class after crl's mixin in the MRO
+    sb3_class = next(cls for cls in type(policy).__mro__ if cls.__module__.startswith("stable_baselines3"))
+    sb3_switch = sb3_class.set_training_mode  # type: ignore[attr-defined]
+    return (lambda: sb3_switch(policy, False)), (lambda: policy.set_training_mode(False))
+
+
+def _device() -> tuple[Call, Call]:
+    policy = crl.DQN("MlpPolicy", "CartPole-v1", device="cpu").policy
+    return (lambda: BasePolicy.device.fget(policy)), (lambda: policy.device)  # type: ignore[attr-defined]
+
+
+def _obs_to_tensor(env_id: str) -> tuple[Call, Call]:
+    if env_id == "CartPole-v1":
+        policy = crl.DQN("MlpPolicy", env_id, device="cpu").policy
+    else:
+        env = VecFrameStack(make_atari_env(env_id, n_envs=1, seed=0), n_stack=4)
+        policy = crl.DQN("CnnPolicy", env, buffer_size=1, device="cpu").policy
+    space = policy.observation_space
+    assert space.shape is not None
+    observation = np.zeros((1, *space.shape), space.dtype)
+    return (lambda: BasePolicy.obs_to_tensor(policy, observation)), (lambda: policy.obs_to_tensor(observation))
+
+
+def _vec_env_step(n_envs: int) -> tuple[Call, Call]:
+    envs = [
+        make_vec_env("CartPole-v1", n_envs=n_envs, seed=0, vec_env_cls=cls) for cls in (SB3DummyVecEnv, DummyVecEnv)
+    ]
+    actions = np.zeros(n_envs, dtype=np.int64)
+    for env in envs:
+        env.reset()
+    return (lambda: envs[0].step(actions)), (lambda: envs[1].step(actions))
+
+
+def _hooks_relay() -> tuple[Call, Call]:
+    model = crl.DQN("MlpPolicy", "CartPole-v1", metrics=MetricsConfig(), device="cpu")
+    listed = CallbackList([ConvertCallback(None), _HookCallback(model._hooks)])
+    listed.init_callback(model)
+    alone = model._init_callback(None)
+    variables = {f"local_{index}": index for index in range(25)}  # about what collect_rollouts holds
+
+    def relay(callback: BaseCallback) -> Call:
+        def call() -> None:
+            callback.update_locals(variables)
+            callback.on_step()
+
+        return call
+
+    return relay(listed), relay(alone)
+
+
+def _sac_gradient_step() -> tuple[Call, Call]:
+    model = crl.SAC("MlpPolicy", "Pendulum-v1", learning_starts=0, device="cpu", seed=0)
+    model.learn(300)
+
+    def with_sb3_actor_loss() -> None:
+        left_out = crl_sac._left_out_of_graph
+        crl_sac._left_out_of_graph = lambda parameters: contextlib.nullcontext()  # type: ignore[assignment,return-value]
+        try:
+            model.train(gradient_steps=1, batch_size=256)
+        finally:
+            crl_sac._left_out_of_graph = left_out
+
+    return with_sb3_actor_loss, (lambda: model.train(gradient_steps=1, batch_size=256))
+
+
+def _polyak() -> tuple[Call, Call]:
+    model = crl.SAC("MlpPolicy", "Pendulum-v1", device="cpu")
+    critic, target = list(model.critic.parameters()), list(model.critic_target.parameters())
+    return (lambda: polyak_update(critic, target, 0.005)), (lambda: crl_sac._polyak_update(critic, target, 0.005))
+
+
+ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
+    "mode switch when already set, DQN MLP (`set_training_mode`)": (lambda: _mode_switch("DQN", "CartPole-v1"), 1),
+    "mode switch when already set, SAC MLP": (lambda: _mode_switch("SAC", "Pendulum-v1"), 1),
+    "policy `device`": (_device, 1),
+    "`obs_to_tensor` (device look-up aside), CartPole": (lambda: _obs_to_tensor("CartPole-v1"), 1),
+    "`obs_to_tensor` (device look-up aside), Atari frames": (lambda: _obs_to_tensor("BreakoutNoFrameskip-v4"), 0.2),
+    "`VecEnv.step`, 1 CartPole (env included)": (lambda: _vec_env_step(1), 1),
+    "`VecEnv.step`, 4 CartPoles (envs included)": (lambda: _vec_env_step(4), 0.5),
+    "callbacks per step, default metrics on": (_hooks_relay, 1),
+    "SAC gradient step, 256 x 256, batch 256 (`train`)": (_sac_gradient_step, 0.005),
+    "SAC target update (`polyak_update`)": (_polyak, 0.05),
+}
+"""Row label -> (builds SB3's and crl's call, share of ``--number`` to time: slow calls get fewer)."""
+
+
+def markdown(rows: list[tuple[str, float, float]], number: int) -> str:
+    lines = [
+        "<!-- shortcuts:begin -->",
+        "",
+        f"Command: `python bench/hot_path.py --number {number}` (microseconds per call, median of 5).",
+        "",
+        "| call | SB3 (us) | crl (us) | saved |",
+        "|---|---|---|---|",
+    ]
+    for label, sb3_us, crl_us in rows:
+        lines.append(f"| {label} | {sb3_us:,.1f} | {crl_us:,.1f} | {100 * (1 - crl_us / sb3_us):.0f} % |")
+    lines += ["", "<!-- shortcuts:end -->"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--number", type=int, default=20_000, help="calls per timing run of the fast calls")
+    parser.add_argument("--write", type=Path, help="write the table into this Markdown file's shortcuts block")
+    args = parser.parse_args()
+    th.set_num_threads(1)
+    rows = []
+    table = Table("call", "SB3 (us)", "crl (us)", "saved")
+    for label, (make, share) in ROWS.items():
+        sb3_us, crl_us = per_call(*make(), number=max(1, round(share * args.number)))
+        rows.append((label, sb3_us, crl_us))
+        table.add_row(label, f"{sb3_us:,.1f}", f"{crl_us:,.1f}", f"{100 * (1 - crl_us / sb3_us):.0f} %")
+    Console().print(table)
+    if args.write:
+        write_block(args.write, markdown(rows, args.number))
+
+
+if __name__ == "__main__":
+    main()

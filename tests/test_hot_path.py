@@ -1,0 +1,178 @@
+"""The training hot path's shortcuts: they skip work, never change what SB3 would compute."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import stable_baselines3 as sb3
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
+from test_sb3_equivalence import assert_same_training
+
+import crl
+from crl.hooks import GradientStep
+from crl.interventions import Intervention
+from crl.wrappers.vec_env import DummyVecEnv
+
+DQN_ARGS = dict(learning_starts=200, train_freq=10, target_update_interval=100, batch_size=32, seed=0, device="cpu")
+
+
+def _count_mode_walks(model, module) -> list[bool]:
+    """Record the mode of every ``module.train()`` call during ``model.learn``."""
+    calls: list[bool] = []
+    walk = module.train
+
+    def counted(mode: bool = True):
+        calls.append(mode)
+        return walk(mode)
+
+    module.train = counted
+    model.learn(1_000)
+    return calls
+
+
+def test_mode_switch_walks_the_network_only_when_the_mode_changes() -> None:
+    model = crl.DQN("MlpPolicy", "CartPole-v1", **DQN_ARGS)
+    walks = _count_mode_walks(model, model.policy.q_net)
+    train_calls = (1_000 - 200) // 10
+    # one switch into training mode per train() call and one back at the next predict()
+    assert len(walks) <= 2 * train_calls + 2
+    assert walks[-2:] == [True, False] or walks[-1] is True
+
+    reference = sb3.DQN("MlpPolicy", "CartPole-v1", **DQN_ARGS)
+    assert len(_count_mode_walks(reference, reference.policy.q_net)) > 5 * len(walks)  # SB3 walks on every predict
+
+
+@pytest.mark.parametrize("algorithm", ["DQN", "PPO", "SAC"])
+def test_direct_train_and_eval_are_seen_by_the_next_mode_switch(algorithm: str) -> None:
+    env_id = "Pendulum-v1" if algorithm == "SAC" else "CartPole-v1"
+    policy = getattr(crl, algorithm)("MlpPolicy", env_id, device="cpu").policy
+    policy.set_training_mode(False)
+    policy.train()  # every submodule in training mode, behind set_training_mode's back
+    policy.set_training_mode(False)
+    assert not any(module.training for module in policy.modules() if not _is_target(policy, module))
+    policy.eval()
+    policy.set_training_mode(True)
+    trained = [m for m in policy.modules() if not _is_target(policy, m)]
+    assert all(module.training for module in trained)
+
+
+def _is_target(policy, module) -> bool:
+    """Target networks stay in eval mode in SB3 (set_training_mode does not reach them)."""
+    targets = [getattr(policy, name) for name in policy.target_networks().values()]
+    return any(module is target or any(module is m for m in target.modules()) for target in targets)
+
+
+def test_device_is_looked_up_again_after_the_policy_moves() -> None:
+    policy = crl.DQN("MlpPolicy", "CartPole-v1", device="cpu").policy
+    assert policy.device == th.device("cpu")
+    policy.to("meta")
+    assert policy.device == th.device("meta")
+
+
+OBSERVATIONS = {
+    "vector": (spaces.Box(-1, 1, (4,), np.float32), [(4,), (3, 4)]),
+    "matrix": (spaces.Box(-1, 1, (2, 3), np.float64), [(2, 3), (5, 2, 3)]),
+    "image": (spaces.Box(0, 255, (4, 36, 36), np.uint8), [(4, 36, 36), (2, 4, 36, 36), (36, 36, 4), (2, 36, 36, 4)]),
+}
+
+
+@pytest.mark.parametrize("kind", list(OBSERVATIONS))
+def test_obs_to_tensor_gives_sb3s_tensor(kind: str) -> None:
+    space, shapes = OBSERVATIONS[kind]
+    policy = crl.policies.DQNPolicy(space, spaces.Discrete(2), lambda _: 1e-3)
+    rng = np.random.default_rng(0)
+    for shape in shapes:
+        observation = rng.uniform(0, 255, shape).astype(space.dtype)
+        ours, vectorized = policy.obs_to_tensor(observation)
+        theirs, sb3_vectorized = BasePolicy.obs_to_tensor(policy, observation)
+        assert vectorized == sb3_vectorized
+        assert ours.dtype == theirs.dtype and th.equal(ours, theirs)
+        # SB3 copies non-image observations: a network writing into its input leaves the caller's array alone
+        assert np.shares_memory(ours.numpy(), observation) == np.shares_memory(theirs.numpy(), observation)
+    bad = np.zeros((*space.shape[:-1], space.shape[-1] + 1), space.dtype)
+    with pytest.raises(ValueError, match="Unexpected observation shape") as ours_error:
+        policy.obs_to_tensor(bad)
+    with pytest.raises(ValueError) as sb3_error:
+        BasePolicy.obs_to_tensor(policy, bad)
+    assert str(ours_error.value) == str(sb3_error.value)
+
+
+class _CriticGradients(Intervention):
+    """Records whether the actor loss's backward wrote into the critic's gradients."""
+
+    name = "test_critic_gradients"
+
+    def model_post_init(self, context) -> None:
+        self._after_critic: list[th.Tensor] = []
+        self._changed_by_actor: list[bool] = []
+
+    def after_backward(self, algo, step: GradientStep) -> None:
+        grads = [p.grad.clone() for p in algo.critic.parameters() if p.grad is not None]
+        if step.loss_name == "critic":
+            self._after_critic = grads
+        else:
+            same = len(grads) == len(self._after_critic) and all(map(th.equal, grads, self._after_critic))
+            self._changed_by_actor.append(not same)
+
+
+def test_sac_actor_step_leaves_the_critic_gradients_alone() -> None:
+    """Same training as SB3, but the actor's backward no longer computes the critic's own gradients."""
+    kwargs = dict(learning_starts=100, batch_size=32, policy_kwargs=dict(net_arch=[32, 32]), seed=1, device="cpu")
+    reference = sb3.SAC("MlpPolicy", "Pendulum-v1", **kwargs)
+    reference.learn(300)
+    probe = _CriticGradients()
+    model = crl.SAC("MlpPolicy", "Pendulum-v1", interventions=[probe], **kwargs)
+    model.learn(300)
+    assert_same_training(reference, model)
+    assert probe._changed_by_actor and not any(probe._changed_by_actor)
+    assert all(p.requires_grad for p in model.critic.parameters())
+
+
+@pytest.mark.parametrize("algorithm", ["DQN", "PPO"])
+def test_four_envs_in_crls_vec_env_train_like_sb3(algorithm: str) -> None:
+    """SB3's algorithm on SB3's DummyVecEnv and crl's on crl's, four CartPoles each: bitwise the same."""
+    kwargs = dict(DQN_ARGS) if algorithm == "DQN" else dict(n_steps=64, batch_size=64, n_epochs=2, seed=0, device="cpu")
+
+    def train(library, vec_env_cls):
+        env = make_vec_env("CartPole-v1", n_envs=4, seed=0, vec_env_cls=vec_env_cls)
+        model = getattr(library, algorithm)("MlpPolicy", env, **kwargs)
+        model.learn(1_024)
+        return model
+
+    assert_same_training(train(sb3, SB3DummyVecEnv), train(crl, DummyVecEnv))
+
+
+class _LocalsReader(BaseCallback):
+    """A user callback that reads the collection loop's variables every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saw_infos: list[bool] = []
+
+    def _on_step(self) -> bool:
+        self.saw_infos.append("infos" in self.locals)
+        return True
+
+
+def test_hooks_relay_costs_one_callback_and_user_callbacks_keep_their_locals() -> None:
+    model = crl.DQN("MlpPolicy", "CartPole-v1", metrics={"every": 100}, **DQN_ARGS)
+    relay = model._init_callback(None)
+    assert isinstance(relay, BaseCallback) and not isinstance(relay, CallbackList)
+
+    reader = _LocalsReader()
+    model.learn(300, callback=reader)
+    assert len(reader.saw_infos) == 300 and all(reader.saw_infos)
+    assert model.metrics_monitor is not None and model.metrics_monitor.measurements >= 1
+
+
+def test_mode_switch_reaches_submodules_added_since_the_last_switch() -> None:
+    policy = crl.DQN("MlpPolicy", "CartPole-v1", device="cpu").policy
+    policy.set_training_mode(False)
+    policy.q_net.q_net.append(th.nn.Dropout(0.5))  # e.g. an intervention changing the network; born in training mode
+    policy.set_training_mode(False)
+    assert not any(module.training for module in policy.q_net.modules())
