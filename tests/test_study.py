@@ -459,8 +459,22 @@ def test_an_interrupted_study_relaunched_with_its_name_continues(directory: Path
 @needs_postgres
 def test_two_workers_share_one_study_on_postgresql(directory: Path) -> None:
     name = f"two-{uuid.uuid4().hex[:8]}"
-    path = _write(directory, n_trials=4, storage={"heartbeat_interval": 1, "grace_period": 3})
-    workers = [_launch(directory, str(path), "--storage", POSTGRES_URL, "--study-name", name) for _ in range(2)]
+    # A long grace period: the first worker is paused below, and must not be taken for dead meanwhile
+    path = _write(directory, n_trials=4, storage={"heartbeat_interval": 1, "grace_period": 300})
+    arguments = (str(path), "--storage", POSTGRES_URL, "--study-name", name)
+    first = _launch(directory, *arguments)
+    _wait_for_trial(POSTGRES_URL, name, lambda trial: trial.user_attrs.get(WORKER_ATTR, "").endswith(f":{first.pid}"))
+    # Trials take about a second: without the pause the first worker may run all four before the second
+    # has imported crl, and the test would not show two workers sharing the study.
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = _launch(directory, *arguments)
+        _wait_for_trial(
+            POSTGRES_URL, name, lambda trial: trial.user_attrs.get(WORKER_ATTR, "").endswith(f":{second.pid}")
+        )
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    workers = [first, second]
     for worker in workers:
         _finish(worker)
     trials = _study(POSTGRES_URL, name).trials  # type: ignore[arg-type]
