@@ -278,7 +278,7 @@ def measure(spec: TableSpec, names: list[str], repetitions: int, seed: int, scal
     return times
 
 
-def measure_in_parallel(spec: TableSpec, names: list[str], args: argparse.Namespace, console: Console) -> Times:
+def measure_in_parallel(names: list[str], args: argparse.Namespace, console: Console) -> Times:
     """:func:`measure` of each configuration in one of ``args.jobs`` processes (one torch thread each).
 
     The agents of a configuration still run in the same process, back to back, so each ratio
@@ -472,7 +472,7 @@ def main() -> None:
         if args.jobs == 1:
             times = measure(spec, names, reps, args.seed, scale, console)
         else:
-            times = measure_in_parallel(spec, names, args, console)
+            times = measure_in_parallel(names, args, console)
         only = f" --only {' '.join(names)}" if args.only else ""
         jobs = f" --jobs {args.jobs}" if args.jobs != 1 else ""
         command = f"python bench/overhead.py --table {args.table} --reps {reps}{only}{jobs}"

@@ -47,7 +47,11 @@ def timed_split(config: str, agent: str, steps: int, seed: int = 0) -> tuple[flo
     model.train = timed_train  # type: ignore[method-assign]
     start = time.perf_counter()
     model.learn(steps)
-    return time.perf_counter() - start, inside
+    elapsed = time.perf_counter() - start
+    env = model.get_env()
+    if env is not None:
+        env.close()
+    return elapsed, inside
 
 
 def measure(config: str, steps: int, repetitions: int, console: Console) -> Split:
