@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import stable_baselines3 as sb3
@@ -176,3 +178,74 @@ def test_mode_switch_reaches_submodules_added_since_the_last_switch() -> None:
     policy.q_net.q_net.append(th.nn.Dropout(0.5))  # e.g. an intervention changing the network; born in training mode
     policy.set_training_mode(False)
     assert not any(module.training for module in policy.q_net.modules())
+
+
+ENV_OF = {"DQN": "CartPole-v1", "PPO": "CartPole-v1", "SAC": "Pendulum-v1"}
+
+
+def _sb3_switch(policy):
+    """SB3's ``set_training_mode`` of ``policy``'s class (the first SB3 class in its MRO)."""
+    sb3_class = next(cls for cls in type(policy).__mro__ if cls.__module__.startswith("stable_baselines3"))
+    return sb3_class.set_training_mode
+
+
+@pytest.mark.parametrize("algorithm", ["DQN", "PPO", "SAC"])
+def test_flattened_mode_switch_sets_the_flags_sb3s_walk_sets(algorithm: str) -> None:
+    policy = getattr(crl, algorithm)("MlpPolicy", ENV_OF[algorithm], device="cpu").policy
+    policy.set_training_mode(True)  # lists the modules SB3's walk reaches
+    assert policy._switched_modules is not None
+    rng = np.random.default_rng(0)
+    for mode in (False, True, False):
+        # arbitrary flags beforehand: modules SB3's walk does not reach (the targets) must keep theirs
+        for module in policy.modules():
+            module.training = bool(rng.integers(2))
+        reference = copy.deepcopy(policy)
+        _sb3_switch(reference)(reference, mode)
+        policy._training_mode = not mode  # the flags were changed behind the switch's back
+        policy.set_training_mode(mode)
+        assert [m.training for m in policy.modules()] == [m.training for m in reference.modules()]
+    targets = [m for m in policy.modules() if _is_target(policy, m)]
+    assert (len(targets) > 0) == (algorithm != "PPO")
+    assert not any(any(m is target for m in policy._switched_modules) for target in targets)
+
+
+class _CountedTrain(th.nn.Identity):
+    """A module whose ``train()`` does more than set a flag (here: count the calls)."""
+
+    calls = 0
+
+    def train(self, mode: bool = True):
+        _CountedTrain.calls += 1
+        return super().train(mode)
+
+
+def test_a_module_with_its_own_train_gets_every_switch_through_sb3s_walk() -> None:
+    policy = crl.DQN("MlpPolicy", "CartPole-v1", device="cpu").policy
+    policy.q_net.q_net.append(_CountedTrain())
+    before = _CountedTrain.calls
+    for mode in (True, False, True):
+        policy.set_training_mode(mode)
+    assert policy._switched_modules is None
+    assert _CountedTrain.calls - before == 3
+
+
+@pytest.mark.parametrize("algorithm", ["DQN", "PPO", "SAC"])
+def test_predict_runs_in_inference_mode_with_sb3s_actions(algorithm: str) -> None:
+    model = getattr(crl, algorithm)("MlpPolicy", ENV_OF[algorithm], seed=0, device="cpu")
+    reference = getattr(sb3, algorithm)("MlpPolicy", ENV_OF[algorithm], seed=0, device="cpu")
+    in_inference_mode: list[bool] = []
+    for module in model.policy.modules():
+        if isinstance(module, th.nn.Linear):
+            module.register_forward_hook(lambda *_: in_inference_mode.append(th.is_inference_mode_enabled()))
+    observations = np.stack([model.observation_space.sample() for _ in range(16)])
+    for deterministic in (True, False):
+        th.manual_seed(1)
+        actions, _ = model.predict(observations, deterministic=deterministic)
+        th.manual_seed(1)
+        expected, _ = reference.predict(observations, deterministic=deterministic)
+        np.testing.assert_array_equal(actions, expected)
+    assert in_inference_mode and all(in_inference_mode)
+
+    in_inference_mode.clear()
+    model.learn(model.n_steps if algorithm == "PPO" else 150)  # training forward passes keep autograd
+    assert not all(in_inference_mode)
