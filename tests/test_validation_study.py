@@ -59,6 +59,7 @@ def test_shipped_experiments_and_their_variants_validate() -> None:
     paths = experiment_paths()
     assert {path.stem for path in paths} == {
         "ppo_epochs_pfo",
+        "ppo_epochs_long",
         "dqn_replay_ratio",
         "task_switches",
         "adaptive_replay_ratio",
