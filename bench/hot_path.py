@@ -68,24 +68,6 @@ def _mode_change(algorithm: str, env_id: str) -> tuple[Call, Call]:
     return (lambda: sb3_switch(policy, next(modes))), (lambda: policy.set_training_mode(next(modes)))
 
 
-def _predict(algorithm: str, env_id: str, **kwargs: object) -> tuple[Call, Call]:
-    """``_predict`` under SB3's ``no_grad`` and under crl's ``inference_mode`` (mode already set)."""
-    policy = getattr(crl, algorithm)("MlpPolicy", env_id, device="cpu", **kwargs).policy
-    policy.set_training_mode(False)
-    observation, _ = policy.obs_to_tensor(policy.observation_space.sample())
-    sb3_class = next(cls for cls in type(policy).__mro__ if cls.__module__.startswith("stable_baselines3"))
-
-    def sb3_call() -> object:
-        with th.no_grad():
-            return sb3_class._predict(policy, observation, deterministic=True)  # type: ignore[attr-defined]
-
-    def crl_call() -> object:
-        with th.no_grad():
-            return policy._predict(observation, deterministic=True)
-
-    return sb3_call, crl_call
-
-
 def _device() -> tuple[Call, Call]:
     policy = crl.DQN("MlpPolicy", "CartPole-v1", device="cpu").policy
     return (lambda: BasePolicy.device.fget(policy)), (lambda: policy.device)  # type: ignore[attr-defined]
@@ -156,11 +138,6 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
     "mode switch when already set, SAC MLP": (lambda: _mode_switch("SAC", "Pendulum-v1"), 1),
     "mode switch that changes the mode, DQN MLP": (lambda: _mode_change("DQN", "CartPole-v1"), 0.5),
     "mode switch that changes the mode, SAC MLP": (lambda: _mode_change("SAC", "Pendulum-v1"), 0.2),
-    "acting forward pass (`_predict`), DQN CartPole 120x84": (
-        lambda: _predict("DQN", "CartPole-v1", policy_kwargs=dict(net_arch=[120, 84])),
-        0.2,
-    ),
-    "acting forward pass (`_predict`), SAC Pendulum 256x256": (lambda: _predict("SAC", "Pendulum-v1"), 0.1),
     "policy `device`": (_device, 1),
     "`obs_to_tensor` (device look-up aside), CartPole": (lambda: _obs_to_tensor("CartPole-v1"), 1),
     "`obs_to_tensor` (device look-up aside), Atari frames": (lambda: _obs_to_tensor("BreakoutNoFrameskip-v4"), 0.2),

@@ -137,7 +137,8 @@ class ContinualPolicyMixin:
 
         A switch that does happen (twice per ``train()`` call of DQN and SAC) sets the ``training``
         flag of the modules SB3's walk would reach, listed when the tree changed
-        (:meth:`_modules_switched_by_sb3`): XX
+        (:meth:`_modules_switched_by_sb3`): 6 instead of 31 us for DQN's MLP, 10 instead
+        of 81 us for SAC's (``bench/hot_path.py``).
         """
         tree_changed = self._registrations_at_switch != _SubmoduleRegistrations.count
         if mode == self._training_mode and not tree_changed:
@@ -214,17 +215,6 @@ class ContinualPolicyMixin:
                 observation = np.array(observation)
             return th.as_tensor(observation.reshape((-1, *space.shape)), device=self.device), vectorized  # type: ignore[attr-defined]
         return super().obs_to_tensor(observation)  # type: ignore[misc,no-any-return]
-
-    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
-        """SB3's action choice, under ``torch.inference_mode`` instead of only ``no_grad``.
-
-        ``predict()`` (every environment step of DQN and SAC, every evaluation step) turns the result
-        into a NumPy array, so no tensor of this forward pass is ever needed by autograd. Inference
-        mode runs the same kernels without version counters and view tracking: a DQN CartPole
-        forward costs 46 instead of 59 us (``bench/hot_path.py``), with bitwise the same actions.
-        """
-        with th.inference_mode():
-            return super()._predict(observation, deterministic)  # type: ignore[misc,no-any-return]
 
     @cached_property
     def _image_observations(self) -> bool:

@@ -227,25 +227,3 @@ def test_a_module_with_its_own_train_gets_every_switch_through_sb3s_walk() -> No
         policy.set_training_mode(mode)
     assert policy._switched_modules is None
     assert _CountedTrain.calls - before == 3
-
-
-@pytest.mark.parametrize("algorithm", ["DQN", "PPO", "SAC"])
-def test_predict_runs_in_inference_mode_with_sb3s_actions(algorithm: str) -> None:
-    model = getattr(crl, algorithm)("MlpPolicy", ENV_OF[algorithm], seed=0, device="cpu")
-    reference = getattr(sb3, algorithm)("MlpPolicy", ENV_OF[algorithm], seed=0, device="cpu")
-    in_inference_mode: list[bool] = []
-    for module in model.policy.modules():
-        if isinstance(module, th.nn.Linear):
-            module.register_forward_hook(lambda *_: in_inference_mode.append(th.is_inference_mode_enabled()))
-    observations = np.stack([model.observation_space.sample() for _ in range(16)])
-    for deterministic in (True, False):
-        th.manual_seed(1)
-        actions, _ = model.predict(observations, deterministic=deterministic)
-        th.manual_seed(1)
-        expected, _ = reference.predict(observations, deterministic=deterministic)
-        np.testing.assert_array_equal(actions, expected)
-    assert in_inference_mode and all(in_inference_mode)
-
-    in_inference_mode.clear()
-    model.learn(model.n_steps if algorithm == "PPO" else 150)  # training forward passes keep autograd
-    assert not all(in_inference_mode)
