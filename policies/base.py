@@ -47,7 +47,8 @@ register_module_module_registration_hook(_SubmoduleRegistrations.record)
 
 def _switches_on_its_own(module: nn.Module) -> bool:
     """Whether setting ``module``'s mode may do more than set its ``training`` flag."""
-    return type(module).train is not nn.Module.train or type(module).__setattr__ is not nn.Module.__setattr__
+    own_train = type(module).train not in (nn.Module.train, ContinualPolicyMixin.train)
+    return own_train or type(module).__setattr__ is not nn.Module.__setattr__
 
 
 class ContinualPolicyMixin:
@@ -163,10 +164,11 @@ class ContinualPolicyMixin:
         Which modules those are depends on the policy class (SAC's and DQN's leave the target
         networks in eval mode), so they are found by running SB3's switch off and on and keeping the
         modules that followed. That is only sound when the walk does nothing but set flags: a module
-        with its own ``train()`` (which may do more) leaves every switch to SB3's code.
+        (or a policy subclass) with its own ``train()`` or ``__setattr__``, which may do more, leaves
+        every switch to SB3's code.
         """
         modules = list(self.modules())  # type: ignore[attr-defined]
-        if any(type(module).train is not nn.Module.train for module in modules if module is not self):
+        if any(_switches_on_its_own(module) for module in modules):
             return None
         super().set_training_mode(False)  # type: ignore[misc]
         was_off = [not module.training for module in modules]

@@ -18,6 +18,7 @@ from test_sb3_equivalence import assert_same_training
 import crl
 from crl.hooks import GradientStep
 from crl.interventions import Intervention
+from crl.policies.actor_critic import ActorCriticPolicy
 from crl.wrappers.vec_env import DummyVecEnv
 
 DQN_ARGS = dict(learning_starts=200, train_freq=10, target_update_interval=100, batch_size=32, seed=0, device="cpu")
@@ -217,6 +218,44 @@ class _CountedTrain(th.nn.Identity):
     def train(self, mode: bool = True):
         _CountedTrain.calls += 1
         return super().train(mode)
+
+
+class _PolicyWithItsOwnTrain(ActorCriticPolicy):
+    """A user's policy whose ``train()`` does more than set flags (SB3's PPO switch calls it)."""
+
+    calls = 0
+
+    def train(self, mode: bool = True):
+        _PolicyWithItsOwnTrain.calls += 1
+        return super().train(mode)
+
+
+def test_a_policy_with_its_own_train_gets_every_switch_through_sb3s_walk() -> None:
+    policy = crl.PPO(_PolicyWithItsOwnTrain, "CartPole-v1", device="cpu").policy
+    before = _PolicyWithItsOwnTrain.calls
+    for mode in (True, False, True):
+        policy.set_training_mode(mode)
+    assert policy._switched_modules is None
+    assert _PolicyWithItsOwnTrain.calls - before == 3
+
+
+class _Flagged(th.nn.Identity):
+    """A module whose ``__setattr__`` sees every attribute set, the mode flag included."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "training":
+            self.__dict__.setdefault("seen", []).append(value)
+        super().__setattr__(name, value)
+
+
+def test_a_module_with_its_own_setattr_sees_every_switch() -> None:
+    policy = crl.DQN("MlpPolicy", "CartPole-v1", device="cpu").policy
+    flagged = _Flagged()
+    policy.q_net.q_net.append(flagged)
+    for mode in (True, False, True):
+        policy.set_training_mode(mode)
+    assert policy._switched_modules is None
+    assert flagged.seen[-3:] == [True, False, True]
 
 
 def test_a_module_with_its_own_train_gets_every_switch_through_sb3s_walk() -> None:
