@@ -46,9 +46,16 @@ register_module_module_registration_hook(_SubmoduleRegistrations.record)
 
 
 def _switches_on_its_own(module: nn.Module) -> bool:
-    """Whether setting ``module``'s mode may do more than set its ``training`` flag."""
+    """Whether setting ``module``'s mode may do more than set its ``training`` flag.
+
+    That is the case when its class brings its own ``train()`` or ``__setattr__``, or a
+    ``set_training_mode`` that is neither SB3's nor crl's (those only switch modes).
+    """
     own_train = type(module).train not in (nn.Module.train, ContinualPolicyMixin.train)
-    return own_train or type(module).__setattr__ is not nn.Module.__setattr__
+    own_setattr = type(module).__setattr__ is not nn.Module.__setattr__
+    switch = getattr(type(module), "set_training_mode", None)
+    own_switch = switch is not None and not switch.__module__.startswith(("stable_baselines3.", "crl."))
+    return own_train or own_setattr or own_switch
 
 
 class ContinualPolicyMixin:
@@ -164,8 +171,8 @@ class ContinualPolicyMixin:
         Which modules those are depends on the policy class (SAC's and DQN's leave the target
         networks in eval mode), so they are found by running SB3's switch off and on and keeping the
         modules that followed. That is only sound when the walk does nothing but set flags: a module
-        (or a policy subclass) with its own ``train()`` or ``__setattr__``, which may do more, leaves
-        every switch to SB3's code.
+        (or a policy subclass) with its own ``train()``, ``__setattr__`` or ``set_training_mode``,
+        which may do more, leaves every switch to SB3's code.
         """
         modules = list(self.modules())  # type: ignore[attr-defined]
         if any(_switches_on_its_own(module) for module in modules):

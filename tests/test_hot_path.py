@@ -258,6 +258,23 @@ def test_a_module_with_its_own_setattr_sees_every_switch() -> None:
     assert flagged.seen[-3:] == [True, False, True]
 
 
+def test_a_network_with_its_own_set_training_mode_gets_every_switch() -> None:
+    policy = crl.DQN("MlpPolicy", "CartPole-v1", device="cpu").policy
+    calls: list[bool] = []
+
+    class CountedQNetwork(type(policy.q_net)):  # a user's Q-network whose switch does more than set flags
+        def set_training_mode(self, mode: bool) -> None:
+            calls.append(mode)
+            super().set_training_mode(mode)
+
+    policy.q_net.__class__ = CountedQNetwork
+    policy._registrations_at_switch = -1  # the tree changed without a registration
+    for mode in (True, False, True):
+        policy.set_training_mode(mode)
+    assert policy._switched_modules is None
+    assert calls[-3:] == [True, False, True]
+
+
 def test_a_module_with_its_own_train_gets_every_switch_through_sb3s_walk() -> None:
     policy = crl.DQN("MlpPolicy", "CartPole-v1", device="cpu").policy
     policy.q_net.q_net.append(_CountedTrain())
