@@ -51,19 +51,21 @@ def per_call(sb3_call: Call, crl_call: Call, number: int) -> tuple[float, float]
     return statistics.median(times["sb3"]), statistics.median(times["crl"])
 
 
-def _mode_switch(algorithm: str, env_id: str) -> tuple[Call, Call]:
+def _policy_and_sb3_switch(algorithm: str, env_id: str) -> tuple[BasePolicy, Callable[[BasePolicy, bool], None]]:
+    """A crl policy, and SB3's switch: the method of the first SB3 class after crl's mixin in the MRO."""
     policy = getattr(crl, algorithm)("MlpPolicy", env_id, device="cpu").policy
-    # SB3's switch: the method of the first SB3 class after crl's mixin in the MRO
     sb3_class = next(cls for cls in type(policy).__mro__ if cls.__module__.startswith("stable_baselines3"))
-    sb3_switch = sb3_class.set_training_mode  # type: ignore[attr-defined]
+    return policy, sb3_class.set_training_mode  # type: ignore[attr-defined]
+
+
+def _mode_switch(algorithm: str, env_id: str) -> tuple[Call, Call]:
+    policy, sb3_switch = _policy_and_sb3_switch(algorithm, env_id)
     return (lambda: sb3_switch(policy, False)), (lambda: policy.set_training_mode(False))
 
 
 def _mode_change(algorithm: str, env_id: str) -> tuple[Call, Call]:
     """A switch that changes the mode each call (as each ``train()`` call of DQN and SAC does, twice)."""
-    policy = getattr(crl, algorithm)("MlpPolicy", env_id, device="cpu").policy
-    sb3_class = next(cls for cls in type(policy).__mro__ if cls.__module__.startswith("stable_baselines3"))
-    sb3_switch = sb3_class.set_training_mode  # type: ignore[attr-defined]
+    policy, sb3_switch = _policy_and_sb3_switch(algorithm, env_id)
     modes = itertools.cycle([True, False])
     return (lambda: sb3_switch(policy, next(modes))), (lambda: policy.set_training_mode(next(modes)))
 

@@ -210,16 +210,6 @@ def test_flattened_mode_switch_sets_the_flags_sb3s_walk_sets(algorithm: str) -> 
     assert not any(any(m is target for m in policy._switched_modules) for target in targets)
 
 
-class _CountedTrain(th.nn.Identity):
-    """A module whose ``train()`` does more than set a flag (here: count the calls)."""
-
-    calls = 0
-
-    def train(self, mode: bool = True):
-        _CountedTrain.calls += 1
-        return super().train(mode)
-
-
 class _PolicyWithItsOwnTrain(ActorCriticPolicy):
     """A user's policy whose ``train()`` does more than set flags (SB3's PPO switch calls it)."""
 
@@ -273,6 +263,16 @@ def test_a_network_with_its_own_set_training_mode_gets_every_switch() -> None:
         policy.set_training_mode(mode)
     assert policy._switched_modules is None
     assert calls[-3:] == [True, False, True]
+
+
+class _CountedTrain(th.nn.Identity):
+    """A module whose ``train()`` does more than set a flag (here: count the calls)."""
+
+    calls = 0
+
+    def train(self, mode: bool = True):
+        _CountedTrain.calls += 1
+        return super().train(mode)
 
 
 def test_a_module_with_its_own_train_gets_every_switch_through_sb3s_walk() -> None:
