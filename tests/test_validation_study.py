@@ -55,11 +55,21 @@ def test_difference_interval_excludes_zero_only_for_separated_groups() -> None:
         difference_interval(np.ones((5, 2)), np.ones((5, 1)))
 
 
+def test_difference_interval_depends_on_its_seed_only() -> None:
+    treatment, control = np.array([1.0, 3.0, 2.0, 5.0, 4.0]), np.array([2.0, 1.0, 4.0, 3.0, 0.5])
+    np.random.seed(1)
+    first = difference_interval(treatment, control, seed=7, repetitions=500)
+    np.random.seed(2)
+    assert difference_interval(treatment, control, seed=7, repetitions=500) == first
+    assert difference_interval(treatment, control, seed=8, repetitions=500) != first
+
+
 def test_shipped_experiments_and_their_variants_validate() -> None:
     paths = experiment_paths()
     assert {path.stem for path in paths} == {
         "ppo_epochs_pfo",
         "ppo_epochs_long",
+        "ppo_epochs_switches",
         "dqn_replay_ratio",
         "task_switches",
         "adaptive_replay_ratio",

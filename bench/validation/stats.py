@@ -57,6 +57,20 @@ def iqm_interval(scores: np.ndarray, seed: int = 0, repetitions: int = REPETITIO
     return Interval(iqm(scores), *_conf_int(bootstrap, metrics.aggregate_iqm, repetitions))
 
 
+class _SeededIndependentBootstrap(rly.StratifiedIndependentBootstrap):
+    """rliable's independent bootstrap, drawing its resamples from its own ``random_state``.
+
+    rliable 1.2 draws them from NumPy's global generator (``np.random.choice``) and ignores the seed,
+    so two reports of the same runs gave intervals differing in the third digit.
+    """
+
+    def _get_indices(
+        self, num_runs: int, array_shape: tuple[int, ...], strata_indices: list[np.ndarray]
+    ) -> tuple[np.ndarray, ...]:
+        runs = self.generator.choice(num_runs, array_shape, replace=True)
+        return (runs, *strata_indices)
+
+
 def _iqm_difference(treatment: np.ndarray, control: np.ndarray) -> float:
     return iqm(treatment) - iqm(control)
 
@@ -70,7 +84,7 @@ def difference_interval(
         raise ValueError(f"treatment has {treatment.shape[1]} tasks, control {control.shape[1]}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        bootstrap = rly.StratifiedIndependentBootstrap(treatment, control, random_state=np.random.RandomState(seed))
+        bootstrap = _SeededIndependentBootstrap(treatment, control, random_state=np.random.RandomState(seed))
     return Interval(_iqm_difference(treatment, control), *_conf_int(bootstrap, _iqm_difference, repetitions))
 
 
