@@ -30,6 +30,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
 from stable_baselines3.common.vec_env import VecFrameStack
+from stable_baselines3.dqn.policies import DQNPolicy as SB3DQNPolicy
 
 import crl
 from crl.algorithms import sac as crl_sac
@@ -85,6 +86,25 @@ def _obs_to_tensor(env_id: str) -> tuple[Call, Call]:
     assert space.shape is not None
     observation = np.zeros((1, *space.shape), space.dtype)
     return (lambda: BasePolicy.obs_to_tensor(policy, observation)), (lambda: policy.obs_to_tensor(observation))
+
+
+def _greedy_action() -> tuple[Call, Call]:
+    """DQN's acting forward pass on the single-file baseline's 120x84 MLP, as ``predict()`` makes it."""
+    policy = crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[120, 84]), device="cpu").policy
+    policy.set_training_mode(False)
+    observation = th.zeros(1, 4)
+
+    def without_gradient(predict: Callable[[], object]) -> Call:
+        def call() -> object:
+            with th.no_grad():
+                return predict()
+
+        return call
+
+    return (
+        without_gradient(lambda: SB3DQNPolicy._predict(policy, observation)),
+        without_gradient(lambda: policy._predict(observation)),
+    )
 
 
 def _vec_env_step(n_envs: int) -> tuple[Call, Call]:
@@ -143,6 +163,7 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
     "policy `device`": (_device, 1),
     "`obs_to_tensor` (device look-up aside), CartPole": (lambda: _obs_to_tensor("CartPole-v1"), 1),
     "`obs_to_tensor` (device look-up aside), Atari frames": (lambda: _obs_to_tensor("BreakoutNoFrameskip-v4"), 0.2),
+    "greedy action, DQN 120x84 MLP (`_predict`)": (_greedy_action, 1),
     "`VecEnv.step`, 1 CartPole (env included)": (lambda: _vec_env_step(1), 1),
     "`VecEnv.step`, 4 CartPoles (envs included)": (lambda: _vec_env_step(4), 0.5),
     "callbacks per step, default metrics on": (_hooks_relay, 1),

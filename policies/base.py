@@ -28,7 +28,7 @@ from crl.policies.spectral_norm import (
 from crl.policies.two_hot import TwoHot
 
 
-class _SubmoduleRegistrations:
+class SubmoduleRegistrations:
     """How many submodules were registered (``setattr``, ``add_module``, ...) anywhere in the process.
 
     A policy remembers the count at its last mode switch: a different count means its module tree may
@@ -42,7 +42,7 @@ class _SubmoduleRegistrations:
         cls.count += 1
 
 
-register_module_module_registration_hook(_SubmoduleRegistrations.record)
+register_module_module_registration_hook(SubmoduleRegistrations.record)
 
 
 def _switches_on_its_own(module: nn.Module) -> bool:
@@ -79,7 +79,7 @@ class ContinualPolicyMixin:
     _training_mode: bool | None = None
     """The mode of the last :meth:`set_training_mode` (``None``: unknown, the next call walks)."""
     _registrations_at_switch: int = -1
-    """:class:`_SubmoduleRegistrations` count at the last :meth:`set_training_mode`."""
+    """:class:`SubmoduleRegistrations` count at the last :meth:`set_training_mode`."""
     _switched_modules: list[nn.Module] | None = None
     """:meth:`_modules_switched_by_sb3` at the last change of the module tree."""
     _device: th.device | None = None
@@ -148,7 +148,7 @@ class ContinualPolicyMixin:
         (:meth:`_modules_switched_by_sb3`): 6 instead of 31 us for DQN's MLP, 10 instead
         of 81 us for SAC's (``bench/hot_path.py``).
         """
-        tree_changed = self._registrations_at_switch != _SubmoduleRegistrations.count
+        tree_changed = self._registrations_at_switch != SubmoduleRegistrations.count
         if mode == self._training_mode and not tree_changed:
             return
         if tree_changed:
@@ -163,7 +163,7 @@ class ContinualPolicyMixin:
             for target in self.target_networks().values():
                 set_power_iteration(getattr(self, target), mode)
         self._training_mode = mode
-        self._registrations_at_switch = _SubmoduleRegistrations.count
+        self._registrations_at_switch = SubmoduleRegistrations.count
 
     def _modules_switched_by_sb3(self) -> list[nn.Module] | None:
         """The modules whose ``training`` flag SB3's ``set_training_mode`` sets (``None``: not known).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -283,3 +284,78 @@ def test_a_module_with_its_own_train_gets_every_switch_through_sb3s_walk() -> No
         policy.set_training_mode(mode)
     assert policy._switched_modules is None
     assert _CountedTrain.calls - before == 3
+
+
+def _dqn_acting_policy(**policy_kwargs) -> BasePolicy:
+    policy = crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[120, 84], **policy_kwargs), seed=0).policy
+    policy.set_training_mode(False)
+    return policy
+
+
+def _greedy(policy: BasePolicy, observations: th.Tensor) -> th.Tensor:
+    with th.no_grad():
+        return policy._predict(observations)
+
+
+def _sb3_greedy(policy: BasePolicy, observations: th.Tensor) -> th.Tensor:
+    with th.no_grad():
+        return sb3.dqn.policies.DQNPolicy._predict(policy, observations)
+
+
+@pytest.mark.parametrize("layer_norm", [None, "pre"])
+def test_greedy_action_calls_the_layers_directly_and_equals_sb3s(layer_norm: str | None) -> None:
+    policy = _dqn_acting_policy(layer_norm=layer_norm)
+    generator = th.Generator().manual_seed(0)
+    with th.no_grad():
+        for parameter in policy.q_net.parameters():  # random weights, so that both actions are greedy somewhere
+            parameter.copy_(th.randn(parameter.shape, generator=generator))
+    observations = th.randn(256, 4, generator=generator)
+    with patch.object(th.nn.Module, "_call_impl", side_effect=AssertionError("a module was called")):
+        actions = _greedy(policy, observations)
+    assert th.equal(actions, _sb3_greedy(policy, observations))
+    assert len(actions.unique()) == 2  # both actions occur: the comparison can tell them apart
+    layers = [type(layer) for layer in policy._direct_q_layers(policy.q_net)]
+    hidden = [th.nn.Linear, th.nn.LayerNorm, th.nn.ReLU] if layer_norm else [th.nn.Linear, th.nn.ReLU]
+    assert layers == [th.nn.Flatten, *hidden, *hidden, th.nn.Linear]
+
+
+def test_a_hook_sends_acting_through_the_module_call_until_it_is_removed() -> None:
+    policy = _dqn_acting_policy()
+    observations = th.randn(8, 4)
+    _greedy(policy, observations)
+    seen: list[th.Tensor] = []
+    handle = policy.q_net.q_net[0].register_forward_hook(lambda module, inputs, output: seen.append(output))
+    _greedy(policy, observations)
+    assert len(seen) == 1 and policy._direct_q_layers(policy.q_net) is None
+    handle.remove()
+    _greedy(policy, observations)
+    assert len(seen) == 1 and policy._direct_q_layers(policy.q_net) is not None
+
+
+def test_a_global_hook_sees_the_acting_forward_pass() -> None:
+    policy = _dqn_acting_policy()
+    _greedy(policy, th.randn(8, 4))
+    seen: list[type] = []
+    handle = th.nn.modules.module.register_module_forward_hook(lambda module, inputs, output: seen.append(type(module)))
+    try:
+        _greedy(policy, th.randn(8, 4))
+    finally:
+        handle.remove()
+    assert th.nn.Linear in seen
+
+
+def test_a_replaced_layer_is_used_by_the_next_greedy_action() -> None:
+    policy = _dqn_acting_policy()
+    observations = th.randn(64, 4, generator=th.Generator().manual_seed(1))
+    _greedy(policy, observations)
+    replacement = th.nn.Linear(84, 2)
+    policy.q_net.q_net[-1] = replacement
+    assert policy._direct_q_layers(policy.q_net)[-1] is replacement
+    assert th.equal(_greedy(policy, observations), _sb3_greedy(policy, observations))
+
+
+def test_a_q_network_with_its_own_forward_is_called_as_a_module() -> None:
+    policy = _dqn_acting_policy(two_hot={"low": -10.0, "high": 10.0, "bins": 11})
+    observations = th.randn(64, 4, generator=th.Generator().manual_seed(2))
+    assert th.equal(_greedy(policy, observations), _sb3_greedy(policy, observations))
+    assert policy._direct_q_layers(policy.q_net) is None
