@@ -383,16 +383,17 @@ def load(paths: list[Path], table: str) -> tuple[Times, int, float]:
     return times, reps, scale
 
 
-HOT_SPOTS: dict[str, tuple[str, str]] = {
-    "`nn.Module.train` (mode switches)": ("torch/nn/modules/module.py", "train"),
-    "`copy.deepcopy` (all callers)": ("copy.py", "deepcopy"),
-    "`obs_to_tensor`": ("policies", "obs_to_tensor"),
-    "policy `device` look-ups": ("policies", "device"),
-    "Q-network forward (acting and training)": ("dqn/policies.py", "forward"),
-    "`VecEnv.step` (env dynamics included)": ("vec_env/base_vec_env.py", "step"),
-    "`train()`": ("dqn.py", "train"),
+HOT_SPOTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "`nn.Module.train` (mode switches)": (("torch/nn/modules/module.py", "train"),),
+    "`copy.deepcopy` (all callers)": (("copy.py", "deepcopy"),),
+    "`obs_to_tensor`": (("policies", "obs_to_tensor"),),
+    "policy `device` look-ups": (("policies", "device"),),
+    # crl acts in its policy's _predict, without QNetwork.forward (crl.policies.direct_forward)
+    "Q-network forward (acting and training)": (("dqn/policies.py", "forward"), ("policies/dqn.py", "_predict")),
+    "`VecEnv.step` (env dynamics included)": (("vec_env/base_vec_env.py", "step"),),
+    "`train()`": (("dqn.py", "train"),),
 }
-"""Row label -> (part of the file path, function name) of the profiled functions (SB3's and crl's)."""
+"""Row label -> (part of the file path, function name) of each profiled function counted (SB3's and crl's)."""
 
 
 def profile(agent: str, steps: int, seed: int = 0) -> dict[str, float]:
@@ -403,8 +404,12 @@ def profile(agent: str, steps: int, seed: int = 0) -> dict[str, float]:
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     total = max(cumulative for _, _, _, cumulative, _ in stats.values())
     shares = {"total seconds (profiled)": total}
-    for label, (path, function) in HOT_SPOTS.items():
-        cumulative = sum(entry[3] for (file, _, name), entry in stats.items() if path in file and name == function)
+    for label, functions in HOT_SPOTS.items():
+        cumulative = sum(
+            entry[3]
+            for (file, _, name), entry in stats.items()
+            if any(path in file and name == function for path, function in functions)
+        )
         shares[label] = cumulative / total
     return shares
 
