@@ -53,7 +53,8 @@ class DirectLayers:
 
     The answer is kept until a hook is registered anywhere (``RemovableHandle`` counts every hook
     torch creates), a submodule is registered anywhere (the tree may have changed), or the hooks that
-    made it ``None`` are all removed.
+    made it ``None`` are all removed. A module compiled in place (``module.compile()``) after the answer
+    was found is seen at the next of those events only; compile before the first ``predict()``.
 
     :param layers_of: the layers that compute a network's forward pass, ``None`` if the network is not
         one this path knows (e.g. a subclass with its own ``forward``)
