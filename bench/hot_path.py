@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+from stable_baselines3.common.policies import ActorCriticPolicy as SB3ActorCriticPolicy
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
@@ -88,22 +89,37 @@ def _obs_to_tensor(env_id: str) -> tuple[Call, Call]:
     return (lambda: BasePolicy.obs_to_tensor(policy, observation)), (lambda: policy.obs_to_tensor(observation))
 
 
+def _without_gradient(call: Call) -> Call:
+    """``call`` under ``th.no_grad()``, as SB3 acts."""
+
+    def without() -> object:
+        with th.no_grad():
+            return call()
+
+    return without
+
+
 def _greedy_action() -> tuple[Call, Call]:
     """DQN's acting forward pass on the single-file baseline's 120x84 MLP, as ``predict()`` makes it."""
     policy = crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[120, 84]), device="cpu").policy
     policy.set_training_mode(False)
     observation = th.zeros(1, 4)
 
-    def without_gradient(predict: Callable[[], object]) -> Call:
-        def call() -> object:
-            with th.no_grad():
-                return predict()
+    return (
+        _without_gradient(lambda: SB3DQNPolicy._predict(policy, observation)),
+        _without_gradient(lambda: policy._predict(observation)),
+    )
 
-        return call
+
+def _actor_critic_forward() -> tuple[Call, Call]:
+    """PPO's forward pass at a collection step of 4 CartPoles (64x64 MLPs), action sampled."""
+    policy = crl.PPO("MlpPolicy", "CartPole-v1", device="cpu").policy
+    policy.set_training_mode(False)
+    observations = th.zeros(4, 4)
 
     return (
-        without_gradient(lambda: SB3DQNPolicy._predict(policy, observation)),
-        without_gradient(lambda: policy._predict(observation)),
+        _without_gradient(lambda: SB3ActorCriticPolicy.forward(policy, observations)),
+        _without_gradient(lambda: policy.forward(observations)),
     )
 
 
@@ -164,6 +180,7 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
     "`obs_to_tensor` (device look-up aside), CartPole": (lambda: _obs_to_tensor("CartPole-v1"), 1),
     "`obs_to_tensor` (device look-up aside), Atari frames": (lambda: _obs_to_tensor("BreakoutNoFrameskip-v4"), 0.2),
     "greedy action, DQN 120x84 MLP (`_predict`)": (_greedy_action, 1),
+    "actor-critic forward, PPO 64x64 MLP, 4 envs (`forward`)": (_actor_critic_forward, 0.5),
     "`VecEnv.step`, 1 CartPole (env included)": (lambda: _vec_env_step(1), 1),
     "`VecEnv.step`, 4 CartPoles (envs included)": (lambda: _vec_env_step(4), 0.5),
     "callbacks per step, default metrics on": (_hooks_relay, 1),

@@ -12,7 +12,7 @@ from stable_baselines3.dqn import policies as sb3
 from torch import nn
 
 from crl.policies.base import ContinualPolicyMixin
-from crl.policies.direct_forward import DirectLayers, chained_layers
+from crl.policies.direct_forward import DirectLayers, chained_layers, run_layers
 from crl.policies.two_hot import TwoHot
 
 
@@ -59,7 +59,7 @@ class _DQNMixin(ContinualPolicyMixin):
     """The trained network is ``q_net`` (its target copy is not trained by gradient)."""
 
     q_net: sb3.QNetwork
-    _direct_q_layers: DirectLayers | None = None
+    _direct_q_layers: DirectLayers[list[nn.Module]] | None = None
 
     def make_q_net(self) -> sb3.QNetwork:
         if self.two_hot is None:
@@ -91,10 +91,8 @@ class _DQNMixin(ContinualPolicyMixin):
         if layers is None:
             return super()._predict(obs, deterministic)  # type: ignore[misc]
         # A dict for MultiInputPolicy: its CombinedExtractor is the first layer
-        features: Any = preprocess_obs(obs, self.q_net.observation_space, normalize_images=self.q_net.normalize_images)
-        for layer in layers:
-            features = layer.forward(features)
-        q_values: th.Tensor = features
+        observations = preprocess_obs(obs, self.q_net.observation_space, normalize_images=self.q_net.normalize_images)
+        q_values: th.Tensor = run_layers(layers, observations)
         return q_values.argmax(dim=1).reshape(-1)
 
 

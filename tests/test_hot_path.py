@@ -359,3 +359,57 @@ def test_a_q_network_with_its_own_forward_is_called_as_a_module() -> None:
     observations = th.randn(64, 4, generator=th.Generator().manual_seed(2))
     assert th.equal(_greedy(policy, observations), _sb3_greedy(policy, observations))
     assert policy._direct_q_layers(policy.q_net) is None
+
+
+@pytest.mark.parametrize(
+    "policy_kwargs",
+    [{}, {"layer_norm": "pre"}, {"two_hot": {"low": -10.0, "high": 10.0, "bins": 11}}],
+    ids=["sb3", "layer_norm", "two_hot"],
+)
+def test_actor_critic_forward_calls_the_layers_directly_and_equals_sb3s(policy_kwargs: dict) -> None:
+    policy = crl.PPO("MlpPolicy", "CartPole-v1", policy_kwargs=policy_kwargs, seed=0).policy
+    observations = th.randn(16, 4, generator=th.Generator().manual_seed(0))
+    called: list[th.nn.Module] = []
+    call = th.nn.Module._call_impl
+
+    def recorded_call(module: th.nn.Module, *args, **kwargs):
+        called.append(module)
+        return call(module, *args, **kwargs)
+
+    th.manual_seed(1)
+    with th.no_grad(), patch.object(th.nn.Module, "_call_impl", recorded_call):
+        direct = policy.forward(observations)
+    assert called == [policy.action_net]  # called by SB3's _get_action_dist_from_latent
+    th.manual_seed(1)
+    with th.no_grad():
+        actions, values, log_prob = sb3.common.policies.ActorCriticPolicy.forward(policy, observations)
+    expected = (actions, policy._expected_values(values), log_prob)
+    assert all(th.equal(ours, theirs) for ours, theirs in zip(direct, expected, strict=True))
+    assert len(direct[0].unique()) == 2  # sampled actions differ between states: the RNG draws line up
+
+
+def test_actor_critic_with_separate_features_extractors_is_called_as_modules() -> None:
+    policy = crl.PPO("MlpPolicy", "CartPole-v1", policy_kwargs={"share_features_extractor": False}, seed=0).policy
+    observations = th.randn(16, 4)
+    th.manual_seed(1)
+    with th.no_grad():
+        direct = policy.forward(observations)
+    th.manual_seed(1)
+    with th.no_grad():
+        expected = sb3.common.policies.ActorCriticPolicy.forward(policy, observations)
+    assert all(th.equal(ours, theirs) for ours, theirs in zip(direct, expected, strict=True))
+    assert policy._direct_layers(policy) is None
+
+
+def test_direct_layers_are_found_again_by_a_copy() -> None:
+    policy = _dqn_acting_policy()
+    seen: list[th.Tensor] = []
+    handle = th.nn.modules.module.register_module_forward_hook(lambda module, inputs, output: seen.append(output))
+    try:
+        _greedy(policy, th.randn(8, 4))  # remembers the (unpicklable) global hook in the way
+        copied = copy.deepcopy(policy)
+    finally:
+        handle.remove()
+    observations = th.randn(8, 4)
+    assert th.equal(_greedy(copied, observations), _sb3_greedy(copied, observations))
+    assert copied._direct_q_layers(copied.q_net)[-1] is copied.q_net.q_net[-1]
