@@ -3,11 +3,12 @@
 Calling a module (``module(x)``) goes through ``nn.Module._wrapped_call_impl`` and ``_call_impl``: they
 look for a compiled variant, hooks on the module, global hooks and the tracing state, and only then call
 ``forward``, about 2 us of Python per module. DQN acts with a forward pass of its Q-network at every
-environment step, through 8 modules for the MLP (feature extractor, flatten, sequential, 3 linear
-layers, 2 activations). When no hook is registered on those modules or globally, none is compiled and
+environment step, through 9 modules for the MLP (Q-network, feature extractor, flatten, sequential,
+3 linear layers, 2 activations). When no hook is registered on those modules or globally, none is compiled and
 nothing is traced, ``module(x)`` is exactly ``module.forward(x)``, and :class:`DirectLayers` gives the
 layers whose ``forward`` methods, applied in turn, compute the pass. PPO's forward pass at every step
-goes through 16 modules for its two 64x64 MLPs. ``bench/hot_path.py`` times both.
+calls 15 modules of its two 64x64 MLPs below the policy (the action head stays a module call, made by
+SB3's ``_get_action_dist_from_latent``). ``bench/hot_path.py`` times both.
 """
 
 from __future__ import annotations
