@@ -46,6 +46,9 @@ class _ActorCriticMixin(ContinualPolicyMixin):
     cross-entropy value loss.
     """
 
+    _direct_layers: DirectLayers[_ActorCriticLayers] | None = None
+    """The layers ``forward`` calls directly (built at the first call)."""
+
     def _build_mlp_extractor(self) -> None:
         super()._build_mlp_extractor()  # type: ignore[misc]
         extractor = self.mlp_extractor
@@ -63,8 +66,6 @@ class _ActorCriticMixin(ContinualPolicyMixin):
                 self.value_net.apply(partial(self.init_weights, gain=1))
             # SB3 built the optimizer with the scalar head's parameters.
             self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
-
-    _direct_layers: DirectLayers[_ActorCriticLayers] | None = None
 
     def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """SB3's forward pass; the networks' layers are called directly when that is exact.

@@ -60,6 +60,7 @@ class _DQNMixin(ContinualPolicyMixin):
 
     q_net: sb3.QNetwork
     _direct_q_layers: DirectLayers[list[nn.Module]] | None = None
+    """The Q-network's layers ``_predict`` calls directly (built at the first call)."""
 
     def make_q_net(self) -> sb3.QNetwork:
         if self.two_hot is None:
