@@ -55,13 +55,21 @@ def test_difference_interval_excludes_zero_only_for_separated_groups() -> None:
         difference_interval(np.ones((5, 2)), np.ones((5, 1)))
 
 
-def test_difference_interval_depends_on_its_seed_only() -> None:
+def test_intervals_depend_on_their_seed_only_and_leave_numpys_generator_alone() -> None:
     treatment, control = np.array([1.0, 3.0, 2.0, 5.0, 4.0]), np.array([2.0, 1.0, 4.0, 3.0, 0.5])
-    np.random.seed(1)
-    first = difference_interval(treatment, control, seed=7, repetitions=500)
-    np.random.seed(2)
-    assert difference_interval(treatment, control, seed=7, repetitions=500) == first
-    assert difference_interval(treatment, control, seed=8, repetitions=500) != first
+    for interval in (
+        lambda seed: difference_interval(treatment, control, seed=seed, repetitions=500),
+        lambda seed: iqm_interval(treatment, seed=seed, repetitions=500),
+    ):
+        np.random.seed(1)
+        first = interval(7)
+        after = np.random.random()
+        np.random.seed(2)
+        assert interval(7) == first
+        assert interval(8) != first
+        np.random.seed(1)
+        interval(9)
+        assert np.random.random() == after  # the global generator continues as if nothing drew from it
 
 
 def test_shipped_experiments_and_their_variants_validate() -> None:

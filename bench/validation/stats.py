@@ -9,7 +9,9 @@ expected side of zero.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +42,24 @@ def iqm(scores: np.ndarray) -> float:
     return float(metrics.aggregate_iqm(scores))
 
 
-def _conf_int(bootstrap: rly.StratifiedBootstrap, func: object, repetitions: int) -> tuple[float, float]:
-    with warnings.catch_warnings():
+@contextlib.contextmanager
+def _global_numpy_seed(seed: int) -> Iterator[None]:
+    """NumPy's global generator seeded with ``seed`` inside the block, and restored after it.
+
+    rliable 1.2's bootstraps draw their resamples from the global generator (``np.random.choice``)
+    and ignore their ``random_state``; unseeded, two reports of the same runs gave intervals that
+    differed in the third digit.
+    """
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _conf_int(bootstrap: rly.StratifiedBootstrap, func: object, repetitions: int, seed: int) -> tuple[float, float]:
+    with warnings.catch_warnings(), _global_numpy_seed(seed):
         # arch deprecates RandomState seeding, which rliable's bootstrap classes still use
         warnings.simplefilter("ignore", FutureWarning)
         low, high = bootstrap.conf_int(func, reps=repetitions, size=CONFIDENCE, method="percentile")
@@ -54,21 +72,7 @@ def iqm_interval(scores: np.ndarray, seed: int = 0, repetitions: int = REPETITIO
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         bootstrap = rly.StratifiedBootstrap(scores, random_state=np.random.RandomState(seed))
-    return Interval(iqm(scores), *_conf_int(bootstrap, metrics.aggregate_iqm, repetitions))
-
-
-class _SeededIndependentBootstrap(rly.StratifiedIndependentBootstrap):
-    """rliable's independent bootstrap, drawing its resamples from its own ``random_state``.
-
-    rliable 1.2 draws them from NumPy's global generator (``np.random.choice``) and ignores the seed,
-    so two reports of the same runs gave intervals differing in the third digit.
-    """
-
-    def _get_indices(
-        self, num_runs: int, array_shape: tuple[int, ...], strata_indices: list[np.ndarray]
-    ) -> tuple[np.ndarray, ...]:
-        runs = self.generator.choice(num_runs, array_shape, replace=True)
-        return (runs, *strata_indices)
+    return Interval(iqm(scores), *_conf_int(bootstrap, metrics.aggregate_iqm, repetitions, seed))
 
 
 def _iqm_difference(treatment: np.ndarray, control: np.ndarray) -> float:
@@ -84,8 +88,8 @@ def difference_interval(
         raise ValueError(f"treatment has {treatment.shape[1]} tasks, control {control.shape[1]}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        bootstrap = _SeededIndependentBootstrap(treatment, control, random_state=np.random.RandomState(seed))
-    return Interval(_iqm_difference(treatment, control), *_conf_int(bootstrap, _iqm_difference, repetitions))
+        bootstrap = rly.StratifiedIndependentBootstrap(treatment, control, random_state=np.random.RandomState(seed))
+    return Interval(_iqm_difference(treatment, control), *_conf_int(bootstrap, _iqm_difference, repetitions, seed))
 
 
 def _as_matrix(scores: np.ndarray) -> np.ndarray:
