@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from unittest.mock import patch
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import stable_baselines3 as sb3
@@ -13,6 +14,7 @@ from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.torch_layers import NatureCNN
 from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
 from test_sb3_equivalence import assert_same_training
 
@@ -413,3 +415,33 @@ def test_direct_layers_are_found_again_by_a_copy() -> None:
     observations = th.randn(8, 4)
     assert th.equal(_greedy(copied, observations), _sb3_greedy(copied, observations))
     assert copied._direct_q_layers(copied.q_net)[-1] is copied.q_net.q_net[-1]
+
+
+class _Frames(gym.Env):
+    """Stacked 84x84 frames, channel first, as SB3's Atari preprocessing hands them to NatureCNN."""
+
+    observation_space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    action_space = spaces.Discrete(4)
+
+    def reset(self, *, seed=None, options=None):
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def test_cnn_policies_act_through_nature_cnn_directly_and_equal_sb3s() -> None:
+    frames = th.randint(0, 256, (8, 4, 84, 84), generator=th.Generator().manual_seed(0)).float()
+    dqn = crl.DQN("CnnPolicy", _Frames(), buffer_size=100, seed=0).policy
+    dqn.set_training_mode(False)
+    assert th.equal(_greedy(dqn, frames), _sb3_greedy(dqn, frames))
+    assert type(dqn._direct_q_layers(dqn.q_net)[0]) is NatureCNN
+    ppo = crl.PPO("CnnPolicy", _Frames(), n_steps=8, batch_size=8, seed=0).policy
+    th.manual_seed(1)
+    with th.no_grad():
+        direct = ppo.forward(frames)
+    th.manual_seed(1)
+    with th.no_grad():
+        expected = sb3.common.policies.ActorCriticPolicy.forward(ppo, frames)
+    assert all(th.equal(ours, theirs) for ours, theirs in zip(direct, expected, strict=True))
+    assert ppo._direct_layers(ppo) is not None
