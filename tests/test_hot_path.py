@@ -390,16 +390,22 @@ def test_actor_critic_forward_calls_the_layers_directly_and_equals_sb3s(policy_k
     assert len(direct[0].unique()) == 2  # sampled actions differ between states: the RNG draws line up
 
 
-def test_actor_critic_with_separate_features_extractors_is_called_as_modules() -> None:
-    policy = crl.PPO("MlpPolicy", "CartPole-v1", policy_kwargs={"share_features_extractor": False}, seed=0).policy
-    observations = th.randn(16, 4)
+def _assert_forward_equals_sb3s(policy: BasePolicy, observations: th.Tensor) -> None:
+    """crl's forward pass and SB3's, each from torch seed 1, give the same actions, values and log-probs."""
     th.manual_seed(1)
     with th.no_grad():
         direct = policy.forward(observations)
     th.manual_seed(1)
     with th.no_grad():
-        expected = sb3.common.policies.ActorCriticPolicy.forward(policy, observations)
+        actions, values, log_prob = sb3.common.policies.ActorCriticPolicy.forward(policy, observations)
+    expected = (actions, policy._expected_values(values), log_prob)
     assert all(th.equal(ours, theirs) for ours, theirs in zip(direct, expected, strict=True))
+
+
+def test_actor_critic_with_separate_features_extractors_is_called_as_modules() -> None:
+    policy = crl.PPO("MlpPolicy", "CartPole-v1", policy_kwargs={"share_features_extractor": False}, seed=0).policy
+    observations = th.randn(16, 4)
+    _assert_forward_equals_sb3s(policy, observations)
     assert policy._direct_layers(policy) is None
 
 
@@ -437,11 +443,5 @@ def test_cnn_policies_act_through_nature_cnn_directly_and_equal_sb3s() -> None:
     assert th.equal(_greedy(dqn, frames), _sb3_greedy(dqn, frames))
     assert type(dqn._direct_q_layers(dqn.q_net)[0]) is NatureCNN
     ppo = crl.PPO("CnnPolicy", _Frames(), n_steps=8, batch_size=8, seed=0).policy
-    th.manual_seed(1)
-    with th.no_grad():
-        direct = ppo.forward(frames)
-    th.manual_seed(1)
-    with th.no_grad():
-        expected = sb3.common.policies.ActorCriticPolicy.forward(ppo, frames)
-    assert all(th.equal(ours, theirs) for ours, theirs in zip(direct, expected, strict=True))
+    _assert_forward_equals_sb3s(ppo, frames)
     assert ppo._direct_layers(ppo) is not None
