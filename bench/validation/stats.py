@@ -10,7 +10,6 @@ expected side of zero.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -47,7 +46,7 @@ def _global_numpy_seed(seed: int) -> Iterator[None]:
     """NumPy's global generator seeded with ``seed`` inside the block, and restored after it.
 
     rliable 1.2's bootstraps draw their resamples from the global generator (``np.random.choice``)
-    and ignore their ``random_state``; unseeded, two reports of the same runs gave intervals that
+    and ignore their ``random_state`` (so none is passed); unseeded, two reports of the same runs gave intervals that
     differed in the third digit.
     """
     state = np.random.get_state()
@@ -59,9 +58,7 @@ def _global_numpy_seed(seed: int) -> Iterator[None]:
 
 
 def _conf_int(bootstrap: rly.StratifiedBootstrap, func: object, repetitions: int, seed: int) -> tuple[float, float]:
-    with warnings.catch_warnings(), _global_numpy_seed(seed):
-        # arch deprecates RandomState seeding, which rliable's bootstrap classes still use
-        warnings.simplefilter("ignore", FutureWarning)
+    with _global_numpy_seed(seed):
         low, high = bootstrap.conf_int(func, reps=repetitions, size=CONFIDENCE, method="percentile")
     return float(np.ravel(low)[0]), float(np.ravel(high)[0])
 
@@ -69,9 +66,7 @@ def _conf_int(bootstrap: rly.StratifiedBootstrap, func: object, repetitions: int
 def iqm_interval(scores: np.ndarray, seed: int = 0, repetitions: int = REPETITIONS) -> Interval:
     """IQM of ``scores`` with its stratified-bootstrap 95 % interval."""
     scores = _as_matrix(scores)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        bootstrap = rly.StratifiedBootstrap(scores, random_state=np.random.RandomState(seed))
+    bootstrap = rly.StratifiedBootstrap(scores)
     return Interval(iqm(scores), *_conf_int(bootstrap, metrics.aggregate_iqm, repetitions, seed))
 
 
@@ -86,9 +81,7 @@ def difference_interval(
     treatment, control = _as_matrix(treatment), _as_matrix(control)
     if treatment.shape[1] != control.shape[1]:
         raise ValueError(f"treatment has {treatment.shape[1]} tasks, control {control.shape[1]}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        bootstrap = rly.StratifiedIndependentBootstrap(treatment, control, random_state=np.random.RandomState(seed))
+    bootstrap = rly.StratifiedIndependentBootstrap(treatment, control)
     return Interval(_iqm_difference(treatment, control), *_conf_int(bootstrap, _iqm_difference, repetitions, seed))
 
 
