@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import statistics
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import ale_py
@@ -37,11 +37,13 @@ import crl
 from crl.algorithms import sac as crl_sac
 from crl.algorithms.base import _HookCallback
 from crl.metrics import MetricsConfig
+from crl.optim import algorithm_optimizers
 from crl.wrappers.vec_env import DummyVecEnv
 
 gym.register_envs(ale_py)
 
 Call = Callable[[], object]
+POLICY_KWARGS = {"DQN": dict(net_arch=[120, 84]), "PPO": None}
 
 
 def per_call(sb3_call: Call, crl_call: Call, number: int) -> tuple[float, float]:
@@ -150,6 +152,34 @@ def _hooks_relay() -> tuple[Call, Call]:
     return relay(listed), relay(alone)
 
 
+@contextlib.contextmanager
+def _single_tensor_updates(optimizers: Iterable[th.optim.Optimizer]) -> Iterator[None]:
+    """torch's default on CPU (SB3's optimizer), instead of crl's multi-tensor Adam, for a while."""
+    groups = [group for optimizer in optimizers for group in optimizer.param_groups]
+    for group in groups:
+        group["foreach"] = False
+    try:
+        yield
+    finally:
+        for group in groups:
+            group["foreach"] = True
+
+
+def _adam_step(algorithm: str, env_id: str) -> tuple[Call, Call]:
+    """One Adam step of a policy's optimizer, on gradients of the policy's size."""
+    model = getattr(crl, algorithm)("MlpPolicy", env_id, policy_kwargs=POLICY_KWARGS[algorithm], device="cpu")
+    optimizer = model.policy.optimizer
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            parameter.grad = th.full_like(parameter, 1e-3)
+
+    def single_tensor() -> None:
+        with _single_tensor_updates([optimizer]):
+            optimizer.step()
+
+    return single_tensor, optimizer.step
+
+
 def _sac_gradient_step() -> tuple[Call, Call]:
     model = crl.SAC("MlpPolicy", "Pendulum-v1", learning_starts=0, device="cpu", seed=0)
     model.learn(300)
@@ -158,7 +188,8 @@ def _sac_gradient_step() -> tuple[Call, Call]:
         left_out = crl_sac._left_out_of_graph
         crl_sac._left_out_of_graph = lambda parameters: contextlib.nullcontext()  # type: ignore[assignment,return-value]
         try:
-            model.train(gradient_steps=1, batch_size=256)
+            with _single_tensor_updates(algorithm_optimizers(model)):
+                model.train(gradient_steps=1, batch_size=256)
         finally:
             crl_sac._left_out_of_graph = left_out
 
@@ -184,6 +215,8 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
     "`VecEnv.step`, 1 CartPole (env included)": (lambda: _vec_env_step(1), 1),
     "`VecEnv.step`, 4 CartPoles (envs included)": (lambda: _vec_env_step(4), 0.5),
     "callbacks per step, default metrics on": (_hooks_relay, 1),
+    "Adam step, DQN 120x84 MLP (6 tensors)": (lambda: _adam_step("DQN", "CartPole-v1"), 0.2),
+    "Adam step, PPO 64x64 MLPs (12 tensors)": (lambda: _adam_step("PPO", "CartPole-v1"), 0.2),
     "SAC gradient step, 256 x 256, batch 256 (`train`)": (_sac_gradient_step, 0.005),
     "SAC target update (`polyak_update`)": (_polyak, 0.05),
 }

@@ -1,10 +1,13 @@
-"""Keeping an optimizer consistent with parameters that were re-initialised (SPEC.md §2).
+"""Keeping an optimizer consistent with parameters that were re-initialised (SPEC.md §2), and cheap.
 
 torch's Adam-family optimizers keep per-parameter state (``step``, ``exp_avg``, ``exp_avg_sq``,
 ``max_exp_avg_sq``). When a whole tensor is re-initialised its state is dropped and the optimizer
 starts it afresh (step 0) on its next update; when only some entries (units) are re-initialised,
 their moments are zeroed and the tensor's shared ``step`` is left as it is, since torch keeps one
 step counter per tensor.
+
+:func:`use_multi_tensor_updates` makes Adam and AdamW update all of a group's tensors per operation
+instead of one tensor at a time, with bitwise the same result on CPU.
 """
 
 from __future__ import annotations
@@ -90,3 +93,36 @@ def add_parameters(optimizer: th.optim.Optimizer, parameters: Iterable[th.nn.Par
     if new:
         settings = {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
         optimizer.add_param_group({"params": new, **settings})
+
+
+_MULTI_TENSOR_EXACT = (th.optim.Adam, th.optim.AdamW)
+"""Optimizers whose multi-tensor update on CPU runs the single-tensor update's operations, tensor by tensor."""
+
+
+def use_multi_tensor_updates(optimizer: th.optim.Optimizer) -> None:
+    """Switch Adam's (or AdamW's) update to its multi-tensor implementation where that changes no bit.
+
+    torch runs Adam on CPU one tensor at a time (``foreach=None`` resolves to ``False`` there): about
+    six operations per parameter tensor, each dispatched from Python. The multi-tensor (``foreach``)
+    implementation issues one operation per step for all tensors; on CPU each of them loops over the
+    tensors with the same ATen kernels, the same scalars and in the same order as the single-tensor
+    code, so the parameters come out bitwise equal (``tests/test_hot_path.py``). It halves Adam's
+    step on PPO's 64x64 MLP (12 tensors: 417 against 226 us).
+
+    Only groups left at torch's default (``foreach=None``) are switched, and only when the result is
+    provably the same: all parameters on CPU, float learning rate and betas, not ``capturable``,
+    ``differentiable`` or ``fused``. Other optimizer classes are left alone.
+    """
+    if type(optimizer) not in _MULTI_TENSOR_EXACT:
+        return
+    for group in optimizer.param_groups:
+        exact = (
+            group.get("foreach", False) is None
+            and not group.get("capturable", False)
+            and not group.get("differentiable", False)
+            and not group.get("fused", False)
+            and not any(isinstance(value, th.Tensor) for value in (group["lr"], *group["betas"]))
+            and all(p.device.type == "cpu" for p in group["params"])
+        )
+        if exact:
+            group["foreach"] = True

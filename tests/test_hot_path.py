@@ -21,6 +21,7 @@ from test_sb3_equivalence import assert_same_training
 import crl
 from crl.hooks import GradientStep
 from crl.interventions import Intervention
+from crl.optim import use_multi_tensor_updates
 from crl.policies.actor_critic import ActorCriticPolicy
 from crl.wrappers.vec_env import DummyVecEnv
 
@@ -445,3 +446,54 @@ def test_cnn_policies_act_through_nature_cnn_directly_and_equal_sb3s() -> None:
     ppo = crl.PPO("CnnPolicy", _Frames(), n_steps=8, batch_size=8, seed=0).policy
     _assert_forward_equals_sb3s(ppo, frames)
     assert ppo._direct_layers(ppo) is not None
+
+
+def _adam_trajectory(optimizer_class: type, foreach: bool | None, steps: int = 30, **kwargs) -> list[th.Tensor]:
+    """Parameters after ``steps`` updates on seeded random gradients (tensors of several shapes)."""
+    generator = th.Generator().manual_seed(0)
+    parameters = [th.randn(shape, generator=generator).requires_grad_() for shape in ((7, 5), (7,), (3, 7), (3,))]
+    optimizer = optimizer_class(parameters, lr=1e-2, foreach=foreach, **kwargs)
+    use_multi_tensor_updates(optimizer)
+    for _ in range(steps):
+        for parameter in parameters:
+            parameter.grad = th.randn(parameter.shape, generator=generator)
+        optimizer.step()
+    return [parameter.detach() for parameter in parameters]
+
+
+@pytest.mark.parametrize(
+    ("optimizer_class", "kwargs"),
+    [
+        (th.optim.Adam, {}),
+        (th.optim.Adam, {"amsgrad": True, "weight_decay": 0.1, "maximize": True}),
+        (th.optim.AdamW, {"weight_decay": 0.1}),
+    ],
+)
+def test_multi_tensor_adam_updates_are_bitwise_the_single_tensor_ones(optimizer_class: type, kwargs: dict) -> None:
+    single = _adam_trajectory(optimizer_class, foreach=False, **kwargs)
+    multi = _adam_trajectory(optimizer_class, foreach=None, **kwargs)
+    assert all(th.equal(a, b) for a, b in zip(single, multi, strict=True))
+
+
+def test_multi_tensor_updates_leave_explicit_and_inexact_settings_alone() -> None:
+    parameter = th.zeros(3, requires_grad=True)
+    chosen = th.optim.Adam([parameter], foreach=False)
+    tensor_lr = th.optim.Adam([parameter], lr=th.tensor(1e-3))
+    sgd = th.optim.SGD([parameter], lr=0.1)
+    default = th.optim.Adam([parameter])
+    for optimizer in (chosen, tensor_lr, sgd, default):
+        use_multi_tensor_updates(optimizer)
+    assert chosen.param_groups[0]["foreach"] is False
+    assert tensor_lr.param_groups[0]["foreach"] is None
+    assert sgd.param_groups[0]["foreach"] is None
+    assert default.param_groups[0]["foreach"] is True
+
+
+def test_every_adam_of_crls_algorithms_updates_multi_tensor_also_after_loading_an_sb3_model(tmp_path) -> None:
+    sac = crl.SAC("MlpPolicy", "Pendulum-v1", device="cpu")
+    optimizers = (sac.actor.optimizer, sac.critic.optimizer, sac.ent_coef_optimizer)
+    assert all(group["foreach"] is True for optimizer in optimizers for group in optimizer.param_groups)
+
+    sb3.PPO("MlpPolicy", "CartPole-v1", device="cpu").save(tmp_path / "sb3_ppo")
+    loaded = crl.PPO.load(tmp_path / "sb3_ppo", device="cpu")
+    assert loaded.policy.optimizer.param_groups[0]["foreach"] is True
