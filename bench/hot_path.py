@@ -156,13 +156,14 @@ def _hooks_relay() -> tuple[Call, Call]:
 def _single_tensor_updates(optimizers: Iterable[th.optim.Optimizer]) -> Iterator[None]:
     """torch's default on CPU (SB3's optimizer), instead of crl's multi-tensor Adam, for a while."""
     groups = [group for optimizer in optimizers for group in optimizer.param_groups]
+    chosen = [group["foreach"] for group in groups]
     for group in groups:
         group["foreach"] = False
     try:
         yield
     finally:
-        for group in groups:
-            group["foreach"] = True
+        for group, foreach in zip(groups, chosen, strict=True):
+            group["foreach"] = foreach
 
 
 def _adam_step(algorithm: str, env_id: str) -> tuple[Call, Call]:

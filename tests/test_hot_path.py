@@ -379,20 +379,15 @@ def test_actor_critic_forward_calls_the_layers_directly_and_equals_sb3s(policy_k
         called.append(module)
         return call(module, *args, **kwargs)
 
-    th.manual_seed(1)
     with th.no_grad(), patch.object(th.nn.Module, "_call_impl", recorded_call):
-        direct = policy.forward(observations)
+        policy.forward(observations)
     assert called == [policy.action_net]  # called by SB3's _get_action_dist_from_latent
-    th.manual_seed(1)
-    with th.no_grad():
-        actions, values, log_prob = sb3.common.policies.ActorCriticPolicy.forward(policy, observations)
-    expected = (actions, policy._expected_values(values), log_prob)
-    assert all(th.equal(ours, theirs) for ours, theirs in zip(direct, expected, strict=True))
-    assert len(direct[0].unique()) == 2  # sampled actions differ between states: the RNG draws line up
+    actions, _, _ = _assert_forward_equals_sb3s(policy, observations)
+    assert len(actions.unique()) == 2  # sampled actions differ between states: the RNG draws line up
 
 
-def _assert_forward_equals_sb3s(policy: BasePolicy, observations: th.Tensor) -> None:
-    """crl's forward pass and SB3's, each from torch seed 1, give the same actions, values and log-probs."""
+def _assert_forward_equals_sb3s(policy: BasePolicy, observations: th.Tensor) -> tuple[th.Tensor, ...]:
+    """crl's forward pass and SB3's, each from torch seed 1, give the same actions, values and log-probs (returned)."""
     th.manual_seed(1)
     with th.no_grad():
         direct = policy.forward(observations)
@@ -401,6 +396,7 @@ def _assert_forward_equals_sb3s(policy: BasePolicy, observations: th.Tensor) -> 
         actions, values, log_prob = sb3.common.policies.ActorCriticPolicy.forward(policy, observations)
     expected = (actions, policy._expected_values(values), log_prob)
     assert all(th.equal(ours, theirs) for ours, theirs in zip(direct, expected, strict=True))
+    return direct
 
 
 def test_actor_critic_with_separate_features_extractors_is_called_as_modules() -> None:
