@@ -14,6 +14,8 @@ Two tables, each from its own run:
   baseline's hyperparameters, DQN and PPO on Atari, SAC on Pendulum, PPO on CartPole) and a fourth
   agent, ``crl_ln_redo`` (``LayerNorm()`` and ``ReDo()``). The ratio of a repetition is
   ``crl steps/s / sb3 steps/s`` (targets per configuration, e.g. >= 1.5 for ``dqn_cartpole``).
+  ``dqn_cartpole`` also times the single-file baseline's loop (``single_file``,
+  :mod:`bench.single_file_dqn`) as a reference, without a target: what the 1.5 stands for.
 
 Every repetition runs the agents of a configuration back to back, in an order that rotates between
 repetitions, with the same seed and fresh environments, on one torch thread; only ``learn()`` is
@@ -69,6 +71,11 @@ from crl.interventions import LayerNorm, ReDo
 from crl.metrics import MetricsConfig
 from crl.wrappers.continual_world import metaworld_env
 from crl.wrappers.vec_env import DummyVecEnv
+
+if __package__:  # imported as bench.overhead (tests, python -m bench.time_split)
+    from .single_file_dqn import timed_single_file_dqn
+else:  # run as a script: bench/ is on sys.path
+    from single_file_dqn import timed_single_file_dqn  # type: ignore[no-redef]
 
 gym.register_envs(ale_py)
 
@@ -199,6 +206,8 @@ class TableSpec:
     """What one table compares: its agents, its runs and how a ratio is read.
 
     :param agents: ``sb3`` first, then the crl agents
+    :param references: configuration -> agents outside SB3 and crl timed beside them (no target), e.g.
+        the single-file baseline's loop (:mod:`bench.single_file_dqn`)
     :param runs: configuration -> environment steps of its ``learn()``
     :param speedup: ratios are ``sb3 time / crl time`` (steps/s against SB3's, higher is better)
         instead of ``crl time / sb3 time`` (cost against SB3's, lower is better)
@@ -209,9 +218,14 @@ class TableSpec:
     runs: dict[str, int]
     speedup: bool
     targets: dict[str, float]
+    references: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def target(self, name: str, agent: str) -> float:
         return self.targets[name] if self.speedup else self.targets[agent]
+
+    def agents_of(self, name: str) -> tuple[str, ...]:
+        """The agents timed on configuration ``name``: the table's, then its references."""
+        return self.agents + self.references.get(name, ())
 
 
 TABLES: dict[str, TableSpec] = {
@@ -232,10 +246,16 @@ TABLES: dict[str, TableSpec] = {
         },
         speedup=True,
         targets={"dqn_cartpole": 1.5, "dqn_atari": 1.2, "sac_pendulum": 1.1, "ppo_cartpole": 1.0, "ppo_atari": 1.0},
+        references={"dqn_cartpole": ("single_file",)},
     ),
 }
 Times = dict[str, dict[str, list[float]]]
 """configuration -> agent -> wall time in seconds of each repetition"""
+
+SINGLE_FILE = (
+    "the single-file baseline's loop with the same hyperparameters (`bench/single_file_dqn.py`: gymnasium's "
+    "`SyncVectorEnv`, SB3's replay buffer, mean squared TD error without gradient clipping, no logger or callbacks)"
+)
 
 
 def build(config: Config, agent: str, seed: int) -> BaseAlgorithm:
@@ -250,7 +270,9 @@ def build(config: Config, agent: str, seed: int) -> BaseAlgorithm:
 
 
 def timed_learn(config: Config, agent: str, seed: int, steps: int) -> float:
-    """Wall time in seconds of ``learn(steps)`` (construction not included)."""
+    """Wall time in seconds of ``learn(steps)`` (construction not included), or of the single-file loop."""
+    if agent == "single_file":
+        return timed_single_file_dqn("CartPole-v1", steps, seed, config.hyperparameters)
     model = build(config, agent, seed)
     env = model.get_env()
     start = time.perf_counter()
@@ -264,14 +286,13 @@ def timed_learn(config: Config, agent: str, seed: int, steps: int) -> float:
 def measure(spec: TableSpec, names: list[str], repetitions: int, seed: int, scale: float, console: Console) -> Times:
     """Wall times of every agent on every configuration; the agents of a repetition run back to back."""
     th.set_num_threads(1)
-    times: Times = {name: {agent: [] for agent in spec.agents} for name in names}
-    agents = spec.agents
+    times: Times = {name: {agent: [] for agent in spec.agents_of(name)} for name in names}
     for repetition in range(repetitions):
-        # rotate the order so that no agent always runs first (a cold cache) or last
-        shift = repetition % len(agents)
-        order = agents[shift:] + agents[:shift]
         for name in names:
-            for agent in order:
+            # rotate the order so that no agent always runs first (a cold cache) or last
+            agents = spec.agents_of(name)
+            shift = repetition % len(agents)
+            for agent in agents[shift:] + agents[:shift]:
                 seconds = timed_learn(CONFIGS[name], agent, seed, round(scale * spec.runs[name]))
                 times[name][agent].append(seconds)
                 console.print(f"rep {repetition + 1}/{repetitions} {name} {agent}: {seconds:.2f} s")
@@ -305,7 +326,7 @@ def ratio_rows(times: Times, scale: float = 1.0, table: str = "overhead") -> lis
     rows = []
     for name, by_agent in times.items():
         steps = round(scale * spec.runs[name])
-        for agent in spec.agents:
+        for agent in (agent for agent in spec.agents_of(name) if agent in by_agent):
             seconds = statistics.median(by_agent[agent])
             cells = [name, agent, f"{seconds:.2f}", f"{steps / seconds:,.0f}"]
             if agent == "sb3":
@@ -315,6 +336,9 @@ def ratio_rows(times: Times, scale: float = 1.0, table: str = "overhead") -> lis
             ratios = [base / own if spec.speedup else own / base for own, base in pairs]
             median = statistics.median(ratios)
             spread = f"{median:.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"
+            if agent in spec.references.get(name, ()):
+                rows.append([*cells, spread, "reference"])
+                continue
             target = spec.target(name, agent)
             met = median >= target if spec.speedup else median <= target
             verdict = "met" if met else "**missed**"
@@ -346,6 +370,8 @@ def markdown(table: str, times: Times, repetitions: int, command: str, scale: fl
     lines += [header, "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in ratio_rows(times, scale, table)]
     lines += ["", *(f"- `{name}`: {CONFIGS[name].description}" for name in times)]
+    if any("single_file" in by_agent for by_agent in times.values()):
+        lines.append(f"- `single_file`: {SINGLE_FILE}")
     lines += ["- steps per run: " + ", ".join(f"`{name}` {round(scale * spec.runs[name]):,}" for name in times)]
     lines += ["", end]
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from math import inf, nan
 from unittest.mock import patch
 
 import gymnasium as gym
@@ -21,7 +22,7 @@ from test_sb3_equivalence import assert_same_training
 import crl
 from crl.hooks import GradientStep
 from crl.interventions import Intervention
-from crl.optim import use_multi_tensor_updates
+from crl.optim import clip_grad_norm_, use_multi_tensor_updates
 from crl.policies.actor_critic import ActorCriticPolicy
 from crl.wrappers.vec_env import DummyVecEnv
 
@@ -493,3 +494,40 @@ def test_every_adam_of_crls_algorithms_updates_multi_tensor_also_after_loading_a
     sb3.PPO("MlpPolicy", "CartPole-v1", device="cpu").save(tmp_path / "sb3_ppo")
     loaded = crl.PPO.load(tmp_path / "sb3_ppo", device="cpu")
     assert loaded.policy.optimizer.param_groups[0]["foreach"] is True
+
+
+def _gradients(scale: float, entry: float | None = None, dtype: th.dtype = th.float32) -> list[th.Tensor]:
+    """Parameters of several shapes holding seeded random gradients times ``scale`` (one has none).
+
+    :param entry: a value written into one gradient entry (a non-finite one makes the total norm so)
+    """
+    generator = th.Generator().manual_seed(0)
+    parameters = [th.zeros(shape, dtype=dtype, requires_grad=True) for shape in ((7, 5), (7,), (3, 7), (3,))]
+    for parameter in parameters[:-1]:
+        parameter.grad = scale * th.randn(parameter.shape, generator=generator, dtype=dtype)
+    if entry is not None:
+        parameters[1].grad[0] = entry
+    return parameters
+
+
+@pytest.mark.parametrize(("scale", "entry"), [(1e-3, None), (0.3, None), (10.0, None), (1.0, inf), (1.0, nan)])
+def test_clip_grad_norm_is_bitwise_torchs(scale: float, entry: float | None) -> None:
+    """Below, near and above ``max_norm`` (1.0; gradients of scale 0.3 have norm 2.45), and non-finite norms."""
+    ours, torchs = _gradients(scale, entry), _gradients(scale, entry)
+    norm = clip_grad_norm_((p for p in ours), 1.0)
+    expected = th.nn.utils.clip_grad_norm_((p for p in torchs), 1.0)
+    assert th.equal(norm, expected) or (norm.isnan() and expected.isnan())
+    for mine, reference in zip(ours, torchs, strict=True):
+        assert (mine.grad is None) == (reference.grad is None)
+        if mine.grad is not None:
+            assert th.equal(mine.grad.isnan(), reference.grad.isnan())
+            assert th.equal(mine.grad.nan_to_num(), reference.grad.nan_to_num())
+
+
+def test_clip_grad_norm_of_mixed_dtypes_is_torchs() -> None:
+    parameters = _gradients(10.0) + _gradients(10.0, dtype=th.float64)
+    reference = [p.detach().clone().requires_grad_() for p in parameters]
+    for copy_, original in zip(reference, parameters, strict=True):
+        copy_.grad = None if original.grad is None else original.grad.clone()
+    assert th.equal(clip_grad_norm_(parameters, 1.0), th.nn.utils.clip_grad_norm_(reference, 1.0))
+    assert all(th.equal(a.grad, b.grad) for a, b in zip(parameters, reference, strict=True) if a.grad is not None)

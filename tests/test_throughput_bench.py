@@ -1,13 +1,16 @@
-"""bench/overhead.py's throughput table: speed-up ratios, per-configuration targets, its own block (no training)."""
+"""bench/overhead.py's throughput table: speed-up ratios, per-configuration targets, its block, its reference loop."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
+import torch as th
 
-from bench.overhead import BEGIN, END, load, markers, ratio_rows, write_block
+from bench.overhead import BEGIN, CONFIGS, END, load, markers, ratio_rows, write_block
+from bench.single_file_dqn import timed_single_file_dqn
 
 
 def test_throughput_ratios_are_sb3_time_over_crl_time_with_per_configuration_targets() -> None:
@@ -53,3 +56,20 @@ def test_saved_runs_merge_only_when_made_alike(tmp_path: Path) -> None:
         load([first, save("c.json", {}, reps=3)], "throughput")
     with pytest.raises(SystemExit, match="not 'throughput'"):
         load([save("d.json", {}, table="overhead")], "throughput")
+
+
+def test_the_single_file_reference_gets_a_ratio_and_no_target() -> None:
+    times = {"dqn_cartpole": {"sb3": [30.0, 30.0], "crl": [20.0, 20.0], "single_file": [15.0, 20.0]}}
+    rows = {row[1]: row for row in ratio_rows(times, table="throughput")}
+    assert list(rows) == ["sb3", "crl", "single_file"]  # crl_metrics and crl_ln_redo were not measured
+    assert rows["single_file"][4:] == ["1.750 [1.500, 2.000]", "reference"]
+    assert rows["crl"][5] == ">= 1.5 met"
+
+
+def test_the_single_file_loop_trains_its_q_network() -> None:
+    hyperparameters = dict(CONFIGS["dqn_cartpole"].hyperparameters, learning_starts=100, target_update_interval=50)
+    th.manual_seed(0)
+    with patch.object(th.optim.Adam, "step", autospec=True, side_effect=th.optim.Adam.step) as step:
+        seconds = timed_single_file_dqn("CartPole-v1", 300, 0, hyperparameters)
+    assert seconds > 0
+    assert step.call_count == 19  # at steps 110, 120, ..., 290 (0-based): every train_freq after learning_starts

@@ -26,7 +26,7 @@ from crl.hooks import GradientStep, HookDispatcher
 from crl.interventions.base import Intervention, make_interventions
 from crl.metrics.config import MetricsConfig
 from crl.metrics.monitor import MetricsMonitor
-from crl.optim import algorithm_optimizers, use_multi_tensor_updates
+from crl.optim import algorithm_optimizers, clip_grad_norm_, use_multi_tensor_updates
 from crl.policies.two_hot import TwoHot
 from crl.wrappers.vec_env import DummyVecEnv
 
@@ -145,7 +145,7 @@ class ContinualAlgorithm:
         loss = self._hooks.add_auxiliary_losses(self._algo, step, loss_name, loss)
         optimizer.zero_grad()
         loss.backward()
-        grad_norm = th.nn.utils.clip_grad_norm_(*clip) if clip is not None else None
+        grad_norm = clip_grad_norm_(*clip) if clip is not None else None
         self._hooks.after_backward(self._algo, step, optimizer, grad_norm)
         optimizer.step()
         self._hooks.after_optimizer_step(self._algo, step)
