@@ -181,12 +181,16 @@ def _adam_step(algorithm: str, env_id: str) -> tuple[Call, Call]:
     return single_tensor, optimizer.step
 
 
-def _gradient_clip(algorithm: str, env_id: str) -> tuple[Call, Call]:
-    """Clipping the gradient norm of a policy at ``max_grad_norm``, as ``train()`` does, below the norm."""
+def _gradient_clip(algorithm: str, env_id: str, clipping: bool) -> tuple[Call, Call]:
+    """Clipping the gradient norm of a policy at ``max_grad_norm``, as ``train()`` does.
+
+    :param clipping: gradients above ``max_grad_norm`` (each call scales them by a factor below 1) or
+        below it (the factor is 1)
+    """
     model = getattr(crl, algorithm)("MlpPolicy", env_id, policy_kwargs=POLICY_KWARGS[algorithm], device="cpu")
     for group in model.policy.optimizer.param_groups:
         for parameter in group["params"]:
-            parameter.grad = th.full_like(parameter, 1e-3)
+            parameter.grad = th.full_like(parameter, 1.0 if clipping else 1e-3)
     policy, max_norm = model.policy, model.max_grad_norm
     return (lambda: th.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)), (
         lambda: clip_grad_norm_(policy.parameters(), max_norm)
@@ -230,11 +234,18 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
     "callbacks per step, default metrics on": (_hooks_relay, 1),
     "Adam step, DQN 120x84 MLP (6 tensors)": (lambda: _adam_step("DQN", "CartPole-v1"), 0.2),
     "Adam step, PPO 64x64 MLPs (12 tensors)": (lambda: _adam_step("PPO", "CartPole-v1"), 0.2),
-    "gradient-norm clip, DQN 120x84 MLP, not clipping (`clip_grad_norm_`)": (
-        lambda: _gradient_clip("DQN", "CartPole-v1"),
+    "gradient-norm clip, DQN 120x84 MLP, norm below `max_grad_norm` (`clip_grad_norm_`)": (
+        lambda: _gradient_clip("DQN", "CartPole-v1", clipping=False),
         0.2,
     ),
-    "gradient-norm clip, PPO 64x64 MLPs, not clipping": (lambda: _gradient_clip("PPO", "CartPole-v1"), 0.2),
+    "gradient-norm clip, DQN 120x84 MLP, norm above `max_grad_norm`": (
+        lambda: _gradient_clip("DQN", "CartPole-v1", clipping=True),
+        0.2,
+    ),
+    "gradient-norm clip, PPO 64x64 MLPs, norm above `max_grad_norm`": (
+        lambda: _gradient_clip("PPO", "CartPole-v1", clipping=True),
+        0.2,
+    ),
     "SAC gradient step, 256 x 256, batch 256 (`train`)": (_sac_gradient_step, 0.005),
     "SAC target update (`polyak_update`)": (_polyak, 0.05),
 }

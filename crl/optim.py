@@ -132,14 +132,16 @@ def use_multi_tensor_updates(optimizer: th.optim.Optimizer) -> None:
 def clip_grad_norm_(parameters: Iterable[th.Tensor], max_norm: float) -> th.Tensor:
     """torch's ``clip_grad_norm_`` (2-norm), bitwise, with fewer operations for CPU gradients of one dtype.
 
-    torch's function groups the gradients by device and dtype twice, moves each norm to the first
-    device and multiplies every gradient by ``min(max_norm / (norm + 1e-6), 1)`` even when that is 1,
-    which changes no bit: DQN's and PPO's gradient steps clip with ``max_grad_norm`` and are rarely
-    clipped. Here the total norm comes from the same operations (per-tensor norms, stacked, their
-    norm), so it is the same tensor, and the multiplication happens only when the factor is below 1
-    (or NaN, which torch's multiplication spreads): 60 against 92 us per call on DQN's 120x84 MLP
-    (``bench/hot_path.py``), and about 80 us less per gradient step inside a DQN CartPole run, where
-    clipping took 235 to 275 us (2 to 3 % of the run). Gradients of several dtypes or devices, or
+    torch's function groups the gradients by device and dtype twice, moves the norms and the factor
+    to their devices, clamps the factor and multiplies every gradient by ``min(max_norm / (norm +
+    1e-6), 1)``, also when that is 1, which changes no bit. For CPU gradients of one dtype the total
+    norm here comes from the same operations (per-tensor norms, stacked, their norm), so it is the
+    same tensor, and the factor from the same expression; the gradients are multiplied only when it
+    is below 1 (or NaN, which torch's multiplication spreads). That is 69 against 98 to 102 us per
+    call on DQN's 120x84 MLP, clipping or not, and 94 against 180 us on PPO's 64x64 MLPs, whose gradients
+    exceed ``max_grad_norm`` 0.5 at every step on CartPole (``bench/hot_path.py``); inside a DQN
+    CartPole run, where a third of the gradient steps clip, clipping took 235 to 275 us per gradient
+    step and now about 80 us less (2 to 3 % of the run). Gradients of several dtypes or devices, or
     tensor subclasses, go to torch's function.
 
     :param parameters: the parameters whose gradients are clipped (those without one are skipped)

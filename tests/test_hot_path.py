@@ -512,7 +512,7 @@ def _gradients(scale: float, entry: float | None = None, dtype: th.dtype = th.fl
 
 @pytest.mark.parametrize(("scale", "entry"), [(1e-3, None), (0.3, None), (10.0, None), (1.0, inf), (1.0, nan)])
 def test_clip_grad_norm_is_bitwise_torchs(scale: float, entry: float | None) -> None:
-    """Below, near and above ``max_norm`` (1.0; gradients of scale 0.3 have norm 2.45), and non-finite norms."""
+    """Norms below and above ``max_norm`` (1.0; gradients of scale 0.3 have norm 2.45), and non-finite ones."""
     ours, torchs = _gradients(scale, entry), _gradients(scale, entry)
     norm = clip_grad_norm_((p for p in ours), 1.0)
     expected = th.nn.utils.clip_grad_norm_((p for p in torchs), 1.0)
