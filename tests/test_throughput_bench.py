@@ -68,7 +68,6 @@ def test_the_single_file_reference_gets_a_ratio_and_no_target() -> None:
 
 def test_the_single_file_loop_steps_its_optimizer_every_train_freq_steps() -> None:
     hyperparameters = dict(CONFIGS["dqn_cartpole"].hyperparameters, learning_starts=100, target_update_interval=50)
-    th.manual_seed(0)
     with patch.object(th.optim.Adam, "step", autospec=True, side_effect=th.optim.Adam.step) as step:
         seconds = timed_single_file_dqn("CartPole-v1", 300, 0, hyperparameters)
     assert seconds > 0
