@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy as SB3ActorCriticPolicy
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import polyak_update
@@ -35,9 +36,10 @@ from stable_baselines3.dqn.policies import DQNPolicy as SB3DQNPolicy
 
 import crl
 from crl.algorithms import sac as crl_sac
-from crl.algorithms.base import _HookCallback
+from crl.algorithms.base import _HookCallback, logged_mean
 from crl.metrics import MetricsConfig
 from crl.optim import algorithm_optimizers, clip_grad_norm_
+from crl.policies.module_tree import listed_parameters
 from crl.wrappers.vec_env import DummyVecEnv
 
 gym.register_envs(ale_py)
@@ -140,16 +142,63 @@ def _hooks_relay() -> tuple[Call, Call]:
     listed = CallbackList([ConvertCallback(None), _HookCallback(model._hooks)])
     listed.init_callback(model)
     alone = model._init_callback(None)
+    return _step_events(listed), _step_events(alone)
+
+
+def _step_events(callback: BaseCallback) -> Call:
+    """What ``collect_rollouts`` does with the callback at every environment step."""
     variables = {f"local_{index}": index for index in range(25)}  # about what collect_rollouts holds
 
-    def relay(callback: BaseCallback) -> Call:
-        def call() -> None:
-            callback.update_locals(variables)
-            callback.on_step()
+    def call() -> None:
+        callback.update_locals(variables)
+        callback.on_step()
 
-        return call
+    return call
 
-    return relay(listed), relay(alone)
+
+def _no_callback() -> tuple[Call, Call]:
+    """The callback events of one environment step when ``learn()`` gets no callback."""
+    model = crl.DQN("MlpPolicy", "CartPole-v1", device="cpu")
+    sb3_empty = ConvertCallback(None)
+    sb3_empty.init_callback(model)
+    return _step_events(sb3_empty), _step_events(model._init_callback(None))
+
+
+def _store_transition() -> tuple[Call, Call]:
+    """Storing one CartPole transition in the replay buffer (DQN, one env)."""
+    model = crl.DQN("MlpPolicy", "CartPole-v1", learning_starts=10_000, device="cpu")
+    model.learn(8)
+    new_obs, action, reward, done = np.zeros((1, 4), dtype=np.float32), np.array([0]), np.ones(1), np.zeros(1)
+    buffer = model.replay_buffer
+    assert buffer is not None
+
+    def sb3s() -> None:
+        OffPolicyAlgorithm._store_transition(model, buffer, action, new_obs, reward, done, [{}])
+
+    return sb3s, (lambda: model._store_transition(buffer, action, new_obs, reward, done, [{}]))
+
+
+def _dqn_training_forwards() -> tuple[Call, Call]:
+    """The TD target and the Huber loss of one DQN gradient step, batch 128 (forward passes only)."""
+    model = crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=POLICY_KWARGS["DQN"], learning_starts=0, device="cpu")
+    model.learn(300)
+    assert model.replay_buffer is not None
+    batch = model.replay_buffer.sample(128)
+
+    def sb3s() -> None:  # SB3's DQN.train, the lines between sampling and the optimizer
+        with th.no_grad():
+            next_q_values, _ = model.q_net_target(batch.next_observations).max(dim=1)
+            target_q_values = batch.rewards + (1 - batch.dones) * model.gamma * next_q_values.reshape(-1, 1)
+        current_q_values = th.gather(model.q_net(batch.observations), dim=1, index=batch.actions.long())
+        th.nn.functional.smooth_l1_loss(current_q_values, target_q_values)
+
+    return sb3s, (lambda: model._q_loss(batch, model._td_target(batch)))
+
+
+def _logged_loss() -> tuple[Call, Call]:
+    """The loss mean ``train()`` logs after one gradient step."""
+    losses = [0.25]
+    return (lambda: np.mean(losses)), (lambda: logged_mean(losses))
 
 
 @contextlib.contextmanager
@@ -193,7 +242,7 @@ def _gradient_clip(algorithm: str, env_id: str, clipping: bool) -> tuple[Call, C
             parameter.grad = th.full_like(parameter, 1.0 if clipping else 1e-3)
     policy, max_norm = model.policy, model.max_grad_norm
     return (lambda: th.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)), (
-        lambda: clip_grad_norm_(policy.parameters(), max_norm)
+        lambda: clip_grad_norm_(listed_parameters(policy), max_norm)
     )
 
 
@@ -232,6 +281,10 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
     "`VecEnv.step`, 1 CartPole (env included)": (lambda: _vec_env_step(1), 1),
     "`VecEnv.step`, 4 CartPoles (envs included)": (lambda: _vec_env_step(4), 0.5),
     "callbacks per step, default metrics on": (_hooks_relay, 1),
+    "callbacks per step, no callback given (`learn()`)": (_no_callback, 1),
+    "storing a transition, CartPole (`_store_transition`)": (_store_transition, 0.5),
+    "DQN TD target and Huber loss, 120x84 MLP, batch 128 (`train`)": (_dqn_training_forwards, 0.2),
+    "loss logged after one gradient step (`np.mean`)": (_logged_loss, 1),
     "Adam step, DQN 120x84 MLP (6 tensors)": (lambda: _adam_step("DQN", "CartPole-v1"), 0.2),
     "Adam step, PPO 64x64 MLPs (12 tensors)": (lambda: _adam_step("PPO", "CartPole-v1"), 0.2),
     "gradient-norm clip, DQN 120x84 MLP, norm below `max_grad_norm` (`clip_grad_norm_`)": (

@@ -14,10 +14,10 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureC
 from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.utils import obs_as_tensor
 from torch import nn
-from torch.nn.modules.module import register_module_module_registration_hook
 
 from crl.policies.features import FeatureRecorder, Features, HiddenLayer, hidden_layers
 from crl.policies.layers import ArchitectureOptions
+from crl.policies.module_tree import SubmoduleRegistrations
 from crl.policies.spectral_norm import (
     SpectralNormOption,
     apply_spectral_norm,
@@ -26,23 +26,6 @@ from crl.policies.spectral_norm import (
     set_power_iteration,
 )
 from crl.policies.two_hot import TwoHot
-
-
-class SubmoduleRegistrations:
-    """How many submodules were registered (``setattr``, ``add_module``, ...) anywhere in the process.
-
-    A policy remembers the count at its last mode switch: a different count means its module tree may
-    have changed (e.g. an intervention inserted layers), and the next switch walks it again.
-    """
-
-    count = 0
-
-    @classmethod
-    def record(cls, module: nn.Module, name: str, submodule: nn.Module | None) -> None:
-        cls.count += 1
-
-
-register_module_module_registration_hook(SubmoduleRegistrations.record)
 
 
 def _switches_on_its_own(module: nn.Module) -> bool:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 from torch.utils.hooks import RemovableHandle
 
-from crl.policies.base import SubmoduleRegistrations
+from crl.policies.module_tree import SubmoduleRegistrations
 
 Layers = TypeVar("Layers")
 """How a network's forward pass is laid out in layers, e.g. one list, or a tuple of lists per path."""

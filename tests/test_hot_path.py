@@ -14,6 +14,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import NatureCNN
 from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
@@ -24,6 +25,7 @@ from crl.hooks import GradientStep
 from crl.interventions import Intervention
 from crl.optim import clip_grad_norm_, use_multi_tensor_updates
 from crl.policies.actor_critic import ActorCriticPolicy
+from crl.policies.module_tree import listed_parameters
 from crl.wrappers.vec_env import DummyVecEnv
 
 DQN_ARGS = dict(learning_starts=200, train_freq=10, target_update_interval=100, batch_size=32, seed=0, device="cpu")
@@ -365,6 +367,32 @@ def test_a_q_network_with_its_own_forward_is_called_as_a_module() -> None:
     assert policy._direct_q_layers(policy.q_net) is None
 
 
+def test_dqn_trains_through_the_layers_directly_and_equals_the_module_calls() -> None:
+    model = crl.DQN("MlpPolicy", "CartPole-v1", **DQN_ARGS)
+    model.learn(400)
+    batch = model.replay_buffer.sample(32)
+    with patch.object(th.nn.Module, "_call_impl", side_effect=AssertionError("a module was called")):
+        target = model._td_target(batch)
+        loss = model._q_loss(batch, target)
+    with th.no_grad():
+        next_q_values = model.q_net_target(batch.next_observations).max(dim=1).values.reshape(-1, 1)
+    assert th.equal(target, batch.rewards + (1 - batch.dones) * model.gamma * next_q_values)
+    q_taken = th.gather(model.q_net(batch.observations), dim=1, index=batch.actions.long())
+    assert th.equal(loss, th.nn.functional.smooth_l1_loss(q_taken, target))
+
+
+def test_a_hook_on_the_target_network_sees_the_td_target() -> None:
+    model = crl.DQN("MlpPolicy", "CartPole-v1", **DQN_ARGS)
+    model.learn(400)
+    batch = model.replay_buffer.sample(32)
+    seen: list[th.Tensor] = []
+    handle = model.q_net_target.q_net[0].register_forward_hook(lambda module, inputs, output: seen.append(output))
+    model._td_target(batch)
+    handle.remove()
+    model._td_target(batch)
+    assert len(seen) == 1 and seen[0].shape == (32, 64)
+
+
 @pytest.mark.parametrize(
     "policy_kwargs",
     [{}, {"layer_norm": "pre"}, {"two_hot": {"low": -10.0, "high": 10.0, "bins": 11}}],
@@ -510,18 +538,36 @@ def _gradients(scale: float, entry: float | None = None, dtype: th.dtype = th.fl
     return parameters
 
 
-@pytest.mark.parametrize(("scale", "entry"), [(1e-3, None), (0.3, None), (10.0, None), (1.0, inf), (1.0, nan)])
-def test_clip_grad_norm_is_bitwise_torchs(scale: float, entry: float | None) -> None:
-    """Norms below and above ``max_norm`` (1.0; gradients of scale 0.3 have norm 2.45), and non-finite ones."""
-    ours, torchs = _gradients(scale, entry), _gradients(scale, entry)
-    norm = clip_grad_norm_((p for p in ours), 1.0)
-    expected = th.nn.utils.clip_grad_norm_((p for p in torchs), 1.0)
+def _assert_clipped_like_torch(scale: float, entry: float | None, dtype: th.dtype, max_norm: float) -> None:
+    ours, torchs = _gradients(scale, entry, dtype), _gradients(scale, entry, dtype)
+    norm = clip_grad_norm_((p for p in ours), max_norm)
+    expected = th.nn.utils.clip_grad_norm_((p for p in torchs), max_norm)
+    assert norm.dtype == expected.dtype
     assert th.equal(norm, expected) or (norm.isnan() and expected.isnan())
     for mine, reference in zip(ours, torchs, strict=True):
         assert (mine.grad is None) == (reference.grad is None)
         if mine.grad is not None:
             assert th.equal(mine.grad.isnan(), reference.grad.isnan())
-            assert th.equal(mine.grad.nan_to_num(), reference.grad.nan_to_num())
+            assert th.equal(mine.grad.nan_to_num(), reference.grad.nan_to_num()), f"scale {scale}"
+
+
+@pytest.mark.parametrize("max_norm", [1.0, 0.3, inf])
+@pytest.mark.parametrize("dtype", [th.float32, th.float64, th.bfloat16])
+@pytest.mark.parametrize(("scale", "entry"), [(1e-3, None), (0.3, None), (10.0, None), (1.0, inf), (1.0, nan)])
+def test_clip_grad_norm_is_bitwise_torchs(scale: float, entry: float | None, dtype: th.dtype, max_norm: float) -> None:
+    """Norms below and above ``max_norm`` (gradients of scale 0.3 have norm 2.45), and non-finite ones.
+
+    ``float32`` and ``float64`` compute the factor with NumPy scalars, ``bfloat16`` with tensors.
+    """
+    _assert_clipped_like_torch(scale, entry, dtype, max_norm)
+
+
+@pytest.mark.parametrize("dtype", [th.float32, th.float64])
+def test_clip_factor_from_numpy_scalars_is_torchs_over_many_norms(dtype: th.dtype) -> None:
+    """The factor's last bit: gradient scales spread over 40 orders of magnitude, a max_norm not exact in binary."""
+    scales = th.logspace(-20, 20, 400, dtype=th.float64).tolist()
+    for scale in scales:
+        _assert_clipped_like_torch(scale, None, dtype, 0.1)
 
 
 def test_clip_grad_norm_of_mixed_dtypes_is_torchs() -> None:
@@ -531,3 +577,100 @@ def test_clip_grad_norm_of_mixed_dtypes_is_torchs() -> None:
         copy_.grad = None if original.grad is None else original.grad.clone()
     assert th.equal(clip_grad_norm_(parameters, 1.0), th.nn.utils.clip_grad_norm_(reference, 1.0))
     assert all(th.equal(a.grad, b.grad) for a, b in zip(parameters, reference, strict=True) if a.grad is not None)
+
+
+def test_listed_parameters_are_the_modules_parameters_and_follow_registrations() -> None:
+    policy = crl.DQN("MlpPolicy", "CartPole-v1", device="cpu").policy
+    listed = listed_parameters(policy)
+    assert listed == list(policy.parameters()) and all(a is b for a, b in zip(listed, policy.parameters(), strict=True))
+    listed.clear()  # a copy: the next call is whole
+    assert len(listed_parameters(policy)) == len(list(policy.parameters()))
+
+    policy.q_net.q_net.append(th.nn.Linear(2, 2))  # a submodule registered
+    policy.q_net.q_net[0].register_parameter("scale", th.nn.Parameter(th.ones(1)))  # a parameter registered
+    assert [id(p) for p in listed_parameters(policy)] == [id(p) for p in policy.parameters()]
+    assert any(p is policy.q_net.q_net[0].scale for p in listed_parameters(policy))
+
+
+def test_a_module_with_its_own_parameters_is_walked_at_every_call() -> None:
+    class Growing(th.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.extra: list[th.nn.Parameter] = []
+
+        def parameters(self, recurse: bool = True):
+            return iter(self.extra)
+
+    grown = Growing()
+    assert listed_parameters(grown) == []
+    grown.extra.append(th.nn.Parameter(th.ones(1)))  # no registration: only the override knows
+    assert listed_parameters(grown) == grown.extra
+
+
+LOGGED_RUNS = {
+    "DQN": ("CartPole-v1", 1_200, dict(learning_starts=200, train_freq=2, target_update_interval=100)),
+    "SAC": ("Pendulum-v1", 600, dict(learning_starts=100, policy_kwargs=dict(net_arch=[32, 32]))),
+}
+
+
+@pytest.mark.parametrize("name", list(LOGGED_RUNS))
+@pytest.mark.parametrize("gradient_steps", [1, 2])
+def test_logs_are_sb3s(name: str, gradient_steps: int) -> None:
+    """Every logged value, of the same type; one gradient step per train() logs its loss without np.mean."""
+    env_id, steps, kwargs = LOGGED_RUNS[name]
+    dumps = {}
+    for library in (sb3, crl):
+        algo_class = getattr(library, name)
+        model = algo_class("MlpPolicy", env_id, gradient_steps=gradient_steps, seed=0, device="cpu", **kwargs)
+        writer = _RecordingWriter()
+        model.set_logger(Logger(folder=None, output_formats=[writer]))
+        model.learn(steps, log_interval=1)
+        dumps[library] = writer.dumps
+    trained = [dump for dump in dumps[crl] if "train/loss" in dump or "train/actor_loss" in dump]
+    assert len(trained) >= 2
+    for ours, theirs in zip(dumps[crl], dumps[sb3], strict=True):
+        assert ours == theirs and [type(v) for v in ours.values()] == [type(v) for v in theirs.values()]
+
+
+class _RecordingWriter(KVWriter):
+    """Keeps every dump's key-values, except the wall-clock ones (``time/fps``, ``time/time_elapsed``)."""
+
+    def __init__(self) -> None:
+        self.dumps: list[dict] = []
+
+    def write(self, key_values: dict, key_excluded: dict, step: int = 0) -> None:
+        timed = ("time/fps", "time/time_elapsed")
+        self.dumps.append({key: value for key, value in key_values.items() if key not in timed} | {"step": step})
+
+
+def test_learn_without_callback_copies_no_locals_and_a_users_function_still_gets_them() -> None:
+    model = crl.DQN("MlpPolicy", "CartPole-v1", **DQN_ARGS)
+    quiet = model._init_callback(None)
+    quiet.update_locals({"infos": []})
+    assert quiet.locals == {} and quiet.on_step()
+    seen: list[bool] = []
+    model.learn(50, callback=lambda locals_, globals_: seen.append("infos" in locals_) or True)
+    assert len(seen) == 50 and all(seen)
+
+
+def test_stored_transitions_are_sb3s_also_at_episode_ends() -> None:
+    """The replay buffer holds SB3's next observations: the terminal one where an episode ended."""
+    buffers = {}
+    for library, vec_env in ((sb3, SB3DummyVecEnv), (crl, DummyVecEnv)):
+        env = vec_env([lambda: gym.make("CartPole-v1")] * 2)
+        model = library.DQN("MlpPolicy", env, learning_starts=10_000, seed=0, device="cpu")
+        model.learn(600)
+        buffers[library] = model.replay_buffer
+    assert buffers[crl].dones[:300].sum() > 5  # episodes ended, so terminal observations were stored
+    for field in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+        assert np.array_equal(getattr(buffers[crl], field), getattr(buffers[sb3], field)), field
+
+
+def test_storing_a_terminal_observation_leaves_the_next_episodes_first_one_alone() -> None:
+    model = crl.DQN("MlpPolicy", "CartPole-v1", learning_starts=10_000, seed=0, device="cpu")
+    model.learn(8)
+    first_of_next, terminal = np.zeros((1, 4), dtype=np.float32), np.ones(4, dtype=np.float32)
+    infos = [{"terminal_observation": terminal}]
+    model._store_transition(model.replay_buffer, np.array([0]), first_of_next, np.zeros(1), np.ones(1), infos)
+    assert np.array_equal(model.replay_buffer.next_observations[model.replay_buffer.pos - 1, 0], terminal)
+    assert model._last_obs is first_of_next and not first_of_next.any()

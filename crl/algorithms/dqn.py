@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
 import torch as th
 from stable_baselines3 import dqn as sb3
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch.nn import functional as F
 
-from crl.algorithms.base import ContinualAlgorithm, with_sb3_signature
+from crl.algorithms.base import logged_mean, with_sb3_signature
+from crl.algorithms.off_policy import ContinualOffPolicyAlgorithm
 from crl.policies import dqn as policies
 from crl.policies.dqn import CategoricalQNetwork
+from crl.policies.module_tree import listed_parameters
 
 
-class DQN(ContinualAlgorithm, sb3.DQN):
+class DQN(ContinualOffPolicyAlgorithm, sb3.DQN):
     """Deep Q-Network (Mnih et al. 2015) with plasticity interventions.
 
     Takes every argument of :class:`stable_baselines3.DQN`, plus ``interventions`` and ``metrics``
@@ -49,13 +50,13 @@ class DQN(ContinualAlgorithm, sb3.DQN):
             with hooks.recording(self.policy, step, ["q_net"]):
                 loss = self._q_loss(replay_data, target_q_values)
             losses.append(loss.item())
-            clip = (self.policy.parameters(), self.max_grad_norm)
+            clip = (listed_parameters(self.policy), self.max_grad_norm)
             self._optimize(step, "q_net", loss, self.policy.optimizer, clip=clip)
 
         self._n_updates += gradient_steps
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        self.logger.record("train/loss", np.mean(losses))
+        self.logger.record("train/loss", logged_mean(losses))
         hooks("on_train_end", self)
 
     def _td_target(self, replay_data: ReplayBufferSamples) -> th.Tensor:
@@ -63,7 +64,7 @@ class DQN(ContinualAlgorithm, sb3.DQN):
         # For n-step replay the discount is gamma**n (when the episode did not end early)
         discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
         with th.no_grad():
-            next_q_values = self.q_net_target(replay_data.next_observations)
+            next_q_values = self._q_values(replay_data.next_observations, target=True)
             next_q_values, _ = next_q_values.max(dim=1)
             next_q_values = next_q_values.reshape(-1, 1)
             return replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
@@ -77,9 +78,16 @@ class DQN(ContinualAlgorithm, sb3.DQN):
             # Z(s, a): the logits of the action taken
             logits = logits[th.arange(len(logits), device=logits.device), replay_data.actions.long().flatten()]
             return two_hot.loss(logits, target_q_values)
-        current_q_values = self.q_net(replay_data.observations)
+        current_q_values = self._q_values(replay_data.observations)
         current_q_values = th.gather(current_q_values, dim=1, index=replay_data.actions.long())
         return F.smooth_l1_loss(current_q_values, target_q_values)
+
+    def _q_values(self, observations: th.Tensor, target: bool = False) -> th.Tensor:
+        """``q_net(observations)`` (``q_net_target`` with ``target``); crl's policies call the layers directly."""
+        if isinstance(self.policy, policies.DQNPolicyMixin):
+            return self.policy.q_values(observations, target)
+        q_values: th.Tensor = (self.q_net_target if target else self.q_net)(observations)
+        return q_values
 
     def training_losses(self, batch: ReplayBufferSamples) -> dict[str, tuple[th.Tensor, th.optim.Optimizer]]:
         """The loss ``train()`` minimises, on ``batch``, with its optimizer (for the Hessian metric).

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from crl.algorithms.base import ContinualAlgorithm, with_sb3_signature
 from crl.policies import actor_critic as policies
+from crl.policies.module_tree import listed_parameters
 
 
 class PPO(ContinualAlgorithm, sb3.PPO):
@@ -110,7 +111,7 @@ class PPO(ContinualAlgorithm, sb3.PPO):
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
                     break
 
-                clip = (self.policy.parameters(), self.max_grad_norm)
+                clip = (listed_parameters(self.policy), self.max_grad_norm)
                 self._optimize(step, "policy", loss, self.policy.optimizer, clip=clip)
 
             self._n_updates += 1

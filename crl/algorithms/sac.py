@@ -6,19 +6,19 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import ClassVar
 
-import numpy as np
 import torch as th
 from stable_baselines3 import sac as sb3
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch.nn import functional as F
 
-from crl.algorithms.base import ContinualAlgorithm, with_sb3_signature
+from crl.algorithms.base import logged_mean, with_sb3_signature
+from crl.algorithms.off_policy import ContinualOffPolicyAlgorithm
 from crl.policies import sac as policies
 from crl.policies.sac import CategoricalContinuousCritic
 
 
-class SAC(ContinualAlgorithm, sb3.SAC):
+class SAC(ContinualOffPolicyAlgorithm, sb3.SAC):
     """Soft Actor-Critic (Haarnoja et al. 2018) with plasticity interventions.
 
     Takes every argument of :class:`stable_baselines3.SAC`, plus ``interventions`` and ``metrics``
@@ -100,11 +100,11 @@ class SAC(ContinualAlgorithm, sb3.SAC):
         self._n_updates += gradient_steps
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        self.logger.record("train/ent_coef", np.mean(ent_coefs))
-        self.logger.record("train/actor_loss", np.mean(actor_losses))
-        self.logger.record("train/critic_loss", np.mean(critic_losses))
+        self.logger.record("train/ent_coef", logged_mean(ent_coefs))
+        self.logger.record("train/actor_loss", logged_mean(actor_losses))
+        self.logger.record("train/critic_loss", logged_mean(critic_losses))
         if len(ent_coef_losses) > 0:
-            self.logger.record("train/ent_coef_loss", np.mean(ent_coef_losses))
+            self.logger.record("train/ent_coef_loss", logged_mean(ent_coef_losses))
         hooks("on_train_end", self)
 
     def _td_target(self, replay_data: ReplayBufferSamples, ent_coef: th.Tensor) -> th.Tensor:
