@@ -20,6 +20,7 @@ from pathlib import Path
 import ale_py
 import gymnasium as gym
 import numpy as np
+import stable_baselines3
 import torch as th
 from overhead import write_block  # bench/ is on sys.path when this runs as a script
 from rich.console import Console
@@ -246,20 +247,20 @@ def _gradient_clip(algorithm: str, env_id: str, clipping: bool) -> tuple[Call, C
     )
 
 
-def _sac_gradient_step() -> tuple[Call, Call]:
-    model = crl.SAC("MlpPolicy", "Pendulum-v1", learning_starts=0, device="cpu", seed=0)
+def _gradient_step(algorithm: str, env_id: str, batch_size: int) -> tuple[Call, Call]:
+    """A ``train()`` call of one gradient step: SB3's (with torch's single-tensor Adam) and crl's, on one model."""
+    policy_kwargs = POLICY_KWARGS.get(algorithm)
+    model = getattr(crl, algorithm)(
+        "MlpPolicy", env_id, policy_kwargs=policy_kwargs, learning_starts=0, device="cpu", seed=0
+    )
     model.learn(300)
+    sb3_train = getattr(stable_baselines3, algorithm).train
 
-    def with_sb3_actor_loss() -> None:
-        left_out = crl_sac._left_out_of_graph
-        crl_sac._left_out_of_graph = lambda parameters: contextlib.nullcontext()  # type: ignore[assignment,return-value]
-        try:
-            with _single_tensor_updates(algorithm_optimizers(model)):
-                model.train(gradient_steps=1, batch_size=256)
-        finally:
-            crl_sac._left_out_of_graph = left_out
+    def sb3s() -> None:
+        with _single_tensor_updates(algorithm_optimizers(model)):
+            sb3_train(model, gradient_steps=1, batch_size=batch_size)
 
-    return with_sb3_actor_loss, (lambda: model.train(gradient_steps=1, batch_size=256))
+    return sb3s, (lambda: model.train(gradient_steps=1, batch_size=batch_size))
 
 
 def _polyak() -> tuple[Call, Call]:
@@ -299,7 +300,8 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
         lambda: _gradient_clip("PPO", "CartPole-v1", clipping=True),
         0.2,
     ),
-    "SAC gradient step, 256 x 256, batch 256 (`train`)": (_sac_gradient_step, 0.005),
+    "DQN gradient step, 120x84 MLP, batch 128 (`train`)": (lambda: _gradient_step("DQN", "CartPole-v1", 128), 0.05),
+    "SAC gradient step, 256 x 256, batch 256 (`train`)": (lambda: _gradient_step("SAC", "Pendulum-v1", 256), 0.005),
     "SAC target update (`polyak_update`)": (_polyak, 0.05),
 }
 """Row label -> (builds SB3's and crl's call, share of ``--number`` to time: slow calls get fewer)."""

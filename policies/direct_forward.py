@@ -107,3 +107,17 @@ class DirectLayers(Generic[Layers]):
             for module in modules
         )
         return None if called_otherwise else self._layers_of(network)
+
+
+def kept_direct_layers(
+    owner: Any, attribute: str, layers_of: Callable[[nn.Module], Layers | None]
+) -> DirectLayers[Layers]:
+    """``owner``'s :class:`DirectLayers` in ``attribute``, built at the first call.
+
+    Kept on the owner (a policy), so that its copies and pickles find their own layers.
+    """
+    direct: DirectLayers[Layers] | None = getattr(owner, attribute)
+    if direct is None:
+        direct = DirectLayers(layers_of)
+        setattr(owner, attribute, direct)
+    return direct

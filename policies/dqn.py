@@ -12,7 +12,7 @@ from stable_baselines3.dqn import policies as sb3
 from torch import nn
 
 from crl.policies.base import ContinualPolicyMixin
-from crl.policies.direct_forward import DirectLayers, chained_layers, run_layers
+from crl.policies.direct_forward import DirectLayers, chained_layers, kept_direct_layers, run_layers
 from crl.policies.two_hot import TwoHot
 
 
@@ -111,15 +111,9 @@ class DQNPolicyMixin(ContinualPolicyMixin):
         Not exact: a network that is not SB3's ``QNetwork`` (e.g. the two-hot head), hooks on its
         modules or globally, compilation or tracing (see :class:`DirectLayers`).
         """
-        if target:
-            if self._direct_target_layers is None:
-                self._direct_target_layers = DirectLayers(_q_network_layers)
-            network, direct = self.q_net_target, self._direct_target_layers
-        else:
-            if self._direct_q_layers is None:
-                self._direct_q_layers = DirectLayers(_q_network_layers)
-            network, direct = self.q_net, self._direct_q_layers
-        layers = direct(network)
+        network = self.q_net_target if target else self.q_net
+        kept_in = "_direct_target_layers" if target else "_direct_q_layers"
+        layers = kept_direct_layers(self, kept_in, _q_network_layers)(network)
         if layers is None:
             return None
         # A dict for MultiInputPolicy: its CombinedExtractor is the first layer

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch as th
-from stable_baselines3.common.policies import ContinuousCritic
+from stable_baselines3.common.policies import BaseModel, ContinuousCritic
+from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.sac import policies as sb3
 from torch import nn
 
 from crl.policies.base import ContinualPolicyMixin
+from crl.policies.direct_forward import DirectLayers, chained_layers, kept_direct_layers, run_layers
 from crl.policies.layers import ArchitectureOptions, widened
 from crl.policies.two_hot import TwoHot
 
@@ -44,7 +46,24 @@ class CategoricalContinuousCritic(ContinuousCritic):
         return self.two_hot.decode(super().q1_forward(obs, actions)).unsqueeze(-1)
 
 
-class _SACMixin(ContinualPolicyMixin):
+_CriticLayers = tuple[list[nn.Module], list[list[nn.Module]]]
+"""Layers of a critic's features extractor, and of each of its Q-networks."""
+
+
+def _critic_layers(critic: nn.Module) -> _CriticLayers | None:
+    """The layers of SB3's ``ContinuousCritic.forward`` after ``preprocess_obs``; ``None`` for another forward."""
+    if not isinstance(critic, ContinuousCritic):
+        return None
+    critic_class = type(critic)
+    if (
+        critic_class.forward is not ContinuousCritic.forward
+        or critic_class.extract_features is not BaseModel.extract_features
+    ):
+        return None
+    return chained_layers(critic.features_extractor), [chained_layers(q_net) for q_net in critic.q_networks]
+
+
+class SACPolicyMixin(ContinualPolicyMixin):
     """The trained networks are the ``actor`` and each critic ``qf0``, ``qf1``, ...
 
     The target critics are not trained by gradient and are not listed.
@@ -52,6 +71,11 @@ class _SACMixin(ContinualPolicyMixin):
 
     actor: sb3.Actor
     critic: ContinuousCritic
+    critic_target: ContinuousCritic
+    _direct_critic_layers: DirectLayers[_CriticLayers] | None = None
+    """The critic's layers :meth:`q_values` calls directly (built at the first call)."""
+    _direct_target_layers: DirectLayers[_CriticLayers] | None = None
+    """The target critic's layers :meth:`q_values` calls directly (built at the first call)."""
 
     def _validate_architecture(self, architecture: ArchitectureOptions, kwargs: dict[str, Any]) -> None:
         if architecture.crelu and kwargs.get("use_sde", False):
@@ -101,16 +125,38 @@ class _SACMixin(ContinualPolicyMixin):
         actions_pi = self.actor(observations, deterministic=True)
         self.critic(observations, actions_pi if actions is None else actions)
 
+    def q_values(self, obs: th.Tensor, actions: th.Tensor, target: bool = False) -> tuple[th.Tensor, ...]:
+        """``critic(obs, actions)`` (``critic_target(obs, actions)`` with ``target``), calling layers directly if exact.
 
-class SACPolicy(_SACMixin, sb3.SACPolicy):
+        SAC's ``train()`` runs a critic three times per gradient step (the TD target, the critic loss,
+        the actor loss), each through 15 modules for the 256x256 MLPs (see
+        :mod:`crl.policies.direct_forward`). A critic that is not SB3's ``ContinuousCritic`` (e.g. the
+        two-hot head), hooks or compilation take the module call.
+        """
+        critic = self.critic_target if target else self.critic
+        kept_in = "_direct_target_layers" if target else "_direct_critic_layers"
+        layers = kept_direct_layers(self, kept_in, _critic_layers)(critic)
+        if layers is None:
+            q_values: tuple[th.Tensor, ...] = critic(obs, actions)
+            return q_values
+        extractor_layers, q_network_layers = layers
+        # SB3's ContinuousCritic.forward: a shared extractor is trained by the actor's loss only
+        with th.set_grad_enabled(not critic.share_features_extractor):
+            observations = preprocess_obs(obs, critic.observation_space, normalize_images=critic.normalize_images)
+            features = run_layers(extractor_layers, observations)
+        q_input = th.cat([features, actions], dim=1)
+        return tuple(run_layers(q_layers, q_input) for q_layers in q_network_layers)
+
+
+class SACPolicy(SACPolicyMixin, sb3.SACPolicy):
     """SB3's ``MlpPolicy`` for SAC plus ``layer_norm`` and ``activation`` options."""
 
 
-class CnnPolicy(_SACMixin, sb3.CnnPolicy):
+class CnnPolicy(SACPolicyMixin, sb3.CnnPolicy):
     """SB3's ``CnnPolicy`` (NatureCNN) for SAC plus ``layer_norm`` and ``activation`` options."""
 
 
-class MultiInputPolicy(_SACMixin, sb3.MultiInputPolicy):
+class MultiInputPolicy(SACPolicyMixin, sb3.MultiInputPolicy):
     """SB3's ``MultiInputPolicy`` for SAC; options apply to the MLP heads."""
 
 

@@ -16,7 +16,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.torch_layers import NatureCNN
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
 from test_sb3_equivalence import assert_same_training
 
@@ -381,6 +381,67 @@ def test_dqn_trains_through_the_layers_directly_and_equals_the_module_calls() ->
     assert th.equal(loss, th.nn.functional.smooth_l1_loss(q_taken, target))
 
 
+class _LinearExtractor(BaseFeaturesExtractor):
+    """A features extractor with parameters, to tell a shared extractor's gradients from a critic's own."""
+
+    def __init__(self, observation_space: spaces.Box) -> None:
+        super().__init__(observation_space, features_dim=8)
+        self.linear = th.nn.Linear(int(np.prod(observation_space.shape)), 8)
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        return self.linear(observations)
+
+
+def _sac_batch(**policy_kwargs):
+    model = crl.SAC("MlpPolicy", "Pendulum-v1", learning_starts=0, policy_kwargs=policy_kwargs, seed=0, device="cpu")
+    model.learn(100)
+    return model.policy, model.replay_buffer.sample(32)
+
+
+@pytest.mark.parametrize("target", [False, True])
+def test_sac_critics_run_their_layers_directly_with_sb3s_values(target: bool) -> None:
+    policy, batch = _sac_batch(net_arch=[32, 32])
+    with patch.object(th.nn.Module, "_call_impl", side_effect=AssertionError("a module was called")):
+        direct = policy.q_values(batch.observations, batch.actions, target=target)
+    critic = policy.critic_target if target else policy.critic
+    expected = critic(batch.observations, batch.actions)
+    assert len(direct) == 2 and all(th.equal(a, b) for a, b in zip(direct, expected, strict=True))
+
+
+@pytest.mark.parametrize("share_features_extractor", [False, True])
+def test_sac_critic_direct_pass_has_sb3s_gradients(share_features_extractor: bool) -> None:
+    """Also for a features extractor with parameters: SB3 trains a shared one from the actor's loss only."""
+    policy, batch = _sac_batch(
+        net_arch=[32, 32], features_extractor_class=_LinearExtractor, share_features_extractor=share_features_extractor
+    )
+
+    def gradients(q_values) -> list[th.Tensor | None]:
+        policy.zero_grad()
+        sum(q.sum() for q in q_values).backward()
+        return [None if p.grad is None else p.grad.clone() for p in policy.parameters()]
+
+    direct = gradients(policy.q_values(batch.observations, batch.actions))
+    extractor_gradient = policy.critic.features_extractor.linear.weight.grad
+    module = gradients(policy.critic(batch.observations, batch.actions))
+    assert sum(g is not None for g in direct) >= 6
+    for ours, theirs in zip(direct, module, strict=True):
+        assert (ours is None and theirs is None) or th.equal(ours, theirs)
+    assert (extractor_gradient is None) == share_features_extractor
+
+
+def test_a_hook_on_the_target_critic_sees_the_td_target() -> None:
+    model = crl.SAC("MlpPolicy", "Pendulum-v1", learning_starts=0, policy_kwargs=dict(net_arch=[32, 32]), device="cpu")
+    model.learn(100)
+    batch = model.replay_buffer.sample(32)
+    seen: list[th.Tensor] = []
+    handle = model.critic_target.qf1[0].register_forward_hook(lambda module, inputs, output: seen.append(output))
+    model._td_target(batch, th.tensor(0.1))
+    handle.remove()
+    model._td_target(batch, th.tensor(0.1))
+    assert len(seen) == 1 and seen[0].shape == (32, 32)
+    assert model.policy._direct_target_layers(model.critic_target) is not None  # the TD target went direct again
+
+
 def test_a_hook_on_the_target_network_sees_the_td_target() -> None:
     model = crl.DQN("MlpPolicy", "CartPole-v1", **DQN_ARGS)
     model.learn(400)
@@ -391,6 +452,7 @@ def test_a_hook_on_the_target_network_sees_the_td_target() -> None:
     handle.remove()
     model._td_target(batch)
     assert len(seen) == 1 and seen[0].shape == (32, 64)
+    assert model.policy._direct_target_layers(model.q_net_target) is not None  # the TD target went direct again
 
 
 @pytest.mark.parametrize(

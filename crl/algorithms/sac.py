@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from crl.algorithms.base import logged_mean, with_sb3_signature
 from crl.algorithms.off_policy import ContinualOffPolicyAlgorithm
 from crl.policies import sac as policies
+from crl.policies.module_tree import listed_parameters
 from crl.policies.sac import CategoricalContinuousCritic
 
 
@@ -93,7 +94,8 @@ class SAC(ContinualOffPolicyAlgorithm, sb3.SAC):
             self._optimize(step, "actor", actor_loss, self.actor.optimizer)
 
             if gradient_step % self.target_update_interval == 0:
-                _polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                # Listed once per module tree rather than walked twice per gradient step
+                _polyak_update(listed_parameters(self.critic), listed_parameters(self.critic_target), self.tau)
                 # Copy running stats, see SB3 GH issue #996
                 _polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
 
@@ -113,7 +115,7 @@ class SAC(ContinualOffPolicyAlgorithm, sb3.SAC):
         discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
         with th.no_grad():
             next_actions, next_log_prob = self.actor.action_log_prob(replay_data.next_observations)
-            next_q_values = th.cat(self.critic_target(replay_data.next_observations, next_actions), dim=1)
+            next_q_values = th.cat(self._q_values(replay_data.next_observations, next_actions, target=True), dim=1)
             next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
             next_q_values = next_q_values - ent_coef * next_log_prob.reshape(-1, 1)
             return replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
@@ -126,7 +128,7 @@ class SAC(ContinualOffPolicyAlgorithm, sb3.SAC):
             logits = self.critic.logits(replay_data.observations, replay_data.actions)
             critic_loss = 0.5 * sum(two_hot.loss(current_logits, target_q_values) for current_logits in logits)
         else:
-            current_q_values = self.critic(replay_data.observations, replay_data.actions)
+            current_q_values = self._q_values(replay_data.observations, replay_data.actions)
             critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
         assert isinstance(critic_loss, th.Tensor)  # for type checker
         return critic_loss
@@ -141,9 +143,16 @@ class SAC(ContinualOffPolicyAlgorithm, sb3.SAC):
         computes and its next critic step discards (``zero_grad``). Same actor update, less work.
         """
         with _left_out_of_graph(p for group in self.critic.optimizer.param_groups for p in group["params"]):
-            q_values_pi = th.cat(self.critic(replay_data.observations, actions_pi), dim=1)
+            q_values_pi = th.cat(self._q_values(replay_data.observations, actions_pi), dim=1)
         min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)
         return (ent_coef * log_prob - min_qf_pi).mean()
+
+    def _q_values(self, obs: th.Tensor, actions: th.Tensor, target: bool = False) -> tuple[th.Tensor, ...]:
+        """``critic(obs, actions)`` (``critic_target`` with ``target``); crl's policies call the layers directly."""
+        if isinstance(self.policy, policies.SACPolicyMixin):
+            return self.policy.q_values(obs, actions, target)
+        q_values: tuple[th.Tensor, ...] = (self.critic_target if target else self.critic)(obs, actions)
+        return q_values
 
     def training_losses(self, batch: ReplayBufferSamples) -> dict[str, tuple[th.Tensor, th.optim.Optimizer]]:
         """The losses ``train()`` minimises, on ``batch``, with their optimizers (for the Hessian metric).
