@@ -414,8 +414,12 @@ HOT_SPOTS: dict[str, tuple[tuple[str, str], ...]] = {
     "`copy.deepcopy` (all callers)": (("copy.py", "deepcopy"),),
     "`obs_to_tensor`": (("policies", "obs_to_tensor"),),
     "policy `device` look-ups": (("policies", "device"),),
-    # crl acts in its policy's _predict, without QNetwork.forward (crl.policies.direct_forward)
-    "Q-network forward (acting and training)": (("dqn/policies.py", "forward"), ("policies/dqn.py", "_predict")),
+    # crl's forward passes, acting and training, run in _direct_q_values, without QNetwork.forward
+    # (crl.policies.direct_forward)
+    "Q-network forward (acting and training)": (
+        ("dqn/policies.py", "forward"),
+        ("policies/dqn.py", "_direct_q_values"),
+    ),
     "`VecEnv.step` (env dynamics included)": (("vec_env/base_vec_env.py", "step"),),
     "`train()`": (("dqn.py", "train"),),
 }
