@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 from math import inf, nan
 from unittest.mock import patch
 
@@ -641,17 +643,48 @@ def test_clip_grad_norm_of_mixed_dtypes_is_torchs() -> None:
     assert all(th.equal(a.grad, b.grad) for a, b in zip(parameters, reference, strict=True) if a.grad is not None)
 
 
-def test_listed_parameters_are_the_modules_parameters_and_follow_registrations() -> None:
+def _same_tensors(listed: list[th.Tensor], expected) -> bool:
+    return [id(p) for p in listed] == [id(p) for p in expected]
+
+
+def test_listed_parameters_are_the_modules_parameters_and_follow_changes() -> None:
     policy = crl.DQN("MlpPolicy", "CartPole-v1", device="cpu").policy
     listed = listed_parameters(policy)
-    assert listed == list(policy.parameters()) and all(a is b for a, b in zip(listed, policy.parameters(), strict=True))
+    assert _same_tensors(listed, policy.parameters())
     listed.clear()  # a copy: the next call is whole
     assert len(listed_parameters(policy)) == len(list(policy.parameters()))
 
     policy.q_net.q_net.append(th.nn.Linear(2, 2))  # a submodule registered
     policy.q_net.q_net[0].register_parameter("scale", th.nn.Parameter(th.ones(1)))  # a parameter registered
-    assert [id(p) for p in listed_parameters(policy)] == [id(p) for p in policy.parameters()]
-    assert any(p is policy.q_net.q_net[0].scale for p in listed_parameters(policy))
+    assert _same_tensors(listed_parameters(policy), policy.parameters())
+    policy.q_net.q_net[2]._parameters["bias"] = th.nn.Parameter(th.zeros(84))  # no hook sees this write
+    assert _same_tensors(listed_parameters(policy), policy.parameters())
+    shared = policy.q_net_target.q_net[0].weight
+    policy.q_net.q_net[4].weight = shared  # one parameter in two modules: listed once, where parameters() has it
+    assert _same_tensors(listed_parameters(policy), policy.parameters())
+
+
+def test_listed_parameters_follow_a_conversion_that_replaces_them() -> None:
+    policy = crl.DQN("MlpPolicy", "CartPole-v1", device="cpu").policy
+    before = listed_parameters(policy)
+    overwrite = th.__future__.get_overwrite_module_params_on_conversion()
+    th.__future__.set_overwrite_module_params_on_conversion(True)  # .double() makes new Parameter objects
+    try:
+        policy.double()
+    finally:
+        th.__future__.set_overwrite_module_params_on_conversion(overwrite)
+    after = listed_parameters(policy)
+    assert _same_tensors(after, policy.parameters()) and all(p.dtype == th.float64 for p in after)
+    assert not any(p is q for p, q in zip(before, after, strict=True))
+
+
+def test_listed_parameters_do_not_keep_the_module_alive() -> None:
+    module = th.nn.Sequential(th.nn.Linear(2, 2), th.nn.ReLU())
+    listed_parameters(module)
+    alive = weakref.ref(module)
+    del module
+    gc.collect()
+    assert alive() is None
 
 
 def test_a_module_with_its_own_parameters_is_walked_at_every_call() -> None:
