@@ -12,7 +12,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from crl.policies.base import ContinualPolicyMixin
-from crl.policies.direct_forward import DirectLayers, chained_layers, run_layers
+from crl.policies.direct_forward import DirectLayers, chained_layers, kept_direct_layers, run_layers
 
 _ActorCriticLayers = tuple[list[nn.Module], list[nn.Module], list[nn.Module]]
 """Layers of the shared features extractor, of the actor's latent path, of the critic up to its value head."""
@@ -73,9 +73,7 @@ class _ActorCriticMixin(ContinualPolicyMixin):
         PPO runs it at every environment step; skipping ``nn.Module``'s call machinery for 15 of
         its module calls saves about a fifth of it on the 64x64 MLP (see :mod:`crl.policies.direct_forward`).
         """
-        if self._direct_layers is None:
-            self._direct_layers = DirectLayers(_actor_critic_layers)
-        layers = self._direct_layers(self)  # type: ignore[arg-type]
+        layers = kept_direct_layers(self, "_direct_layers", _actor_critic_layers)(self)  # type: ignore[arg-type]
         if layers is None:
             actions, values, log_prob = super().forward(obs, deterministic)  # type: ignore[misc]
             return actions, self._expected_values(values), log_prob
