@@ -116,6 +116,27 @@ def _greedy_action() -> tuple[Call, Call]:
     )
 
 
+def _atari_dqn(learn: int = 0) -> crl.DQN:
+    """crl's DQN on Breakout (SB3's Atari preprocessing, 4 frames), with ``learn`` steps in its replay buffer."""
+    env = VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=1, seed=0, vec_env_cls=DummyVecEnv), 4)
+    model = crl.DQN("CnnPolicy", env, buffer_size=1_000, learning_starts=10_000, seed=0, device="cpu")
+    if learn:
+        model.learn(learn)
+    return model
+
+
+def _greedy_action_on_frames() -> tuple[Call, Call]:
+    """DQN's acting forward pass on a stack of 4 Atari frames (uint8), NatureCNN."""
+    policy = _atari_dqn().policy
+    policy.set_training_mode(False)
+    frames = th.zeros((1, 4, 84, 84), dtype=th.uint8)
+
+    return (
+        _without_gradient(lambda: SB3DQNPolicy._predict(policy, frames)),
+        _without_gradient(lambda: policy._predict(frames)),
+    )
+
+
 def _actor_critic_forward() -> tuple[Call, Call]:
     """PPO's forward pass at a collection step of 4 CartPoles (64x64 MLPs), action sampled."""
     policy = crl.PPO("MlpPolicy", "CartPole-v1", device="cpu").policy
@@ -179,12 +200,19 @@ def _store_transition() -> tuple[Call, Call]:
     return sb3s, (lambda: model._store_transition(buffer, action, new_obs, reward, done, [{}]))
 
 
-def _dqn_training_forwards() -> tuple[Call, Call]:
-    """The TD target and the Huber loss of one DQN gradient step, batch 128 (forward passes only)."""
-    model = crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=POLICY_KWARGS["DQN"], learning_starts=0, device="cpu")
-    model.learn(300)
+def _dqn_training_forwards(atari: bool = False) -> tuple[Call, Call]:
+    """The TD target and the Huber loss of one DQN gradient step (forward passes only).
+
+    On CartPole's 120x84 MLP with batch 128, or on NatureCNN with a batch of 32 Atari frame stacks.
+    """
+    if atari:
+        model, batch_size = _atari_dqn(learn=200), 32
+    else:
+        model = crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=POLICY_KWARGS["DQN"], learning_starts=0, device="cpu")
+        model.learn(300)
+        batch_size = 128
     assert model.replay_buffer is not None
-    batch = model.replay_buffer.sample(128)
+    batch = model.replay_buffer.sample(batch_size)
 
     def sb3s() -> None:  # SB3's DQN.train, the lines between sampling and the optimizer
         with th.no_grad():
@@ -278,6 +306,7 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
     "`obs_to_tensor` (device look-up aside), CartPole": (lambda: _obs_to_tensor("CartPole-v1"), 1),
     "`obs_to_tensor` (device look-up aside), Atari frames": (lambda: _obs_to_tensor("BreakoutNoFrameskip-v4"), 0.2),
     "greedy action, DQN 120x84 MLP (`_predict`)": (_greedy_action, 1),
+    "greedy action, DQN NatureCNN, 4 Atari frames (`_predict`)": (_greedy_action_on_frames, 0.02),
     "actor-critic forward, PPO 64x64 MLP, 4 envs (`forward`)": (_actor_critic_forward, 0.5),
     "`VecEnv.step`, 1 CartPole (env included)": (lambda: _vec_env_step(1), 1),
     "`VecEnv.step`, 4 CartPoles (envs included)": (lambda: _vec_env_step(4), 0.5),
@@ -285,6 +314,10 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
     "callbacks per step, no callback given (`learn()`)": (_no_callback, 1),
     "storing a transition, CartPole (`_store_transition`)": (_store_transition, 0.5),
     "DQN TD target and Huber loss, 120x84 MLP, batch 128 (`train`)": (_dqn_training_forwards, 0.2),
+    "DQN TD target and Huber loss, NatureCNN, batch 32 of 4 Atari frames": (
+        lambda: _dqn_training_forwards(atari=True),
+        0.005,
+    ),
     "loss logged after one gradient step (`np.mean`)": (_logged_loss, 1),
     "Adam step, DQN 120x84 MLP (6 tensors)": (lambda: _adam_step("DQN", "CartPole-v1"), 0.2),
     "Adam step, PPO 64x64 MLPs (12 tensors)": (lambda: _adam_step("PPO", "CartPole-v1"), 0.2),

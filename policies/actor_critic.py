@@ -6,7 +6,6 @@ from functools import partial
 
 import torch as th
 from stable_baselines3.common import policies as sb3
-from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import MlpExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
@@ -78,7 +77,7 @@ class _ActorCriticMixin(ContinualPolicyMixin):
             actions, values, log_prob = super().forward(obs, deterministic)  # type: ignore[misc]
             return actions, self._expected_values(values), log_prob
         features_layers, actor_layers, critic_layers = layers
-        observations = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)  # type: ignore[attr-defined]
+        observations = self.preprocessed(obs, self)  # type: ignore[arg-type]
         features = run_layers(features_layers, observations)
         latent_pi = run_layers(actor_layers, features)
         values = run_layers(critic_layers, features)

@@ -9,6 +9,9 @@ nothing is traced, ``module(x)`` is exactly ``module.forward(x)``, and :class:`D
 layers whose ``forward`` methods, applied in turn, compute the pass. PPO's forward pass at every step
 calls 15 modules of its two 64x64 MLPs below the policy (the action head stays a module call, made by
 SB3's ``_get_action_dist_from_latent``). ``bench/hot_path.py`` times both.
+
+The passes start from SB3's ``preprocess_obs``; for image observations the policies' ``preprocessed``
+(:mod:`crl.policies.base`) gives its result without SB3's per-call image check and float copy.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import torch as th
-from stable_baselines3.common.torch_layers import FlattenExtractor
+from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
 from torch import nn
 from torch.nn.modules import module as torch_module
 from torch.utils.hooks import RemovableHandle
@@ -43,13 +46,17 @@ def _global_hooks() -> list[dict]:
 def chained_layers(module: nn.Module) -> list[nn.Module]:
     """Modules whose ``forward`` methods, applied in turn, compute ``module.forward``.
 
-    An ``nn.Sequential`` is its layers, SB3's ``FlattenExtractor`` is its ``nn.Flatten``; any other
-    module stands for itself (its own ``forward`` calls its children the usual way).
+    An ``nn.Sequential`` is its layers, SB3's ``FlattenExtractor`` is its ``nn.Flatten``, SB3's
+    ``NatureCNN`` is the layers of its ``cnn`` then of its ``linear`` (11 module calls fewer per pass); any
+    other module, subclasses of those included, stands for itself (its own ``forward`` calls its
+    children the usual way).
     """
     if type(module) is nn.Sequential:
         return [layer for child in module for layer in chained_layers(child)]
     if type(module) is FlattenExtractor:
         return chained_layers(module.flatten)
+    if type(module) is NatureCNN:  # forward(x) = self.linear(self.cnn(x))
+        return chained_layers(module.cnn) + chained_layers(module.linear)
     return [module]
 
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import torch as th
 from stable_baselines3.common.policies import BaseModel
-from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.dqn import policies as sb3
 from torch import nn
@@ -117,7 +116,7 @@ class DQNPolicyMixin(ContinualPolicyMixin):
         if layers is None:
             return None
         # A dict for MultiInputPolicy: its CombinedExtractor is the first layer
-        observations = preprocess_obs(obs, network.observation_space, normalize_images=network.normalize_images)
+        observations = self.preprocessed(obs, network)
         q_values: th.Tensor = run_layers(layers, observations)
         return q_values
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import torch as th
 from stable_baselines3.common.policies import BaseModel, ContinuousCritic
-from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.sac import policies as sb3
 from torch import nn
@@ -142,7 +141,7 @@ class SACPolicyMixin(ContinualPolicyMixin):
         extractor_layers, q_network_layers = layers
         # SB3's ContinuousCritic.forward: a shared extractor is trained by the actor's loss only
         with th.set_grad_enabled(not critic.share_features_extractor):
-            observations = preprocess_obs(obs, critic.observation_space, normalize_images=critic.normalize_images)
+            observations = self.preprocessed(obs, critic)
             features = run_layers(extractor_layers, observations)
         q_input = th.cat([features, actions], dim=1)
         return tuple(run_layers(q_layers, q_input) for q_layers in q_network_layers)

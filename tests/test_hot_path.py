@@ -6,6 +6,7 @@ import copy
 import gc
 import weakref
 from math import inf, nan
+from types import SimpleNamespace
 from unittest.mock import patch
 
 import gymnasium as gym
@@ -18,7 +19,9 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
 from test_sb3_equivalence import assert_same_training
 
@@ -27,6 +30,7 @@ from crl.hooks import GradientStep
 from crl.interventions import Intervention
 from crl.optim import clip_grad_norm_, use_multi_tensor_updates
 from crl.policies.actor_critic import ActorCriticPolicy
+from crl.policies.base import normalized_images
 from crl.policies.module_tree import listed_parameters
 from crl.wrappers.vec_env import DummyVecEnv
 
@@ -526,15 +530,80 @@ class _Frames(gym.Env):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
-def test_cnn_policies_act_through_nature_cnn_directly_and_equal_sb3s() -> None:
-    frames = th.randint(0, 256, (8, 4, 84, 84), generator=th.Generator().manual_seed(0)).float()
+def test_cnn_policies_act_through_nature_cnns_layers_directly_and_equal_sb3s() -> None:
+    frames = th.randint(0, 256, (8, 4, 84, 84), generator=th.Generator().manual_seed(0), dtype=th.uint8)
     dqn = crl.DQN("CnnPolicy", _Frames(), buffer_size=100, seed=0).policy
     dqn.set_training_mode(False)
-    assert th.equal(_greedy(dqn, frames), _sb3_greedy(dqn, frames))
-    assert type(dqn._direct_q_layers(dqn.q_net)[0]) is NatureCNN
+    with patch.object(th.nn.Module, "_call_impl", side_effect=AssertionError("a module was called")):
+        actions = _greedy(dqn, frames)
+    assert th.equal(actions, _sb3_greedy(dqn, frames))
+    convolution, linear = [th.nn.Conv2d, th.nn.ReLU], [th.nn.Linear, th.nn.ReLU]
+    expected = [*convolution, *convolution, *convolution, th.nn.Flatten, *linear, th.nn.Linear]
+    assert [type(layer) for layer in dqn._direct_q_layers(dqn.q_net)] == expected
     ppo = crl.PPO("CnnPolicy", _Frames(), n_steps=8, batch_size=8, seed=0).policy
     _assert_forward_equals_sb3s(ppo, frames)
-    assert ppo._direct_layers(ppo) is not None
+    assert [type(layer) for layer in ppo._direct_layers(ppo)[0]] == expected[:-1]
+
+
+@pytest.mark.parametrize("target", [False, True])
+def test_dqn_trains_on_uint8_frames_with_the_module_calls_values_and_gradients(target: bool) -> None:
+    frames = th.randint(0, 256, (8, 4, 84, 84), generator=th.Generator().manual_seed(0), dtype=th.uint8)
+    policy = crl.DQN("CnnPolicy", _Frames(), buffer_size=100, seed=0).policy
+    network = policy.q_net_target if target else policy.q_net
+    direct = policy.q_values(frames, target=target)
+    direct.sum().backward()
+    direct_gradients = [parameter.grad.clone() for parameter in network.parameters()]
+    network.zero_grad()
+    called = network(frames)
+    called.sum().backward()
+    assert th.equal(direct, called)
+    assert all(
+        th.equal(ours, parameter.grad) for ours, parameter in zip(direct_gradients, network.parameters(), strict=True)
+    )
+
+
+def test_normalized_images_are_sb3s_for_every_pixel_value_and_layout() -> None:
+    pixels = th.arange(256, dtype=th.uint8).reshape(4, 8, 8)
+    batch = pixels.repeat(3, 1, 1, 1).permute(0, 2, 3, 1)  # not contiguous: the result keeps the layout
+    for frames in (pixels, batch, pixels.float()):
+        ours, sb3s = normalized_images(frames), frames.float() / 255.0
+        assert ours.dtype == sb3s.dtype == th.float32 and ours.stride() == sb3s.stride()
+        assert th.equal(ours.view(th.int32), sb3s.view(th.int32))  # bit for bit
+    default = th.get_default_dtype()
+    th.set_default_dtype(th.float64)  # uint8 / 255.0 would now be float64; SB3's float() stays float32
+    try:
+        assert th.equal(normalized_images(pixels).view(th.int32), (pixels.float() / 255.0).view(th.int32))
+    finally:
+        th.set_default_dtype(default)
+
+
+def _batch(space: spaces.Space, size: int = 3) -> np.ndarray | dict[str, np.ndarray]:
+    if isinstance(space, spaces.Dict):
+        return {key: _batch(subspace, size) for key, subspace in space.items()}  # type: ignore[misc]
+    return np.stack([space.sample() for _ in range(size)])
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        spaces.Box(0, 255, (4, 8, 8), np.uint8),
+        spaces.Box(0, 255, (4, 8, 8), np.float32),
+        spaces.Box(-1.0, 1.0, (5,), np.float32),
+        spaces.Discrete(3),
+        spaces.Dict({"frames": spaces.Box(0, 255, (4, 8, 8), np.uint8), "position": spaces.Box(-1, 1, (2,))}),
+    ],
+    ids=["uint8_images", "float_images", "vector", "discrete", "dict"],
+)
+@pytest.mark.parametrize("normalize_images", [True, False])
+def test_preprocessed_is_sb3s_preprocess_obs(space: spaces.Space, normalize_images: bool) -> None:
+    policy = crl.DQN("MlpPolicy", "CartPole-v1", seed=0).policy
+    model = SimpleNamespace(observation_space=space, normalize_images=normalize_images)
+    space.seed(0)
+    for _ in range(2):  # the second time with the remembered image check
+        obs = obs_as_tensor(_batch(space), th.device("cpu"))
+        ours, sb3s = policy.preprocessed(obs, model), preprocess_obs(obs, space, normalize_images=normalize_images)
+        pairs = [(ours[key], sb3s[key]) for key in sb3s] if isinstance(sb3s, dict) else [(ours, sb3s)]
+        assert all(mine.dtype == theirs.dtype and th.equal(mine, theirs) for mine, theirs in pairs)
 
 
 def _adam_trajectory(optimizer_class: type, foreach: bool | None, steps: int = 30, **kwargs) -> list[th.Tensor]:
@@ -769,3 +838,12 @@ def test_storing_a_terminal_observation_leaves_the_next_episodes_first_one_alone
     model._store_transition(model.replay_buffer, np.array([0]), first_of_next, np.zeros(1), np.ones(1), infos)
     assert np.array_equal(model.replay_buffer.next_observations[model.replay_buffer.pos - 1, 0], terminal)
     assert model._last_obs is first_of_next and not first_of_next.any()
+
+
+def test_the_image_check_is_made_again_for_another_space() -> None:
+    policy = crl.DQN("MlpPolicy", "CartPole-v1", seed=0).policy
+    images = SimpleNamespace(observation_space=spaces.Box(0, 255, (4, 8, 8), np.uint8), normalize_images=True)
+    frames = th.full((1, 4, 8, 8), 255, dtype=th.uint8)
+    assert th.equal(policy.preprocessed(frames, images), th.ones(1, 4, 8, 8))
+    states = th.full((1, 4), 255.0)
+    assert th.equal(policy.preprocessed(states, policy), states)  # CartPole's states are not images
