@@ -216,7 +216,7 @@ class ContinualPolicyMixin:
                 vectorized = True
             else:
                 return super().obs_to_tensor(observation)  # type: ignore[misc,no-any-return]
-            if not self._is_image_space(space):
+            if self._box_kind(space) != "image":
                 observation = np.array(observation)
             return th.as_tensor(observation.reshape((-1, *space.shape)), device=self.device), vectorized  # type: ignore[attr-defined]
         return super().obs_to_tensor(observation)  # type: ignore[misc,no-any-return]
@@ -224,20 +224,28 @@ class ContinualPolicyMixin:
     def preprocessed(self, obs: PyTorchObs, model: BaseModel) -> PyTorchObs:
         """SB3's ``preprocess_obs(obs, model.observation_space, model.normalize_images)``: ``model``'s input.
 
-        For images, the same tensor made cheaper: the image check is remembered per space (SB3 compares
-        the bounds of every pixel at every call, 16 us for Atari's frames) and uint8 frames are
-        normalised in one division (:func:`normalized_images`). crl's direct forward passes start here.
+        For a ``Box`` space, the same tensor made cheaper: the space's kind is remembered (SB3 checks
+        it at every call, comparing the bounds of every pixel for images: 16 us for Atari's frames),
+        and uint8 frames are normalised in one division (:func:`normalized_images`). crl's direct
+        forward passes start here.
         """
         space = model.observation_space
-        if type(obs) is th.Tensor and model.normalize_images and self._is_image_space(space):
+        kind = self._box_kind(space)
+        if kind is None or type(obs) is not th.Tensor:
+            return preprocess_obs(obs, space, normalize_images=model.normalize_images)
+        if kind == "image" and model.normalize_images:
             return normalized_images(obs)
-        return preprocess_obs(obs, space, normalize_images=model.normalize_images)
+        return obs.float()
 
-    def _is_image_space(self, space: spaces.Space) -> bool:
-        """SB3's ``is_image_space(space)``, remembered for the last space asked about (a policy's space is fixed)."""
-        checked = self.__dict__.get("_image_space_checked")
+    def _box_kind(self, space: spaces.Space) -> str | None:
+        """``"image"`` or ``"box"`` for a ``Box`` space (SB3's ``is_image_space``), ``None`` for another space.
+
+        Remembered for the last space asked about: a policy's observation space is fixed.
+        """
+        checked = self.__dict__.get("_box_kind_checked")
         if checked is None or checked[0] is not space:
-            checked = self.__dict__["_image_space_checked"] = (space, is_image_space(space))
+            kind = None if type(space) is not spaces.Box else "image" if is_image_space(space) else "box"
+            checked = self.__dict__["_box_kind_checked"] = (space, kind)
         return checked[1]
 
     def make_features_extractor(self) -> BaseFeaturesExtractor:
