@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch as th
@@ -237,14 +237,16 @@ class ContinualPolicyMixin:
             return normalized_images(obs)
         return obs.float()
 
-    def _box_kind(self, space: spaces.Space) -> str | None:
+    def _box_kind(self, space: spaces.Space) -> Literal["image", "box"] | None:
         """``"image"`` or ``"box"`` for a ``Box`` space (SB3's ``is_image_space``), ``None`` for another space.
 
         Remembered for the last space asked about: a policy's observation space is fixed.
         """
-        checked = self.__dict__.get("_box_kind_checked")
+        checked: tuple[spaces.Space, Literal["image", "box"] | None] | None = self.__dict__.get("_box_kind_checked")
         if checked is None or checked[0] is not space:
-            kind = None if type(space) is not spaces.Box else "image" if is_image_space(space) else "box"
+            kind: Literal["image", "box"] | None = None
+            if type(space) is spaces.Box:
+                kind = "image" if is_image_space(space) else "box"
             checked = self.__dict__["_box_kind_checked"] = (space, kind)
         return checked[1]
 

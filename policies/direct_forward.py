@@ -10,8 +10,9 @@ layers whose ``forward`` methods, applied in turn, compute the pass. PPO's forwa
 calls 15 modules of its two 64x64 MLPs below the policy (the action head stays a module call, made by
 SB3's ``_get_action_dist_from_latent``). ``bench/hot_path.py`` times both.
 
-The passes start from SB3's ``preprocess_obs``; for image observations the policies' ``preprocessed``
-(:mod:`crl.policies.base`) gives its result without SB3's per-call image check and float copy.
+The passes start from SB3's ``preprocess_obs`` result; for a ``Box`` space the policies' ``preprocessed``
+(:mod:`crl.policies.base`) gives it without SB3's per-call check of the space's kind, and for uint8
+frames without the float copy.
 """
 
 from __future__ import annotations
