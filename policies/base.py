@@ -27,6 +27,9 @@ from crl.policies.spectral_norm import (
 )
 from crl.policies.two_hot import TwoHot
 
+BoxKind = Literal["image", "box"] | None
+"""What ``preprocess_obs`` does with a space: divide an image ``Box``, convert a plain ``Box``, or other."""
+
 
 def normalized_images(obs: th.Tensor) -> th.Tensor:
     """``obs.float() / 255.0``, SB3's normalisation of images; a uint8 batch in one division, without the float copy.
@@ -237,14 +240,14 @@ class ContinualPolicyMixin:
             return normalized_images(obs)
         return obs.float()
 
-    def _box_kind(self, space: spaces.Space) -> Literal["image", "box"] | None:
+    def _box_kind(self, space: spaces.Space) -> BoxKind:
         """``"image"`` or ``"box"`` for a ``Box`` space (SB3's ``is_image_space``), ``None`` for another space.
 
         Remembered for the last space asked about: a policy's observation space is fixed.
         """
-        checked: tuple[spaces.Space, Literal["image", "box"] | None] | None = self.__dict__.get("_box_kind_checked")
+        checked: tuple[spaces.Space, BoxKind] | None = self.__dict__.get("_box_kind_checked")
         if checked is None or checked[0] is not space:
-            kind: Literal["image", "box"] | None = None
+            kind: BoxKind = None
             if type(space) is spaces.Box:
                 kind = "image" if is_image_space(space) else "box"
             checked = self.__dict__["_box_kind_checked"] = (space, kind)
