@@ -38,8 +38,9 @@ from stable_baselines3.dqn.policies import DQNPolicy as SB3DQNPolicy
 import crl
 from crl.algorithms import sac as crl_sac
 from crl.algorithms.base import _HookCallback, logged_mean
+from crl.algorithms.replay import sample_replay
 from crl.metrics import MetricsConfig
-from crl.optim import algorithm_optimizers, clip_grad_norm_
+from crl.optim import algorithm_optimizers, clip_grad_norm_, optimizer_step, zero_grad
 from crl.policies.module_tree import listed_parameters
 from crl.wrappers.vec_env import DummyVecEnv
 
@@ -256,7 +257,38 @@ def _adam_step(algorithm: str, env_id: str) -> tuple[Call, Call]:
         with _single_tensor_updates([optimizer]):
             optimizer.step()
 
-    return single_tensor, optimizer.step
+    return single_tensor, (lambda: optimizer_step(optimizer))
+
+
+def _zero_grad() -> tuple[Call, Call]:
+    """Dropping the gradients of DQN's 120x84 MLP before a backward pass (they are set again for the next call)."""
+    model = crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=POLICY_KWARGS["DQN"], device="cpu")
+    optimizer = model.policy.optimizer
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    gradients = [th.zeros_like(parameter) for parameter in parameters]
+
+    def regrown(drop: Callable[[], None]) -> Call:
+        def call() -> None:
+            drop()
+            for parameter, gradient in zip(parameters, gradients, strict=True):
+                parameter.grad = gradient
+
+        return call
+
+    return regrown(optimizer.zero_grad), regrown(lambda: zero_grad(optimizer))
+
+
+def _replay_sample(atari: bool) -> tuple[Call, Call]:
+    """Drawing a DQN minibatch: 128 CartPole transitions, or 32 of stacked Atari frames."""
+    if atari:
+        model, batch_size = _atari_dqn(learn=200), 32
+    else:
+        model = crl.DQN("MlpPolicy", "CartPole-v1", learning_starts=10_000, device="cpu")
+        model.learn(1_000)
+        batch_size = 128
+    buffer = model.replay_buffer
+    assert buffer is not None
+    return (lambda: buffer.sample(batch_size)), (lambda: sample_replay(buffer, batch_size))
 
 
 def _gradient_clip(algorithm: str, env_id: str, clipping: bool) -> tuple[Call, Call]:
@@ -319,6 +351,9 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
         0.005,
     ),
     "loss logged after one gradient step (`np.mean`)": (_logged_loss, 1),
+    "minibatch from the replay buffer, 128 CartPole transitions (`sample`)": (lambda: _replay_sample(False), 0.5),
+    "minibatch from the replay buffer, 32 stacks of 4 Atari frames": (lambda: _replay_sample(True), 0.05),
+    "gradients dropped, DQN 120x84 MLP (`zero_grad`)": (_zero_grad, 1),
     "Adam step, DQN 120x84 MLP (6 tensors)": (lambda: _adam_step("DQN", "CartPole-v1"), 0.2),
     "Adam step, PPO 64x64 MLPs (12 tensors)": (lambda: _adam_step("PPO", "CartPole-v1"), 0.2),
     "gradient-norm clip, DQN 120x84 MLP, norm below `max_grad_norm` (`clip_grad_norm_`)": (

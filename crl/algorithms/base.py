@@ -27,7 +27,7 @@ from crl.hooks import GradientStep, HookDispatcher
 from crl.interventions.base import Intervention, make_interventions
 from crl.metrics.config import MetricsConfig
 from crl.metrics.monitor import MetricsMonitor
-from crl.optim import algorithm_optimizers, clip_grad_norm_, use_multi_tensor_updates
+from crl.optim import algorithm_optimizers, clip_grad_norm_, optimizer_step, use_multi_tensor_updates, zero_grad
 from crl.policies.two_hot import TwoHot
 from crl.wrappers.vec_env import DummyVecEnv
 
@@ -146,11 +146,11 @@ class ContinualAlgorithm:
         :param clip: ``(parameters, max_grad_norm)`` when the algorithm clips the gradient norm
         """
         loss = self._hooks.add_auxiliary_losses(self._algo, step, loss_name, loss)
-        optimizer.zero_grad()
+        zero_grad(optimizer)
         loss.backward()
         grad_norm = clip_grad_norm_(*clip) if clip is not None else None
         self._hooks.after_backward(self._algo, step, optimizer, grad_norm)
-        optimizer.step()
+        optimizer_step(optimizer)
         self._hooks.after_optimizer_step(self._algo, step)
 
     def start_task(self, task_id: int) -> None:

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from crl.algorithms.base import logged_mean, with_sb3_signature
 from crl.algorithms.off_policy import ContinualOffPolicyAlgorithm
+from crl.algorithms.replay import sample_replay
 from crl.policies import dqn as policies
 from crl.policies.dqn import CategoricalQNetwork
 from crl.policies.module_tree import listed_parameters
@@ -42,7 +43,7 @@ class DQN(ContinualOffPolicyAlgorithm, sb3.DQN):
 
         losses = []
         for gradient_step in range(gradient_steps):
-            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            replay_data = sample_replay(self.replay_buffer, batch_size, self._vec_normalize_env)  # type: ignore[arg-type]
             replay_data = hooks.transform_batch(self, replay_data)
             step = hooks.begin_gradient_step(self, gradient_step, replay_data)
             target_q_values = self._td_target(replay_data)

@@ -14,6 +14,8 @@ from torch.nn import functional as F
 
 from crl.algorithms.base import logged_mean, with_sb3_signature
 from crl.algorithms.off_policy import ContinualOffPolicyAlgorithm
+from crl.algorithms.replay import sample_replay
+from crl.optim import optimizer_step, zero_grad
 from crl.policies import sac as policies
 from crl.policies.module_tree import listed_parameters
 from crl.policies.sac import CategoricalContinuousCritic
@@ -51,7 +53,7 @@ class SAC(ContinualOffPolicyAlgorithm, sb3.SAC):
         actor_losses, critic_losses = [], []
 
         for gradient_step in range(gradient_steps):
-            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            replay_data = sample_replay(self.replay_buffer, batch_size, self._vec_normalize_env)  # type: ignore[arg-type]
             replay_data = hooks.transform_batch(self, replay_data)
             step = hooks.begin_gradient_step(self, gradient_step, replay_data)
 
@@ -78,9 +80,9 @@ class SAC(ContinualOffPolicyAlgorithm, sb3.SAC):
 
             # Temperature (alpha) step
             if ent_coef_loss is not None and self.ent_coef_optimizer is not None:
-                self.ent_coef_optimizer.zero_grad()
+                zero_grad(self.ent_coef_optimizer)
                 ent_coef_loss.backward()
-                self.ent_coef_optimizer.step()
+                optimizer_step(self.ent_coef_optimizer)
 
             target_q_values = self._td_target(replay_data, ent_coef)
 
