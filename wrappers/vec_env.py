@@ -8,7 +8,7 @@ just as independent, made faster where that is provably the same:
 
 - a numeric observation array is copied with ``ndarray.copy`` (what ``deepcopy`` does for it);
 - an info dict whose keys are strings and whose values are immutable scalars (``bool``, ``int``,
-  ``float``, ``str``, ``None``, NumPy numbers) is copied with ``dict(info)``: ``deepcopy`` would
+  ``float``, ``str``, ``None``, NumPy numbers) is copied with ``info.copy()``: ``deepcopy`` would
   return those values themselves. Any other info list (an array, a nested dict such as the
   ``Monitor``'s ``"episode"``, a dict subclass, one dict shared by two envs) is deep-copied as in SB3.
 
@@ -35,16 +35,23 @@ def _is_immutable_scalar(value: Any) -> bool:
     return type(value) in _IMMUTABLE_TYPES or isinstance(value, _NUMPY_SCALARS)
 
 
-def _is_flat_immutable(info: Any) -> bool:
-    return type(info) is dict and all(type(key) is str and _is_immutable_scalar(value) for key, value in info.items())
-
-
 def copy_infos(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``deepcopy(infos)``, made of shallow dict copies when that gives the same result."""
-    distinct = len({id(info) for info in infos}) == len(infos)
-    if distinct and all(_is_flat_immutable(info) for info in infos):
-        return [dict(info) for info in infos]
-    return deepcopy(infos)
+    """``deepcopy(infos)``, made of shallow dict copies when that gives the same result.
+
+    Loops written out rather than nested generators and helper calls: 0.5 against 1.1 us for
+    CartPole's one info dict per environment step.
+    """
+    copies = []
+    for info in infos:
+        if type(info) is not dict:
+            return deepcopy(infos)
+        for key, value in info.items():
+            if type(key) is not str or not _is_immutable_scalar(value):
+                return deepcopy(infos)
+        copies.append(info.copy())
+    if len(infos) > 1 and len({id(info) for info in infos}) < len(infos):
+        return deepcopy(infos)  # one dict shared by two envs: deepcopy keeps it shared
+    return copies
 
 
 def copy_observation(array: np.ndarray) -> np.ndarray:
@@ -70,7 +77,9 @@ class DummyVecEnv(SB3DummyVecEnv):
                 self.buf_infos[env_idx]["terminal_observation"] = obs
                 obs, self.reset_infos[env_idx] = self.envs[env_idx].reset()
             self._save_obs(env_idx, obs)
-        return self._obs_from_buf(), np.copy(self.buf_rews), np.copy(self.buf_dones), copy_infos(self.buf_infos)
+        # ndarray.copy(order="K") is np.copy without its dispatch (0.15 against 0.4 us)
+        rewards, dones = self.buf_rews.copy(order="K"), self.buf_dones.copy(order="K")
+        return self._obs_from_buf(), rewards, dones, copy_infos(self.buf_infos)
 
     def _obs_from_buf(self) -> VecEnvObs:
         if self.keys == [None]:  # an unstructured space: dict_to_obs would return this one array

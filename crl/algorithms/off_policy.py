@@ -8,6 +8,7 @@ import numpy as np
 from stable_baselines3.common.buffers import ReplayBuffer
 
 from crl.algorithms.base import ContinualAlgorithm
+from crl.algorithms.replay import add_transition
 
 
 class ContinualOffPolicyAlgorithm(ContinualAlgorithm):
@@ -26,23 +27,15 @@ class ContinualOffPolicyAlgorithm(ContinualAlgorithm):
         dones: np.ndarray,
         infos: list[dict[str, Any]],
     ) -> None:
-        """SB3's ``_store_transition``, copying an array observation with ``ndarray.copy``.
+        """SB3's ``_store_transition``, storing the transition with :func:`~crl.algorithms.replay.add_transition`.
 
-        SB3 protects the next observation from the episode-end writes below with ``copy.deepcopy``,
-        which for an array of numbers makes the copy ``ndarray.copy(order="K")`` makes, through the
-        copy module's dispatch and memo (2 us against 0.3 us per environment step). Dict
-        observations, object arrays and ``VecNormalize`` take SB3's code.
+        SB3 deep-copies the next observation to write the terminal observations of ended episodes
+        into it, then its ``add`` copies every array again before the buffer's assignment copies
+        it (see ``add_transition``). Dict observations and ``VecNormalize`` take SB3's code.
         """
-        plain_array = type(new_obs) is np.ndarray and not new_obs.dtype.hasobject
-        if not plain_array or self._vec_normalize_env is not None:
+        if type(new_obs) is not np.ndarray or self._vec_normalize_env is not None:
             super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)  # type: ignore[misc]
             return
-        assert isinstance(new_obs, np.ndarray)
-        next_obs = new_obs.copy(order="K")
-        # The vec env has already reset an ended episode: its last observation is in the info dict
-        for i, done in enumerate(dones):
-            if done and infos[i].get("terminal_observation") is not None:
-                next_obs[i] = infos[i]["terminal_observation"]
         self._last_original_obs = self._last_obs
-        replay_buffer.add(self._last_obs, next_obs, buffer_action, reward, dones, infos)
+        add_transition(replay_buffer, self._last_obs, new_obs, buffer_action, reward, dones, infos)
         self._last_obs = new_obs

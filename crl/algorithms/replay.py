@@ -1,12 +1,17 @@
-"""Drawing a minibatch from SB3's replay buffer without copying the drawn arrays a second time."""
+"""SB3's replay buffer without its redundant copies: writing a transition, drawing a minibatch."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
+
+from crl.wrappers.vec_env import copy_observation
 
 
 def sample_replay(buffer: ReplayBuffer, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples:
@@ -46,4 +51,72 @@ def _plain_sb3_buffer(buffer: ReplayBuffer) -> bool:
         and not replaced
         and not buffer.optimize_memory_usage
         and buffer.device.type == "cpu"
+    )
+
+
+def add_transition(
+    buffer: ReplayBuffer,
+    obs: np.ndarray,
+    new_obs: np.ndarray,
+    action: np.ndarray,
+    reward: np.ndarray,
+    dones: np.ndarray,
+    infos: list[dict[str, Any]],
+) -> None:
+    """What SB3's ``_store_transition`` adds: ``buffer.add(obs, next_obs, action, reward, dones, infos)``.
+
+    ``next_obs`` is ``new_obs`` with the last observation of each ended episode in its row (the vec
+    env has already reset it: ``infos[i]["terminal_observation"]``). SB3 deep-copies ``new_obs`` to
+    write those rows, and its ``add`` copies each of the five arrays once more (``np.array``) before
+    assigning it into the buffer, which copies it again. Here each array is assigned once, and the
+    ended episodes' rows are written into the buffer's row of next observations: the same entries
+    (12 against 50 thousand instructions per CartPole step). A subclass of ``ReplayBuffer``, an
+    ``add`` replaced on the instance, the memory-saving layout, a ``Discrete`` observation space and
+    arrays that are not plain NumPy arrays of the buffer's observation dtype take SB3's way.
+    """
+    if not _adds_plainly(buffer, obs, new_obs, action, reward, dones):
+        next_obs = copy_observation(new_obs)
+        for i, done in enumerate(dones):
+            if done and infos[i].get("terminal_observation") is not None:
+                next_obs[i] = infos[i]["terminal_observation"]
+        buffer.add(obs, next_obs, action, reward, dones, infos)
+        return
+    pos = buffer.pos
+    buffer.observations[pos] = obs
+    next_observations = buffer.next_observations[pos]
+    next_observations[...] = new_obs
+    for i, done in enumerate(dones.tolist()):
+        if done and infos[i].get("terminal_observation") is not None:
+            next_observations[i] = infos[i]["terminal_observation"]
+    buffer.actions[pos] = action.reshape((buffer.n_envs, buffer.action_dim))
+    buffer.rewards[pos] = reward
+    buffer.dones[pos] = dones
+    if buffer.handle_timeout_termination:
+        buffer.timeouts[pos] = np.array([info.get("TimeLimit.truncated", False) for info in infos])
+    buffer.pos += 1
+    if buffer.pos == buffer.buffer_size:
+        buffer.full = True
+        buffer.pos = 0
+
+
+def _adds_plainly(buffer: ReplayBuffer, obs: Any, new_obs: Any, action: Any, reward: Any, dones: Any) -> bool:
+    """Whether assigning the arrays stores what SB3's ``add`` of their copies stores.
+
+    SB3 writes an ended episode's last observation into a copy of ``new_obs`` first, i.e. casts it to
+    ``new_obs``'s dtype: writing it into the buffer directly is the same when that is the buffer's.
+    """
+    ndarray = np.ndarray
+    return (
+        type(buffer) is ReplayBuffer
+        and "add" not in vars(buffer)
+        and not buffer.optimize_memory_usage
+        and not isinstance(buffer.observation_space, spaces.Discrete)
+        # Written out rather than all(...) over a generator: 0.7 us per environment step
+        and type(obs) is ndarray
+        and type(new_obs) is ndarray
+        and type(action) is ndarray
+        and type(reward) is ndarray
+        and type(dones) is ndarray
+        and new_obs.dtype == buffer.next_observations.dtype
+        and not new_obs.dtype.hasobject
     )
