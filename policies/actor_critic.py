@@ -11,9 +11,9 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from crl.policies.base import ContinualPolicyMixin
-from crl.policies.direct_forward import DirectLayers, chained_layers, kept_direct_layers, run_layers
+from crl.policies.direct_forward import DirectLayers, Step, chained_layers, kept_direct_layers, layer_step, run_layers
 
-_ActorCriticLayers = tuple[list[nn.Module], list[nn.Module], list[nn.Module]]
+_ActorCriticLayers = tuple[list[Step], list[Step], list[Step]]
 """Layers of the shared features extractor, of the actor's latent path, of the critic up to its value head."""
 
 
@@ -30,7 +30,7 @@ def _actor_critic_layers(policy: nn.Module) -> _ActorCriticLayers | None:
     return (
         chained_layers(policy.features_extractor),
         chained_layers(extractor.policy_net),
-        [*chained_layers(extractor.value_net), policy.value_net],
+        [*chained_layers(extractor.value_net), layer_step(policy.value_net)],
     )
 
 

@@ -6,7 +6,8 @@ look for a compiled variant, hooks on the module, global hooks and the tracing s
 environment step, through 9 modules for the MLP (Q-network, feature extractor, flatten, sequential,
 3 linear layers, 2 activations). When no hook is registered on those modules or globally, none is compiled and
 nothing is traced, ``module(x)`` is exactly ``module.forward(x)``, and :class:`DirectLayers` gives the
-layers whose ``forward`` methods, applied in turn, compute the pass. PPO's forward pass at every step
+layers whose ``forward`` methods, applied in turn, compute the pass (a linear layer's as the ``F.linear``
+call it makes: :func:`layer_step`). PPO's forward pass at every step
 calls 15 modules of its two 64x64 MLPs below the policy (the action head stays a module call, made by
 SB3's ``_get_action_dist_from_latent``). ``bench/hot_path.py`` times both.
 
@@ -23,10 +24,14 @@ from typing import Any, Generic, TypeVar
 import torch as th
 from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.modules import module as torch_module
 from torch.utils.hooks import RemovableHandle
 
 from crl.policies.module_tree import SubmoduleRegistrations
+
+Step = Callable[[Any], Any]
+"""One layer's part of a forward pass: ``layer.forward`` or the same computation, cheaper (:func:`layer_step`)."""
 
 Layers = TypeVar("Layers")
 """How a network's forward pass is laid out in layers, e.g. one list, or a tuple of lists per path."""
@@ -44,8 +49,8 @@ def _global_hooks() -> list[dict]:
     ]
 
 
-def chained_layers(module: nn.Module) -> list[nn.Module]:
-    """Modules whose ``forward`` methods, applied in turn, compute ``module.forward``.
+def chained_layers(module: nn.Module) -> list[Step]:
+    """Steps that, applied in turn, compute ``module.forward``: one per layer (see :func:`layer_step`).
 
     An ``nn.Sequential`` is its layers, SB3's ``FlattenExtractor`` is its ``nn.Flatten``, SB3's
     ``NatureCNN`` is the layers of its ``cnn`` then of its ``linear`` (11 module calls fewer per pass); any
@@ -53,18 +58,52 @@ def chained_layers(module: nn.Module) -> list[nn.Module]:
     children the usual way).
     """
     if type(module) is nn.Sequential:
-        return [layer for child in module for layer in chained_layers(child)]
+        return [step for child in module for step in chained_layers(child)]
     if type(module) is FlattenExtractor:
         return chained_layers(module.flatten)
     if type(module) is NatureCNN:  # forward(x) = self.linear(self.cnn(x))
         return chained_layers(module.cnn) + chained_layers(module.linear)
-    return [module]
+    return [layer_step(module)]
 
 
-def run_layers(layers: list[nn.Module], inputs: Any) -> Any:
-    """``inputs`` through the ``forward`` methods of ``layers``, in turn."""
-    for layer in layers:
-        inputs = layer.forward(inputs)
+def layer_step(layer: nn.Module) -> Step:
+    """``layer.forward``; for an ``nn.Linear``, the same call to ``F.linear`` without ``nn.Module.__getattr__``.
+
+    ``nn.Linear.forward`` reads its weight and bias through ``nn.Module.__getattr__`` (0.6 us each)
+    before it calls ``F.linear(input, weight, bias)``; the step reads them from the layer's parameter
+    dictionary, at each call, so that a parameter replaced later is the one used. Exactly
+    ``nn.Linear``: a subclass, or a layer parametrized in place (spectral norm), keeps its ``forward``.
+    A step is a bound method: :func:`step_layer` gives back its layer.
+    """
+    if type(layer) is nn.Linear:
+        return _LinearStep(layer).run
+    return layer.forward
+
+
+def step_layer(step: Step) -> nn.Module:
+    """The layer whose forward pass ``step`` (of :func:`layer_step`) computes."""
+    owner = step.__self__  # type: ignore[attr-defined]
+    return owner if isinstance(owner, nn.Module) else owner.layer
+
+
+class _LinearStep:
+    """``nn.Linear.forward`` with the parameters read from the layer's dictionary (see :func:`layer_step`)."""
+
+    __slots__ = ("_parameters", "layer")
+
+    def __init__(self, layer: nn.Linear) -> None:
+        self.layer = layer
+        self._parameters = layer._parameters
+
+    def run(self, inputs: th.Tensor) -> th.Tensor:
+        parameters = self._parameters
+        return F.linear(inputs, parameters["weight"], parameters["bias"])  # type: ignore[arg-type]
+
+
+def run_layers(steps: list[Step], inputs: Any) -> Any:
+    """``inputs`` through ``steps`` (:func:`chained_layers`), in turn."""
+    for step in steps:
+        inputs = step(inputs)
     return inputs
 
 

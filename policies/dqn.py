@@ -11,7 +11,7 @@ from stable_baselines3.dqn import policies as sb3
 from torch import nn
 
 from crl.policies.base import ContinualPolicyMixin
-from crl.policies.direct_forward import DirectLayers, chained_layers, kept_direct_layers, run_layers
+from crl.policies.direct_forward import DirectLayers, Step, chained_layers, kept_direct_layers, run_layers
 from crl.policies.two_hot import TwoHot
 
 
@@ -40,7 +40,7 @@ class CategoricalQNetwork(sb3.QNetwork):
         return self.two_hot.decode(self.logits(obs))
 
 
-def _q_network_layers(q_net: nn.Module) -> list[nn.Module] | None:
+def _q_network_layers(q_net: nn.Module) -> list[Step] | None:
     """The layers that compute SB3's ``QNetwork`` after ``preprocess_obs``; ``None`` for another forward."""
     if not isinstance(q_net, sb3.QNetwork):
         return None
@@ -59,9 +59,9 @@ class DQNPolicyMixin(ContinualPolicyMixin):
 
     q_net: sb3.QNetwork
     q_net_target: sb3.QNetwork
-    _direct_q_layers: DirectLayers[list[nn.Module]] | None = None
+    _direct_q_layers: DirectLayers[list[Step]] | None = None
     """The Q-network's layers :meth:`q_values` calls directly (built at the first call)."""
-    _direct_target_layers: DirectLayers[list[nn.Module]] | None = None
+    _direct_target_layers: DirectLayers[list[Step]] | None = None
     """The target network's layers :meth:`q_values` calls directly (built at the first call)."""
 
     def make_q_net(self) -> sb3.QNetwork:

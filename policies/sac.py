@@ -11,7 +11,7 @@ from stable_baselines3.sac import policies as sb3
 from torch import nn
 
 from crl.policies.base import ContinualPolicyMixin
-from crl.policies.direct_forward import DirectLayers, chained_layers, kept_direct_layers, run_layers
+from crl.policies.direct_forward import DirectLayers, Step, chained_layers, kept_direct_layers, run_layers
 from crl.policies.layers import ArchitectureOptions, widened
 from crl.policies.two_hot import TwoHot
 
@@ -45,7 +45,7 @@ class CategoricalContinuousCritic(ContinuousCritic):
         return self.two_hot.decode(super().q1_forward(obs, actions)).unsqueeze(-1)
 
 
-_CriticLayers = tuple[list[nn.Module], list[list[nn.Module]]]
+_CriticLayers = tuple[list[Step], list[list[Step]]]
 """Layers of a critic's features extractor, and of each of its Q-networks."""
 
 

@@ -31,6 +31,7 @@ from crl.interventions import Intervention
 from crl.optim import clip_grad_norm_, use_multi_tensor_updates
 from crl.policies.actor_critic import ActorCriticPolicy
 from crl.policies.base import normalized_images
+from crl.policies.direct_forward import step_layer
 from crl.policies.module_tree import listed_parameters
 from crl.wrappers.vec_env import DummyVecEnv
 
@@ -326,7 +327,7 @@ def test_greedy_action_calls_the_layers_directly_and_equals_sb3s(layer_norm: str
         actions = _greedy(policy, observations)
     assert th.equal(actions, _sb3_greedy(policy, observations))
     assert len(actions.unique()) == 2  # both actions occur: the comparison can tell them apart
-    layers = [type(layer) for layer in policy._direct_q_layers(policy.q_net)]
+    layers = [type(step_layer(step)) for step in policy._direct_q_layers(policy.q_net)]
     hidden = [th.nn.Linear, th.nn.LayerNorm, th.nn.ReLU] if layer_norm else [th.nn.Linear, th.nn.ReLU]
     assert layers == [th.nn.Flatten, *hidden, *hidden, th.nn.Linear]
 
@@ -362,7 +363,7 @@ def test_a_replaced_layer_is_used_by_the_next_greedy_action() -> None:
     _greedy(policy, observations)
     replacement = th.nn.Linear(84, 2)
     policy.q_net.q_net[-1] = replacement
-    assert policy._direct_q_layers(policy.q_net)[-1] is replacement
+    assert step_layer(policy._direct_q_layers(policy.q_net)[-1]) is replacement
     assert th.equal(_greedy(policy, observations), _sb3_greedy(policy, observations))
 
 
@@ -514,7 +515,7 @@ def test_direct_layers_are_found_again_by_a_copy() -> None:
         handle.remove()
     observations = th.randn(8, 4)
     assert th.equal(_greedy(copied, observations), _sb3_greedy(copied, observations))
-    assert copied._direct_q_layers(copied.q_net)[-1] is copied.q_net.q_net[-1]
+    assert step_layer(copied._direct_q_layers(copied.q_net)[-1]) is copied.q_net.q_net[-1]
 
 
 class _Frames(gym.Env):
@@ -539,10 +540,10 @@ def test_cnn_policies_act_through_nature_cnns_layers_directly_and_equal_sb3s() -
     assert th.equal(actions, _sb3_greedy(dqn, frames))
     convolution, linear = [th.nn.Conv2d, th.nn.ReLU], [th.nn.Linear, th.nn.ReLU]
     expected = [*convolution, *convolution, *convolution, th.nn.Flatten, *linear, th.nn.Linear]
-    assert [type(layer) for layer in dqn._direct_q_layers(dqn.q_net)] == expected
+    assert [type(step_layer(step)) for step in dqn._direct_q_layers(dqn.q_net)] == expected
     ppo = crl.PPO("CnnPolicy", _Frames(), n_steps=8, batch_size=8, seed=0).policy
     _assert_forward_equals_sb3s(ppo, frames)
-    assert [type(layer) for layer in ppo._direct_layers(ppo)[0]] == expected[:-1]
+    assert [type(step_layer(step)) for step in ppo._direct_layers(ppo)[0]] == expected[:-1]
 
 
 @pytest.mark.parametrize("target", [False, True])

@@ -15,6 +15,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 import crl
 from crl.algorithms.replay import add_transition
 from crl.policies.base import array_as_tensor
+from crl.policies.direct_forward import layer_step, step_layer
 from crl.wrappers.vec_env import DummyVecEnv, copy_infos
 
 
@@ -302,3 +303,39 @@ def test_a_normalized_env_stores_the_original_observations_as_sb3_does() -> None
     for field in ("observations", "next_observations", "rewards"):
         assert np.array_equal(getattr(buffers[crl], field), getattr(buffers[sb3], field)), field
     assert np.abs(buffers[crl].observations[:250]).max() > 5  # Pendulum's raw angular velocities, not normalized ones
+
+
+def test_a_linear_step_is_the_layers_forward_with_its_gradients() -> None:
+    generator = th.Generator().manual_seed(0)
+    for bias in (True, False):
+        layer = th.nn.Linear(5, 3, bias=bias)
+        inputs = th.randn(7, 5, generator=generator)
+        step = layer_step(layer)
+        assert step_layer(step) is layer and step.__func__ is not th.nn.Linear.forward  # type: ignore[attr-defined]
+        ours = step(inputs)
+        ours.square().sum().backward()
+        ours_grads = [p.grad.clone() for p in layer.parameters()]
+        layer.zero_grad()
+        theirs = layer.forward(inputs)
+        theirs.square().sum().backward()
+        assert th.equal(ours, theirs)
+        assert all(th.equal(a, p.grad) for a, p in zip(ours_grads, layer.parameters(), strict=True))
+
+
+def test_a_linear_step_uses_a_parameter_replaced_after_it_was_made() -> None:
+    layer = th.nn.Linear(4, 2)
+    step = layer_step(layer)
+    layer.weight = th.nn.Parameter(th.ones(2, 4))
+    inputs = th.ones(1, 4)
+    assert th.equal(step(inputs), th.full((1, 2), 4.0) + layer.bias)
+
+
+def test_other_layers_keep_their_forward() -> None:
+    class ScaledLinear(th.nn.Linear):
+        def forward(self, inputs: th.Tensor) -> th.Tensor:
+            return 2 * super().forward(inputs)
+
+    spectral = th.nn.utils.parametrizations.spectral_norm(th.nn.Linear(4, 2))
+    for layer in (ScaledLinear(4, 2), spectral, th.nn.ReLU(), th.nn.LayerNorm(4)):
+        step = layer_step(layer)
+        assert step_layer(step) is layer and step.__func__ is type(layer).forward  # type: ignore[attr-defined]
