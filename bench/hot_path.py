@@ -20,7 +20,7 @@ from pathlib import Path
 import ale_py
 import gymnasium as gym
 import numpy as np
-import stable_baselines3
+import stable_baselines3 as sb3
 import torch as th
 from overhead import write_block  # bench/ is on sys.path when this runs as a script
 from rich.console import Console
@@ -114,6 +114,23 @@ def _greedy_action() -> tuple[Call, Call]:
     return (
         _without_gradient(lambda: SB3DQNPolicy._predict(policy, observation)),
         _without_gradient(lambda: policy._predict(observation)),
+    )
+
+
+def _predict(algorithm: str, env_id: str) -> tuple[Call, Call]:
+    """A whole acting call on one observation: SB3's policy against crl's, with the same weights.
+
+    SB3's ``predict`` builds a ``no_grad`` context and converts the observation with ``th.as_tensor``;
+    crl's switches the gradients off itself and wraps the array with ``th.from_numpy``, around the
+    direct forward pass.
+    """
+    kwargs = {"policy_kwargs": POLICY_KWARGS["DQN"]} if algorithm == "DQN" else {}
+    sb3s, crls = (getattr(lib, algorithm)("MlpPolicy", env_id, seed=0, **kwargs).policy for lib in (sb3, crl))
+    sb3s.load_state_dict(crls.state_dict())
+    observation = np.zeros((1, *crls.observation_space.shape), np.float32)
+    return (
+        lambda: sb3s.predict(observation, deterministic=True),
+        lambda: crls.predict(observation, deterministic=True),
     )
 
 
@@ -314,7 +331,7 @@ def _gradient_step(algorithm: str, env_id: str, batch_size: int) -> tuple[Call, 
         "MlpPolicy", env_id, policy_kwargs=policy_kwargs, learning_starts=0, device="cpu", seed=0
     )
     model.learn(300)
-    sb3_train = getattr(stable_baselines3, algorithm).train
+    sb3_train = getattr(sb3, algorithm).train
 
     def sb3s() -> None:
         with _single_tensor_updates(algorithm_optimizers(model)):
@@ -339,6 +356,14 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
     "`obs_to_tensor` (device look-up aside), Atari frames": (lambda: _obs_to_tensor("BreakoutNoFrameskip-v4"), 0.2),
     "greedy action, DQN 120x84 MLP (`_predict`)": (_greedy_action, 1),
     "greedy action, DQN NatureCNN, 4 Atari frames (`_predict`)": (_greedy_action_on_frames, 0.02),
+    "acting call, DQN 120x84 MLP, 1 observation (`predict`, SB3's policy against crl's)": (
+        lambda: _predict("DQN", "CartPole-v1"),
+        0.5,
+    ),
+    "acting call, SAC 256x256 actor, 1 observation (`predict`, SB3's policy against crl's)": (
+        lambda: _predict("SAC", "Pendulum-v1"),
+        0.2,
+    ),
     "actor-critic forward, PPO 64x64 MLP, 4 envs (`forward`)": (_actor_critic_forward, 0.5),
     "`VecEnv.step`, 1 CartPole (env included)": (lambda: _vec_env_step(1), 1),
     "`VecEnv.step`, 4 CartPoles (envs included)": (lambda: _vec_env_step(4), 0.5),

@@ -70,9 +70,10 @@ def add_transition(
     write those rows, and its ``add`` copies each of the five arrays once more (``np.array``) before
     assigning it into the buffer, which copies it again. Here each array is assigned once, and the
     ended episodes' rows are written into the buffer's row of next observations: the same entries
-    (12 against 50 thousand instructions per CartPole step). A subclass of ``ReplayBuffer``, an
-    ``add`` replaced on the instance, the memory-saving layout, a ``Discrete`` observation space and
-    arrays that are not plain NumPy arrays of the buffer's observation dtype take SB3's way.
+    (``_store_transition`` of a CartPole step: 3.9 against 6.0 us, ``bench/hot_path.py``). A
+    subclass of ``ReplayBuffer``, an ``add`` replaced on the instance, the memory-saving layout, a
+    ``Discrete`` observation space and arrays that are not plain NumPy arrays of the buffer's
+    observation dtype take SB3's way.
     """
     if not _adds_plainly(buffer, obs, new_obs, action, reward, dones):
         next_obs = copy_observation(new_obs)

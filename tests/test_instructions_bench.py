@@ -1,0 +1,33 @@
+"""``bench/instructions.py``: reading callgrind's count and writing the table (valgrind itself is not run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.instructions import markdown, total_instructions
+
+DUMP = """# callgrind format
+version: 1
+creator: callgrind-3.19.0
+events: Ir
+fn=(1) main
+0 5
+summary: 392497000
+totals: 392497000
+"""
+
+
+def test_the_count_is_the_dumps_summary() -> None:
+    assert total_instructions(DUMP) == 392_497_000
+    assert total_instructions(DUMP.replace("summary: 392497000\n", "")) == 392_497_000
+
+
+def test_a_dump_without_a_count_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no 'summary:' or 'totals:' line"):
+        total_instructions("events: Ir\nfn=(1) main\n")
+
+
+def test_the_table_gives_each_agent_against_sb3() -> None:
+    table = markdown({"sb3": 500_000.0, "crl": 351_943.0}, 1_000)
+    assert "| sb3 | 500,000 | 1.00 |" in table and "| crl | 351,943 | 0.70 |" in table
+    assert table.startswith("<!-- instructions:begin -->") and table.endswith("<!-- instructions:end -->")
