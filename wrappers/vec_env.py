@@ -38,7 +38,7 @@ def _is_immutable_scalar(value: Any) -> bool:
 def copy_infos(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``deepcopy(infos)``, made of shallow dict copies when that gives the same result.
 
-    Loops written out rather than nested generators and helper calls: 0.5 against 1.1 us for
+    Loops written out rather than nested generators and helper calls: 0.34 against 1.1 us for
     CartPole's one info dict per environment step.
     """
     copies = []

@@ -45,13 +45,12 @@ def sample_replay(buffer: ReplayBuffer, batch_size: int, env: VecNormalize | Non
 
 def _plain_sb3_buffer(buffer: ReplayBuffer) -> bool:
     """Whether ``buffer.sample`` is SB3's ``ReplayBuffer.sample`` of the default layout, on the CPU."""
-    replaced = "sample" in vars(buffer) or "_get_samples" in vars(buffer)
-    return (
-        type(buffer) is ReplayBuffer
-        and not replaced
-        and not buffer.optimize_memory_usage
-        and buffer.device.type == "cpu"
-    )
+    return _sb3s_default_buffer(buffer, ("sample", "_get_samples")) and buffer.device.type == "cpu"
+
+
+def _sb3s_default_buffer(buffer: ReplayBuffer, methods: tuple[str, ...]) -> bool:
+    """Whether ``buffer`` is SB3's own ``ReplayBuffer`` of the default layout, ``methods`` not replaced on it."""
+    return type(buffer) is ReplayBuffer and vars(buffer).keys().isdisjoint(methods) and not buffer.optimize_memory_usage
 
 
 def add_transition(
@@ -77,18 +76,14 @@ def add_transition(
     """
     if not _adds_plainly(buffer, obs, new_obs, action, reward, dones):
         next_obs = copy_observation(new_obs)
-        for i, done in enumerate(dones):
-            if done and infos[i].get("terminal_observation") is not None:
-                next_obs[i] = infos[i]["terminal_observation"]
+        _write_terminal_observations(next_obs, dones, infos)
         buffer.add(obs, next_obs, action, reward, dones, infos)
         return
     pos = buffer.pos
     buffer.observations[pos] = obs
     next_observations = buffer.next_observations[pos]
     next_observations[...] = new_obs
-    for i, done in enumerate(dones.tolist()):
-        if done and infos[i].get("terminal_observation") is not None:
-            next_observations[i] = infos[i]["terminal_observation"]
+    _write_terminal_observations(next_observations, dones.tolist(), infos)
     buffer.actions[pos] = action.reshape((buffer.n_envs, buffer.action_dim))
     buffer.rewards[pos] = reward
     buffer.dones[pos] = dones
@@ -100,6 +95,17 @@ def add_transition(
         buffer.pos = 0
 
 
+def _write_terminal_observations(next_obs: np.ndarray, dones: Any, infos: list[dict[str, Any]]) -> None:
+    """Row ``i`` of ``next_obs`` becomes env ``i``'s last observation where its episode ended.
+
+    The vec env has already reset that env: ``next_obs`` holds the next episode's first observation,
+    the ended episode's last one is in the info dict.
+    """
+    for i, done in enumerate(dones):
+        if done and infos[i].get("terminal_observation") is not None:
+            next_obs[i] = infos[i]["terminal_observation"]
+
+
 def _adds_plainly(buffer: ReplayBuffer, obs: Any, new_obs: Any, action: Any, reward: Any, dones: Any) -> bool:
     """Whether assigning the arrays stores what SB3's ``add`` of their copies stores.
 
@@ -108,9 +114,7 @@ def _adds_plainly(buffer: ReplayBuffer, obs: Any, new_obs: Any, action: Any, rew
     """
     ndarray = np.ndarray
     return (
-        type(buffer) is ReplayBuffer
-        and "add" not in vars(buffer)
-        and not buffer.optimize_memory_usage
+        _sb3s_default_buffer(buffer, ("add",))
         and not isinstance(buffer.observation_space, spaces.Discrete)
         # Written out rather than all(...) over a generator: 0.7 us per environment step
         and type(obs) is ndarray
