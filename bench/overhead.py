@@ -15,7 +15,10 @@ Two tables, each from its own run:
   agent, ``crl_ln_redo`` (``LayerNorm()`` and ``ReDo()``). The ratio of a repetition is
   ``crl steps/s / sb3 steps/s`` (targets per configuration, e.g. >= 1.5 for ``dqn_cartpole``).
   ``dqn_cartpole`` also times the single-file baseline's loop (``single_file``,
-  :mod:`bench.single_file_dqn`) as a reference, without a target: what the 1.5 stands for.
+  :mod:`bench.single_file_dqn`) as a reference, without a target: what the 1.5 stands for. Every
+  configuration also times plain SB3 with the same LayerNorms (``sb3_ln``,
+  :mod:`bench.sb3_layer_norm`), the reference that does LayerNorm's arithmetic too: the table adds the
+  row ``crl_ln_redo against sb3_ln`` (``sb3_ln time / crl_ln_redo time``, the configuration's target).
 
 Every repetition runs the agents of a configuration back to back, in an order that rotates between
 repetitions, with the same seed and fresh environments, on one torch thread; only ``learn()`` is
@@ -73,8 +76,10 @@ from crl.wrappers.continual_world import metaworld_env
 from crl.wrappers.vec_env import DummyVecEnv
 
 if __package__:  # imported as bench.overhead (tests, python -m bench.time_split)
+    from .sb3_layer_norm import with_layer_norm
     from .single_file_dqn import timed_single_file_dqn
 else:  # run as a script: bench/ is on sys.path
+    from sb3_layer_norm import with_layer_norm  # type: ignore[no-redef]
     from single_file_dqn import timed_single_file_dqn  # type: ignore[no-redef]
 
 gym.register_envs(ale_py)
@@ -212,6 +217,8 @@ class TableSpec:
     :param speedup: ratios are ``sb3 time / crl time`` (steps/s against SB3's, higher is better)
         instead of ``crl time / sb3 time`` (cost against SB3's, lower is better)
     :param targets: the target of each row, by agent (overhead) or by configuration (throughput)
+    :param baselines: agent -> the reference that does the same arithmetic (e.g. ``crl_ln_redo`` ->
+        ``sb3_ln``): a row more gives the agent's ratio against it, with the configuration's target
     """
 
     agents: tuple[str, ...]
@@ -219,14 +226,30 @@ class TableSpec:
     speedup: bool
     targets: dict[str, float]
     references: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    baselines: dict[str, str] = field(default_factory=dict)
 
     def target(self, name: str, agent: str) -> float:
         return self.targets[name] if self.speedup else self.targets[agent]
+
+    def verdict(self, name: str, agent: str, median: float) -> str:
+        """The target cell of a row: the target and whether the median ratio meets it."""
+        target = self.target(name, agent)
+        met = median >= target if self.speedup else median <= target
+        return f"{'>=' if self.speedup else '<='} {target} {'met' if met else '**missed**'}"
 
     def agents_of(self, name: str) -> tuple[str, ...]:
         """The agents timed on configuration ``name``: the table's, then its references."""
         return self.agents + self.references.get(name, ())
 
+
+THROUGHPUT = {
+    "dqn_cartpole": 100_000,
+    "dqn_atari": 4_000,
+    "sac_pendulum": 1_500,
+    "ppo_cartpole": 20_480,
+    "ppo_atari": 4_096,
+}
+"""The throughput table's configurations and the environment steps of each run."""
 
 TABLES: dict[str, TableSpec] = {
     "overhead": TableSpec(
@@ -237,16 +260,11 @@ TABLES: dict[str, TableSpec] = {
     ),
     "throughput": TableSpec(
         agents=("sb3", "crl", "crl_metrics", "crl_ln_redo"),
-        runs={
-            "dqn_cartpole": 100_000,
-            "dqn_atari": 4_000,
-            "sac_pendulum": 1_500,
-            "ppo_cartpole": 20_480,
-            "ppo_atari": 4_096,
-        },
+        runs=THROUGHPUT,
         speedup=True,
         targets={"dqn_cartpole": 1.5, "dqn_atari": 1.2, "sac_pendulum": 1.1, "ppo_cartpole": 1.0, "ppo_atari": 1.0},
-        references={"dqn_cartpole": ("single_file",)},
+        references={name: ("single_file", "sb3_ln") if name == "dqn_cartpole" else ("sb3_ln",) for name in THROUGHPUT},
+        baselines={"crl_ln_redo": "sb3_ln"},
     ),
 }
 Times = dict[str, dict[str, list[float]]]
@@ -258,11 +276,20 @@ SINGLE_FILE = (
 )
 
 
+SB3_LN = (
+    "plain SB3 with a LayerNorm before every activation, where crl's `LayerNorm()` puts them "
+    "(`bench/sb3_layer_norm.py`; the same parameters as crl with `LayerNorm()` after training): LayerNorm's "
+    "arithmetic without crl"
+)
+
+
 def build(config: Config, agent: str, seed: int) -> BaseAlgorithm:
-    """The agent's model of ``config``: plain SB3, or crl bare, with the default metrics or with LayerNorm + ReDo."""
+    """The agent's model of ``config``: plain SB3 (with LayerNorms: ``sb3_ln``), or crl bare, with the
+    default metrics or with LayerNorm + ReDo."""
     arguments = dict(config.hyperparameters, seed=seed, device="cpu")
-    if agent == "sb3":
-        return getattr(sb3, config.algorithm)(config.policy, config.make_env(seed, SB3DummyVecEnv), **arguments)
+    if agent in ("sb3", "sb3_ln"):
+        model = getattr(sb3, config.algorithm)(config.policy, config.make_env(seed, SB3DummyVecEnv), **arguments)
+        return with_layer_norm(model) if agent == "sb3_ln" else model
     metrics = MetricsConfig() if agent == "crl_metrics" else None
     interventions = [LayerNorm(), ReDo()] if agent == "crl_ln_redo" else None
     env = config.make_env(seed, DummyVecEnv)
@@ -332,18 +359,23 @@ def ratio_rows(times: Times, scale: float = 1.0, table: str = "overhead") -> lis
             if agent == "sb3":
                 rows.append([*cells, "1", ""])
                 continue
-            pairs = zip(by_agent[agent], by_agent["sb3"], strict=True)
-            ratios = [base / own if spec.speedup else own / base for own, base in pairs]
-            median = statistics.median(ratios)
-            spread = f"{median:.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"
+            median, spread = _ratios(by_agent[agent], by_agent["sb3"], spec.speedup)
             if agent in spec.references.get(name, ()):
                 rows.append([*cells, spread, "reference"])
                 continue
-            target = spec.target(name, agent)
-            met = median >= target if spec.speedup else median <= target
-            verdict = "met" if met else "**missed**"
-            rows.append([*cells, spread, f"{'>=' if spec.speedup else '<='} {target} {verdict}"])
+            rows.append([*cells, spread, spec.verdict(name, agent, median)])
+        for agent, baseline in spec.baselines.items():
+            if agent in by_agent and baseline in by_agent:
+                median, spread = _ratios(by_agent[agent], by_agent[baseline], spec.speedup)
+                rows.append([name, f"{agent} against {baseline}", "", "", spread, spec.verdict(name, agent, median)])
     return rows
+
+
+def _ratios(own: list[float], base: list[float], speedup: bool) -> tuple[float, str]:
+    """The median of the per-repetition ratios and the cell ``median [min, max]``."""
+    ratios = [b / o if speedup else o / b for o, b in zip(own, base, strict=True)]
+    median = statistics.median(ratios)
+    return median, f"{median:.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"
 
 
 def machine() -> str:
@@ -372,6 +404,8 @@ def markdown(table: str, times: Times, repetitions: int, command: str, scale: fl
     lines += ["", *(f"- `{name}`: {CONFIGS[name].description}" for name in times)]
     if any("single_file" in by_agent for by_agent in times.values()):
         lines.append(f"- `single_file`: {SINGLE_FILE}")
+    if any("sb3_ln" in by_agent for by_agent in times.values()):
+        lines.append(f"- `sb3_ln`: {SB3_LN}")
     lines += ["- steps per run: " + ", ".join(f"`{name}` {round(scale * spec.runs[name]):,}" for name in times)]
     lines += ["", end]
     return "\n".join(lines)

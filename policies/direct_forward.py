@@ -6,8 +6,8 @@ look for a compiled variant, hooks on the module, global hooks and the tracing s
 environment step, through 9 modules for the MLP (Q-network, feature extractor, flatten, sequential,
 3 linear layers, 2 activations). When no hook is registered on those modules or globally, none is compiled and
 nothing is traced, ``module(x)`` is exactly ``module.forward(x)``, and :class:`DirectLayers` gives the
-layers whose ``forward`` methods, applied in turn, compute the pass (a linear layer's as the ``F.linear``
-call it makes: :func:`layer_step`). PPO's forward pass at every step
+layers whose ``forward`` methods, applied in turn, compute the pass (a linear or LayerNorm layer's as
+the torch call it makes: :func:`layer_step`). PPO's forward pass at every step
 calls 15 modules of its two 64x64 MLPs below the policy (the action head stays a module call, made by
 SB3's ``_get_action_dist_from_latent``). ``bench/hot_path.py`` times both.
 
@@ -26,6 +26,7 @@ from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules import module as torch_module
+from torch.overrides import has_torch_function_variadic
 from torch.utils.hooks import RemovableHandle
 
 from crl.policies.module_tree import SubmoduleRegistrations
@@ -67,17 +68,20 @@ def chained_layers(module: nn.Module) -> list[Step]:
 
 
 def layer_step(layer: nn.Module) -> Step:
-    """``layer.forward``; for an ``nn.Linear``, the same call to ``F.linear`` without ``nn.Module.__getattr__``.
+    """``layer.forward``, or for a linear or LayerNorm layer the same torch call made with less Python.
 
-    ``nn.Linear.forward`` reads its weight and bias through ``nn.Module.__getattr__`` (0.6 us each)
-    before it calls ``F.linear(input, weight, bias)``; the step reads them from the layer's parameter
-    dictionary, at each call, so that a parameter replaced later is the one used. Exactly
-    ``nn.Linear``: a subclass, or a layer parametrized in place (spectral norm), keeps its ``forward``.
+    ``nn.Linear.forward`` and ``nn.LayerNorm.forward`` read their weight and bias through
+    ``nn.Module.__getattr__`` (0.6 us each), and ``nn.LayerNorm.forward`` then goes through the Python
+    function ``F.layer_norm`` before the torch call. A step makes that call itself: ``F.linear`` or
+    ``torch.layer_norm`` with the same arguments, the parameters read from the layer's dictionary and
+    its other attributes from the layer at each call (a parameter replaced later is the one used).
+    Where ``F.layer_norm`` would hand the call to ``__torch_function__`` (a tensor subclass or a torch
+    function mode), the step calls it. Exactly these classes: a subclass, or a layer parametrized in
+    place (spectral norm), keeps its ``forward``; so do other layers (a ReLU's step would save 0.05 us).
     A step is a bound method: :func:`step_layer` gives back its layer.
     """
-    if type(layer) is nn.Linear:
-        return _LinearStep(layer).run
-    return layer.forward
+    step_class = _STEPS.get(type(layer))
+    return layer.forward if step_class is None else step_class(layer).run
 
 
 def step_layer(step: Step) -> nn.Module:
@@ -86,18 +90,49 @@ def step_layer(step: Step) -> nn.Module:
     return owner if isinstance(owner, nn.Module) else owner.layer
 
 
-class _LinearStep:
-    """``nn.Linear.forward`` with the parameters read from the layer's dictionary (see :func:`layer_step`)."""
+class _LayerStep:
+    """A layer's forward pass as its torch call, with the parameters read from the layer's dictionary."""
 
     __slots__ = ("_parameters", "layer")
 
-    def __init__(self, layer: nn.Linear) -> None:
+    layer: nn.Module
+
+    def __init__(self, layer: nn.Module) -> None:
         self.layer = layer
         self._parameters = layer._parameters
 
     def run(self, inputs: th.Tensor) -> th.Tensor:
+        raise NotImplementedError
+
+
+class _LinearStep(_LayerStep):
+    """``nn.Linear.forward``: ``F.linear(input, weight, bias)`` (see :func:`layer_step`)."""
+
+    def run(self, inputs: th.Tensor) -> th.Tensor:
         parameters = self._parameters
         return F.linear(inputs, parameters["weight"], parameters["bias"])  # type: ignore[arg-type]
+
+
+class _LayerNormStep(_LayerStep):
+    """``nn.LayerNorm.forward``: the ``torch.layer_norm`` call of ``F.layer_norm`` (see :func:`layer_step`).
+
+    5.4 against 3.1 us for a LayerNorm over 120 units of one observation (median of 9).
+    """
+
+    layer: nn.LayerNorm
+
+    def run(self, inputs: th.Tensor) -> th.Tensor:
+        layer, weight, bias = self.layer, self._parameters["weight"], self._parameters["bias"]
+        if has_torch_function_variadic(inputs, weight, bias):
+            return F.layer_norm(inputs, layer.normalized_shape, weight, bias, layer.eps)  # type: ignore[arg-type]
+        return th.layer_norm(inputs, layer.normalized_shape, weight, bias, layer.eps, th.backends.cudnn.enabled)
+
+
+_STEPS: dict[type[nn.Module], Callable[[Any], _LayerStep]] = {
+    nn.Linear: _LinearStep,
+    nn.LayerNorm: _LayerNormStep,
+}
+"""The layer classes with a cheaper step, exactly (not their subclasses)."""
 
 
 def run_layers(steps: list[Step], inputs: Any) -> Any:

@@ -335,7 +335,69 @@ def test_other_layers_keep_their_forward() -> None:
         def forward(self, inputs: th.Tensor) -> th.Tensor:
             return 2 * super().forward(inputs)
 
+    class ShiftedLayerNorm(th.nn.LayerNorm):
+        def forward(self, inputs: th.Tensor) -> th.Tensor:
+            return super().forward(inputs) + 1
+
     spectral = th.nn.utils.parametrizations.spectral_norm(th.nn.Linear(4, 2))
-    for layer in (ScaledLinear(4, 2), spectral, th.nn.ReLU(), th.nn.LayerNorm(4)):
+    for layer in (ScaledLinear(4, 2), spectral, ShiftedLayerNorm(4), th.nn.ReLU(), th.nn.Tanh()):
         step = layer_step(layer)
         assert step_layer(step) is layer and step.__func__ is type(layer).forward  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        th.nn.LayerNorm(6),
+        th.nn.LayerNorm(6, bias=False),
+        th.nn.LayerNorm(6, elementwise_affine=False),
+        th.nn.LayerNorm((3, 2, 6), eps=1e-3),
+    ],
+    ids=["affine", "no_bias", "no_affine", "conv_shape_eps"],
+)
+def test_a_layer_norm_step_is_the_layers_forward_with_its_gradients(layer: th.nn.LayerNorm) -> None:
+    generator = th.Generator().manual_seed(0)
+    with th.no_grad():
+        for parameter in layer.parameters():  # away from the initial ones and zeros
+            parameter.copy_(th.randn(parameter.shape, generator=generator))
+    inputs = th.randn(5, 3, 2, 6, generator=generator, requires_grad=True)
+    step = layer_step(layer)
+    assert step_layer(step) is layer and step.__func__ is not th.nn.LayerNorm.forward  # type: ignore[attr-defined]
+    results = {}
+    for name, run in (("step", step), ("forward", layer.forward)):
+        layer.zero_grad()
+        inputs.grad = None
+        outputs = run(inputs)
+        (outputs * th.arange(outputs.shape[-1])).square().sum().backward()
+        results[name] = [outputs, inputs.grad, *(p.grad for p in layer.parameters())]
+    assert all(th.equal(a, b) for a, b in zip(results["step"], results["forward"], strict=True))
+
+
+def test_a_layer_norm_step_reads_the_layer_at_each_call() -> None:
+    layer = th.nn.LayerNorm(4)
+    step = layer_step(layer)
+    inputs = th.tensor([[1.0, 2.0, 3.0, 6.0]])
+    layer.weight = th.nn.Parameter(th.full((4,), 2.0))
+    layer.eps = 100.0
+    assert th.equal(step(inputs), layer.forward(inputs))
+    assert th.allclose(step(inputs), 2 * (inputs - 3) / th.sqrt(th.tensor(3.5 + 100.0)))
+
+
+def test_a_layer_norm_step_hands_a_torch_function_mode_what_the_forward_does() -> None:
+    class Recorded(th.overrides.TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.functions: list = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            self.functions.append(func)
+            return func(*args, **(kwargs or {}))
+
+    layer, inputs = th.nn.LayerNorm(4, eps=0.5), th.randn(2, 4)
+    calls = {}
+    for name, run in (("step", layer_step(layer)), ("forward", layer.forward)):
+        with Recorded() as mode:
+            outputs = run(inputs)
+        calls[name] = (mode.functions, outputs)
+    assert calls["step"][0] == calls["forward"][0] == [th.nn.functional.layer_norm]
+    assert th.equal(calls["step"][1], calls["forward"][1])

@@ -7,10 +7,14 @@ from pathlib import Path
 from unittest.mock import patch
 
 import pytest
+import stable_baselines3 as sb3
 import torch as th
 
-from bench.overhead import BEGIN, CONFIGS, END, load, markers, ratio_rows, write_block
+import crl
+from bench.overhead import BEGIN, CONFIGS, END, build, load, markers, ratio_rows, write_block
+from bench.sb3_layer_norm import with_layer_norm
 from bench.single_file_dqn import timed_single_file_dqn
+from crl.interventions import LayerNorm
 
 
 def test_throughput_ratios_are_sb3_time_over_crl_time_with_per_configuration_targets() -> None:
@@ -72,3 +76,51 @@ def test_the_single_file_loop_steps_its_optimizer_every_train_freq_steps() -> No
         seconds = timed_single_file_dqn("CartPole-v1", 300, 0, hyperparameters)
     assert seconds > 0
     assert step.call_count == 19  # at steps 110, 120, ..., 290 (0-based): every train_freq after learning_starts
+
+
+def test_layer_norm_redo_gets_a_row_against_sb3_with_the_same_layer_norms() -> None:
+    times = {
+        "sac_pendulum": {
+            "sb3": [10.0, 10.0, 10.0],
+            "crl_ln_redo": [10.0, 12.0, 9.0],
+            "sb3_ln": [12.0, 12.0, 12.0],  # against crl_ln_redo: 1.2, 1.0, 1.333
+        }
+    }
+    rows = ratio_rows(times, table="throughput")
+    assert [row[1] for row in rows] == ["sb3", "crl_ln_redo", "sb3_ln", "crl_ln_redo against sb3_ln"]
+    assert rows[2][4:] == ["0.833 [0.833, 0.833]", "reference"]
+    assert rows[3] == ["sac_pendulum", "crl_ln_redo against sb3_ln", "", "", "1.200 [1.000, 1.333]", ">= 1.1 met"]
+    del times["sac_pendulum"]["sb3_ln"]
+    assert [row[1] for row in ratio_rows(times, table="throughput")] == ["sb3", "crl_ln_redo"]
+
+
+SMALL_RUNS = {
+    "DQN": ("CartPole-v1", dict(learning_starts=100, train_freq=4, target_update_interval=100), 400),
+    "SAC": ("Pendulum-v1", dict(learning_starts=50), 120),
+    "PPO": ("CartPole-v1", dict(n_steps=64, batch_size=32, n_epochs=2), 128),
+}
+
+
+@pytest.mark.parametrize("algorithm", list(SMALL_RUNS))
+def test_sb3_with_layer_norms_trains_the_parameters_of_crl_with_layer_norm(algorithm: str) -> None:
+    env, hyperparameters, steps = SMALL_RUNS[algorithm]
+    hyperparameters = dict(hyperparameters, policy_kwargs=dict(net_arch=[32, 16]), seed=0, device="cpu")
+    plain = getattr(sb3, algorithm)("MlpPolicy", env, **hyperparameters)
+    reference = with_layer_norm(getattr(sb3, algorithm)("MlpPolicy", env, **hyperparameters)).learn(steps)
+    ours = getattr(crl, algorithm)("MlpPolicy", env, interventions=[LayerNorm()], **hyperparameters).learn(steps)
+    theirs, own = reference.policy.state_dict(), ours.policy.state_dict()
+    assert list(theirs) == list(own) and all(th.equal(theirs[name], own[name]) for name in theirs)
+    norms = [module for module in reference.policy.modules() if isinstance(module, th.nn.LayerNorm)]
+    # two per hidden stack: DQN's Q-network and its target, SAC's actor and four critics, PPO's two networks
+    assert len(norms) == {"DQN": 4, "SAC": 10, "PPO": 4}[algorithm]
+    assert len(theirs) == len(plain.policy.state_dict()) + 2 * len(norms)
+    assert all(not th.equal(norm.weight, th.ones_like(norm.weight)) for norm in norms[:2])  # trained
+
+
+def test_the_sb3_ln_agent_is_plain_sb3_with_layer_norms() -> None:
+    models = {agent: build(CONFIGS["ppo_cartpole"], agent, seed=0) for agent in ("sb3", "sb3_ln")}
+    assert all(type(model) is sb3.PPO for model in models.values())
+    norms = {
+        agent: sum(isinstance(m, th.nn.LayerNorm) for m in model.policy.modules()) for agent, model in models.items()
+    }
+    assert norms == {"sb3": 0, "sb3_ln": 4}
