@@ -25,6 +25,7 @@ import torch as th
 from overhead import write_block  # bench/ is on sys.path when this runs as a script
 from rich.console import Console
 from rich.table import Table
+from sb3_layer_norm import with_layer_norm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -39,6 +40,7 @@ import crl
 from crl.algorithms import sac as crl_sac
 from crl.algorithms.base import _HookCallback, logged_mean
 from crl.algorithms.replay import sample_replay
+from crl.interventions import LayerNorm
 from crl.metrics import MetricsConfig
 from crl.optim import algorithm_optimizers, clip_grad_norm_, optimizer_step, zero_grad
 from crl.policies.module_tree import listed_parameters
@@ -117,15 +119,19 @@ def _greedy_action() -> tuple[Call, Call]:
     )
 
 
-def _predict(algorithm: str, env_id: str) -> tuple[Call, Call]:
+def _predict(algorithm: str, env_id: str, layer_norm: bool = False) -> tuple[Call, Call]:
     """A whole acting call on one observation: SB3's policy against crl's, with the same weights.
 
     SB3's ``predict`` builds a ``no_grad`` context and converts the observation with ``th.as_tensor``;
     crl's switches the gradients off itself and wraps the array with ``th.from_numpy``, around the
-    direct forward pass.
+    direct forward pass. With ``layer_norm``, crl's policy has ``LayerNorm()`` and SB3's the same
+    LayerNorms (``bench/sb3_layer_norm.py``).
     """
-    kwargs = {"policy_kwargs": POLICY_KWARGS["DQN"]} if algorithm == "DQN" else {}
-    sb3s, crls = (getattr(lib, algorithm)("MlpPolicy", env_id, seed=0, **kwargs).policy for lib in (sb3, crl))
+    kwargs: dict = {"policy_kwargs": POLICY_KWARGS["DQN"]} if algorithm == "DQN" else {}
+    sb3_model = getattr(sb3, algorithm)("MlpPolicy", env_id, seed=0, **kwargs)
+    interventions = [LayerNorm()] if layer_norm else None
+    sb3s = (with_layer_norm(sb3_model) if layer_norm else sb3_model).policy
+    crls = getattr(crl, algorithm)("MlpPolicy", env_id, seed=0, interventions=interventions, **kwargs).policy
     sb3s.load_state_dict(crls.state_dict())
     observation = np.zeros((1, *crls.observation_space.shape), np.float32)
     return (
@@ -363,6 +369,10 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
     "acting call, SAC 256x256 actor, 1 observation (`predict`, SB3's policy against crl's)": (
         lambda: _predict("SAC", "Pendulum-v1"),
         0.2,
+    ),
+    "acting call, DQN 120x84 MLP with LayerNorm, 1 observation (`predict`, SB3 with the same LayerNorms)": (
+        lambda: _predict("DQN", "CartPole-v1", layer_norm=True),
+        0.5,
     ),
     "actor-critic forward, PPO 64x64 MLP, 4 envs (`forward`)": (_actor_critic_forward, 0.5),
     "`VecEnv.step`, 1 CartPole (env included)": (lambda: _vec_env_step(1), 1),

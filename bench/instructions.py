@@ -1,17 +1,21 @@
 """Instructions per environment step of DQN's collection on CartPole, crl against plain SB3 (callgrind).
 
-``python -m bench.instructions [--steps 1000] [--write docs/performance.md]`` (from the repository root;
-needs valgrind: ``apt-get install valgrind``)
+``python -m bench.instructions [--steps 1000] [--agents sb3 crl ...] [--write docs/performance.md]`` (from
+the repository root; needs valgrind: ``apt-get install valgrind``)
 
 Wall times on a shared machine move by 10 % or more between runs of the same code, more than a
 shortcut of a few microseconds per step changes; the number of instructions a step executes does not.
-Each agent (``sb3``, ``crl``) runs in its own process under valgrind's callgrind, both side by side:
+Each agent (by default ``sb3``, ``crl``, ``sb3_ln`` and ``crl_ln_redo`` of ``bench/overhead.py``) runs in
+its own process under valgrind's callgrind, two at a time:
 the model of ``dqn_cartpole`` (``bench/overhead.py``), without gradient steps (``gradient_steps=0``,
 ``learning_starts=0``), collects 1,000 steps to warm up, then callgrind counts the instructions of the
 next ``--steps`` (``callgrind_control --zero`` and ``--dump`` around that ``learn()``). By then the
 exploration rate is at its floor, so 95 % of the counted steps act greedily. The count covers the
-whole process: acting, the environment, the replay buffer, callbacks and logging. ``--write FILE``
-replaces the block between ``<!-- instructions:begin -->`` and ``<!-- instructions:end -->``.
+whole process: acting, the environment, the replay buffer, callbacks and logging (no gradient step,
+so ReDo never checks: ``crl_ln_redo`` counts LayerNorm's acting cost). Each agent is compared with the
+SB3 agent that does the same arithmetic: ``crl_ln_redo`` with ``sb3_ln`` (SB3 with the same LayerNorms),
+the others with ``sb3``. ``--write FILE`` replaces the block between ``<!-- instructions:begin -->``
+and ``<!-- instructions:end -->``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ from rich.console import Console
 
 from bench.overhead import CONFIGS, build, write_block
 
-AGENTS = ("sb3", "crl")
+AGENTS = ("sb3", "crl", "sb3_ln", "crl_ln_redo")
+"""The agents counted by default."""
+CHOICES = (*AGENTS, "crl_metrics")
+BASELINES = {"crl": "sb3", "crl_metrics": "sb3", "sb3_ln": "sb3", "crl_ln_redo": "sb3_ln"}
+"""Agent -> the SB3 agent that does the same arithmetic, which its count is compared with."""
 WARM_UP = 1_000
 
 
@@ -49,11 +57,18 @@ def count_in_this_process(agent: str, steps: int) -> None:
     subprocess.run(["callgrind_control", "--dump=counted", pid], check=True, capture_output=True)
 
 
-def instructions_per_step(steps: int) -> dict[str, float]:
-    """Each agent's instructions per environment step, both agents counted side by side."""
+def instructions_per_step(steps: int, agents: tuple[str, ...] = AGENTS) -> dict[str, float]:
+    """Each agent's instructions per environment step, counted two at a time (one per core)."""
+    counts = {}
+    for pair in (agents[index : index + 2] for index in range(0, len(agents), 2)):
+        counts.update(_count_side_by_side(steps, pair))
+    return counts
+
+
+def _count_side_by_side(steps: int, agents: tuple[str, ...]) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as directory:
         runs = {}
-        for agent in AGENTS:
+        for agent in agents:
             command = [
                 "valgrind",
                 "--tool=callgrind",
@@ -86,16 +101,25 @@ def total_instructions(dump: str) -> int:
 
 
 def markdown(counts: dict[str, float], steps: int) -> str:
+    """The table: each agent's count, and against the count of its baseline (:data:`BASELINES`) when measured."""
+
+    def against(agent: str) -> str:
+        baseline = BASELINES.get(agent)
+        if baseline not in counts:
+            return "1.00" if agent == "sb3" else ""
+        return f"{counts[agent] / counts[baseline]:.2f} (`{baseline}`)"
+
     return "\n".join(
         [
             "<!-- instructions:begin -->",
             "",
-            f"Command: `python -m bench.instructions --steps {steps}` (callgrind, `dqn_cartpole` collecting "
+            f"Command: `python -m bench.instructions --steps {steps} --agents {' '.join(counts)}` (callgrind, "
+            "`dqn_cartpole` collecting "
             f"without gradient steps, {steps:,} steps after {WARM_UP:,} of warm-up).",
             "",
-            "| agent | instructions per environment step | against SB3 |",
+            "| agent | instructions per environment step | against SB3 doing the same arithmetic |",
             "|---|---|---|",
-            *(f"| {agent} | {count:,.0f} | {count / counts['sb3']:.2f} |" for agent, count in counts.items()),
+            *(f"| {agent} | {count:,.0f} | {against(agent)} |" for agent, count in counts.items()),
             "",
             "<!-- instructions:end -->",
         ]
@@ -105,13 +129,14 @@ def markdown(counts: dict[str, float], steps: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1_000, help="environment steps counted per agent")
+    parser.add_argument("--agents", nargs="+", choices=CHOICES, default=list(AGENTS), help="agents to count")
     parser.add_argument("--write", type=Path, help="write the table into this Markdown file's block")
-    parser.add_argument("--count-in-this-process", choices=AGENTS, help=argparse.SUPPRESS)
+    parser.add_argument("--count-in-this-process", choices=CHOICES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.count_in_this_process:
         count_in_this_process(args.count_in_this_process, args.steps)
         return
-    counts = instructions_per_step(args.steps)
+    counts = instructions_per_step(args.steps, tuple(args.agents))
     table = markdown(counts, args.steps)
     Console().print(table)
     if args.write:

@@ -39,7 +39,8 @@ on a loaded machine; ``--write`` puts that table between ``<!-- profile:begin --
 ``--write FILE`` replaces the table's block in ``FILE`` (between ``<!-- overhead:begin -->`` and
 ``<!-- overhead:end -->``, or the ``throughput`` markers) with the machine description and the table.
 ``--save`` keeps the measured times in a JSON file; ``--load`` makes the table from saved files instead
-of measuring (e.g. two runs of different ``--only`` subsets made side by side on two cores).
+of measuring (e.g. two runs of different ``--only`` subsets, one after the other); a configuration in
+several files gets the repetitions of all of them.
 """
 
 from __future__ import annotations
@@ -393,12 +394,12 @@ def markers(table: str) -> tuple[str, str]:
 BEGIN, END = markers("overhead")
 
 
-def markdown(table: str, times: Times, repetitions: int, command: str, scale: float) -> str:
+def markdown(table: str, times: Times, command: str, scale: float) -> str:
     spec = TABLES[table]
     begin, end = markers(table)
     ratio = "steps/s against SB3's" if spec.speedup else "wall time against SB3's"
     header = f"| configuration | agent | median wall time (s) | steps/s | {ratio}: median [min, max] | target |"
-    lines = [begin, "", f"Machine: {machine()}.", "", f"Command: `{command}` ({repetitions} repetitions).", ""]
+    lines = [begin, "", f"Machine: {machine()}.", "", f"Command: `{command}` ({repetitions(times)}).", ""]
     lines += [header, "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in ratio_rows(times, scale, table)]
     lines += ["", *(f"- `{name}`: {CONFIGS[name].description}" for name in times)]
@@ -427,20 +428,36 @@ def write_block(path: Path, block: str) -> None:
     path.write_text(text)
 
 
-def load(paths: list[Path], table: str) -> tuple[Times, int, float]:
-    """Merge the times saved by ``--save`` runs of ``table`` (same repetitions and scale)."""
+def repetitions(times: Times) -> str:
+    """How many repetitions the table's medians are of: ``5 repetitions``, or the count of each configuration."""
+    counts = {name: len(by_agent["sb3"]) for name, by_agent in times.items()}
+    if len(set(counts.values())) == 1:
+        return f"{counts.popitem()[1]} repetitions"
+    return "repetitions: " + ", ".join(f"`{name}` {count}" for name, count in counts.items())
+
+
+def load(paths: list[Path], table: str) -> tuple[Times, float]:
+    """Merge the times saved by ``--save`` runs of ``table`` made at the same scale.
+
+    A configuration saved by several runs gets the repetitions of all of them (its agents must be the
+    same in each), so that its medians are over more repetitions.
+    """
     times: Times = {}
-    settings = set()
+    scales = set()
     for path in paths:
         saved = json.loads(path.read_text())
         if saved["table"] != table:
             raise SystemExit(f"{path} holds the {saved['table']!r} table, not {table!r}")
-        settings.add((saved["reps"], saved["scale"]))
-        times.update(saved["times"])
-    if len(settings) != 1:
-        raise SystemExit(f"--load files differ in repetitions or scale: {sorted(settings)}")
-    reps, scale = settings.pop()
-    return times, reps, scale
+        scales.add(saved["scale"])
+        for name, by_agent in saved["times"].items():
+            known = times.setdefault(name, {agent: [] for agent in by_agent})
+            if set(known) != set(by_agent):
+                raise SystemExit(f"--load: {path} times agents {sorted(by_agent)} on {name}, before {sorted(known)}")
+            for agent, seconds in by_agent.items():
+                known[agent] += seconds
+    if len(scales) != 1:
+        raise SystemExit(f"--load files differ in scale: {sorted(scales)}")
+    return times, scales.pop()
 
 
 HOT_SPOTS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -531,30 +548,32 @@ def main() -> None:
         parser.error(f"--only {unknown}: the {args.table} table runs {list(spec.runs)}")
     console = Console()
     if args.load:
-        times, reps, scale = load(args.load, args.table)
+        times, scale = load(args.load, args.table)
         names = [name for name in spec.runs if name in times]
         times = {name: times[name] for name in names}
-        command = f"python bench/overhead.py --table {args.table} --reps {reps}"
+        command = f"python bench/overhead.py --table {args.table} --load {' '.join(path.name for path in args.load)}"
     else:
         names = args.only or list(spec.runs)
-        reps, scale = args.reps, args.scale
+        scale = args.scale
         if args.jobs == 1:
-            times = measure(spec, names, reps, args.seed, scale, console)
+            times = measure(spec, names, args.reps, args.seed, scale, console)
         else:
             times = measure_in_parallel(names, args, console)
         only = f" --only {' '.join(names)}" if args.only else ""
         jobs = f" --jobs {args.jobs}" if args.jobs != 1 else ""
-        command = f"python bench/overhead.py --table {args.table} --reps {reps}{only}{jobs}"
+        command = f"python bench/overhead.py --table {args.table} --reps {args.reps}{only}{jobs}"
     if scale != 1.0:
         command += f" --scale {scale}"
     if args.save:
-        args.save.write_text(json.dumps({"table": args.table, "reps": reps, "scale": scale, "times": times}, indent=1))
+        args.save.write_text(
+            json.dumps({"table": args.table, "reps": args.reps, "scale": scale, "times": times}, indent=1)
+        )
     table = Table("configuration", "agent", "median s", "steps/s", "ratio [min, max]", "target")
     for row in ratio_rows(times, scale, args.table):
         table.add_row(*row)
     console.print(table)
     if args.write:
-        write_block(args.write, markdown(args.table, times, reps, f"{command} --write {args.write}", scale))
+        write_block(args.write, markdown(args.table, times, f"{command} --write {args.write}", scale))
         console.print(f"wrote {args.write}")
 
 

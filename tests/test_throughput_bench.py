@@ -11,7 +11,7 @@ import stable_baselines3 as sb3
 import torch as th
 
 import crl
-from bench.overhead import BEGIN, CONFIGS, END, build, load, markers, ratio_rows, write_block
+from bench.overhead import BEGIN, CONFIGS, END, build, load, markers, ratio_rows, repetitions, write_block
 from bench.sb3_layer_norm import with_layer_norm
 from bench.single_file_dqn import timed_single_file_dqn
 from crl.interventions import LayerNorm
@@ -46,20 +46,28 @@ def test_each_table_writes_only_its_own_block(tmp_path: Path) -> None:
 
 
 def test_saved_runs_merge_only_when_made_alike(tmp_path: Path) -> None:
-    def save(name: str, times: dict, reps: int = 2, table: str = "throughput") -> Path:
+    def save(name: str, times: dict, scale: float = 1.0, table: str = "throughput") -> Path:
         path = tmp_path / name
-        path.write_text(json.dumps({"table": table, "reps": reps, "scale": 1.0, "times": times}))
+        path.write_text(json.dumps({"table": table, "reps": 2, "scale": scale, "times": times}))
         return path
 
-    first = save("a.json", {"dqn_cartpole": {"sb3": [1.0, 2.0]}})
-    second = save("b.json", {"sac_pendulum": {"sb3": [3.0, 4.0]}})
-    times, reps, scale = load([first, second], "throughput")
-    assert times == {"dqn_cartpole": {"sb3": [1.0, 2.0]}, "sac_pendulum": {"sb3": [3.0, 4.0]}}
-    assert (reps, scale) == (2, 1.0)
-    with pytest.raises(SystemExit, match="differ in repetitions"):
-        load([first, save("c.json", {}, reps=3)], "throughput")
+    first = save("a.json", {"dqn_cartpole": {"sb3": [1.0, 2.0], "crl": [0.5, 1.0]}})
+    second = save("b.json", {"sac_pendulum": {"sb3": [3.0, 4.0], "crl": [3.0, 3.0]}})
+    more = save("c.json", {"dqn_cartpole": {"crl": [0.7], "sb3": [1.5]}})
+    times, scale = load([first, second, more], "throughput")
+    assert times == {
+        "dqn_cartpole": {"sb3": [1.0, 2.0, 1.5], "crl": [0.5, 1.0, 0.7]},  # the repetitions of both runs
+        "sac_pendulum": {"sb3": [3.0, 4.0], "crl": [3.0, 3.0]},
+    }
+    assert scale == 1.0
+    assert repetitions(times) == "repetitions: `dqn_cartpole` 3, `sac_pendulum` 2"
+    assert repetitions({"sac_pendulum": times["sac_pendulum"]}) == "2 repetitions"
+    with pytest.raises(SystemExit, match="differ in scale"):
+        load([first, save("d.json", {}, scale=0.1)], "throughput")
     with pytest.raises(SystemExit, match="not 'throughput'"):
-        load([save("d.json", {}, table="overhead")], "throughput")
+        load([save("e.json", {}, table="overhead")], "throughput")
+    with pytest.raises(SystemExit, match=r"times agents \['sb3'\] on dqn_cartpole, before \['crl', 'sb3'\]"):
+        load([first, save("f.json", {"dqn_cartpole": {"sb3": [1.0]}})], "throughput")
 
 
 def test_the_single_file_reference_gets_a_ratio_and_no_target() -> None:
