@@ -32,11 +32,12 @@ def with_layer_norm(model: BaseAlgorithm) -> BaseAlgorithm:
     online networks. The optimizers are made again, with the same settings, over their modules'
     parameters in module order, as crl's are made after its rewrite.
     """
+    extractors = [module for module in model.policy.modules() if isinstance(module, NatureCNN)]
+    for extractor in extractors:
+        _rewrite_nature_cnn(extractor, model.observation_space.shape)  # type: ignore[arg-type]
+    rewritten = [stack for extractor in extractors for stack in (extractor.cnn, extractor.linear)]
     for module in list(model.policy.modules()):
-        if isinstance(module, NatureCNN):
-            _rewrite_nature_cnn(module, model.observation_space.shape)  # type: ignore[arg-type]
-    for module in list(model.policy.modules()):
-        if type(module) is nn.Sequential and not _inside_nature_cnn(model.policy, module):
+        if type(module) is nn.Sequential and all(module is not stack for stack in rewritten):
             PRE_LAYER_NORM.rewrite(module)
     for owner, attribute in _optimizers(model):
         optimizer = getattr(owner, attribute)
@@ -49,10 +50,6 @@ def _rewrite_nature_cnn(extractor: NatureCNN, observation_shape: tuple[int, ...]
     PRE_LAYER_NORM.rewrite(extractor.cnn, example)
     with th.no_grad():
         PRE_LAYER_NORM.rewrite(extractor.linear, extractor.cnn(example))
-
-
-def _inside_nature_cnn(policy: nn.Module, stack: nn.Sequential) -> bool:
-    return any(isinstance(module, NatureCNN) and stack in (module.cnn, module.linear) for module in policy.modules())
 
 
 def _optimizers(model: BaseAlgorithm) -> list[tuple[nn.Module, str]]:

@@ -9,6 +9,9 @@ from unittest.mock import patch
 import pytest
 import stable_baselines3 as sb3
 import torch as th
+from stable_baselines3.common.env_util import make_atari_env
+from stable_baselines3.common.torch_layers import NatureCNN
+from stable_baselines3.common.vec_env import VecFrameStack
 
 import crl
 from bench.overhead import BEGIN, CONFIGS, END, build, load, markers, ratio_rows, repetitions, write_block
@@ -132,3 +135,20 @@ def test_the_sb3_ln_agent_is_plain_sb3_with_layer_norms() -> None:
         agent: sum(isinstance(m, th.nn.LayerNorm) for m in model.policy.modules()) for agent, model in models.items()
     }
     assert norms == {"sb3": 0, "sb3_ln": 4}
+
+
+@pytest.mark.parametrize("algorithm", ["DQN", "PPO"])
+def test_sb3_with_layer_norms_has_crls_layer_norms_in_a_nature_cnn(algorithm: str) -> None:
+    def env() -> VecFrameStack:
+        return VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=1, seed=0), n_stack=4)
+
+    hyperparameters: dict = dict(seed=0, device="cpu")
+    if algorithm == "DQN":
+        hyperparameters["buffer_size"] = 100
+    reference = with_layer_norm(getattr(sb3, algorithm)("CnnPolicy", env(), **hyperparameters))
+    ours = getattr(crl, algorithm)("CnnPolicy", env(), interventions=[LayerNorm()], **hyperparameters)
+    theirs, own = reference.policy.state_dict(), ours.policy.state_dict()
+    assert list(theirs) == list(own) and all(th.equal(theirs[name], own[name]) for name in theirs)
+    extractor = next(module for module in reference.policy.modules() if isinstance(module, NatureCNN))
+    shapes = [tuple(m.normalized_shape) for m in extractor.modules() if isinstance(m, th.nn.LayerNorm)]
+    assert shapes == [(32, 20, 20), (64, 9, 9), (64, 7, 7), (512,)]  # once per layer, convolutions over (C, H, W)
