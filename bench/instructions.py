@@ -32,13 +32,11 @@ from pathlib import Path
 import torch as th
 from rich.console import Console
 
-from bench.overhead import CONFIGS, build, write_block
+from bench.overhead import CONFIGS, TABLES, build, write_block
 
 AGENTS = ("sb3", "crl", "sb3_ln", "crl_ln_redo")
 """The agents counted by default."""
 CHOICES = (*AGENTS, "crl_metrics")
-BASELINES = {"crl": "sb3", "crl_metrics": "sb3", "sb3_ln": "sb3", "crl_ln_redo": "sb3_ln"}
-"""Agent -> the SB3 agent that does the same arithmetic, which its count is compared with."""
 WARM_UP = 1_000
 
 
@@ -101,12 +99,15 @@ def total_instructions(dump: str) -> int:
 
 
 def markdown(counts: dict[str, float], steps: int) -> str:
-    """The table: each agent's count, and against the count of its baseline (:data:`BASELINES`) when measured."""
+    """The table: each agent's count, and against the count of the SB3 agent doing the same arithmetic
+    (the throughput table's baseline of the agent, else ``sb3``) when that was counted."""
 
     def against(agent: str) -> str:
-        baseline = BASELINES.get(agent)
+        if agent == "sb3":
+            return "1.00"
+        baseline = TABLES["throughput"].baselines.get(agent, "sb3")
         if baseline not in counts:
-            return "1.00" if agent == "sb3" else ""
+            return ""
         return f"{counts[agent] / counts[baseline]:.2f} (`{baseline}`)"
 
     return "\n".join(
