@@ -567,9 +567,11 @@ def test_normalized_images_are_sb3s_for_every_pixel_value_and_layout() -> None:
     pixels = th.arange(256, dtype=th.uint8).reshape(4, 8, 8)
     batch = pixels.repeat(3, 1, 1, 1).permute(0, 2, 3, 1)  # not contiguous: the result keeps the layout
     for frames in (pixels, batch, pixels.float()):
+        given = frames.clone()
         ours, sb3s = normalized_images(frames), frames.float() / 255.0
         assert ours.dtype == sb3s.dtype == th.float32 and ours.stride() == sb3s.stride()
         assert th.equal(ours.view(th.int32), sb3s.view(th.int32))  # bit for bit
+        assert th.equal(frames, given) and ours.data_ptr() != frames.data_ptr()  # the caller's batch is kept
     default = th.get_default_dtype()
     th.set_default_dtype(th.float64)  # uint8 / 255.0 would now be float64; SB3's float() stays float32
     try:

@@ -102,6 +102,31 @@ def test_pfo_auxiliary_loss_is_coef_times_the_feature_distance_to_the_collecting
     assert loss.requires_grad
 
 
+def test_pfo_on_the_critic_runs_the_frozen_shared_extractor_once_and_adds_both_terms() -> None:
+    model = crl.PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, seed=0, interventions=[PFO(critic=True)])
+    model.learn(64)
+    pfo = model.interventions[0]
+    obs = th.as_tensor(model.rollout_buffer.observations[:16])
+    old = model.policy.hidden_features(obs)
+    pfo.on_train_start(model)
+    frozen_calls: list[int] = []
+    pfo._frozen.features_extractor.register_forward_hook(lambda m, i, o: frozen_calls.append(1))
+    with th.no_grad():
+        for p in model.policy.mlp_extractor.parameters():
+            p.add_(0.1)
+    step = GradientStep(0, type("Batch", (), {"observations": obs})(), loss_name="policy")
+    with model.policy.record_features(["actor", "critic"]) as recorder:
+        model.policy.evaluate_actions(obs, th.zeros(16))
+    step.features = recorder.features()
+    loss = pfo.auxiliary_loss(model, step)
+    assert frozen_calls == [1]
+    expected = sum(
+        (step.features[network]["layer1"].pre - old[network]["layer1"].pre).pow(2).mean()
+        for network in ("actor", "critic")
+    )
+    th.testing.assert_close(loss, expected)
+
+
 def _feature_change(interventions: list) -> float:
     model = crl.PPO(
         "MlpPolicy", "CartPole-v1", n_steps=256, batch_size=64, n_epochs=10, seed=1, interventions=interventions

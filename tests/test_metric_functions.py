@@ -102,6 +102,19 @@ def test_dead_units_and_fau() -> None:
     tanh_h = th.tensor([[0.995, 0.5], [-1.0, 0.0]])
     assert metrics.fau([tanh_h], "tanh") == pytest.approx(0.5)
     assert metrics.fau([h, tanh_h], ["relu", "tanh"]) == pytest.approx(1 - 6 / 10)
+    assert metrics.fau([]) == 0.0
+
+
+def test_counts_behind_the_pooled_unit_metrics() -> None:
+    h = th.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    assert metrics.inactive_count(h) == 4 and metrics.inactive_count(th.tensor([[0.995, 0.5]]), "tanh") == 1
+    assert metrics.fau_from_counts(4, 6) == 1 - 4 / 6 and metrics.fau_from_counts(0, 0) == 0.0
+    assert metrics.dead_mask(h).tolist() == [True, False, False]
+    one_of_three = th.tensor([True, False, False])
+    # per layer in float32, as dormant_ratio reports it; pooled in float64
+    assert metrics.layer_fraction(one_of_three) == float(th.tensor(1 / 3, dtype=th.float32)) != 1 / 3
+    assert metrics.pooled_fraction([one_of_three, th.tensor([True, True])]) == 3 / 5
+    assert metrics.pooled_fraction([]) == 0.0
 
 
 def test_norms() -> None:

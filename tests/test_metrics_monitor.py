@@ -9,16 +9,36 @@ from typing import Any
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.logger import KVWriter, Logger, configure
+from stable_baselines3.common.utils import ConstantSchedule
 from test_sb3_equivalence import CASES, assert_same_training
 
 import crl
-from crl.metrics import MetricsConfig, MetricsError
+from crl.metrics import (
+    MetricsConfig,
+    MetricsError,
+    activation_kind,
+    dead_units,
+    dormant_ratio,
+    fau,
+    feature_metrics,
+    feature_norm,
+    gram_singular_values,
+    metric_name,
+    suite,
+)
+from crl.metrics.functions import inactive_count, rank_metrics_from_singular_values
+from crl.policies import ActorCriticCnnPolicy, ActorCriticPolicy, DQNPolicy
 
 # Every metric on, at a short cadence: the strictest check that measuring changes nothing.
 ALL_ON = dict(every=500, plasticity_probe_every=1000, hessian_every=1000, probe_batch_size=256)
 NETWORKS = {"DQN": ["q_net"], "PPO": ["actor", "critic"], "SAC": ["actor", "qf0", "qf1"]}
 LOSSES = {"DQN": ["q_net"], "PPO": ["policy"], "SAC": ["critic", "actor"]}
+BOX = spaces.Box(-1.0, 1.0, (4,), np.float32)
+IMAGE = spaces.Box(0, 255, (4, 44, 44), np.uint8)
+DISCRETE = spaces.Discrete(3)
+LR = ConstantSchedule(1e-3)
 LAYER_METRICS = ["srank", "effective_rank", "pca_rank", "feature_rank", "dormant_ratio", "dead_units", "fau"]
 
 
@@ -158,3 +178,64 @@ def test_bad_settings_fail_at_construction() -> None:
     with pytest.raises(MetricsError, match="metrics must be a MetricsConfig, a mapping"):
         crl.DQN("MlpPolicy", "CartPole-v1", metrics=100)  # type: ignore[arg-type]
     assert crl.SAC("MlpPolicy", "Pendulum-v1", metrics=MetricsConfig(every=7)).metrics_monitor.config.every == 7
+
+
+def _metrics_one_network_at_a_time(policy: Any, obs: th.Tensor, tau: float) -> dict[str, float]:
+    """``feature_metrics`` from the single-purpose functions, each network on its own."""
+    features = policy.hidden_features(obs)
+    hidden = policy.hidden_layers(list(features))
+    expected: dict[str, float] = {}
+    for network, by_layer in features.items():
+        posts = [by_layer[layer.name].post for layer in hidden[network]]
+        kinds = [activation_kind(layer.activation) for layer in hidden[network]]
+        pooled_dormant, dormant = dormant_ratio(posts, tau)
+        for index, (layer, post) in enumerate(zip(hidden[network], posts, strict=True)):
+            per_layer = {
+                **rank_metrics_from_singular_values(gram_singular_values(post), post.shape[0]),
+                "dormant_ratio": dormant[index],
+                "dead_units": dead_units([post]),
+                "fau": fau([post], kinds[index]),
+                "feature_norm": feature_norm(post),
+            }
+            expected.update({metric_name(network, layer.name, key): value for key, value in per_layer.items()})
+        pooled = {"dormant_ratio": pooled_dormant, "dead_units": dead_units(posts), "fau": fau(posts, kinds)}
+        expected.update({metric_name(network, "all", key): value for key, value in pooled.items()})
+        last = by_layer[hidden[network][-1].name]
+        expected[metric_name(network, "penultimate", "feature_norm")] = feature_norm(last.pre)
+    return expected
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        # a NatureCNN shared by actor and critic, with LayerNorm and CReLU: its layers are measured once
+        lambda: ActorCriticCnnPolicy(
+            IMAGE, DISCRETE, LR, layer_norm="pre", activation="crelu", net_arch=dict(pi=[12], vf=[6, 5])
+        ),
+        lambda: ActorCriticPolicy(BOX, DISCRETE, LR),  # tanh units, judged by saturation
+        lambda: DQNPolicy(BOX, DISCRETE, LR, net_arch=[6, 5]),
+    ],
+    ids=["ppo_shared_cnn", "ppo_tanh", "dqn"],
+)
+def test_feature_metrics_equal_each_networks_metrics_from_the_single_functions(
+    make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    th.manual_seed(0)
+    policy = make()
+    space = policy.observation_space
+    generator = th.Generator().manual_seed(1)
+    if space.dtype == np.uint8:
+        obs = th.randint(0, 256, (32, *space.shape), dtype=th.uint8, generator=generator)
+    else:
+        obs = th.randn(32, *space.shape, generator=generator) * 3
+    for tau in (0.025, 0.6):  # 0.6 makes some units dormant
+        measured = feature_metrics(policy, obs, dormant_tau=tau)
+        expected = _metrics_one_network_at_a_time(policy, obs, tau)
+        assert list(measured) == list(expected)
+        assert measured == expected  # bit for bit
+    measured_layers: list[th.Tensor] = []
+    monkeypatch.setattr(suite, "inactive_count", lambda h, kind: measured_layers.append(h) or inactive_count(h, kind))
+    feature_metrics(policy, obs)
+    paths = {layer.path for layers in policy.hidden_layers().values() for layer in layers}
+    assert len(measured_layers) == len(paths)  # a layer of two networks (the shared CNN) is measured once
+    assert any(0 < value < 1 for key, value in measured.items() if key.endswith("/all/dormant_ratio"))

@@ -117,6 +117,30 @@ def test_hidden_features_name_every_trained_network() -> None:
     assert [f.post.shape[1] for f in ppo["critic"].values()] == [6, 5]
 
 
+@pytest.mark.parametrize("share", [True, False])
+def test_hidden_features_run_each_features_extractor_once_and_record_sb3s_passes(share: bool) -> None:
+    policy = ActorCriticCnnPolicy(IMAGE, DISCRETE, LR, share_features_extractor=share, net_arch=dict(pi=[8], vf=[6]))
+    obs = th.randint(0, 256, (5, *IMAGE.shape), dtype=th.uint8, generator=th.Generator().manual_seed(0))
+    extractors = {policy.pi_features_extractor, policy.vf_features_extractor}
+    calls: list[nn.Module] = []
+    handles = [extractor.register_forward_hook(lambda m, i, o: calls.append(m)) for extractor in extractors]
+    features = policy.hidden_features(obs)
+    for handle in handles:
+        handle.remove()
+    assert len(extractors) == (1 if share else 2) and sorted(map(id, calls)) == sorted(map(id, extractors))
+    with th.no_grad(), policy.record_features() as recorder:  # SB3's two passes, the shared CNN twice
+        policy.get_distribution(obs)
+        policy.predict_values(obs)
+    expected = recorder.features()
+    assert {network: list(layers) for network, layers in features.items()} == {
+        network: list(layers) for network, layers in expected.items()
+    }
+    for network, layers in expected.items():
+        for name, layer in layers.items():
+            ours = features[network][name]
+            assert ours.path == layer.path and th.equal(ours.pre, layer.pre) and th.equal(ours.post, layer.post)
+
+
 def test_post_activation_is_the_activation_of_the_pre_activation() -> None:
     policy = DQNPolicy(BOX, DISCRETE, LR)
     for layer in policy.hidden_features(th.randn(16, 4))["q_net"].values():

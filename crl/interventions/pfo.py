@@ -63,9 +63,10 @@ class PFO(Intervention):
         assert self._frozen is not None and self._recorder is not None
         observations = step.batch.observations
         with th.no_grad(), self._recorder:
-            self._frozen.get_distribution(observations)  # type: ignore[operator]
-            if self.critic:
-                self._frozen.predict_values(observations)  # type: ignore[operator]
+            if self.critic:  # both paths, through a shared features extractor once
+                self._frozen._run_networks(observations, None)  # type: ignore[operator]
+            else:
+                self._frozen.get_distribution(observations)  # type: ignore[operator]
         old = self._recorder.features()
         terms = []
         for network in self.networks:

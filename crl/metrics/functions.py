@@ -147,7 +147,17 @@ def dormant_ratio(layers: Sequence[th.Tensor], tau: float = DORMANT_TAU) -> tupl
     :return: ``(dormant units / all units, [ratio of each layer])``
     """
     masks = [dormant_mask(h, tau) for h in layers]
-    return _pooled(masks), [float(mask.float().mean()) for mask in masks]
+    return pooled_fraction(masks), [layer_fraction(mask) for mask in masks]
+
+
+def layer_fraction(mask: th.Tensor) -> float:
+    """The fraction of one layer's units in ``mask``, as :func:`dormant_ratio` reports it per layer."""
+    return float(mask.float().mean())
+
+
+def dead_mask(h: th.Tensor) -> th.Tensor:
+    """Boolean mask of the units of one layer that are exactly zero on every sample (and position)."""
+    return _per_unit(h) == 0
 
 
 def dead_units(layers: Sequence[th.Tensor]) -> float:
@@ -155,10 +165,11 @@ def dead_units(layers: Sequence[th.Tensor]) -> float:
 
     Pooled over the layers; a conv channel is dead when it is zero at every sample and position.
     """
-    return _pooled([_per_unit(h) == 0 for h in layers])
+    return pooled_fraction([dead_mask(h) for h in layers])
 
 
-def _pooled(masks: Sequence[th.Tensor]) -> float:
+def pooled_fraction(masks: Sequence[th.Tensor]) -> float:
+    """The fraction of all units in the masks of several layers (0 without units)."""
     units = sum(mask.numel() for mask in masks)
     return float(sum(int(mask.sum()) for mask in masks)) / units if units else 0.0
 
@@ -191,8 +202,18 @@ def fau(layers: Sequence[th.Tensor], activation: ActivationKind | Sequence[Activ
     entries = sum(h.numel() for h in layers)
     if entries == 0:
         return 0.0
-    inactive = sum(int(inactive_mask(h, kind).sum()) for h, kind in zip(layers, kinds, strict=True))
-    return 1.0 - inactive / entries
+    inactive = sum(inactive_count(h, kind) for h, kind in zip(layers, kinds, strict=True))
+    return fau_from_counts(inactive, entries)
+
+
+def inactive_count(h: th.Tensor, activation: ActivationKind = "relu") -> int:
+    """The number of inactive entries of one layer's post-activation tensor (:func:`inactive_mask`)."""
+    return int(inactive_mask(h, activation).sum())
+
+
+def fau_from_counts(inactive: int, entries: int) -> float:
+    """:func:`fau` from the inactive entries and all entries of its layers: ``1 - inactive / entries``."""
+    return 1.0 - inactive / entries if entries else 0.0
 
 
 def feature_norm(phi: th.Tensor) -> float:

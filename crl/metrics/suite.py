@@ -14,17 +14,23 @@ Names are ``plasticity/<network>/<layer>/<metric>``:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch as th
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from crl.metrics.functions import (
+    DORMANT_TAU,
+    ActivationKind,
     activation_kind,
-    dead_units,
-    dormant_ratio,
-    fau,
+    dead_mask,
+    dormant_mask,
+    fau_from_counts,
     feature_norm,
     gram_singular_values,
+    inactive_count,
+    layer_fraction,
+    pooled_fraction,
     rank_metrics_from_singular_values,
     weight_change,
     weight_magnitude,
@@ -55,47 +61,62 @@ def feature_metrics(
     Per hidden layer (post-activation): the four ranks, ``dormant_ratio``, ``dead_units``, ``fau``,
     ``feature_norm``; per network: ``dormant_ratio``, ``dead_units`` and ``fau`` pooled over its hidden
     layers (``all``) and ``feature_norm`` of the last hidden layer's pre-activation (``penultimate``).
-    The ranks use :func:`gram_singular_values`; a layer shared by two networks (PPO's shared CNN) is
-    decomposed once.
+    The ranks use :func:`gram_singular_values`. A layer shared by two networks (PPO's shared CNN) is
+    measured once, and a network's pooled metrics sum its layers' counts.
 
     :param policy: a crl policy (runs under ``no_grad``; its train/eval mode is left as it is)
     :param observations: the probe batch's observations, as stored in the buffer
     :param actions: actions for networks that take them (SAC's critics); by default the actor's
     :param dormant_tau: threshold of ``dormant_ratio`` (default: SPEC's 0.025)
     """
-    tau_kwargs = {} if dormant_tau is None else {"tau": dormant_tau}
+    tau = DORMANT_TAU if dormant_tau is None else dormant_tau
     features = policy.hidden_features(observations, actions)
     hidden = policy.hidden_layers(list(features))
-    ranks_by_path: dict[str, dict[str, float]] = {}
+    by_path: dict[str, _LayerUnits] = {}
     values: dict[str, float] = {}
     for network, by_layer in features.items():
         layers = [layer for layer in hidden[network] if layer.name in by_layer]
         if not layers:
             continue
-        posts = [by_layer[layer.name].post for layer in layers]
-        kinds = [activation_kind(layer.activation) for layer in layers]
-        pooled_dormant, dormant_per_layer = dormant_ratio(posts, **tau_kwargs)
-        for layer, post, kind, dormant in zip(layers, posts, kinds, dormant_per_layer, strict=True):
+        units = []
+        for layer in layers:
             record = by_layer[layer.name]
-            if record.path not in ranks_by_path:
-                ranks_by_path[record.path] = _ranks(record)
-            per_layer = {
-                **ranks_by_path[record.path],
-                "dormant_ratio": dormant,
-                "dead_units": dead_units([post]),
-                "fau": fau([post], kind),
-                "feature_norm": feature_norm(post),
-            }
-            values.update({metric_name(network, layer.name, key): value for key, value in per_layer.items()})
-        whole = {"dormant_ratio": pooled_dormant, "dead_units": dead_units(posts), "fau": fau(posts, kinds)}
+            if record.path not in by_path:
+                by_path[record.path] = _LayerUnits.measure(record, activation_kind(layer.activation), tau)
+            units.append(by_path[record.path])
+            values.update({metric_name(network, layer.name, key): value for key, value in units[-1].values.items()})
+        whole = {
+            "dormant_ratio": pooled_fraction([unit.dormant for unit in units]),
+            "dead_units": pooled_fraction([unit.dead for unit in units]),
+            "fau": fau_from_counts(sum(unit.inactive for unit in units), sum(unit.entries for unit in units)),
+        }
         values.update({metric_name(network, WHOLE, key): value for key, value in whole.items()})
         values[metric_name(network, PENULTIMATE, "feature_norm")] = feature_norm(by_layer[layers[-1].name].pre)
     return values
 
 
-def _ranks(features: LayerFeatures) -> dict[str, float]:
-    post = features.post
-    return rank_metrics_from_singular_values(gram_singular_values(post), post.shape[0])
+@dataclass(frozen=True)
+class _LayerUnits:
+    """One hidden layer's metrics, and the masks and counts its network's pooled metrics sum."""
+
+    values: dict[str, float]
+    dormant: th.Tensor
+    dead: th.Tensor
+    inactive: int
+    entries: int
+
+    @classmethod
+    def measure(cls, features: LayerFeatures, kind: ActivationKind, tau: float) -> _LayerUnits:
+        post = features.post
+        dormant, dead, inactive = dormant_mask(post, tau), dead_mask(post), inactive_count(post, kind)
+        values = {
+            **rank_metrics_from_singular_values(gram_singular_values(post), post.shape[0]),
+            "dormant_ratio": layer_fraction(dormant),
+            "dead_units": pooled_fraction([dead]),
+            "fau": fau_from_counts(inactive, post.numel()),
+            "feature_norm": feature_norm(post),
+        }
+        return cls(values, dormant, dead, inactive, post.numel())
 
 
 def network_parameters(policy: ContinualPolicyMixin) -> dict[str, list[th.nn.Parameter]]:
