@@ -173,6 +173,24 @@ def _actor_critic_forward() -> tuple[Call, Call]:
     )
 
 
+def _evaluate_actions(atari: bool) -> tuple[Call, Call]:
+    """PPO's pass over a minibatch at a gradient step (autograd on, no backward): 64 CartPole states
+    through the 64x64 MLPs, or 256 stacks of 4 Atari frames (uint8) through the NatureCNN."""
+    if atari:
+        env = VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=8, seed=0, vec_env_cls=DummyVecEnv), 4)
+        model = crl.PPO("CnnPolicy", env, n_steps=32, batch_size=256, device="cpu", seed=0)
+    else:
+        model = crl.PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, device="cpu", seed=0)
+    model.learn(model.n_steps * model.n_envs)  # one rollout in the buffer
+    batch = next(model.rollout_buffer.get(model.batch_size))
+    policy, actions = model.policy, batch.actions.long().flatten()
+    policy.set_training_mode(True)
+    return (
+        lambda: SB3ActorCriticPolicy.evaluate_actions(policy, batch.observations, actions),
+        lambda: policy.evaluate_actions(batch.observations, actions),
+    )
+
+
 def _vec_env_step(n_envs: int) -> tuple[Call, Call]:
     envs = [
         make_vec_env("CartPole-v1", n_envs=n_envs, seed=0, vec_env_cls=cls) for cls in (SB3DummyVecEnv, DummyVecEnv)
@@ -375,6 +393,11 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
         0.5,
     ),
     "actor-critic forward, PPO 64x64 MLP, 4 envs (`forward`)": (_actor_critic_forward, 0.5),
+    "PPO's minibatch pass, 64x64 MLPs, 64 CartPole states (`evaluate_actions`)": (
+        lambda: _evaluate_actions(atari=False),
+        0.2,
+    ),
+    "PPO's minibatch pass, NatureCNN, 256 stacks of 4 Atari frames": (lambda: _evaluate_actions(atari=True), 0.0005),
     "`VecEnv.step`, 1 CartPole (env included)": (lambda: _vec_env_step(1), 1),
     "`VecEnv.step`, 4 CartPoles (envs included)": (lambda: _vec_env_step(4), 0.5),
     "callbacks per step, default metrics on": (_hooks_relay, 1),

@@ -9,11 +9,12 @@ nothing is traced, ``module(x)`` is exactly ``module.forward(x)``, and :class:`D
 layers whose ``forward`` methods, applied in turn, compute the pass (a linear or LayerNorm layer's as
 the torch call it makes: :func:`layer_step`). PPO's forward pass at every step
 calls 15 modules of its two 64x64 MLPs below the policy (the action head stays a module call, made by
-SB3's ``_get_action_dist_from_latent``). ``bench/hot_path.py`` times both.
+SB3's ``_get_action_dist_from_latent``), and so does its minibatch pass at every gradient step
+(``evaluate_actions``). ``bench/hot_path.py`` times them.
 
 The passes start from SB3's ``preprocess_obs`` result; for a ``Box`` space the policies' ``preprocessed``
 (:mod:`crl.policies.base`) gives it without SB3's per-call check of the space's kind, and for uint8
-frames without the float copy.
+frames divided in place of their float copy.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import gc
 import weakref
+from collections.abc import Callable
+from functools import partial
 from math import inf, nan
 from types import SimpleNamespace
 from unittest.mock import patch
@@ -544,6 +546,87 @@ def test_cnn_policies_act_through_nature_cnns_layers_directly_and_equal_sb3s() -
     ppo = crl.PPO("CnnPolicy", _Frames(), n_steps=8, batch_size=8, seed=0).policy
     _assert_forward_equals_sb3s(ppo, frames)
     assert [type(step_layer(step)) for step in ppo._direct_layers(ppo)[0]] == expected[:-1]
+
+
+def _assert_evaluate_actions_equals_sb3s(policy: BasePolicy, observations: th.Tensor, actions: th.Tensor) -> None:
+    """crl's ``evaluate_actions`` gives SB3's values, log-probs and entropies, and the same gradients."""
+    results = []
+    for evaluate in (policy.evaluate_actions, partial(sb3.common.policies.ActorCriticPolicy.evaluate_actions, policy)):
+        policy.zero_grad()
+        values, log_prob, entropy = evaluate(observations, actions)
+        (values.square().mean() - log_prob.mean() - 0.01 * entropy.mean()).backward()
+        results.append([values, log_prob, entropy, *(parameter.grad.clone() for parameter in policy.parameters())])
+    ours, sb3s = results
+    assert len(ours) == len(sb3s) and all(th.equal(a, b) for a, b in zip(ours, sb3s, strict=True))
+
+
+def _module_calls(run: Callable[[], object]) -> list[type]:
+    """The classes of the modules called (through ``nn.Module.__call__``) while ``run`` runs."""
+    called: list[type] = []
+    call = th.nn.Module._call_impl
+
+    def counted(module: th.nn.Module, *args, **kwargs):
+        called.append(type(module))
+        return call(module, *args, **kwargs)
+
+    with patch.object(th.nn.Module, "_call_impl", counted):
+        run()
+    return called
+
+
+@pytest.mark.parametrize(
+    ("env_id", "actions"),
+    [("CartPole-v1", th.tensor([0, 1, 1, 0, 1, 0])), ("Pendulum-v1", th.linspace(-2, 2, 6).reshape(6, 1))],
+)
+def test_ppo_evaluates_actions_through_the_layers_with_sb3s_values_and_gradients(env_id: str, actions) -> None:
+    policy = crl.PPO("MlpPolicy", env_id, seed=0).policy
+    observations = th.randn(6, *policy.observation_space.shape, generator=th.Generator().manual_seed(0))
+    _assert_evaluate_actions_equals_sb3s(policy, observations, actions)
+    # Only the action head is a module call (SB3's _get_action_dist_from_latent makes it).
+    assert _module_calls(lambda: policy.evaluate_actions(observations, actions)) == [th.nn.Linear]
+
+
+def test_ppo_evaluates_uint8_frames_through_nature_cnns_layers_with_sb3s_values_and_gradients() -> None:
+    frames = th.randint(0, 256, (8, 4, 84, 84), generator=th.Generator().manual_seed(0), dtype=th.uint8)
+    kept = frames.clone()
+    policy = crl.PPO("CnnPolicy", _Frames(), n_steps=8, batch_size=8, seed=0).policy
+    _assert_evaluate_actions_equals_sb3s(policy, frames, th.arange(8) % 4)
+    assert th.equal(frames, kept)  # normalised in a copy
+    assert _module_calls(lambda: policy.evaluate_actions(frames, th.arange(8) % 4)) == [th.nn.Linear]
+
+
+def test_ppo_evaluates_actions_through_modules_when_a_hook_is_registered() -> None:
+    policy = crl.PPO("MlpPolicy", "CartPole-v1", seed=0).policy
+    observations, actions = th.randn(6, 4), th.tensor([0, 1, 1, 0, 1, 0])
+    seen: list[th.Tensor] = []
+    layer = policy.mlp_extractor.policy_net[0]
+    handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    try:
+        _assert_evaluate_actions_equals_sb3s(policy, observations, actions)
+        assert len(seen) == 2  # the hooked layer ran as a module, in both passes
+    finally:
+        handle.remove()
+
+
+class _SeededFrames(_Frames):
+    """:class:`_Frames` drawn from the env's own seeded generator, so that two runs see the same frames."""
+
+    def reset(self, *, seed=None, options=None):
+        super(_Frames, self).reset(seed=seed)
+        return self._frame(), {}
+
+    def step(self, action):
+        return self._frame(), float(action), bool(self.np_random.random() < 0.1), False, {}
+
+    def _frame(self) -> np.ndarray:
+        return self.np_random.integers(0, 256, self.observation_space.shape, dtype=np.uint8)
+
+
+def test_ppo_trains_on_uint8_frames_like_sb3() -> None:
+    arguments = dict(n_steps=32, batch_size=16, n_epochs=2, seed=0, device="cpu")
+    reference = sb3.PPO("CnnPolicy", _SeededFrames(), **arguments).learn(64)
+    candidate = crl.PPO("CnnPolicy", _SeededFrames(), **arguments).learn(64)
+    assert_same_training(reference, candidate)
 
 
 @pytest.mark.parametrize("target", [False, True])
