@@ -107,6 +107,7 @@ class _LayerUnits:
 
     @classmethod
     def measure(cls, features: LayerFeatures, kind: ActivationKind, tau: float) -> _LayerUnits:
+        """The layer's ranks, unit metrics and feature norm, judging its units as ``kind`` with threshold ``tau``."""
         post = features.post
         dormant, dead, inactive = dormant_mask(post, tau), dead_mask(post), inactive_count(post, kind)
         values = {
