@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import torch as th
 from stable_baselines3.common import policies as sb3
@@ -13,8 +14,16 @@ from torch import nn
 from crl.policies.base import ContinualPolicyMixin
 from crl.policies.direct_forward import DirectLayers, Step, chained_layers, kept_direct_layers, layer_step, run_layers
 
-_ActorCriticLayers = tuple[list[Step], list[Step], list[Step], Step]
-"""Layers of the shared features extractor, of the actor's latent path and of the critic's, and the value head."""
+
+class _ActorCriticLayers(NamedTuple):
+    """The steps of SB3's ``ActorCriticPolicy`` passes with a shared features extractor."""
+
+    features: list[Step]
+    actor: list[Step]
+    """The actor's latent path (``mlp_extractor.policy_net``)."""
+    critic: list[Step]
+    """The critic's latent path (``mlp_extractor.value_net``)."""
+    value_head: Step
 
 
 def _actor_critic_layers(policy: nn.Module) -> _ActorCriticLayers | None:
@@ -27,7 +36,7 @@ def _actor_critic_layers(policy: nn.Module) -> _ActorCriticLayers | None:
     ):
         return None
     extractor = policy.mlp_extractor
-    return (
+    return _ActorCriticLayers(
         chained_layers(policy.features_extractor),
         chained_layers(extractor.policy_net),
         chained_layers(extractor.value_net),
@@ -77,10 +86,8 @@ class _ActorCriticMixin(ContinualPolicyMixin):
         if layers is None:
             actions, values, log_prob = super().forward(obs, deterministic)  # type: ignore[misc]
             return actions, self._expected_values(values), log_prob
-        features_layers, actor_layers, critic_layers, value_head = layers
-        features = run_layers(features_layers, self.preprocessed(obs, self))  # type: ignore[arg-type]
-        latent_pi = run_layers(actor_layers, features)
-        values = value_head(run_layers(critic_layers, features))
+        latent_pi, latent_vf = self._direct_latents(layers, obs)
+        values = layers.value_head(latent_vf)
         distribution = self._get_action_dist_from_latent(latent_pi)  # type: ignore[attr-defined]
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
@@ -93,19 +100,21 @@ class _ActorCriticMixin(ContinualPolicyMixin):
         The operations are SB3's, in SB3's order, so the autograd graph and the gradients are the same.
         A minibatch of uint8 frames is normalised in place of its float copy (:func:`normalized_images`):
         SB3 allocates a second float tensor for the division, 29 MB for PPO's minibatch of 256 Atari
-        frames, which took 27.7 ms per minibatch inside a run (median of 32).
+        frames (12.2 to 13.9 against 3.1 to 3.6 ms per minibatch inside a 2,048-step run, medians).
         """
         layers = kept_direct_layers(self, "_direct_layers", _actor_critic_layers)(self)  # type: ignore[arg-type]
         if layers is None:
             return super().evaluate_actions(obs, actions)  # type: ignore[misc,no-any-return]
-        features_layers, actor_layers, critic_layers, value_head = layers
-        features = run_layers(features_layers, self.preprocessed(obs, self))  # type: ignore[arg-type]
-        latent_pi = run_layers(actor_layers, features)
-        latent_vf = run_layers(critic_layers, features)
+        latent_pi, latent_vf = self._direct_latents(layers, obs)
         distribution = self._get_action_dist_from_latent(latent_pi)  # type: ignore[attr-defined]
         log_prob = distribution.log_prob(actions)
-        values = value_head(latent_vf)
+        values = layers.value_head(latent_vf)
         return values, log_prob, distribution.entropy()
+
+    def _direct_latents(self, layers: _ActorCriticLayers, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
+        """The actor's and the critic's latents through the direct layers (the shared extractor once)."""
+        features = run_layers(layers.features, self.preprocessed(obs, self))  # type: ignore[arg-type]
+        return run_layers(layers.actor, features), run_layers(layers.critic, features)
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
         return self._expected_values(super().predict_values(obs))  # type: ignore[misc]
