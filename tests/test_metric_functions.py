@@ -6,6 +6,7 @@ import pytest
 import torch as th
 
 from crl import metrics
+from crl.metrics.functions import lower_gram
 
 
 def test_ranks_of_identity() -> None:
@@ -95,6 +96,22 @@ def test_conv_channels_are_units() -> None:
     assert metrics.unit_scores(h)[2].item() == pytest.approx(0.075 / (1.075 / 3), rel=1e-5)
 
 
+def test_masks_of_a_layers_activity_are_its_dormant_and_dead_masks() -> None:
+    h = th.ones(5, 3, 4, 4)
+    h[:, 1] = 0.0
+    h[:, 2] = 0.0
+    h[0, 2, 0, 0] = -6.0  # |h| counts: channel means 1, 0, 6/80
+    activity = metrics.unit_activity(h)
+    assert th.allclose(activity, th.tensor([1.0, 0.0, 0.075]))
+    assert metrics.dead_mask_of_activity(activity).tolist() == [False, True, False]
+    assert metrics.dormant_mask_of_activity(activity, tau=0.025).tolist() == [False, True, False]
+    assert metrics.dormant_mask_of_activity(activity, tau=0.25).tolist() == [False, True, True]
+    for tau in (0.025, 0.25):
+        assert th.equal(metrics.dormant_mask_of_activity(activity, tau), metrics.dormant_mask(h, tau))
+    assert th.equal(metrics.dead_mask_of_activity(activity), metrics.dead_mask(h))
+    assert metrics.dead_mask_of_activity(th.tensor([0.0, 1e-30])).tolist() == [True, False]
+
+
 def test_dead_units_and_fau() -> None:
     h = th.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
     assert metrics.dead_units([h]) == pytest.approx(1 / 3)
@@ -135,13 +152,27 @@ def test_grad_norm_matches_the_gradient() -> None:
     assert metrics.grad_norm(layer.parameters()) == pytest.approx(math.sqrt(9 + 16 + 1))
 
 
-@pytest.mark.parametrize("shape", [(64, 300), (300, 64), (50, 50)])
+@pytest.mark.parametrize("shape", [(64, 300), (300, 64), (50, 50), (300, 500), (500, 300)])
 def test_gram_singular_values_match_the_svd(shape: tuple[int, int]) -> None:
     phi = th.relu(th.randn(*shape, generator=th.Generator().manual_seed(1)))
     s_svd, s_gram = metrics.singular_values(phi), metrics.gram_singular_values(phi)
     k = min(shape)
     assert s_gram.shape == (k,)
     assert th.allclose(s_gram, s_svd[:k], rtol=0, atol=1e-5 * float(s_svd[0]))
+
+
+@pytest.mark.parametrize("n", [5, 128, 300])
+def test_lower_gram_is_the_lower_triangle_of_the_gram_matrix(n: int) -> None:
+    rows = th.relu(th.randn(n, 40, generator=th.Generator().manual_seed(2))).double()
+    gram = lower_gram(rows, block_rows=128)
+    full = rows @ rows.T
+    lower = th.ones(n, n, dtype=th.bool).tril()
+    assert th.allclose(gram[lower], full[lower], rtol=1e-13, atol=0)
+    # Above the diagonal blocks nothing is computed; the diagonal blocks hold both of their triangles.
+    blocks = th.arange(n) // 128
+    outside = blocks[:, None] < blocks[None, :]
+    assert th.equal(gram[outside], th.zeros(int(outside.sum()), dtype=th.float64))
+    assert th.allclose(gram[~outside], full[~outside], rtol=1e-13, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common import policies as sb3_policies
 from stable_baselines3.common.policies import ActorCriticPolicy as SB3ActorCriticPolicy
 from stable_baselines3.common.utils import ConstantSchedule
 from stable_baselines3.dqn.policies import DQNPolicy as SB3DQNPolicy
+from stable_baselines3.dqn.policies import QNetwork as SB3QNetwork
 from stable_baselines3.sac.policies import SACPolicy as SB3SACPolicy
 from torch import nn
 
+import crl.policies.base as crl_policies_base
 from crl.policies import (
     ActorCriticCnnPolicy,
     ActorCriticPolicy,
@@ -139,6 +142,61 @@ def test_hidden_features_run_each_features_extractor_once_and_record_sb3s_passes
         for name, layer in layers.items():
             ours = features[network][name]
             assert ours.path == layer.path and th.equal(ours.pre, layer.pre) and th.equal(ours.post, layer.post)
+
+
+def _sb3s_probe_passes(policy: nn.Module, obs: th.Tensor) -> None:
+    if isinstance(policy, DQNCnnPolicy):
+        policy.q_net(obs)
+    else:
+        policy.get_distribution(obs)
+        policy.predict_values(obs)
+
+
+@pytest.mark.parametrize(
+    ("make", "net_arch"), [(DQNCnnPolicy, [8]), (ActorCriticCnnPolicy, dict(pi=[8], vf=[6]))], ids=["dqn", "ppo"]
+)
+def test_probe_passes_normalise_frames_as_sb3_without_its_preprocessing(make, net_arch, monkeypatch) -> None:
+    policy = make(IMAGE, DISCRETE, LR, net_arch=net_arch)
+    obs = th.randint(0, 256, (5, *IMAGE.shape), dtype=th.uint8, generator=th.Generator().manual_seed(0))
+    with th.no_grad(), policy.record_features() as recorder:
+        _sb3s_probe_passes(policy, obs)
+    expected = recorder.features()
+    calls: list[int] = []
+    for module in (sb3_policies, crl_policies_base):
+        real = module.preprocess_obs
+        monkeypatch.setattr(module, "preprocess_obs", lambda *a, real=real, **k: calls.append(1) or real(*a, **k))
+    features = policy.hidden_features(obs)
+    assert calls == []  # crl's normalisation: the float copy divided in place
+    for network, layers in expected.items():
+        for name, layer in layers.items():
+            ours = features[network][name]
+            assert th.equal(ours.pre, layer.pre) and th.equal(ours.post, layer.post)
+
+
+@pytest.mark.parametrize("method", ["forward", "extract_features"])
+def test_probe_pass_runs_a_q_networks_own_methods(method: str) -> None:
+    calls: list[str] = []
+
+    def counted(self: SB3QNetwork, *args: th.Tensor) -> th.Tensor:
+        calls.append(method)
+        return getattr(SB3QNetwork, method)(self, *args)
+
+    policy = DQNPolicy(BOX, DISCRETE, LR)
+    policy.q_net.__class__ = type("OwnQNetwork", (SB3QNetwork,), {method: counted})
+    policy.hidden_features(th.zeros(7, 4))
+    assert calls == [method]
+
+
+def test_probe_pass_runs_an_actor_critics_own_extract_features() -> None:
+    calls: list[int] = []
+
+    class OwnFeatures(ActorCriticPolicy):
+        def extract_features(self, obs: th.Tensor, features_extractor: nn.Module | None = None) -> th.Tensor:
+            calls.append(1)
+            return super().extract_features(obs, features_extractor)
+
+    OwnFeatures(BOX, DISCRETE, LR).hidden_features(th.zeros(7, 4))
+    assert calls == [1]  # the shared extractor, once
 
 
 def test_post_activation_is_the_activation_of_the_pre_activation() -> None:

@@ -113,8 +113,12 @@ def feature_rank(phi: th.Tensor, epsilon: float = FEATURE_RANK_EPSILON) -> int:
     return feature_rank_from_singular_values(singular_values(matrix), matrix.shape[0], epsilon)
 
 
-def _per_unit(h: th.Tensor) -> th.Tensor:
-    """Mean of ``|h|`` per unit: averaged over the batch and, for conv maps, over H and W."""
+def unit_activity(h: th.Tensor) -> th.Tensor:
+    """Mean of ``|h|`` per unit, ``a_i``: averaged over the batch and, for conv maps, over H and W.
+
+    :func:`dormant_mask` and :func:`dead_mask` both judge a layer from it; pass it to
+    :func:`dormant_mask_of_activity` and :func:`dead_mask_of_activity` to compute it once for both.
+    """
     if h.dim() < 2:
         raise ValueError(f"features must have a batch dimension and units, got shape {tuple(h.shape)}")
     reduce_dims = [0, *range(2, h.dim())]
@@ -130,13 +134,21 @@ def unit_scores(h: th.Tensor) -> th.Tensor:
     :param h: post-activation features of one layer, N x D or N x C x H x W
     :return: one score per unit (D or C)
     """
-    scores = _per_unit(h)
-    return scores / (scores.mean() + SCORE_EPSILON)
+    return _normalised(unit_activity(h))
+
+
+def _normalised(activity: th.Tensor) -> th.Tensor:
+    return activity / (activity.mean() + SCORE_EPSILON)
 
 
 def dormant_mask(h: th.Tensor, tau: float = DORMANT_TAU) -> th.Tensor:
     """Boolean mask of the units of one layer whose normalised score is ``<= tau``."""
-    return unit_scores(h) <= tau
+    return dormant_mask_of_activity(unit_activity(h), tau)
+
+
+def dormant_mask_of_activity(activity: th.Tensor, tau: float = DORMANT_TAU) -> th.Tensor:
+    """:func:`dormant_mask` from the layer's :func:`unit_activity`."""
+    return _normalised(activity) <= tau
 
 
 def dormant_ratio(layers: Sequence[th.Tensor], tau: float = DORMANT_TAU) -> tuple[float, list[float]]:
@@ -157,7 +169,12 @@ def layer_fraction(mask: th.Tensor) -> float:
 
 def dead_mask(h: th.Tensor) -> th.Tensor:
     """Boolean mask of the units of one layer that are exactly zero on every sample (and position)."""
-    return _per_unit(h) == 0
+    return dead_mask_of_activity(unit_activity(h))
+
+
+def dead_mask_of_activity(activity: th.Tensor) -> th.Tensor:
+    """:func:`dead_mask` from the layer's :func:`unit_activity`: units whose mean ``|h|`` is zero."""
+    return activity == 0
 
 
 def dead_units(layers: Sequence[th.Tensor]) -> float:
@@ -253,12 +270,34 @@ def gram_singular_values(phi: th.Tensor) -> th.Tensor:
     squaring the spectrum loses nothing the ranks can see: the values agree with :func:`singular_values`
     to about 1e-7 of ``s_1``. For the wide feature maps of conv layers this is an order of magnitude
     faster than an SVD (1024 x 12800: 0.7 s instead of 7 s on one CPU core), which is what lets the
-    metrics monitor run the ranks of a NatureCNN at all.
+    metrics monitor run the ranks of a NatureCNN at all. Only the triangle of the Gram matrix that
+    ``eigvalsh`` reads is computed (:func:`lower_gram`): 0.4 s instead of 0.7 s for that 1024 x 12800 map.
     """
     matrix = _as_matrix(phi).double()
-    gram = matrix @ matrix.T if matrix.shape[1] > matrix.shape[0] else matrix.T @ matrix
+    rows = matrix if matrix.shape[1] > matrix.shape[0] else matrix.T
     # Round-off leaves the eigenvalues of null directions at about -1e-16 * s_1^2.
-    return th.linalg.eigvalsh(gram).clamp_min(0.0).flip(0).sqrt()
+    return th.linalg.eigvalsh(lower_gram(rows), UPLO="L").clamp_min(0.0).flip(0).sqrt()
+
+
+GRAM_BLOCK_ROWS = 128
+"""Rows per matrix product of :func:`lower_gram`."""
+
+
+def lower_gram(rows: th.Tensor, block_rows: int = GRAM_BLOCK_ROWS) -> th.Tensor:
+    """The lower triangle of ``rows @ rows.T``, by blocks of rows; the entries above the blocks are zero.
+
+    Block ``b`` multiplies its rows by the rows up to its last one, so the products cover the triangle
+    and the diagonal blocks, about 56 % of the full product's arithmetic for 1,024 rows in blocks of 128
+    (a triangular BLAS product, ``syrk``, is not exposed by torch). An entry is the same dot product as
+    in the full product, summed by a smaller matrix product: it may differ from it in the last bits
+    (1e-14 of the entry on ReLU features).
+    """
+    n = rows.shape[0]
+    gram = rows.new_zeros(n, n)
+    for start in range(0, n, block_rows):
+        stop = min(start + block_rows, n)
+        gram[start:stop, :stop] = rows[start:stop] @ rows[:stop].T
+    return gram
 
 
 def rank_metrics_from_singular_values(s: th.Tensor, n_samples: int) -> dict[str, float]:

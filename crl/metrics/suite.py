@@ -23,8 +23,8 @@ from crl.metrics.functions import (
     DORMANT_TAU,
     ActivationKind,
     activation_kind,
-    dead_mask,
-    dormant_mask,
+    dead_mask_of_activity,
+    dormant_mask_of_activity,
     fau_from_counts,
     feature_norm,
     gram_singular_values,
@@ -32,6 +32,7 @@ from crl.metrics.functions import (
     layer_fraction,
     pooled_fraction,
     rank_metrics_from_singular_values,
+    unit_activity,
     weight_change,
     weight_magnitude,
 )
@@ -109,7 +110,9 @@ class _LayerUnits:
     def measure(cls, features: LayerFeatures, kind: ActivationKind, tau: float) -> _LayerUnits:
         """The layer's ranks, unit metrics and feature norm, judging its units as ``kind`` with threshold ``tau``."""
         post = features.post
-        dormant, dead, inactive = dormant_mask(post, tau), dead_mask(post), inactive_count(post, kind)
+        activity = unit_activity(post)  # both masks judge it: one pass over the layer's entries, not two
+        dormant, dead = dormant_mask_of_activity(activity, tau), dead_mask_of_activity(activity)
+        inactive = inactive_count(post, kind)
         values = {
             **rank_metrics_from_singular_values(gram_singular_values(post), post.shape[0]),
             "dormant_ratio": layer_fraction(dormant),
