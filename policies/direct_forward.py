@@ -51,6 +51,11 @@ def _global_hooks() -> list[dict]:
     ]
 
 
+def has_call_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run a hook of its own or a global one besides its ``forward``."""
+    return any(_global_hooks()) or any(getattr(module, name) for name in _MODULE_HOOKS)
+
+
 def chained_layers(module: nn.Module) -> list[Step]:
     """Steps that, applied in turn, compute ``module.forward``: one per layer (see :func:`layer_step`).
 

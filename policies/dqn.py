@@ -11,7 +11,14 @@ from stable_baselines3.dqn import policies as sb3
 from torch import nn
 
 from crl.policies.base import ContinualPolicyMixin
-from crl.policies.direct_forward import DirectLayers, Step, chained_layers, kept_direct_layers, run_layers
+from crl.policies.direct_forward import (
+    DirectLayers,
+    Step,
+    chained_layers,
+    has_call_hooks,
+    kept_direct_layers,
+    run_layers,
+)
 from crl.policies.two_hot import TwoHot
 
 
@@ -84,10 +91,11 @@ class DQNPolicyMixin(ContinualPolicyMixin):
         """The Q-network's modules on crl's preprocessing when it runs SB3's forward, else its module call.
 
         :meth:`preprocessed` normalises a probe batch of 1,024 Atari frame stacks in 55 ms against SB3's
-        105 ms (the float copy divided in place).
+        105 ms (the float copy divided in place). A hook on the Q-network itself, or a global one, takes
+        the module call, which runs it.
         """
         q_net = self.q_net
-        if not _runs_sb3s_forward(q_net):
+        if not _runs_sb3s_forward(q_net) or has_call_hooks(q_net):
             q_net(observations)
             return
         q_net.q_net(q_net.features_extractor(self.preprocessed(observations, q_net)))

@@ -187,6 +187,23 @@ def test_probe_pass_runs_a_q_networks_own_methods(method: str) -> None:
     assert calls == [method]
 
 
+@pytest.mark.parametrize("scope", ["module", "global"])
+def test_probe_pass_runs_a_hook_on_the_q_network(scope: str) -> None:
+    policy = DQNPolicy(BOX, DISCRETE, LR)
+    called: list[nn.Module] = []
+
+    def hook(module: nn.Module, inputs: tuple[th.Tensor], output: th.Tensor) -> None:
+        called.append(module)
+
+    if scope == "module":
+        handle = policy.q_net.register_forward_hook(hook)
+    else:
+        handle = nn.modules.module.register_module_forward_hook(hook)
+    policy.hidden_features(th.zeros(7, 4))
+    handle.remove()
+    assert any(module is policy.q_net for module in called)
+
+
 def test_probe_pass_runs_an_actor_critics_own_extract_features() -> None:
     calls: list[int] = []
 

@@ -290,7 +290,7 @@ def lower_gram(rows: th.Tensor, block_rows: int = GRAM_BLOCK_ROWS) -> th.Tensor:
     and the diagonal blocks, about 56 % of the full product's arithmetic for 1,024 rows in blocks of 128
     (a triangular BLAS product, ``syrk``, is not exposed by torch). An entry is the same dot product as
     in the full product, summed by a smaller matrix product: it may differ from it in the last bits
-    (1e-14 of the entry on ReLU features).
+    (about 1e-14 of the entry on ReLU features).
     """
     n = rows.shape[0]
     gram = rows.new_zeros(n, n)
