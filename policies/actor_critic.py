@@ -30,10 +30,7 @@ def _actor_critic_layers(policy: nn.Module) -> _ActorCriticLayers | None:
     """The layers of SB3's ``ActorCriticPolicy.forward`` with a shared features extractor, else ``None``."""
     if not isinstance(policy, sb3.ActorCriticPolicy) or not policy.share_features_extractor:
         return None
-    if (
-        type(policy).extract_features is not sb3.ActorCriticPolicy.extract_features
-        or type(policy.mlp_extractor) is not MlpExtractor
-    ):
+    if not _runs_sb3s_extract_features(policy) or type(policy.mlp_extractor) is not MlpExtractor:
         return None
     extractor = policy.mlp_extractor
     return _ActorCriticLayers(
@@ -42,6 +39,11 @@ def _actor_critic_layers(policy: nn.Module) -> _ActorCriticLayers | None:
         chained_layers(extractor.value_net),
         layer_step(policy.value_net),
     )
+
+
+def _runs_sb3s_extract_features(policy: nn.Module) -> bool:
+    """Whether ``policy`` extracts features with SB3's ``ActorCriticPolicy.extract_features``."""
+    return type(policy).extract_features is sb3.ActorCriticPolicy.extract_features  # type: ignore[attr-defined]
 
 
 class _ActorCriticMixin(ContinualPolicyMixin):
@@ -154,7 +156,7 @@ class _ActorCriticMixin(ContinualPolicyMixin):
         :meth:`preprocessed` normalises a probe batch of 1,024 Atari frame stacks in 55 ms against SB3's
         105 ms (the float copy divided in place). A subclass's own ``extract_features`` is called instead.
         """
-        if type(self).extract_features is not sb3.ActorCriticPolicy.extract_features:
+        if not _runs_sb3s_extract_features(self):
             return self.extract_features(observations)  # type: ignore[attr-defined]
         return self.features_extractor(self.preprocessed(observations, self))  # type: ignore[attr-defined,arg-type]
 
