@@ -422,16 +422,36 @@ def _finish(process: subprocess.Popen[bytes], code: int = 0) -> None:
     assert process.returncode == code, error.decode()[-3000:]
 
 
-LONGER = CURRICULUM.replace("steps_per_task: 200", "steps_per_task: 600")
-"""Trials of a few seconds, to be interrupted in the middle."""
+LONGER = CURRICULUM.replace("steps_per_task: 200", "steps_per_task: 1500")
+"""Trials of about two seconds, to be interrupted in the middle."""
+
+
+def _stop_in_a_trial(process: subprocess.Popen[bytes], url: str, name: str, condition) -> optuna.trial.FrozenTrial:
+    """The first trial meeting ``condition`` during which ``process`` was stopped (SIGSTOP).
+
+    A signal sent to the stopped process lands in the middle of that trial however fast trials
+    run: a trial seen RUNNING may have finished before the stop, so its state is read again.
+    """
+    finished: set[int] = set()
+    while True:
+        trial = _wait_for_trial(url, name, lambda trial: trial.number not in finished and condition(trial))
+        process.send_signal(signal.SIGSTOP)
+        time.sleep(0.2)  # a commit the process sent before it stopped reaches the storage
+        if _study(url, name).trials[trial.number].state == TrialState.RUNNING:
+            return trial
+        finished.add(trial.number)
+        process.send_signal(signal.SIGCONT)
 
 
 def test_an_interrupted_study_relaunched_with_its_name_continues(directory: Path) -> None:
     (directory / "curriculum.yaml").write_text(LONGER)
     path = _write(directory, n_trials=3)
     process = _launch(directory, str(path))
-    _wait_for_trial(_optuna(directory), "study", lambda trial: trial.number == 1 and trial.state == TrialState.RUNNING)
-    process.send_signal(signal.SIGINT)
+    _stop_in_a_trial(
+        process, _optuna(directory), "study", lambda trial: trial.number == 1 and trial.state == TrialState.RUNNING
+    )
+    process.send_signal(signal.SIGINT)  # handled once the process continues, in trial 1
+    process.send_signal(signal.SIGCONT)
     _finish(process, INTERRUPTED_EXIT)
     before = _study(_optuna(directory), "study").trials
     assert [trial.state for trial in before] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
@@ -491,14 +511,14 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_the_other(directory: Pa
     victim, survivor = (
         _launch(directory, str(path), "--storage", POSTGRES_URL, "--study-name", name) for _ in range(2)
     )
-    killed = _wait_for_trial(
+    killed = _stop_in_a_trial(
+        victim,
         POSTGRES_URL,  # type: ignore[arg-type]
         name,
         lambda trial: (
             trial.state == TrialState.RUNNING and trial.user_attrs.get(WORKER_ATTR, "").endswith(f":{victim.pid}")
         ),
     )
-    time.sleep(1.0)  # in the middle of its training
     victim.kill()
     victim.wait()
     _finish(survivor)
