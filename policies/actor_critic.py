@@ -135,7 +135,7 @@ class _ActorCriticMixin(ContinualPolicyMixin):
     def output_layers(self) -> dict[str, list[str]]:
         return {"actor": ["action_net"], "critic": ["value_net"]}
 
-    def _run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
+    def run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
         """The actor's and the critic's passes, through a shared features extractor once.
 
         ``get_distribution`` and ``predict_values`` would each run the shared extractor, and the

@@ -364,11 +364,18 @@ class ContinualPolicyMixin:
         obs = self._to_tensor(observations)
         act = None if actions is None else self._to_tensor(actions)
         with th.no_grad(), self.record_features() as recorder:
-            self._run_networks(obs, act)
+            self.run_networks(obs, act)
         return recorder.features()
 
-    def _run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
-        """One forward pass through every trained network."""
+    def run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
+        """One forward pass through every trained network, for a :meth:`record_features` recorder
+        (the metric suite, ReDo's check, PFO's frozen copy). A policy class for a new algorithm
+        implements it; a network shared by several (PPO's features extractor) runs once.
+
+        :param observations: a batch of observations on the policy's device
+        :param actions: actions for networks that take them (SAC's critics); ``None`` lets the
+            policy choose (the actor's deterministic actions)
+        """
         raise NotImplementedError
 
     def _to_tensor(self, array: th.Tensor | np.ndarray) -> th.Tensor:

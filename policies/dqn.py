@@ -87,7 +87,7 @@ class DQNPolicyMixin(ContinualPolicyMixin):
     def target_networks(self) -> dict[str, str]:
         return {"q_net": "q_net_target"}
 
-    def _run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
+    def run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
         """The Q-network's modules on crl's preprocessing when it runs SB3's forward, else its module call.
 
         :meth:`preprocessed` normalises a probe batch of 1,024 Atari frame stacks in 55 ms against SB3's

@@ -120,7 +120,7 @@ class SACPolicyMixin(ContinualPolicyMixin):
         heads = ["actor.mu", "actor.log_std"] if isinstance(self.actor.log_std, th.nn.Module) else ["actor.mu"]
         return {"actor": heads}
 
-    def _run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
+    def run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
         actions_pi = self.actor(observations, deterministic=True)
         self.critic(observations, actions_pi if actions is None else actions)
 

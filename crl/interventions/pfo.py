@@ -64,7 +64,7 @@ class PFO(Intervention):
         observations = step.batch.observations
         with th.no_grad(), self._recorder:
             if self.critic:  # both paths, through a shared features extractor once
-                self._frozen._run_networks(observations, None)  # type: ignore[operator]
+                self._frozen.run_networks(observations, None)  # type: ignore[operator]
             else:
                 self._frozen.get_distribution(observations)  # type: ignore[operator]
         old = self._recorder.features()
