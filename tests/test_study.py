@@ -430,7 +430,8 @@ def _stop_in_a_trial(process: subprocess.Popen[bytes], url: str, name: str, cond
     """The first trial meeting ``condition`` during which ``process`` was stopped (SIGSTOP).
 
     A signal sent to the stopped process lands in the middle of that trial however fast trials
-    run: a trial seen RUNNING may have finished before the stop, so its state is read again.
+    run: a trial seen RUNNING may have finished before the stop, so its state is read again. For a
+    server's storage: a process stopped inside a SQLite write would lock the file.
     """
     finished: set[int] = set()
     while True:
@@ -447,11 +448,10 @@ def test_an_interrupted_study_relaunched_with_its_name_continues(directory: Path
     (directory / "curriculum.yaml").write_text(LONGER)
     path = _write(directory, n_trials=3)
     process = _launch(directory, str(path))
-    _stop_in_a_trial(
-        process, _optuna(directory), "study", lambda trial: trial.number == 1 and trial.state == TrialState.RUNNING
-    )
-    process.send_signal(signal.SIGINT)  # handled once the process continues, in trial 1
-    process.send_signal(signal.SIGCONT)
+    # Seen within a poll (0.2 s) of its start, trial 1 is interrupted in the middle. Stopping the process
+    # first (_stop_in_a_trial) could leave SQLite locked by it.
+    _wait_for_trial(_optuna(directory), "study", lambda trial: trial.number == 1 and trial.state == TrialState.RUNNING)
+    process.send_signal(signal.SIGINT)
     _finish(process, INTERRUPTED_EXIT)
     before = _study(_optuna(directory), "study").trials
     assert [trial.state for trial in before] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
