@@ -175,16 +175,26 @@ def _stored(store: str, n_envs: int, steps: int, observation_space: spaces.Space
     ],
 )
 @pytest.mark.parametrize(("n_envs", "steps"), [(1, 12), (3, 12), (2, 45)])
-@pytest.mark.parametrize("handle_timeout_termination", [True, False])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"handle_timeout_termination": True},
+        {"handle_timeout_termination": False},
+        {"optimize_memory_usage": True, "handle_timeout_termination": False},  # next observations in observations
+    ],
+    ids=["timeouts", "no_timeouts", "memory_saving"],
+)
 def test_add_transition_stores_sb3s_entries(
-    observation_space: spaces.Space, n_envs: int, steps: int, handle_timeout_termination: bool
+    observation_space: spaces.Space, n_envs: int, steps: int, kwargs: dict[str, bool]
 ) -> None:
     """Every field, the position and the fullness; 45 steps wrap the 20 slots twice."""
-    kwargs = {"handle_timeout_termination": handle_timeout_termination}
     sb3s = _stored("sb3", n_envs, steps, observation_space, **kwargs)
     ours = _stored("crl", n_envs, steps, observation_space, **kwargs)
     assert sb3s.dones.sum() > 0  # some episodes ended
     for field in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+        if not hasattr(sb3s, field):  # the memory-saving layout keeps no array of next observations
+            assert not hasattr(ours, field), field
+            continue
         theirs, mine = getattr(sb3s, field), getattr(ours, field)
         assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs), field
     assert (ours.pos, ours.full) == (sb3s.pos, sb3s.full)
@@ -228,35 +238,40 @@ def test_add_transition_leaves_other_buffers_and_arrays_to_the_buffers_add() -> 
     add_transition(replaced, *transition())
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setattr(ReplayBuffer, "add", lambda self, *args: calls.append((str(self.obs_shape), args[1])))
-        compact = ReplayBuffer(
-            5, box, spaces.Discrete(2), "cpu", optimize_memory_usage=True, handle_timeout_termination=False
-        )
-        add_transition(compact, *transition())
         add_transition(ReplayBuffer(5, spaces.Discrete(6), spaces.Discrete(2), device="cpu"), *transition())
         # float64 observations for a float32 buffer: SB3 writes the terminal one into their float64 copy first
         add_transition(ReplayBuffer(5, box, spaces.Discrete(2), device="cpu"), *transition(np.float64))
         listed = list(transition())
         listed[3] = [1.0]
         add_transition(ReplayBuffer(5, box, spaces.Discrete(2), device="cpu"), *listed)
-    assert [name for name, _ in calls] == ["CountingBuffer", "instance", "(4,)", "(1,)", "(4,)", "(4,)"]
+    assert [name for name, _ in calls] == ["CountingBuffer", "instance", "(1,)", "(4,)", "(4,)"]
     assert all(np.array_equal(next_obs, np.full((1, 4), 7.0)) for _, next_obs in calls)
-    assert calls[4][1].dtype == np.float64
+    assert calls[3][1].dtype == np.float64
 
 
 def test_algorithms_store_sb3s_transitions_through_add_transition() -> None:
-    """DQN and SAC learn from buffers equal to SB3's, and the fast path is taken for both."""
-    for name, env_id in (("DQN", "CartPole-v1"), ("SAC", "Pendulum-v1")):
+    """DQN (also with the memory-saving layout) and SAC learn from buffers equal to SB3's, through the fast path."""
+    memory_saving = {"optimize_memory_usage": True, "replay_buffer_kwargs": {"handle_timeout_termination": False}}
+    for name, env_id, kwargs in (
+        ("DQN", "CartPole-v1", {}),
+        ("DQN", "CartPole-v1", memory_saving),
+        ("SAC", "Pendulum-v1", {}),
+    ):
         buffers = {}
         for library in (sb3, crl):
             env = DummyVecEnv([lambda env_id=env_id: gym.make(env_id)] * 2)
-            model = getattr(library, name)("MlpPolicy", env, learning_starts=10_000, seed=0, device="cpu")
+            model = getattr(library, name)(
+                "MlpPolicy", env, learning_starts=10_000, buffer_size=250, seed=0, device="cpu", **kwargs
+            )
             with pytest.MonkeyPatch.context() as monkeypatch:
                 if library is crl:
                     monkeypatch.setattr(ReplayBuffer, "add", None)  # the fast path does not call it
                 model.learn(300)
             buffers[library] = model.replay_buffer
         for field in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
-            assert np.array_equal(getattr(buffers[crl], field), getattr(buffers[sb3], field)), (name, field)
+            theirs, mine = getattr(buffers[sb3], field, None), getattr(buffers[crl], field, None)
+            assert (theirs is mine is None) or np.array_equal(mine, theirs), (name, kwargs, field)
+        assert (buffers[crl].pos, buffers[crl].full) == (buffers[sb3].pos, True)  # wrapped around
 
 
 @pytest.mark.parametrize(

@@ -147,6 +147,15 @@ def test_zero_grad_sets_every_gradient_to_none_and_calls_a_replaced_one() -> Non
     assert calls == [True] and th.equal(parameter.grad, th.zeros(3))
 
 
+LAYOUTS = {
+    "timeouts": {"handle_timeout_termination": True},
+    "no_timeouts": {"handle_timeout_termination": False},
+    # SB3's usual Atari setting: one array of observations, a transition's next one in the following slot
+    "memory_saving": {"optimize_memory_usage": True, "handle_timeout_termination": False},
+}
+"""Replay buffer keyword arguments of each layout SB3 stores transitions in."""
+
+
 def _filled_buffer(
     observation_space: spaces.Space, action_space: spaces.Space, n_envs: int, steps: int, **kwargs
 ) -> ReplayBuffer:
@@ -174,18 +183,12 @@ def _filled_buffer(
     ],
 )
 @pytest.mark.parametrize(("n_envs", "steps"), [(1, 30), (3, 30), (2, 80)])
-@pytest.mark.parametrize("handle_timeout_termination", [True, False])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=list(LAYOUTS))
 def test_sample_replay_is_sb3s_minibatch(
-    observation_space: spaces.Space,
-    action_space: spaces.Space,
-    n_envs: int,
-    steps: int,
-    handle_timeout_termination: bool,
+    observation_space: spaces.Space, action_space: spaces.Space, n_envs: int, steps: int, layout: str
 ) -> None:
     """Same entries from the same draws, same dtypes, shapes and strides; a full buffer (80 additions) too."""
-    buffer = _filled_buffer(
-        observation_space, action_space, n_envs, steps, handle_timeout_termination=handle_timeout_termination
-    )
+    buffer = _filled_buffer(observation_space, action_space, n_envs, steps, **LAYOUTS[layout])
     np.random.seed(1)
     sb3s = buffer.sample(16)
     next_draw_after_sb3s = np.random.randint(1 << 30)
@@ -229,12 +232,11 @@ def test_sample_replay_leaves_other_buffers_and_normalized_envs_to_their_sample(
     gathered = _filled_buffer(box, discrete, 1, 30)
     gathered._get_samples = lambda batch_inds, env=None: calls.append("gather")  # type: ignore[method-assign]
     sample_replay(gathered, 4)
-    compact = _filled_buffer(box, discrete, 1, 30, optimize_memory_usage=True, handle_timeout_termination=False)
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(ReplayBuffer, "sample", lambda self, batch_size, env=None: calls.append("compact"))
-        sample_replay(compact, 4)
+        monkeypatch.setattr(ReplayBuffer, "sample", lambda self, batch_size, env=None: calls.append("sb3"))
+        sample_replay(_filled_buffer(box, discrete, 1, 30, **LAYOUTS["memory_saving"]), 4)  # the fast path
         sample_replay(_filled_buffer(box, discrete, 1, 30), 4, env=object())  # type: ignore[arg-type]
-    assert calls == ["CountingBuffer", "instance", "gather", "compact", "compact"]
+    assert calls == ["CountingBuffer", "instance", "gather", "sb3"]
 
 
 @pytest.mark.parametrize("algorithm", ["DQN", "SAC"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import stable_baselines3 as sb3
 import torch as th
+from stable_baselines3.common.buffers import ReplayBuffer
 
 import crl
 from crl.hooks import GradientStep
@@ -45,6 +46,19 @@ def assert_same_training(reference, candidate) -> None:
 def test_identical_to_sb3_without_interventions(name: str) -> None:
     reference = _train(getattr(sb3, name), name)
     candidate = _train(getattr(crl, name), name)
+    assert_same_training(reference, candidate)
+
+
+def test_dqn_with_the_memory_saving_replay_layout_trains_like_sb3s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SB3's usual Atari setting (one array of observations) takes crl's replay path, past a wrap-around."""
+    memory_saving = dict(
+        buffer_size=1000, optimize_memory_usage=True, replay_buffer_kwargs=dict(handle_timeout_termination=False)
+    )
+    reference = _train(sb3.DQN, "DQN", **memory_saving)
+    for method in ("add", "sample"):  # crl's path calls neither
+        monkeypatch.setattr(ReplayBuffer, method, None)
+    candidate = _train(crl.DQN, "DQN", **memory_saving)
+    assert candidate.replay_buffer.full and candidate.replay_buffer.optimize_memory_usage
     assert_same_training(reference, candidate)
 
 

@@ -22,35 +22,50 @@ def sample_replay(buffer: ReplayBuffer, batch_size: int, env: VecNormalize | Non
     CartPole, and two copies of 0.9 MB per batch of 32 stacked Atari frames. Here the same random
     draws (batch indices, then env indices) select the same entries, and ``th.from_numpy`` wraps the
     new arrays: equal tensors of the same dtypes and strides, which share memory with nothing but the
-    arrays made for them. A subclass of ``ReplayBuffer``, a buffer whose sampling methods were
-    replaced on the instance, a buffer on another device, the memory-saving layout
-    (``optimize_memory_usage``) and a ``VecNormalize`` env get the buffer's ``sample``.
+    arrays made for them. The memory-saving layout (``optimize_memory_usage``, SB3's usual Atari
+    setting) reads a transition's next observation from the following slot, as SB3 does. A subclass
+    of ``ReplayBuffer``, a buffer whose sampling methods were replaced on the instance, a buffer on
+    another device and a ``VecNormalize`` env get the buffer's ``sample``.
     """
     if not _plain_sb3_buffer(buffer) or env is not None:
         return buffer.sample(batch_size, env=env)
-    upper_bound = buffer.buffer_size if buffer.full else buffer.pos
-    batch_indices = np.random.randint(0, upper_bound, size=batch_size)
+    batch_indices = _batch_indices(buffer, batch_size)
     env_indices = np.random.randint(0, high=buffer.n_envs, size=(batch_size,))
     entries = (batch_indices, env_indices)
+    if buffer.optimize_memory_usage:
+        next_observations = buffer.observations[(batch_indices + 1) % buffer.buffer_size, env_indices]
+    else:
+        next_observations = buffer.next_observations[entries]
     # Episode ends by time limit are not terminal (the timeouts are all False unless handled)
     dones = buffer.dones[entries] * (1 - buffer.timeouts[entries])
     return ReplayBufferSamples(
         observations=th.from_numpy(buffer.observations[entries]),
         actions=th.from_numpy(buffer.actions[entries]),
-        next_observations=th.from_numpy(buffer.next_observations[entries]),
+        next_observations=th.from_numpy(next_observations),
         dones=th.from_numpy(dones.reshape(-1, 1)),
         rewards=th.from_numpy(buffer.rewards[entries].reshape(-1, 1)),
     )
 
 
+def _batch_indices(buffer: ReplayBuffer, batch_size: int) -> np.ndarray:
+    """The slots of a minibatch's transitions, drawn as SB3's ``sample`` draws them."""
+    if not buffer.optimize_memory_usage:
+        upper_bound = buffer.buffer_size if buffer.full else buffer.pos
+        return np.random.randint(0, upper_bound, size=batch_size)
+    # The slot at pos holds the newest transition's next observation: no stored transition starts there
+    if buffer.full:
+        return (np.random.randint(1, buffer.buffer_size, size=batch_size) + buffer.pos) % buffer.buffer_size
+    return np.random.randint(0, buffer.pos, size=batch_size)
+
+
 def _plain_sb3_buffer(buffer: ReplayBuffer) -> bool:
-    """Whether ``buffer.sample`` is SB3's ``ReplayBuffer.sample`` of the default layout, on the CPU."""
+    """Whether ``buffer.sample`` is SB3's ``ReplayBuffer.sample``, on the CPU."""
     return _sb3s_default_buffer(buffer, ("sample", "_get_samples")) and buffer.device.type == "cpu"
 
 
 def _sb3s_default_buffer(buffer: ReplayBuffer, methods: tuple[str, ...]) -> bool:
-    """Whether ``buffer`` is SB3's own ``ReplayBuffer`` of the default layout, ``methods`` not replaced on it."""
-    return type(buffer) is ReplayBuffer and vars(buffer).keys().isdisjoint(methods) and not buffer.optimize_memory_usage
+    """Whether ``buffer`` is SB3's own ``ReplayBuffer``, ``methods`` not replaced on it."""
+    return type(buffer) is ReplayBuffer and vars(buffer).keys().isdisjoint(methods)
 
 
 def add_transition(
@@ -68,9 +83,10 @@ def add_transition(
     env has already reset it: ``infos[i]["terminal_observation"]``). SB3 deep-copies ``new_obs`` to
     write those rows, and its ``add`` copies each of the five arrays once more (``np.array``) before
     assigning it into the buffer, which copies it again. Here each array is assigned once, and the
-    ended episodes' rows are written into the buffer's row of next observations: the same entries
-    (``_store_transition`` of a CartPole step: 3.9 against 6.0 us, ``bench/hot_path.py``). A
-    subclass of ``ReplayBuffer``, an ``add`` replaced on the instance, the memory-saving layout, a
+    ended episodes' rows are written into the buffer's row of next observations (in the memory-saving
+    layout, the following slot of observations, after this step's observations, as SB3 writes them):
+    the same entries (``_store_transition`` of a CartPole step: 3.9 against 6.0 us,
+    ``bench/hot_path.py``). A subclass of ``ReplayBuffer``, an ``add`` replaced on the instance, a
     ``Discrete`` observation space and arrays that are not plain NumPy arrays of the buffer's
     observation dtype take SB3's way.
     """
@@ -81,7 +97,10 @@ def add_transition(
         return
     pos = buffer.pos
     buffer.observations[pos] = obs
-    next_observations = buffer.next_observations[pos]
+    if buffer.optimize_memory_usage:
+        next_observations = buffer.observations[(pos + 1) % buffer.buffer_size]
+    else:
+        next_observations = buffer.next_observations[pos]
     next_observations[...] = new_obs
     _write_terminal_observations(next_observations, dones.tolist(), infos)
     buffer.actions[pos] = action.reshape((buffer.n_envs, buffer.action_dim))
@@ -122,6 +141,6 @@ def _adds_plainly(buffer: ReplayBuffer, obs: Any, new_obs: Any, action: Any, rew
         and type(action) is ndarray
         and type(reward) is ndarray
         and type(dones) is ndarray
-        and new_obs.dtype == buffer.next_observations.dtype
+        and new_obs.dtype == buffer.observations.dtype
         and not new_obs.dtype.hasobject
     )
