@@ -1,9 +1,11 @@
 """Where a throughput run's wall time goes, without a profiler: gradient steps against collection.
 
-``python -m bench.time_split [--config dqn_cartpole] [--steps 100000] [--reps 3] [--write docs/performance.md]``
+``python -m bench.time_split [--config dqn_cartpole] [--steps 100000] [--reps 3] [--in-process]
+[--write docs/performance.md]``
 
 Trains the configuration of ``bench/overhead.py`` with plain SB3 and with crl (no interventions, no
-metrics), interleaved, on one torch thread, and times the ``train()`` calls inside ``learn()``; the rest
+metrics), interleaved, each run in a fresh process on one torch thread (as ``bench/overhead.py`` does;
+``--in-process``: all in this one), and times the ``train()`` calls inside ``learn()``; the rest
 of ``learn()`` is the collection (acting, environment steps, replay buffer, callbacks, logging).
 Gradient steps do the same computation in both libraries, so SB3's ``train()`` time bounds the speedup
 any collection shortcut can give: ``sb3 total / sb3 train time``. ``--write FILE`` replaces the
@@ -24,7 +26,7 @@ from rich.table import Table
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
-from bench.overhead import CONFIGS, build, write_block
+from bench.overhead import CONFIGS, build, in_fresh_process, write_block
 
 AGENTS = ("sb3", "crl")
 Split = dict[str, list[tuple[float, float]]]
@@ -54,12 +56,22 @@ def timed_split(config: str, agent: str, steps: int, seed: int = 0) -> tuple[flo
     return elapsed, inside
 
 
-def measure(config: str, steps: int, repetitions: int, console: Console) -> Split:
+def timed_split_on_one_thread(config: str, agent: str, steps: int) -> tuple[float, float]:
+    """:func:`timed_split` on one torch thread (what a fresh process runs)."""
     th.set_num_threads(1)
+    return timed_split(config, agent, steps)
+
+
+def measure(config: str, steps: int, repetitions: int, console: Console, fresh_processes: bool = True) -> Split:
+    """:param fresh_processes: each run in a new process (``bench.overhead.in_fresh_process``), else in this one"""
     split: Split = {agent: [] for agent in AGENTS}
     for repetition in range(repetitions):
         for agent in AGENTS[repetition % 2 :] + AGENTS[: repetition % 2]:
-            total, train = timed_split(config, agent, steps)
+            run = (config, agent, steps)
+            if fresh_processes:
+                total, train = in_fresh_process(timed_split_on_one_thread, *run)
+            else:
+                total, train = timed_split_on_one_thread(*run)
             split[agent].append((total, train))
             console.print(f"rep {repetition + 1}/{repetitions} {agent}: {total:.2f} s, train() {train:.2f} s")
     return split
@@ -76,13 +88,14 @@ def rows(split: Split, steps: int) -> list[list[str]]:
     return table
 
 
-def markdown(split: Split, config: str, steps: int, repetitions: int) -> str:
+def markdown(split: Split, config: str, steps: int, repetitions: int, in_process: bool = False) -> str:
     sb3_total = statistics.median(run[0] for run in split["sb3"])
     sb3_train = statistics.median(run[1] for run in split["sb3"])
     lines = [
         "<!-- split:begin -->",
         "",
-        f"Command: `python -m bench.time_split --config {config} --steps {steps} --reps {repetitions}` "
+        f"Command: `python -m bench.time_split --config {config} --steps {steps} --reps {repetitions}"
+        f"{' --in-process' if in_process else ''}` "
         f"(medians of {repetitions} repetitions).",
         "",
         "| agent | `learn()` (s) | inside `train()` (s) | collection (s) | collection per env step (us) |",
@@ -102,16 +115,17 @@ def main() -> None:
     parser.add_argument("--config", default="dqn_cartpole", choices=sorted(CONFIGS))
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--in-process", action="store_true", help="time every run in this process")
     parser.add_argument("--write", type=Path, help="write the table into this Markdown file's split block")
     args = parser.parse_args()
     console = Console()
-    split = measure(args.config, args.steps, args.reps, console)
+    split = measure(args.config, args.steps, args.reps, console, not args.in_process)
     table = Table("agent", "learn() s", "train() s", "collection s", "us/step")
     for row in rows(split, args.steps):
         table.add_row(*row)
     console.print(table)
     if args.write:
-        write_block(args.write, markdown(split, args.config, args.steps, args.reps))
+        write_block(args.write, markdown(split, args.config, args.steps, args.reps, args.in_process))
 
 
 if __name__ == "__main__":

@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from unittest.mock import patch
 
 import pytest
 import stable_baselines3 as sb3
 import torch as th
+from rich.console import Console
 from stable_baselines3.common.env_util import make_atari_env
 from stable_baselines3.common.torch_layers import NatureCNN
 from stable_baselines3.common.vec_env import VecFrameStack
 
 import crl
-from bench.overhead import BEGIN, CONFIGS, END, build, load, markers, ratio_rows, repetitions, write_block
+from bench.overhead import (
+    BEGIN,
+    CONFIGS,
+    END,
+    TableSpec,
+    build,
+    in_fresh_process,
+    load,
+    markers,
+    measure,
+    ratio_rows,
+    repetitions,
+    timed_learn_by_name,
+    write_block,
+)
 from bench.sb3_layer_norm import with_layer_norm
 from bench.single_file_dqn import timed_single_file_dqn
 from crl.interventions import LayerNorm
@@ -152,3 +168,32 @@ def test_sb3_with_layer_norms_has_crls_layer_norms_in_a_nature_cnn(algorithm: st
     extractor = next(module for module in reference.policy.modules() if isinstance(module, NatureCNN))
     shapes = [tuple(m.normalized_shape) for m in extractor.modules() if isinstance(m, th.nn.LayerNorm)]
     assert shapes == [(32, 20, 20), (64, 9, 9), (64, 7, 7), (512,)]  # once per layer, convolutions over (C, H, W)
+
+
+def test_each_timed_run_gets_a_fresh_process_unless_in_process() -> None:
+    """A run made after others in one process inherits their heap: each gets its own process by default."""
+    spec = TableSpec(agents=("sb3", "crl"), runs={"sac_pendulum": 101}, speedup=True, targets={"sac_pendulum": 1.0})
+    runs: list[str] = []
+
+    def in_a_fresh_process(function, name: str, agent: str, seed: int, steps: int) -> float:
+        runs.append(f"fresh {agent}")
+        return 1.0
+
+    def in_this_process(name: str, agent: str, seed: int, steps: int) -> float:
+        assert (name, seed, steps) == ("sac_pendulum", 0, 101) and th.get_num_threads() == 1
+        runs.append(f"here {agent}")
+        return 2.0
+
+    with patch.multiple("bench.overhead", in_fresh_process=in_a_fresh_process, timed_learn_by_name=in_this_process):
+        fresh = measure(spec, ["sac_pendulum"], 2, seed=0, scale=1.0, console=Console(quiet=True))
+        kept = measure(spec, ["sac_pendulum"], 2, 0, 1.0, Console(quiet=True), fresh_processes=False)
+    assert fresh == {"sac_pendulum": {"sb3": [1.0, 1.0], "crl": [1.0, 1.0]}}
+    assert kept == {"sac_pendulum": {"sb3": [2.0, 2.0], "crl": [2.0, 2.0]}}
+    # the order rotates between repetitions
+    assert runs == ["fresh sb3", "fresh crl", "fresh crl", "fresh sb3", "here sb3", "here crl", "here crl", "here sb3"]
+
+
+def test_a_fresh_process_runs_the_function_on_one_torch_thread_and_returns_its_result() -> None:
+    assert in_fresh_process(os.getpid) != os.getpid()
+    seconds = in_fresh_process(timed_learn_by_name, "sac_pendulum", "crl", 0, 110)  # 10 gradient steps
+    assert isinstance(seconds, float) and seconds > 0

@@ -14,6 +14,7 @@ def test_rows_give_medians_and_collection_per_step() -> None:
     block = markdown(split, "dqn_cartpole", 100_000, 3)
     assert block.startswith("<!-- split:begin -->") and block.endswith("<!-- split:end -->")
     assert "SB3's `train()` = 2.22x" in block  # 40 / 18
+    assert "--reps 3` " in block and "--reps 3 --in-process` " in markdown(split, "dqn_cartpole", 100_000, 3, True)
 
 
 def test_train_time_is_part_of_the_run() -> None:
