@@ -319,14 +319,14 @@ def timed_learn(config: Config, agent: str, seed: int, steps: int) -> float:
 
 
 def timed_learn_by_name(name: str, agent: str, seed: int, steps: int) -> float:
-    """:func:`timed_learn` of configuration ``name`` on one torch thread (what a fresh process runs)."""
-    th.set_num_threads(1)
+    """:func:`timed_learn` of configuration ``name`` (a name crosses to a fresh process as it is)."""
     return timed_learn(CONFIGS[name], agent, seed, steps)
 
 
 def in_fresh_process(function: Callable[..., Result], *args: Any) -> Result:
-    """``function(*args)`` in a new Python process (``spawn``: nothing inherited but the arguments)."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    """``function(*args)`` in a new Python process on one torch thread (``spawn``: nothing else inherited)."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=th.set_num_threads, initargs=(1,)) as pool:
         return pool.submit(function, *args).result()
 
 

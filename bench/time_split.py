@@ -56,22 +56,14 @@ def timed_split(config: str, agent: str, steps: int, seed: int = 0) -> tuple[flo
     return elapsed, inside
 
 
-def timed_split_on_one_thread(config: str, agent: str, steps: int) -> tuple[float, float]:
-    """:func:`timed_split` on one torch thread (what a fresh process runs)."""
-    th.set_num_threads(1)
-    return timed_split(config, agent, steps)
-
-
 def measure(config: str, steps: int, repetitions: int, console: Console, fresh_processes: bool = True) -> Split:
     """:param fresh_processes: each run in a new process (``bench.overhead.in_fresh_process``), else in this one"""
+    th.set_num_threads(1)
     split: Split = {agent: [] for agent in AGENTS}
     for repetition in range(repetitions):
         for agent in AGENTS[repetition % 2 :] + AGENTS[: repetition % 2]:
             run = (config, agent, steps)
-            if fresh_processes:
-                total, train = in_fresh_process(timed_split_on_one_thread, *run)
-            else:
-                total, train = timed_split_on_one_thread(*run)
+            total, train = in_fresh_process(timed_split, *run) if fresh_processes else timed_split(*run)
             split[agent].append((total, train))
             console.print(f"rep {repetition + 1}/{repetitions} {agent}: {total:.2f} s, train() {train:.2f} s")
     return split

@@ -195,5 +195,6 @@ def test_each_timed_run_gets_a_fresh_process_unless_in_process() -> None:
 
 def test_a_fresh_process_runs_the_function_on_one_torch_thread_and_returns_its_result() -> None:
     assert in_fresh_process(os.getpid) != os.getpid()
+    assert in_fresh_process(th.get_num_threads) == 1  # torch's default: one thread per core
     seconds = in_fresh_process(timed_learn_by_name, "sac_pendulum", "crl", 0, 110)  # 10 gradient steps
     assert isinstance(seconds, float) and seconds > 0

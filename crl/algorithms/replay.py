@@ -60,10 +60,10 @@ def _batch_indices(buffer: ReplayBuffer, batch_size: int) -> np.ndarray:
 
 def _plain_sb3_buffer(buffer: ReplayBuffer) -> bool:
     """Whether ``buffer.sample`` is SB3's ``ReplayBuffer.sample``, on the CPU."""
-    return _sb3s_default_buffer(buffer, ("sample", "_get_samples")) and buffer.device.type == "cpu"
+    return _sb3s_own_buffer(buffer, ("sample", "_get_samples")) and buffer.device.type == "cpu"
 
 
-def _sb3s_default_buffer(buffer: ReplayBuffer, methods: tuple[str, ...]) -> bool:
+def _sb3s_own_buffer(buffer: ReplayBuffer, methods: tuple[str, ...]) -> bool:
     """Whether ``buffer`` is SB3's own ``ReplayBuffer``, ``methods`` not replaced on it."""
     return type(buffer) is ReplayBuffer and vars(buffer).keys().isdisjoint(methods)
 
@@ -133,7 +133,7 @@ def _adds_plainly(buffer: ReplayBuffer, obs: Any, new_obs: Any, action: Any, rew
     """
     ndarray = np.ndarray
     return (
-        _sb3s_default_buffer(buffer, ("add",))
+        _sb3s_own_buffer(buffer, ("add",))
         and not isinstance(buffer.observation_space, spaces.Discrete)
         # Written out rather than all(...) over a generator: 0.7 us per environment step
         and type(obs) is ndarray
