@@ -19,6 +19,10 @@ Two tables, each from its own run:
   configuration also times plain SB3 with the same LayerNorms (``sb3_ln``,
   :mod:`bench.sb3_layer_norm`), the reference that does LayerNorm's arithmetic too: the table adds the
   row ``crl_ln_redo against sb3_ln`` (``sb3_ln time / crl_ln_redo time``, the configuration's target).
+  The Atari configurations also time crl in a process set up as ``python -m crl.train`` sets up its
+  own (``crl_train``: glibc keeps freed memory, :func:`crl.process.keep_freed_memory`) and plain SB3
+  with the same allocator setting (``sb3_kept_memory``), with the row ``crl_train against
+  sb3_kept_memory``: what a crl job gains over a plain SB3 script, and how much of it is the allocator.
 
 Every repetition runs the agents of a configuration back to back, in an order that rotates between
 repetitions, with the same seed and fresh environments, on one torch thread; only ``learn()`` is
@@ -79,6 +83,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 import crl
 from crl.interventions import LayerNorm, ReDo
 from crl.metrics import MetricsConfig
+from crl.process import keep_freed_memory
 from crl.wrappers.continual_world import metaworld_env
 from crl.wrappers.vec_env import DummyVecEnv
 
@@ -250,6 +255,13 @@ class TableSpec:
         return self.agents + self.references.get(name, ())
 
 
+KEPT_MEMORY_AGENTS = {"crl_train": "crl", "sb3_kept_memory": "sb3"}
+"""Agents timed in a process whose glibc keeps freed memory, as ``python -m crl.train`` sets it up -> the
+agent they otherwise are."""
+
+ATARI_REFERENCES = ("sb3_ln", *KEPT_MEMORY_AGENTS)
+"""The references timed beside the Atari configurations of the throughput table."""
+
 THROUGHPUT = {
     "dqn_cartpole": 100_000,
     "dqn_atari": 4_000,
@@ -271,8 +283,14 @@ TABLES: dict[str, TableSpec] = {
         runs=THROUGHPUT,
         speedup=True,
         targets={"dqn_cartpole": 1.5, "dqn_atari": 1.2, "sac_pendulum": 1.1, "ppo_cartpole": 1.0, "ppo_atari": 1.0},
-        references={name: ("single_file", "sb3_ln") if name == "dqn_cartpole" else ("sb3_ln",) for name in THROUGHPUT},
-        baselines={"crl_ln_redo": "sb3_ln"},
+        references={
+            "dqn_cartpole": ("single_file", "sb3_ln"),
+            "dqn_atari": ATARI_REFERENCES,
+            "sac_pendulum": ("sb3_ln",),
+            "ppo_cartpole": ("sb3_ln",),
+            "ppo_atari": ATARI_REFERENCES,
+        },
+        baselines={"crl_ln_redo": "sb3_ln", "crl_train": "sb3_kept_memory"},
     ),
 }
 Times = dict[str, dict[str, list[float]]]
@@ -290,10 +308,19 @@ SB3_LN = (
     "arithmetic without crl"
 )
 
+KEPT_MEMORY = (
+    "`crl_train` is crl in a process set up as `python -m crl.train` sets up its own: glibc's malloc keeps freed "
+    "memory (`crl.process.keep_freed_memory`: blocks below 32 MiB from the heap, trimmed only above 1 GiB free), "
+    "so the gradient steps' tensors do not page-fault their memory in again; `sb3_kept_memory` is plain SB3 in a "
+    "process with the same setting, the like-for-like reference for `crl_train`"
+)
+
 
 def build(config: Config, agent: str, seed: int) -> BaseAlgorithm:
     """The agent's model of ``config``: plain SB3 (with LayerNorms: ``sb3_ln``), or crl bare, with the
-    default metrics or with LayerNorm + ReDo."""
+    default metrics or with LayerNorm + ReDo. The agents of :data:`KEPT_MEMORY_AGENTS` build the model
+    of the agent they otherwise are."""
+    agent = KEPT_MEMORY_AGENTS.get(agent, agent)
     arguments = dict(config.hyperparameters, seed=seed, device="cpu")
     if agent in ("sb3", "sb3_ln"):
         model = getattr(sb3, config.algorithm)(config.policy, config.make_env(seed, SB3DummyVecEnv), **arguments)
@@ -308,6 +335,8 @@ def timed_learn(config: Config, agent: str, seed: int, steps: int) -> float:
     """Wall time in seconds of ``learn(steps)`` (construction not included), or of the single-file loop."""
     if agent == "single_file":
         return timed_single_file_dqn("CartPole-v1", steps, seed, config.hyperparameters)
+    if agent in KEPT_MEMORY_AGENTS and not keep_freed_memory():
+        raise RuntimeError(f"{agent}: glibc's malloc could not be set to keep freed memory here")
     model = build(config, agent, seed)
     env = model.get_env()
     start = time.perf_counter()
@@ -344,6 +373,9 @@ def measure(
     :param fresh_processes: each run in a new process (:func:`in_fresh_process`), else in this one
     """
     th.set_num_threads(1)
+    kept = sorted({agent for name in names for agent in spec.agents_of(name) if agent in KEPT_MEMORY_AGENTS})
+    if kept and not fresh_processes:
+        raise SystemExit(f"--in-process: {kept} set the allocator of their process for good; time them in fresh ones")
     times: Times = {name: {agent: [] for agent in spec.agents_of(name)} for name in names}
     for repetition in range(repetitions):
         for name in names:
@@ -444,6 +476,8 @@ def markdown(table: str, times: Times, command: str, scale: float) -> str:
         lines.append(f"- `single_file`: {SINGLE_FILE}")
     if any("sb3_ln" in by_agent for by_agent in times.values()):
         lines.append(f"- `sb3_ln`: {SB3_LN}")
+    if any("crl_train" in by_agent for by_agent in times.values()):
+        lines.append(f"- {KEPT_MEMORY}")
     lines += ["- steps per run: " + ", ".join(f"`{name}` {round(scale * spec.runs[name]):,}" for name in times)]
     lines += ["", end]
     return "\n".join(lines)

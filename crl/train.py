@@ -52,6 +52,7 @@ from crl.continual import (
 )
 from crl.continual.loop import ContinualPosition, TaskEndHook, request_checkpoint
 from crl.plotting import PlotError, write_run_plots
+from crl.process import ProcessSettings, add_keep_freed_memory_option
 from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from crl.tracking.mlflow_writer import MLflowOutputFormat
 from crl.tracking.runs import create_run, flatten
@@ -95,6 +96,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="torch threads per seed process (default 1: small RL batches gain little from more, and lose "
         "badly when the cores are shared)",
     )
+    add_keep_freed_memory_option(parser)
     return parser.parse_args(argv)
 
 
@@ -287,16 +289,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed for seed in seeds if seed not in children or client.get_run(children[seed]).info.status != "FINISHED"
     ]
     workers = min(args.workers or os.cpu_count() or 1, len(pending))
+    settings = ProcessSettings.from_args(args)
     previous_handler, previous_threads = signal.getsignal(signal.SIGINT), th.get_num_threads()
     try:
         if workers > 1:
             # The runs exist before any worker starts: an interrupted launch resumes them all by the parent's id.
             for seed in pending:
                 children.setdefault(seed, create_child_run(client, curriculum, name, seed, parent_id))
-            launch = ParallelLaunch(curriculum, source, parent_id, name, workers, console, args.torch_threads)
+            launch = ParallelLaunch(curriculum, source, parent_id, name, workers, console, settings)
             results = launch.run({seed: children[seed] for seed in pending})
         else:
-            th.set_num_threads(args.torch_threads)
+            settings.apply()
             signal.signal(signal.SIGINT, _checkpoint_and_stop)
             results = {}
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -477,7 +480,7 @@ class ParallelLaunch:
     :param name: the launch's name (child runs are ``<name>-seed<seed>``)
     :param workers: the number of processes
     :param console: where each finished or failed seed is reported
-    :param torch_threads: torch threads in each worker
+    :param settings: what each worker process sets up (torch threads, glibc's allocator)
     """
 
     def __init__(
@@ -488,14 +491,14 @@ class ParallelLaunch:
         name: str,
         workers: int,
         console: Console,
-        torch_threads: int = 1,
+        settings: ProcessSettings | None = None,
     ) -> None:
         self.curriculum = curriculum
         self.source = source
         self.parent_id = parent_id
         self.name = name
         self.workers = workers
-        self.torch_threads = torch_threads
+        self.settings = settings or ProcessSettings()
         self.console = console
         self.context = multiprocessing.get_context("spawn")
         self.stop = self.context.Event()
@@ -518,7 +521,7 @@ class ParallelLaunch:
                 self.workers,
                 mp_context=self.context,
                 initializer=_start_worker,
-                initargs=(self.stop, self.torch_threads),
+                initargs=(self.stop, self.settings),
             ) as executor:
                 futures: dict[Future[ContinualResult], int] = {
                     executor.submit(
@@ -566,12 +569,12 @@ _STOP: Event | None = None
 """In a worker: set by the parent after a Ctrl-C, so that the worker starts no further seed."""
 
 
-def _start_worker(stop: Event, torch_threads: int) -> None:
+def _start_worker(stop: Event, settings: ProcessSettings) -> None:
     global _STOP
     _STOP = stop
     if hasattr(os, "setpgrp"):
         os.setpgrp()  # out of the terminal's process group: Ctrl-C comes once, forwarded by the parent
-    th.set_num_threads(torch_threads)
+    settings.apply()
 
 
 def _train_in_worker(

@@ -28,6 +28,7 @@ from bench.overhead import (
     measure,
     ratio_rows,
     repetitions,
+    timed_learn,
     timed_learn_by_name,
     write_block,
 )
@@ -198,3 +199,44 @@ def test_a_fresh_process_runs_the_function_on_one_torch_thread_and_returns_its_r
     assert in_fresh_process(th.get_num_threads) == 1  # torch's default: one thread per core
     seconds = in_fresh_process(timed_learn_by_name, "sac_pendulum", "crl", 0, 110)  # 10 gradient steps
     assert isinstance(seconds, float) and seconds > 0
+
+
+def test_crl_as_its_job_runner_runs_it_gets_a_row_against_sb3_with_the_same_allocator() -> None:
+    times = {
+        "dqn_atari": {
+            "sb3": [44.0, 40.0],
+            "crl": [40.0, 40.0],
+            "crl_train": [36.0, 35.0],  # against sb3_kept_memory: 1.0, 1.2
+            "sb3_kept_memory": [36.0, 42.0],
+        }
+    }
+    rows = ratio_rows(times, table="throughput")
+    assert [row[1] for row in rows] == [
+        "sb3",
+        "crl",
+        "crl_train",
+        "sb3_kept_memory",
+        "crl_train against sb3_kept_memory",
+    ]
+    assert rows[2][4:] == ["1.183 [1.143, 1.222]", "reference"]
+    assert rows[4][4:] == ["1.100 [1.000, 1.200]", ">= 1.2 **missed**"]
+
+
+def test_the_kept_memory_agents_set_the_allocator_then_train_as_the_agent_they_are() -> None:
+    config = CONFIGS["sac_pendulum"]
+    assert type(build(config, "crl_train", 0)) is crl.SAC
+    assert type(build(config, "sb3_kept_memory", 0)) is sb3.SAC
+    with patch("bench.overhead.keep_freed_memory", return_value=True) as keep:
+        assert timed_learn(config, "sb3_kept_memory", 0, 60) > 0
+        assert keep.call_count == 1
+        timed_learn(config, "sb3", 0, 60)
+        assert keep.call_count == 1
+    with patch("bench.overhead.keep_freed_memory", return_value=False), pytest.raises(RuntimeError, match="crl_train"):
+        timed_learn(config, "crl_train", 0, 60)
+
+
+def test_the_kept_memory_agents_are_not_timed_in_the_measuring_process() -> None:
+    spec = TableSpec(agents=("sb3", "crl"), runs={"dqn_atari": 10}, speedup=True, targets={"dqn_atari": 1.2},
+                     references={"dqn_atari": ("crl_train",)})  # fmt: skip
+    with pytest.raises(SystemExit, match=r"--in-process: \['crl_train'\]"):
+        measure(spec, ["dqn_atari"], 1, 0, 1.0, Console(quiet=True), fresh_processes=False)

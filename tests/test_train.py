@@ -7,6 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from crl.continual import ContinualResult
+from crl.process import ProcessSettings
 from crl.train import CONFIG_ERROR_EXIT, INTERRUPTED_EXIT, main
 
 TINY = """\
@@ -95,6 +96,17 @@ def test_resuming_a_child_run_continues_that_seed_only(tmp_path: Path, curriculu
     assert len(runs) == 3  # no new run for seed 0 (which had finished) nor for seed 1
     assert client.get_run(children["1"].info.run_id).info.status == "FINISHED"
     assert client.get_run(children["0"].info.run_id).info.end_time == children["0"].info.end_time
+
+
+def test_a_sequential_launch_sets_up_its_process_as_the_command_line_says(
+    tmp_path: Path, curriculum: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applied: list[ProcessSettings] = []
+    monkeypatch.setattr(ProcessSettings, "apply", lambda settings: applied.append(settings))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    options = ["--seed", "0", "--set", "metrics=null", "--tracking-uri", uri]
+    assert main([str(curriculum), *options, "--no-keep-freed-memory", "--torch-threads", "2"]) == 0
+    assert applied == [ProcessSettings(torch_threads=2, keep_freed_memory=False)]
 
 
 def test_config_errors_exit_with_2_before_any_run(tmp_path: Path, curriculum: Path, capsys) -> None:

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 
 from crl.config.build import build_model, build_sequence
 from crl.config.errors import ConfigError, print_error
+from crl.process import ProcessSettings, add_keep_freed_memory_option
 from crl.study.best import write_best
 from crl.study.config import StudyConfig, load_study
 from crl.study.interrupt import STOP
@@ -53,6 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--torch-threads", type=positive_int, default=1, help="torch threads per worker process (default 1)"
     )
+    add_keep_freed_memory_option(parser)
     return parser.parse_args(argv)
 
 
@@ -75,9 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parent_id = study_parent_run(client, config, texts)
     status, code, threads = KILLED, INTERRUPTED_EXIT, th.get_num_threads()
     display = StudyDisplay(study, config.n_trials, console)
+    settings = ProcessSettings.from_args(args)
     try:
         if args.workers == 1:
-            th.set_num_threads(args.torch_threads)
+            settings.apply()
             worker = worker_name()
             display.training = Progress(*_columns(), console=console)
             runner = TrialRunner(config, client, parent_id, worker, display.training, handler.retry)
@@ -86,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_worker(study, runner, config.n_trials, callbacks=[display.update])
             code = 0
         else:
-            code = _run_processes(config, parent_id, args.workers, display, console, args.torch_threads)
+            code = _run_processes(config, parent_id, args.workers, display, console, settings)
         status = FINISHED if TrialCounts.of(study.get_trials(deepcopy=False)).finished >= config.n_trials else KILLED
     except KeyboardInterrupt:
         console.print(
@@ -127,11 +130,16 @@ def _report_best(
 
 
 def _run_processes(
-    config: StudyConfig, parent_id: str, workers: int, display: StudyDisplay, console: Console, torch_threads: int
+    config: StudyConfig,
+    parent_id: str,
+    workers: int,
+    display: StudyDisplay,
+    console: Console,
+    settings: ProcessSettings,
 ) -> int:
     """Train trials in ``workers`` spawned processes; show the study until they end. 0 when all ended well."""
     context = multiprocessing.get_context("spawn")
-    arguments = (config, parent_id, torch_threads)
+    arguments = (config, parent_id, settings)
     processes = [context.Process(target=_worker_process, args=arguments) for _ in range(workers)]
     for process in processes:
         process.start()
@@ -152,9 +160,9 @@ def _run_processes(
     return FAILED_EXIT if failed else 0
 
 
-def _worker_process(config: StudyConfig, parent_id: str, torch_threads: int) -> None:
+def _worker_process(config: StudyConfig, parent_id: str, settings: ProcessSettings) -> None:
     """One worker of a launch, in its own process."""
-    th.set_num_threads(torch_threads)
+    settings.apply()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     client = MlflowClient(tracking_uri=config.tracking_uri)
     handler = StaleTrialHandler(client, config.spec.storage.max_retry)

@@ -1,0 +1,99 @@
+"""How crl's job runners set up a process that trains: torch's threads and glibc's ``malloc``.
+
+:class:`ProcessSettings` is what ``python -m crl.train`` and ``python -m crl.study`` apply in each
+process that trains (``--torch-threads``, ``--keep-freed-memory``).
+
+A gradient step on image batches allocates and frees tens of megabytes: the float batches of frames,
+the activations, the gradients, Adam's temporaries. By default glibc gives the top of its heap back
+to the kernel whenever more than its trim threshold is free there (twice the largest block it has
+mapped and freed: a dozen megabytes after NatureCNN's 6.4 MB gradient), and the next step
+page-faults those pages in again. On DQN's Atari throughput run (4,000 steps) that is 0.3 to 4.8
+million minor faults, at about 2.4 us each (``docs/performance.md``, "One process per run").
+
+:func:`keep_freed_memory` raises both of glibc's thresholds for the calling process, as its
+environment variables ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` would at start-up:
+blocks below 32 MiB come from the heap, which is trimmed only once 1 GiB is free at its top. The
+process then keeps its heap's high-water mark instead of returning it after each step. The allocator
+belongs to the whole process, so crl's library never calls this; crl's job runners (``python -m
+crl.train``, ``python -m crl.study``) do, in the processes they own, unless ``--no-keep-freed-memory``
+is given or the environment already sets either variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import platform
+import sys
+from dataclasses import dataclass
+
+import torch as th
+
+MMAP_THRESHOLD = 32 * 1024 * 1024
+"""Blocks from this size up get their own mapping (glibc's ceiling for its own adaptive threshold)."""
+
+TRIM_THRESHOLD = 1024 * 1024 * 1024
+"""The free memory at the heap's top above which glibc gives it back to the kernel."""
+
+ENVIRONMENT_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+"""glibc's own settings of the two thresholds, read when the process starts; they take precedence."""
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+"""``mallopt`` parameters, from glibc's ``<malloc.h>``."""
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's ``malloc`` of this process to keep freed memory (see the module's docstring).
+
+    :return: whether the thresholds were set: ``False`` without glibc (macOS, Windows, musl) or when
+        ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` is set in the environment
+    """
+    if any(name in os.environ for name in ENVIRONMENT_VARIABLES):
+        return False
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # mallopt returns 1 on success
+    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+
+
+KEEP_FREED_MEMORY_HELP = (
+    "let glibc's malloc keep freed memory (blocks below 32 MiB from the heap, trimmed above 1 GiB free) instead "
+    "of returning it after each gradient step, which page-faults it back: about 5 %% of an Atari DQN run "
+    "(default; skipped when MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ is set)"
+)
+"""The ``--keep-freed-memory`` option's help, shared by both command lines."""
+
+
+def add_keep_freed_memory_option(parser: argparse.ArgumentParser) -> None:
+    """``--keep-freed-memory`` / ``--no-keep-freed-memory`` (default on)."""
+    parser.add_argument(
+        "--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True, help=KEEP_FREED_MEMORY_HELP
+    )
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """What a job runner sets in each process that trains.
+
+    :param torch_threads: torch's intra-op threads (``th.set_num_threads``)
+    :param keep_freed_memory: call :func:`keep_freed_memory`
+    """
+
+    torch_threads: int = 1
+    keep_freed_memory: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ProcessSettings:
+        """The settings of a parsed command line (``--torch-threads``, ``--keep-freed-memory``)."""
+        return cls(torch_threads=args.torch_threads, keep_freed_memory=args.keep_freed_memory)
+
+    def apply(self) -> None:
+        """Set them in the calling process (the allocator's setting lasts as long as the process)."""
+        th.set_num_threads(self.torch_threads)
+        if self.keep_freed_memory:
+            keep_freed_memory()
