@@ -63,7 +63,7 @@ def keep_freed_memory() -> bool:
 
 KEEP_FREED_MEMORY_HELP = (
     "let glibc's malloc keep freed memory (blocks below 32 MiB from the heap, trimmed above 1 GiB free) instead "
-    "of returning it after each gradient step, which page-faults it back: about 5 %% of an Atari DQN run "
+    "of returning it after each gradient step, which page-faults it back: 5 to 10 %% of an Atari run's time "
     "(default; skipped when MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ is set)"
 )
 """The ``--keep-freed-memory`` option's help, shared by both command lines."""
