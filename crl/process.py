@@ -39,9 +39,14 @@ TRIM_THRESHOLD = 1024 * 1024 * 1024
 ENVIRONMENT_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 """glibc's own settings of the two thresholds, read when the process starts; they take precedence."""
 
+# mallopt parameters, from glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-"""``mallopt`` parameters, from glibc's ``<malloc.h>``."""
+
+
+def has_glibc_malloc() -> bool:
+    """Whether this process allocates with glibc's ``malloc`` (Linux with glibc; not musl, macOS, Windows)."""
+    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
 
 def keep_freed_memory() -> bool:
@@ -52,7 +57,7 @@ def keep_freed_memory() -> bool:
     """
     if any(name in os.environ for name in ENVIRONMENT_VARIABLES):
         return False
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    if not has_glibc_malloc():
         return False
     mallopt = ctypes.CDLL("libc.so.6").mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)

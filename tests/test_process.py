@@ -1,7 +1,6 @@
 """``crl.process``: the job runners' process settings, glibc's allocator kept from page-faulting."""
 
 import os
-import platform
 import subprocess
 import sys
 
@@ -9,13 +8,11 @@ import pytest
 import torch as th
 
 from crl import process
-from crl.process import ENVIRONMENT_VARIABLES, ProcessSettings
+from crl.process import ENVIRONMENT_VARIABLES, ProcessSettings, has_glibc_malloc
 from crl.study.cli import parse_args as study_args
 from crl.train import parse_args as train_args
 
-glibc_only = pytest.mark.skipif(
-    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only"
-)
+glibc_only = pytest.mark.skipif(not has_glibc_malloc(), reason="glibc's malloc only")
 
 # A gradient step's churn, scaled up: 60 MB of blocks below 32 MiB allocated, touched and freed, ten
 # times over. By default glibc trims the freed top of its heap each time and the next round faults
