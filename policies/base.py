@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import BaseModel
 from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
@@ -15,6 +17,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.utils import obs_as_tensor
 from torch import nn
 
+from crl.optim import policy_optimizers
 from crl.policies.features import FeatureRecorder, Features, HiddenLayer, hidden_layers
 from crl.policies.layers import ArchitectureOptions
 from crl.policies.module_tree import SubmoduleRegistrations
@@ -335,6 +338,22 @@ class ContinualPolicyMixin:
     def target_networks(self) -> dict[str, str]:
         """Attribute of a trained network -> attribute of its target copy (e.g. ``q_net`` -> ``q_net_target``)."""
         return {}
+
+    def network_copy(self) -> Any:
+        """A deep copy of the policy as it is now, without its optimizers (the copy's are ``None``).
+
+        Unlike a policy built from the constructor arguments, the copy has the modules that
+        interventions put in after construction (a plasticity injection's heads) and their frozen
+        parameters. SB3's action distributions keep the tensors of the last forward pass, which
+        ``copy.deepcopy`` refuses after a pass with gradients: the copy gets shallow copies of them,
+        whose tensors its own next pass replaces.
+        """
+        memo: dict[int, Any] = {id(optimizer): None for optimizer in policy_optimizers(self)}  # type: ignore[arg-type]
+        for module in self.modules():  # type: ignore[attr-defined]
+            for value in vars(module).values():
+                if isinstance(value, Distribution):
+                    memo[id(value)] = copy.copy(value)
+        return copy.deepcopy(self, memo)
 
     def hidden_layers(self, networks: list[str] | None = None) -> dict[str, list[HiddenLayer]]:
         """Hidden layers of the trained networks (all of them, or the named ones)."""

@@ -17,6 +17,8 @@ from crl.metrics import (
     plasticity_probe,
     training_loss_eigenvalues,
 )
+from crl.metrics.probe import weight_copy
+from crl.policies.layers import InjectedHead
 
 
 def test_hessian_of_a_known_quadratic() -> None:
@@ -125,3 +127,38 @@ def test_probe_and_hessian_after_a_forward_pass_with_graph() -> None:
     eigenvalues = training_loss_eigenvalues(model, batch, iterations=5)
     assert set(eigenvalues) == {"policy"} and np.isfinite(eigenvalues["policy"])
     assert np.isfinite(_probe(model, "actor", batch.observations.numpy()))
+
+
+@pytest.mark.parametrize(
+    ("name", "env_id", "kwargs"),
+    [
+        ("DQN", "CartPole-v1", dict(learning_starts=50, train_freq=4)),
+        ("PPO", "CartPole-v1", dict(n_steps=64, batch_size=32, n_epochs=1)),
+        ("SAC", "Pendulum-v1", dict(learning_starts=50)),
+    ],
+)
+def test_probe_after_a_plasticity_injection(name: str, env_id: str, kwargs: dict[str, Any]) -> None:
+    """The copy the probe trains has the injected heads, which the policy's constructor does not build."""
+    model = getattr(crl, name)(
+        "MlpPolicy",
+        env_id,
+        policy_kwargs=dict(net_arch=[16, 16]),
+        seed=0,
+        interventions=[{"name": "plasticity_injection", "at_step": 100}],
+        metrics={"every": 100, "plasticity_probe_every": 100},
+        **kwargs,
+    )
+    model.learn(300)  # measures after the injection, right after a gradient step's forward pass with graph
+    probes = {key: value for key, value in model.metrics_monitor.latest.items() if key.endswith("plasticity_probe")}
+    assert set(probes) == {f"plasticity/{network}/all/plasticity_probe" for network in model.policy.network_prefixes()}
+    assert all(np.isfinite(value) for value in probes.values())
+
+    copied = weight_copy(model.policy)
+    injected = [path for path, module in model.policy.named_modules() if isinstance(module, InjectedHead)]
+    assert injected and injected == [path for path, m in copied.named_modules() if isinstance(m, InjectedHead)]
+    holders = [path for path, module in model.policy.named_modules() if hasattr(module, "optimizer")]
+    assert holders and all(copied.get_submodule(path).optimizer is None for path in holders)
+    copied_parameters = dict(copied.named_parameters())
+    for path, parameter in model.policy.named_parameters():
+        twin = copied_parameters[path]
+        assert twin is not parameter and th.equal(twin, parameter) and twin.requires_grad == parameter.requires_grad

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, ClassVar
 
 import torch as th
@@ -51,10 +50,8 @@ class PFO(Intervention):
         return ["actor", "critic"] if self.critic else ["actor"]
 
     def on_train_start(self, algo: BaseAlgorithm) -> None:
-        # Dropped at on_train_end, so it is never saved with the model. The optimizer (and its
-        # moments) is not needed by a frozen copy: the memo entry keeps deepcopy from copying it.
-        policy = algo.policy
-        frozen = copy.deepcopy(policy, memo={id(policy.optimizer): None}).requires_grad_(False)
+        # Dropped at on_train_end, so it is never saved with the model.
+        frozen = algo.policy.network_copy().requires_grad_(False)  # type: ignore[operator]
         layers = frozen.hidden_layers(self.networks)  # type: ignore[operator]
         self._recorder = FeatureRecorder({network: layers[network][-1:] for network in self.networks})
         self._frozen = frozen

@@ -112,14 +112,11 @@ def fresh_copy(policy: ContinualPolicyMixin, seed: int) -> ContinualPolicyMixin:
 
 
 def weight_copy(policy: ContinualPolicyMixin) -> ContinualPolicyMixin:
-    """A copy of ``policy`` with its current weights, in eval mode.
-
-    Built rather than deep-copied: a policy can hold tensors of its last forward pass (SB3's action
-    distribution), which ``copy.deepcopy`` refuses.
-    """
-    copied = fresh_copy(policy, seed=0)
-    copied.load_state_dict(policy.state_dict())  # type: ignore[attr-defined]
-    return copied
+    """A copy of ``policy`` with its current weights and modules (:meth:`ContinualPolicyMixin.network_copy`:
+    an injected head included), in eval mode."""
+    copied = policy.network_copy()
+    copied.set_training_mode(False)
+    return copied  # type: ignore[no-any-return]
 
 
 def plasticity_probe(
