@@ -211,18 +211,18 @@ def test_full_reset_of_sac_keeps_the_buffer_and_resets_everything_else() -> None
     assert all(not th.equal(p, actor_weights[n]) for n, p in model.actor.named_parameters())
 
 
-def test_shrink_perturb_mixes_a_new_fresh_init_into_online_and_target() -> None:
+def test_shrink_perturb_mixes_a_new_fresh_init_into_online_and_syncs_the_target() -> None:
     model = _dqn()
     q, target = model.policy.q_net.q_net, model.policy.q_net_target.q_net
-    before, target_before = _snapshot(q), _snapshot(target)
+    before = _snapshot(q)
+    assert not all(th.equal(p, before[n]) for n, p in target.named_parameters())  # a lagged target
     fresh = _fresh_with_seed(model.policy, 9)
     th.manual_seed(9)
     ShrinkPerturb(shrink=0.4, perturb=0.3).apply(model, "test")
     for name, param in q.named_parameters():
         expected = 0.4 * before[name] + 0.3 * fresh[f"q_net.q_net.{name}"]
         th.testing.assert_close(param, expected, rtol=0, atol=1e-7)
-        expected_target = 0.4 * target_before[name] + 0.3 * fresh[f"q_net.q_net.{name}"]
-        th.testing.assert_close(dict(target.named_parameters())[name], expected_target, rtol=0, atol=1e-7)
+        assert th.equal(dict(target.named_parameters())[name], param)
         assert param not in model.policy.optimizer.state
     shrunk = _snapshot(q)
     model.learn(50, reset_num_timesteps=False)
@@ -239,6 +239,21 @@ def test_soft_shrink_perturb_acts_after_every_update_and_keeps_adam_state() -> N
     assert model.logger.name_to_value["interventions/shrink_perturb/parameters"] > 0
     plain = _dqn(steps=150)
     assert not th.equal(model.policy.q_net.q_net[0].weight, plain.policy.q_net.q_net[0].weight)
+
+    # One update's map: the target gets the same one, which keeps its lag behind the online network.
+    q, target = model.policy.q_net.q_net, model.policy.q_net_target.q_net
+    before, target_before = _snapshot(q), _snapshot(target)
+    state = {k: v.clone() for k, v in _state(model, q[0].weight).items()}
+    fresh = _fresh_with_seed(model.policy, 3)
+    th.manual_seed(3)
+    soft.after_optimizer_step(model, GradientStep(index=0, batch=None, optimizer=model.policy.optimizer))
+    for name, param in q.named_parameters():
+        drawn = fresh[f"q_net.q_net.{name}"]
+        th.testing.assert_close(param, 0.999 * before[name] + 0.001 * drawn, rtol=0, atol=1e-7)
+        target_param = dict(target.named_parameters())[name]
+        th.testing.assert_close(target_param, 0.999 * target_before[name] + 0.001 * drawn, rtol=0, atol=1e-7)
+        assert not th.equal(target_param, param)
+    assert all(th.equal(_state(model, q[0].weight)[k], v) for k, v in state.items())
 
 
 def test_schedules_every_listed_steps_and_task_boundaries() -> None:
@@ -301,6 +316,33 @@ def test_plasticity_injection_keeps_outputs_and_trainable_count_and_trains(name:
     assert all(th.equal(p, old[n]) for n, p in head.old.named_parameters())
     encoder_now = model.policy.get_submodule(heads[-1].rsplit(".", 1)[0] + ".0")
     assert all(not th.equal(p, encoder[n]) for n, p in encoder_now.named_parameters())
+
+
+@pytest.mark.parametrize("name", ["DQN", "PPO"])
+def test_resets_after_a_plasticity_injection_start_every_branch_from_the_fresh_head(name: str) -> None:
+    if name == "DQN":
+        model, path = _dqn(), "q_net.q_net.4"
+    else:
+        model, path = crl.PPO("MlpPolicy", "CartPole-v1", seed=0, n_steps=64, batch_size=32, n_epochs=1), "value_net"
+        model.learn(64)
+    PlasticityInjection(at_step=1).inject(model)
+    head = model.policy.get_submodule(path)
+    fresh = _fresh_with_seed(model.policy, 5)
+    assert set(fresh) == {name for name, _ in model.policy.named_parameters()}
+    th.manual_seed(5)
+    Reset(parts="full").apply(model, "test")
+    for branch in ("old", "new", "new_frozen"):
+        for key in ("weight", "bias"):
+            assert th.equal(getattr(getattr(head, branch), key), fresh[f"{path}.old.{key}"]), (branch, key)
+    features = th.randn(32, head.old.in_features)
+    assert th.equal(head(features), head.old(features))
+    reset = _snapshot(head.new)
+    ShrinkPerturb().apply(model, "test")  # a second fresh draw, mixed into every branch alike
+    assert not th.equal(head.new.weight, reset["weight"])
+    assert th.equal(head.old.weight, head.new.weight) and th.equal(head.new_frozen.weight, head.new.weight)
+    old, new = _snapshot(head.old), _snapshot(head.new)
+    model.learn(64, reset_num_timesteps=False)
+    assert not th.equal(head.new.weight, new["weight"]) and th.equal(head.old.weight, old["weight"])
 
 
 def test_plasticity_injection_needs_one_moment_and_a_fitting_head() -> None:

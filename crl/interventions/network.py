@@ -13,9 +13,10 @@ the same edit is copied into the target networks.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch as th
@@ -188,10 +189,39 @@ def fresh_policy(policy: BasePolicy) -> BasePolicy:
     """A newly initialised policy of the same class and constructor arguments (draws from torch's RNG).
 
     This is exactly the algorithm's own initialisation scheme (e.g. PPO's orthogonal init with its
-    per-layer gains), so re-initialised parts match what the run started from in distribution.
+    per-layer gains), so re-initialised parts match what the run started from in distribution. Where a
+    plasticity injection replaced a head, the fresh policy has an :class:`InjectedHead` there too,
+    whose three branches all start from the fresh head (so its output is the fresh head's): every
+    parameter of ``policy`` has a fresh value under the same name.
     """
-    fresh = type(policy)(**policy._get_constructor_parameters())
-    return fresh.to(policy.device)
+    fresh = type(policy)(**policy._get_constructor_parameters()).to(policy.device)
+    for path, head in [(path, m) for path, m in policy.named_modules() if isinstance(m, InjectedHead)]:
+        length = len(head.old) if isinstance(head.old, nn.Sequential) else 1
+        fresh_head = take_head(fresh, path, length)
+        put_head(fresh, path, length, InjectedHead(fresh_head, copy.deepcopy(fresh_head)))
+    return fresh
+
+
+def take_head(policy: nn.Module, path: str, length: int) -> nn.Module:
+    """The module at ``path``, or the ``length`` Sequential items starting there as one Sequential."""
+    if length == 1:
+        return policy.get_submodule(path)
+    parent_path, _, index = path.rpartition(".")
+    parent = cast("nn.Sequential", policy.get_submodule(parent_path))
+    return nn.Sequential(*list(parent)[int(index) : int(index) + length])
+
+
+def put_head(policy: nn.Module, path: str, length: int, module: nn.Module) -> None:
+    """Put ``module`` at ``path`` in place of the module there, or of the Sequential's items from there on."""
+    parent_path, _, name = path.rpartition(".")
+    parent = policy.get_submodule(parent_path) if parent_path else policy
+    if length == 1:
+        setattr(parent, name, module)
+        return
+    # Replace the tail of the Sequential in place, so references to it (SAC's q_networks) stay valid.
+    for key in list(parent._modules)[int(name) :]:
+        del parent._modules[key]
+    parent.add_module(name, module)
 
 
 def target_parameters(algo: BaseAlgorithm) -> dict[th.Tensor, th.Tensor]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from pydantic import Field, PrivateAttr, model_validator
 from torch import nn
 
 from crl.interventions.base import Intervention, InterventionError
-from crl.interventions.network import fresh_policy, unit_layers
+from crl.interventions.network import fresh_policy, put_head, take_head, unit_layers
 from crl.interventions.redo import check_networks
 from crl.optim import add_parameters, algorithm_optimizers, optimizer_of
 from crl.policies.layers import InjectedHead
@@ -108,36 +108,15 @@ class PlasticityInjection(Intervention):
         source = fresh_policy(policy) if fresh else policy
         optimizers = algorithm_optimizers(algo)
         for path, length in heads:
-            old = _take(policy, path, length)
-            new = copy.deepcopy(_take(source, path, length))
+            old = take_head(policy, path, length)
+            new = copy.deepcopy(take_head(source, path, length))
             owner = optimizer_of(optimizers, next(iter(old.parameters())))
             head = InjectedHead(old, new)
-            _put(policy, path, length, head)
+            put_head(policy, path, length, head)
             if owner is not None:
                 add_parameters(owner, new.parameters())
             root, _, rest = path.partition(".")
             if root in _TARGETS and hasattr(policy, _TARGETS[root]):
                 target_path = f"{_TARGETS[root]}.{rest}"
-                target_old = _take(policy, target_path, length)
-                _put(policy, target_path, length, InjectedHead(target_old, copy.deepcopy(new)))
-
-
-def _take(policy: nn.Module, path: str, length: int) -> nn.Module:
-    """The module at ``path``, or the ``length`` Sequential items starting there as one Sequential."""
-    if length == 1:
-        return policy.get_submodule(path)
-    parent_path, _, index = path.rpartition(".")
-    parent = cast("nn.Sequential", policy.get_submodule(parent_path))
-    return nn.Sequential(*list(parent)[int(index) : int(index) + length])
-
-
-def _put(policy: nn.Module, path: str, length: int, module: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = policy.get_submodule(parent_path) if parent_path else policy
-    if length == 1:
-        setattr(parent, name, module)
-        return
-    # Replace the tail of the Sequential in place, so references to it (SAC's q_networks) stay valid.
-    for key in list(parent._modules)[int(name) :]:
-        del parent._modules[key]
-    parent.add_module(name, module)
+                target_old = take_head(policy, target_path, length)
+                put_head(policy, target_path, length, InjectedHead(target_old, copy.deepcopy(new)))

@@ -106,10 +106,12 @@ class ShrinkPerturb(ScheduledIntervention):
     """Shrink & perturb (Ash & Adams 2020): ``theta <- shrink * theta + perturb * theta_fresh``.
 
     ``theta_fresh`` is a new random initialisation at every call (a newly built policy). Applied to
-    every trained parameter; target networks get the same map with the same ``theta_fresh``, so they
-    stay a lagged copy. Scheduled calls (default: at task boundaries, ``shrink = perturb = 0.5``)
-    drop the optimizer state of every parameter; ``after_every_update`` (the soft variant, e.g.
-    ``shrink=0.999999, perturb=1e-6``) keeps it, as the change per update is tiny.
+    every trained parameter. Scheduled calls (default: at task boundaries, ``shrink = perturb = 0.5``)
+    drop the optimizer state of every parameter and re-synchronise the target networks with the
+    result, as after any re-initialisation (SPEC.md §2). ``after_every_update`` (the soft variant,
+    e.g. ``shrink=0.999999, perturb=1e-6``) keeps the optimizer state, as the change per update is
+    tiny, and gives the target networks the same map with the same ``theta_fresh``: a sync after every
+    update would remove their lag behind the online networks.
 
     Cost: building a fresh policy takes about 1 ms (DQN MLP) to 25 ms (SAC 256x256 with its critics):
     negligible at task boundaries, large for the soft variant with big networks.
@@ -126,31 +128,41 @@ class ShrinkPerturb(ScheduledIntervention):
     after_every_update: bool = False
 
     def apply(self, algo: BaseAlgorithm, reason: str) -> None:
-        self._shrink_perturb(algo, trained_parameters(algo), reset_state=True)
+        self._shrink_perturb(algo, trained_parameters(algo), scheduled=True)
 
     def after_optimizer_step(self, algo: BaseAlgorithm, step: GradientStep) -> None:
         if self.after_every_update:
             optimizer = step.optimizer
             assert optimizer is not None
             parameters = [p for group in optimizer.param_groups for p in group["params"]]
-            self._shrink_perturb(algo, parameters, reset_state=False)
+            self._shrink_perturb(algo, parameters, scheduled=False)
 
     @th.no_grad()
-    def _shrink_perturb(self, algo: BaseAlgorithm, parameters: list[th.Tensor], reset_state: bool) -> None:
+    def _shrink_perturb(self, algo: BaseAlgorithm, parameters: list[th.Tensor], scheduled: bool) -> None:
         reinit = Reinitializer(algo)
         parameters = [param for param in parameters if reinit.owns(param)]
         fresh = [reinit.fresh(param) for param in parameters]
-        targets: list[th.Tensor] = [reinit.targets[param] for param in parameters if param in reinit.targets]
-        target_fresh = [value for param, value in zip(parameters, fresh, strict=True) if param in reinit.targets]
-        for group, noise in ((parameters, fresh), (targets, target_fresh)):
-            if group:
-                th._foreach_mul_(group, self.shrink)
-                th._foreach_add_(group, noise, alpha=self.perturb)
-        if reset_state:
+        pairs = [
+            (param, reinit.targets[param], value)
+            for param, value in zip(parameters, fresh, strict=True)
+            if param in reinit.targets
+        ]
+        self._mix(parameters, fresh)
+        if scheduled:
+            for param, target, _ in pairs:
+                target.copy_(param)
             for optimizer in reinit.optimizers:
                 for param in parameters:
                     reset_parameter_state(optimizer, param)
+        else:
+            self._mix([target for _, target, _ in pairs], [value for _, _, value in pairs])
         self.record(algo, "parameters", sum(param.numel() for param in parameters))
+
+    def _mix(self, parameters: list[th.Tensor], fresh: list[th.Tensor]) -> None:
+        """``theta <- shrink * theta + perturb * theta_fresh`` on every tensor of ``parameters``."""
+        if parameters:
+            th._foreach_mul_(parameters, self.shrink)
+            th._foreach_add_(parameters, fresh, alpha=self.perturb)
 
 
 class ResetOptimizer(ScheduledIntervention):
