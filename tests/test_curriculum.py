@@ -156,6 +156,23 @@ MALFORMED: dict[str, tuple[str, str]] = {
         _edit(sequence={"preset": "cartpole_permuted", "options": {"ntasks": 2}}),
         "c.yaml: unknown key 'sequence.options.ntasks' (did you mean 'n_tasks'?)",
     ),
+    "metrics value of another type": (
+        _edit(metrics={"every": True}),
+        "c.yaml: key 'metrics.every' = True: Input should be a valid integer",
+    ),
+    "float for an integer hyperparameter": (
+        _edit(hyperparameters={"batch_size": 64.5}),
+        "c.yaml: key 'hyperparameters.batch_size' = 64.5: batch_size takes int (Input should be a valid integer",
+    ),
+    "string for an optional number": (
+        _edit(algorithm="PPO", hyperparameters={"target_kl": "abc"}),
+        "c.yaml: key 'hyperparameters.target_kl' = 'abc': target_kl takes float | None (Input should be a valid",
+    ),
+    "string for an object": (
+        _edit(algorithm="SAC", hyperparameters={"action_noise": "bogus"}),
+        "c.yaml: key 'hyperparameters.action_noise' = 'bogus': action_noise takes "
+        "stable_baselines3.common.noise.ActionNoise | None (an object of that class, which a YAML file cannot give)",
+    ),
     "unknown metrics key": (
         _edit(metrics={"evry": 100}),
         "c.yaml: unknown key 'metrics.evry' (did you mean 'every'?)",

@@ -28,6 +28,8 @@ from pydantic import (
     Field,
     NonNegativeInt,
     PositiveInt,
+    PydanticUndefinedAnnotation,
+    PydanticUserError,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -467,6 +469,7 @@ def _check_metrics(metrics: Any, source: str) -> None:
                 f"{source}: unknown key 'metrics.{key}'{suggest(str(key), allowed)}; "
                 f"allowed keys here: {', '.join(allowed)}"
             )
+    _check_parameter_kinds(MetricsConfig, metrics, "metrics", source)  # MetricsConfig converts (every: true is 1)
     try:
         MetricsConfig.make(metrics)
     except MetricsError as error:
@@ -484,20 +487,22 @@ def sb3_class(algorithm: type[ContinualAlgorithm]) -> type[BaseAlgorithm]:
 
 def hyperparameter_names(algorithm: type[ContinualAlgorithm], agent: str | None = None) -> list[str]:
     """The constructor arguments a curriculum may set under ``hyperparameters``: SB3's, and an agent's own."""
-    parameters = list(inspect.signature(sb3_class(algorithm).__init__).parameters)
+    return list(_hyperparameters(algorithm, agent))
+
+
+def _hyperparameters(algorithm: type[ContinualAlgorithm], agent: str | None) -> dict[str, inspect.Parameter]:
+    """Name -> constructor parameter (its annotation and default) of SB3's class and of an agent's own."""
+    parameters = dict(inspect.signature(sb3_class(algorithm).__init__).parameters)
     if agent is not None:
         own = inspect.signature(AGENTS[agent].model_class.__init__).parameters.values()
-        parameters += [parameter.name for parameter in own if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
-    return [name for name in parameters if name != "self" and name not in RESERVED_HYPERPARAMETERS]
+        parameters.update({p.name: p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY})
+    return {name: p for name, p in parameters.items() if name != "self" and name not in RESERVED_HYPERPARAMETERS}
 
 
 def check_hyperparameters(curriculum: Curriculum, source: str) -> None:
     """Names against the SB3 constructor; schedule strings where SB3 takes a schedule; value kinds."""
-    allowed = hyperparameter_names(curriculum.algorithm_class, curriculum.agent)
-    defaults = {
-        name: parameter.default
-        for name, parameter in inspect.signature(sb3_class(curriculum.algorithm_class)).parameters.items()
-    }
+    parameters = _hyperparameters(curriculum.algorithm_class, curriculum.agent)
+    allowed = list(parameters)
     for name, value in curriculum.hyperparameters.items():
         key = f"hyperparameters.{name}"
         if name in RESERVED_HYPERPARAMETERS:
@@ -516,7 +521,28 @@ def check_hyperparameters(curriculum: Curriculum, source: str) -> None:
                 f"{source}: key {key!r} = {value!r}: {name} takes no schedule; "
                 f"schedules apply to {sorted(SCHEDULE_HYPERPARAMETERS)}"
             )
-        _check_value_kind(name, value, defaults.get(name), source)
+        _check_value_kind(name, value, parameters[name].default, source)
+        if not (isinstance(value, str) and name in SCHEDULE_HYPERPARAMETERS):  # a schedule's form is checked above
+            _check_annotation(name, value, parameters[name].annotation, source)
+
+
+def _check_annotation(name: str, value: HyperparameterValue, annotation: Any, source: str) -> None:
+    """``value`` strictly against the constructor's annotation: ``batch_size: 64.5`` or ``target_kl: abc``
+    would fail only inside training, ``random_steps: true`` would train with 1."""
+    if annotation is inspect.Parameter.empty:
+        return
+    try:
+        validate_strictly(TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True)), value)
+    except (PydanticUserError, PydanticUndefinedAnnotation):  # an annotation pydantic cannot read: SB3 checks
+        return
+    except ValidationError as error:
+        message = error.errors()[0]["msg"]
+        if "isinstance" in message:  # a class such as ActionNoise: no YAML value is one
+            message = "an object of that class, which a YAML file cannot give"
+        raise ConfigError(
+            f"{source}: key 'hyperparameters.{name}' = {value!r}: {name} takes "
+            f"{inspect.formatannotation(annotation)} ({message})"
+        ) from None
 
 
 def _check_value_kind(name: str, value: HyperparameterValue, default: Any, source: str) -> None:
