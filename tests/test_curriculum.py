@@ -305,6 +305,27 @@ def test_mismatched_spaces_fail_when_the_sequence_is_built(tmp_path: Path) -> No
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (dict(hyperparameters={"device": "gpu0"}), "c.yaml: DQN: Invalid device string: 'gpu0'"),
+        (
+            dict(sequence={"preset": "cartpole_permuted", "options": {"env_id": "CartPol-v1"}, "steps_per_task": 100}),
+            "c.yaml: sequence: Environment `CartPol` doesn't exist.",
+        ),
+        (
+            dict(sequence={"preset": "minatar_cycle", "options": {"games": []}, "steps_per_task": 100}),
+            "c.yaml: sequence: games=[] names no game; available: ['Asterix', 'Breakout',",
+        ),
+    ],
+)
+def test_values_the_builders_refuse_fail_with_one_line(tmp_path: Path, edit: dict, expected: str) -> None:
+    curriculum = load_curriculum(_write(tmp_path, _edit(**edit)))
+    with pytest.raises(ConfigError) as info:
+        build_model(curriculum, build_sequence(curriculum, "c.yaml"), seed=0, source="c.yaml")
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value), str(info.value)
+
+
 def test_a_policy_that_does_not_fit_fails_when_the_model_is_built(tmp_path: Path) -> None:
     curriculum = load_curriculum(_write(tmp_path, _edit(policy="CnnPolicy")))
     with pytest.raises(ConfigError, match=r"^c\.yaml: DQN: ") as info:

@@ -170,6 +170,14 @@ MALFORMED = {
         "'seeds' and the search-space key 'seed' exclude each other",
     ),
     "not a storage URL": ({"storage": {"url": "not a url"}}, "is not a database URL"),
+    "sampler option of another type": (
+        {"sampler": {"name": "tpe", "options": {"n_startup_trials": "x"}}},
+        "key 'sampler.options.n_startup_trials' = 'x': TPESampler takes int (Input should be a valid integer",
+    ),
+    "grace period within a heartbeat": (
+        {"storage": {"heartbeat_interval": 60, "grace_period": 1}},
+        "grace_period=1 must be longer than heartbeat_interval=60",
+    ),
 }
 
 

@@ -67,6 +67,8 @@ def minatar_cycle(
     """
     if cycles < 1:
         raise ValueError(f"cycles must be >= 1, got {cycles}")
+    if not games:
+        raise ValueError(f"games={list(games)!r} names no game; available: {list(MINATAR_GAMES)}")
     for game in games:
         if game not in MINATAR_GAMES:
             raise ValueError(f"game={game!r} is not a MinAtar game; available: {list(MINATAR_GAMES)}")

@@ -51,7 +51,7 @@ def _cw(name: str, steps_per_task: int = 1_000_000) -> TaskSequence:
 def _minatar_cycle(steps_per_task: int = 1_000_000, cycles: int = 1, games: list[str] | None = None) -> TaskSequence:
     from crl.wrappers.minatar import MINATAR_GAMES, minatar_cycle
 
-    return minatar_cycle(games=games or MINATAR_GAMES, cycles=cycles, steps_per_task=steps_per_task)
+    return minatar_cycle(games=MINATAR_GAMES if games is None else games, cycles=cycles, steps_per_task=steps_per_task)
 
 
 PRESETS: dict[str, Callable[..., TaskSequence]] = {

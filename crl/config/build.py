@@ -23,8 +23,9 @@ from crl.interventions import InterventionError
 from crl.metrics import MetricsError
 from crl.wrappers import Task, TaskSequence, make_sequence
 
-BUILD_ERRORS = (ValueError, TypeError, AssertionError, InterventionError, MetricsError)
-"""What the builders raise on a configuration that validation could not see (e.g. mismatched spaces)."""
+BUILD_ERRORS = (ValueError, TypeError, AssertionError, RuntimeError, gym.error.Error, InterventionError, MetricsError)
+"""What the builders raise on a configuration that validation could not see (e.g. mismatched spaces, a
+preset option naming an unregistered env: ``gym.error.Error``, a device torch does not know: ``RuntimeError``)."""
 
 
 def build_sequence(curriculum: Curriculum, source: str = "curriculum") -> TaskSequence:

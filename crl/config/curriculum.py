@@ -529,20 +529,30 @@ def check_hyperparameters(curriculum: Curriculum, source: str) -> None:
 def _check_annotation(name: str, value: HyperparameterValue, annotation: Any, source: str) -> None:
     """``value`` strictly against the constructor's annotation: ``batch_size: 64.5`` or ``target_kl: abc``
     would fail only inside training, ``random_steps: true`` would train with 1."""
+    problem = annotation_problem(annotation, value)
+    if problem is not None:
+        raise ConfigError(f"{source}: key 'hyperparameters.{name}' = {value!r}: {name} takes {problem}")
+
+
+def annotation_problem(annotation: Any, value: Any) -> str | None:
+    """Why ``value`` does not fit a constructor's ``annotation`` (strictly, as plain data), or ``None``.
+
+    ``None`` also when there is no annotation or pydantic cannot read it (a forward reference): the
+    constructor then checks the value itself.
+    """
     if annotation is inspect.Parameter.empty:
-        return
+        return None
     try:
         validate_strictly(TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True)), value)
-    except (PydanticUserError, PydanticUndefinedAnnotation):  # an annotation pydantic cannot read: SB3 checks
-        return
+    except (PydanticUserError, PydanticUndefinedAnnotation):
+        return None
     except ValidationError as error:
         message = error.errors()[0]["msg"]
         if "isinstance" in message:  # a class such as ActionNoise: no YAML value is one
             message = "an object of that class, which a YAML file cannot give"
-        raise ConfigError(
-            f"{source}: key 'hyperparameters.{name}' = {value!r}: {name} takes "
-            f"{inspect.formatannotation(annotation)} ({message})"
-        ) from None
+        text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+        return f"{text} ({message})"
+    return None
 
 
 def _check_value_kind(name: str, value: HyperparameterValue, default: Any, source: str) -> None:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from crl.config.curriculum import Curriculum, read_yaml, set_path, validate_curriculum
+from crl.config.curriculum import Curriculum, annotation_problem, read_yaml, set_path, validate_curriculum
 from crl.config.errors import ConfigError, describe_validation_error, suggest
 from crl.study.sampler import TrialSeededSampler
 from crl.study.schema import DIMENSION_TYPES, SEED_KEY, PrunerSpec, SamplerSpec, StudySpec
@@ -198,13 +198,18 @@ def _check_space(space: SearchSpace, base: Mapping[str, Any], source: str) -> No
 
 
 def _options(kind: str, cls: type, options: Mapping[str, Any], source: str) -> None:
-    allowed = [name for name in inspect.signature(cls).parameters if name not in OWN_OPTIONS]
-    for name in options:
-        if name not in allowed:
+    """Names and kinds of the options against the Optuna class's signature (Optuna checks few of them
+    when constructed, and a wrong kind would fail every trial)."""
+    parameters = {name: p for name, p in inspect.signature(cls).parameters.items() if name not in OWN_OPTIONS}
+    for name, value in options.items():
+        if name not in parameters:
             raise ConfigError(
-                f"{source}: unknown key '{kind}.options.{name}'{suggest(name, allowed)}; "
-                f"{cls.__name__} takes: {', '.join(allowed) or 'no options'}"
+                f"{source}: unknown key '{kind}.options.{name}'{suggest(name, list(parameters))}; "
+                f"{cls.__name__} takes: {', '.join(parameters) or 'no options'}"
             )
+        problem = annotation_problem(parameters[name].annotation, value)
+        if problem is not None:
+            raise ConfigError(f"{source}: key '{kind}.options.{name}' = {value!r}: {cls.__name__} takes {problem}")
 
 
 def make_sampler(spec: SamplerSpec, space: SearchSpace, source: str) -> optuna.samplers.BaseSampler:

@@ -229,6 +229,16 @@ class StorageSpec(Section):
     grace_period: PositiveInt | None = None
     max_retry: NonNegativeInt | None = 3
 
+    @model_validator(mode="after")
+    def _grace_beyond_heartbeat(self) -> StorageSpec:
+        # A grace period within one heartbeat interval fails healthy trials between two heartbeats.
+        if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
+            raise ValueError(
+                f"grace_period={self.grace_period} must be longer than heartbeat_interval={self.heartbeat_interval} "
+                "(seconds; default: twice the interval)"
+            )
+        return self
+
 
 def _shorthand(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
