@@ -22,6 +22,7 @@ from crl.wrappers import (
     permuted_observations,
     unify_spaces,
 )
+from crl.wrappers.synthetic import action_permutation
 
 
 class _Grid(gym.Env):
@@ -167,3 +168,16 @@ def test_presets_build_and_unknown_names_list_them() -> None:
     with pytest.raises(ValueError, match=r"unknown task sequence 'cw30'; presets: \['atari_cycle'"):
         make_sequence("cw30")
     assert {"cw10", "cw20", "space_invaders_modes", "freeway_modes", "breakout_modes", "atari_cycle"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_switch_of_cartpole_actions_relabels_the_actions(seed: int) -> None:
+    sequence = make_sequence("cartpole_actions", n_tasks=5, steps_per_task=10, seed=seed)
+    permutations = []
+    for task in sequence.tasks:
+        env = task.make_env()
+        permutations.append(env.permutation.tolist() if isinstance(env, ActionShuffle) else [0, 1])
+    assert permutations == [[0, 1], [1, 0], [0, 1], [1, 0], [0, 1]]
+    assert not np.array_equal(action_permutation(4, 3, seed), action_permutation(4, 2, seed))
+    with pytest.raises(ValueError, match="needs at least two of them, got 1"):
+        action_permutation(1, 1, seed)

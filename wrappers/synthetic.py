@@ -36,7 +36,23 @@ def _shuffled(env_id: str, task: int, seed: int) -> gym.Env:
     env = gym.make(env_id)
     if task == 0:
         return env
-    return ActionShuffle.random(env, _shift_seed(seed, task))
+    return ActionShuffle(env, action_permutation(int(env.action_space.n), task, seed))  # type: ignore[attr-defined]
+
+
+def action_permutation(n_actions: int, task: int, seed: int) -> np.ndarray:
+    """The relabelling of task ``task``: task 0 keeps the actions, each later task draws one that
+    differs from the previous task's, so that every switch changes the task (with two actions the
+    tasks alternate)."""
+    if n_actions < 2:
+        raise ValueError(f"relabelling actions needs at least two of them, got {n_actions}")
+    permutation = np.arange(n_actions)
+    for index in range(1, task + 1):
+        rng = np.random.default_rng(_shift_seed(seed, index))
+        drawn = rng.permutation(n_actions)
+        while np.array_equal(drawn, permutation):
+            drawn = rng.permutation(n_actions)
+        permutation = drawn
+    return permutation
 
 
 def _sign_flipped(env_id: str, task: int) -> gym.Env:
@@ -73,7 +89,8 @@ def permuted_observations(
 def shuffled_actions(
     env_id: str = "CartPole-v1", n_tasks: int = 4, steps_per_task: int = DEFAULT_STEPS, seed: int = 0
 ) -> TaskSequence:
-    """Each task relabels the discrete actions (:class:`ActionShuffle`); CartPole has two, so tasks alternate."""
+    """Each task relabels the discrete actions (:class:`ActionShuffle`) differently from the task before
+    (:func:`action_permutation`); CartPole has two, so tasks alternate."""
     return _sequence(
         f"shuffled_actions_{env_id}",
         n_tasks,
