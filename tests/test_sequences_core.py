@@ -80,6 +80,16 @@ def test_incompatible_spaces_fail_at_construction_printing_both() -> None:
         IncompatibleSpacesError, match=r"observation spaces that cannot be unified:\n  grid: Box.*\n  cartpole: Box"
     ):
         TaskSequence([grid, cartpole])
+    pendulum = Task("pendulum", functools.partial(gym.make, "Pendulum-v1"), 10)
+    mountain_car = Task("mountain_car", functools.partial(gym.make, "MountainCarContinuous-v0"), 10)
+    with pytest.raises(  # vectors of different lengths: padding would mix one task's features into another's
+        IncompatibleSpacesError,
+        match=r"observation spaces that cannot be unified:\n  pendulum: Box.*\(3,\).*\n  mountain_car: Box.*\(2,\)",
+    ):
+        TaskSequence([pendulum, mountain_car])
+    wide, narrow = spaces.Box(-1.0, 1.0, (2, 2, 3)), spaces.Box(-1.0, 1.0, (2, 2, 2))
+    with pytest.raises(IncompatibleSpacesError, match="action spaces"):  # channels are padded in observations only
+        unify_spaces([("wide", wide), ("narrow", narrow)], "action")
 
 
 def test_one_hot_task_id_is_appended_and_bounded() -> None:

@@ -124,9 +124,11 @@ class IncompatibleSpacesError(ValueError):
 def unify_spaces(named: Sequence[tuple[str, spaces.Space]], kind: str) -> spaces.Space:
     """One space that holds every task's values, or :class:`IncompatibleSpacesError`.
 
-    Equal spaces are kept; ``Box`` spaces of one dtype and shape get the union of their bounds; ``Box``
-    spaces that differ only in their last (channel) axis get the largest channel count, the extra
-    channels bounded by zero (see :class:`PadChannels`).
+    Equal spaces are kept; ``Box`` spaces of one dtype and shape get the union of their bounds; image
+    observation spaces (``Box`` of three or more axes) that differ only in their last (channel) axis
+    get the largest channel count, the extra channels bounded by zero (see :class:`PadChannels`).
+    Vectors of different lengths are refused: padding them would feed one task's features into
+    another's inputs.
 
     :param named: ``(task name, space)`` per task
     :param kind: ``"observation"`` or ``"action"``, for the error message
@@ -135,7 +137,7 @@ def unify_spaces(named: Sequence[tuple[str, spaces.Space]], kind: str) -> spaces
     if all(space == first for _, space in rest):
         return first
     for name, space in rest:
-        if not _unifiable_boxes(first, space):
+        if not _unifiable_boxes(first, space, pad_channels=kind == "observation"):
             raise IncompatibleSpacesError(
                 f"tasks {first_name!r} and {name!r} have {kind} spaces that cannot be unified:\n"
                 f"  {first_name}: {first}\n  {name}: {space}"
@@ -147,11 +149,15 @@ def unify_spaces(named: Sequence[tuple[str, spaces.Space]], kind: str) -> spaces
     return spaces.Box(low, high, dtype=first.dtype)  # type: ignore[arg-type]
 
 
-def _unifiable_boxes(a: spaces.Space, b: spaces.Space) -> bool:
-    """Both are ``Box`` spaces of one dtype whose shapes differ at most in the last axis."""
-    if not (isinstance(a, spaces.Box) and isinstance(b, spaces.Box)):
+def _unifiable_boxes(a: spaces.Space, b: spaces.Space, pad_channels: bool) -> bool:
+    """Both are ``Box`` spaces of one dtype and shape, or (``pad_channels``) images that differ at most
+    in their channel axis."""
+    if not (isinstance(a, spaces.Box) and isinstance(b, spaces.Box)) or a.dtype != b.dtype:
         return False
-    return a.dtype == b.dtype and len(a.shape) == len(b.shape) and a.shape[:-1] == b.shape[:-1]
+    if a.shape == b.shape:
+        return True
+    images = pad_channels and len(a.shape) >= 3 and len(a.shape) == len(b.shape)
+    return images and a.shape[:-1] == b.shape[:-1]
 
 
 def _padded(bound: np.ndarray, channels: int) -> np.ndarray:
