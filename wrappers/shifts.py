@@ -68,12 +68,6 @@ class ActionShuffle(gym.ActionWrapper):
         # Base action per action, as Python ints (list indexing is the cheapest per-step lookup).
         self._base_actions: list[int] = (self.permutation + self._start).tolist()
 
-    @classmethod
-    def random(cls, env: gym.Env, seed: int) -> ActionShuffle:
-        """A uniformly random relabelling drawn from ``seed``."""
-        size = int(env.action_space.n)  # type: ignore[attr-defined]
-        return cls(env, np.random.default_rng(seed).permutation(size))
-
     def action(self, action: int | np.integer) -> int:
         return self._base_actions[int(action) - self._start]
 
