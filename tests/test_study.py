@@ -6,6 +6,7 @@ sets ``CRL_TEST_POSTGRES_URL``; without it they are skipped.
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import signal
@@ -26,13 +27,13 @@ from optuna.trial import TrialState
 from crl.config.curriculum import load_curriculum, set_path
 from crl.continual import ContinualResult, forgetting
 from crl.study.cli import main
-from crl.study.config import load_study
+from crl.study.config import OWN_OPTIONS, PRUNERS, SAMPLERS, _annotations, load_study
 from crl.study.objective import area_under_evaluation_curve, mean_forgetting
 from crl.study.runs import STUDY_TAG, TRIAL_TAG
 from crl.study.sampler import TrialSeededSampler
 from crl.study.trial import RUN_ATTR, SURPLUS_ATTR, WORKER_ATTR, TrialRunner, counted
 from crl.study.worker import TrialCounts
-from crl.train import CONFIG_ERROR_EXIT, INTERRUPTED_EXIT
+from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT
 from crl.train import main as train
 
 POSTGRES_URL = os.environ.get("CRL_TEST_POSTGRES_URL")
@@ -174,6 +175,15 @@ MALFORMED = {
         {"sampler": {"name": "tpe", "options": {"n_startup_trials": "x"}}},
         "key 'sampler.options.n_startup_trials' = 'x': TPESampler takes int (Input should be a valid integer",
     ),
+    "sampler option that is a function": (
+        {"sampler": {"name": "tpe", "options": {"gamma": "lambda x: 1"}}},
+        "key 'sampler.options.gamma' = 'lambda x: 1': TPESampler takes collections.abc.Callable[[int], int] | None "
+        "(a function, which a YAML file cannot give)",
+    ),
+    "sampler option that is a sampler": (
+        {"sampler": {"name": "qmc", "options": {"independent_sampler": "random"}}},
+        "QMCSampler takes optuna.samplers._base.BaseSampler | None (an object of that class",
+    ),
     "grace period within a heartbeat": (
         {"storage": {"heartbeat_interval": 60, "grace_period": 1}},
         "grace_period=1 must be longer than heartbeat_interval=60",
@@ -194,6 +204,14 @@ def test_a_malformed_study_exits_2_with_one_line_before_anything_exists(
     assert error.startswith(f"error: {path}") and "\n" not in error
     assert expected in error
     assert sorted(item.name for item in tmp_path.iterdir()) == ["curriculum.yaml", "study.yaml"]  # no database
+
+
+@pytest.mark.parametrize("cls", [*SAMPLERS.values(), *PRUNERS.values()], ids=lambda cls: cls.__name__)
+def test_every_sampler_and_pruner_option_has_an_annotation_that_is_checked(cls: type) -> None:
+    # Optuna annotates with names it imports for type checkers only; an option whose annotation
+    # cannot be resolved would go unchecked (a new name must join _ANNOTATION_NAMES).
+    options = set(inspect.signature(cls).parameters) - OWN_OPTIONS
+    assert options <= set(_annotations(cls))
 
 
 def test_a_python_tag_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -361,6 +379,11 @@ def test_pruned_diverged_and_crashed_trials_are_recorded_and_the_study_goes_on(
     assert (
         "RuntimeError: boom" in Path(client.download_artifacts(trials[1].user_attrs[RUN_ATTR], "error.txt")).read_text()
     )
+
+    # A study whose every trial crashes ends with the failure exit code, not 0.
+    monkeypatch.setattr(crl.study.trial, "run_child", lambda *args, **kwargs: 1 / 0)
+    assert main([str(_write(directory, "all_crashing", n_trials=2))]) == FAILED_EXIT
+    assert [trial.state for trial in _study(_optuna(directory), "all_crashing").trials] == [TrialState.FAIL] * 2
 
 
 def test_a_logged_metric_as_objective_is_its_last_value(directory: Path) -> None:

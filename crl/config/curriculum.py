@@ -550,6 +550,8 @@ def annotation_problem(annotation: Any, value: Any) -> str | None:
         message = error.errors()[0]["msg"]
         if "isinstance" in message:  # a class such as ActionNoise: no YAML value is one
             message = "an object of that class, which a YAML file cannot give"
+        elif "callable" in message:  # a function such as TPE's gamma: a YAML string is not code
+            message = "a function, which a YAML file cannot give"
         text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
         return f"{text} ({message})"
     return None

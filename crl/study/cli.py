@@ -76,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     texts = {"study.yml": args.study.read_text(), "base.yml": config.curriculum.to_yaml()}
     parent_id = study_parent_run(client, config, texts)
     status, code, threads = KILLED, INTERRUPTED_EXIT, th.get_num_threads()
+    all_failed = 0
     display = StudyDisplay(study, config.n_trials, console)
     settings = ProcessSettings.from_args(args)
     try:
@@ -90,7 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = 0
         else:
             code = _run_processes(config, parent_id, args.workers, display, console, settings)
-        status = FINISHED if TrialCounts.of(study.get_trials(deepcopy=False)).finished >= config.n_trials else KILLED
+        counts = TrialCounts.of(study.get_trials(deepcopy=False))
+        status = FINISHED if counts.finished >= config.n_trials else KILLED
+        if code == 0 and counts.failed == counts.finished > 0:
+            code = FAILED_EXIT  # every trial crashed: nothing was learnt about the search space
+            all_failed = counts.failed
     except KeyboardInterrupt:
         console.print(
             f"interrupted; the interrupted trials are queued again. Continue with the same command "
@@ -107,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(
         f"MLflow parent run {parent_id} at {config.tracking_uri}; Optuna study {config.name!r} at {config.storage_url}"
     )
+    if all_failed:
+        console.print(
+            f"[red]all {all_failed} finished trials failed; each trial's traceback is its MLflow run's error.txt[/red]"
+        )
     return code
 
 

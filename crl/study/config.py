@@ -12,12 +12,14 @@ import hashlib
 import inspect
 import json
 import math
+import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
@@ -46,6 +48,17 @@ PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "none": optuna.pruners.NopPruner,
 }
 OWN_OPTIONS = frozenset({"self", "seed", "search_space"})
+# Names Optuna's sampler and pruner modules annotate with but import only for type checkers (their
+# annotations are strings): without them pydantic cannot read, say, TPE's ``gamma: Callable[...]``
+# and a string given for it would pass unchecked, failing every trial.
+_ANNOTATION_NAMES = {
+    "Callable": Callable,
+    "Mapping": Mapping,
+    "Sequence": Sequence,
+    "np": np,
+    "FrozenTrial": optuna.trial.FrozenTrial,
+    "BaseSampler": optuna.samplers.BaseSampler,
+}
 """Constructor arguments the study sets itself."""
 DEFAULT_STORAGE_FILE = "optuna.db"
 """The default storage's file name, beside an SQLite MLflow database."""
@@ -201,15 +214,25 @@ def _options(kind: str, cls: type, options: Mapping[str, Any], source: str) -> N
     """Names and kinds of the options against the Optuna class's signature (Optuna checks few of them
     when constructed, and a wrong kind would fail every trial)."""
     parameters = {name: p for name, p in inspect.signature(cls).parameters.items() if name not in OWN_OPTIONS}
+    annotations = _annotations(cls)
     for name, value in options.items():
         if name not in parameters:
             raise ConfigError(
                 f"{source}: unknown key '{kind}.options.{name}'{suggest(name, list(parameters))}; "
                 f"{cls.__name__} takes: {', '.join(parameters) or 'no options'}"
             )
-        problem = annotation_problem(parameters[name].annotation, value)
+        problem = annotation_problem(annotations.get(name, parameters[name].annotation), value)
         if problem is not None:
             raise ConfigError(f"{source}: key '{kind}.options.{name}' = {value!r}: {cls.__name__} takes {problem}")
+
+
+def _annotations(cls: type) -> dict[str, Any]:
+    """The constructor's annotations as types; empty when a name in them is still unknown (then
+    :func:`annotation_problem` reads the strings of the signature, and skips what it cannot read)."""
+    try:
+        return typing.get_type_hints(cls.__init__, localns=_ANNOTATION_NAMES)  # type: ignore[misc]
+    except NameError:
+        return {}
 
 
 def make_sampler(spec: SamplerSpec, space: SearchSpace, source: str) -> optuna.samplers.BaseSampler:
