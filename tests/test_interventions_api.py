@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pickle
+import re
 from typing import ClassVar
 
 import gymnasium as gym
 import pytest
+import torch as th
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.dqn.policies import DQNPolicy as SB3DQNPolicy
 
 import crl
@@ -18,6 +21,7 @@ from crl.interventions import (
     make_interventions,
     registered_interventions,
 )
+from crl.metrics import MetricsError
 
 
 class _PPOOnly(Intervention):
@@ -113,3 +117,101 @@ def test_interventions_pickle_with_their_state() -> None:
     intervention = _PPOOnly(strength=0.5)
     restored = pickle.loads(pickle.dumps(intervention))
     assert restored == intervention and restored.strength == 0.5
+
+
+# --- one model per instance, crl policies, values that cannot run --------------------------------------
+
+
+def test_an_instance_of_another_model_is_refused_and_fresh_gives_a_new_one() -> None:
+    # L2-init's anchor is the first model's initial weights: a second model must not pull toward them.
+    l2_init = crl.interventions.L2Init(l2_init=1e-2)
+    first = crl.DQN("MlpPolicy", "CartPole-v1", interventions=[l2_init], seed=1)
+    with pytest.raises(InterventionError, match=r"L2Init\(l2_init=0.01\) already belongs to another model"):
+        crl.DQN("MlpPolicy", "CartPole-v1", interventions=[l2_init], seed=2)
+    second = crl.DQN("MlpPolicy", "CartPole-v1", interventions=[l2_init.fresh()], seed=2)
+    anchor = dict(second.interventions[0]._theta_0)
+    for name, parameter in second.policy.named_parameters():
+        assert th.equal(anchor[name], parameter) and not th.equal(anchor[name], first.interventions[0]._theta_0[name])
+
+
+def test_a_saved_model_keeps_its_interventions_on_load(tmp_path) -> None:
+    model = crl.DQN("MlpPolicy", "CartPole-v1", interventions=["l2_init"])
+    model.save(tmp_path / "model")
+    loaded = crl.DQN.load(tmp_path / "model")
+    crl.DQN.load(tmp_path / "model")  # a second load is a second model with its own copies
+    assert loaded.interventions[0] is not model.interventions[0]
+    with pytest.raises(InterventionError, match="already belongs to another model"):
+        crl.DQN.load(tmp_path / "model", interventions=model.interventions)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "name"),
+    [
+        (crl.DQN, "redo"),
+        (crl.DQN, "continual_backprop"),
+        (crl.DQN, "plasticity_injection"),
+        (crl.DQN, "adaptive_replay_ratio"),
+        (crl.PPO, "pfo"),
+    ],
+)
+def test_interventions_that_read_a_crl_policy_refuse_another_at_construction(algorithm, name) -> None:
+    sb3_policy = {crl.DQN: SB3DQNPolicy, crl.PPO: ActorCriticPolicy}[algorithm]
+    spec = {"name": name, **({"at_step": 100} if name == "plasticity_injection" else {})}
+    with pytest.raises(InterventionError) as error:
+        algorithm(sb3_policy, "CartPole-v1", interventions=[spec])
+    message = str(error.value)
+    assert f"intervention {name!r} reads the networks of a crl policy, but policy=stable_baselines3." in message
+    assert "or a subclass of crl.policies.ContinualPolicyMixin" in message
+
+
+def test_metrics_refuse_a_policy_that_is_not_a_crl_policy() -> None:
+    with pytest.raises(MetricsError, match="metrics are measured on the networks of a crl policy, but policy="):
+        crl.DQN(SB3DQNPolicy, "CartPole-v1", metrics={"every": 100})
+    crl.DQN(SB3DQNPolicy, "CartPole-v1", interventions=["weight_decay", "l2_init", "reset"])  # these need no crl policy
+
+
+def test_load_reads_interventions_and_metrics_as_the_constructor_does(tmp_path) -> None:
+    crl.DQN("MlpPolicy", "CartPole-v1").save(tmp_path / "model")
+    loaded = crl.DQN.load(tmp_path / "model", interventions=["redo", {"name": "l2_init", "l2_init": 0.1}],
+                          metrics={"every": 20})  # fmt: skip
+    assert [type(intervention).__name__ for intervention in loaded.interventions] == ["ReDo", "L2Init"]
+    assert loaded.metrics_monitor is not None and loaded.metrics_monitor.config.every == 20
+    assert "metrics" not in vars(loaded)
+    custom = crl.DQN.load(tmp_path / "model", custom_objects={"interventions": ["redo"]})
+    assert [type(intervention).__name__ for intervention in custom.interventions] == ["ReDo"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"name": "weight_decay", "weight_decay": float("inf")}, "parameter weight_decay=inf: Input should be"),
+        ({"name": "l2_init", "l2_init": float("nan")}, "parameter l2_init=nan: Input should be a finite number"),
+        ({"name": "adaptive_replay_ratio", "high": float("inf")}, "parameter high=inf: Input should be a finite"),
+    ],
+)
+def test_infinite_parameters_are_refused(spec, message) -> None:
+    with pytest.raises(InterventionError, match=re.escape(message)):
+        make_interventions([spec])
+
+
+def test_a_replay_ratio_that_rounds_to_no_gradient_step_is_refused() -> None:
+    with pytest.raises(InterventionError, match=re.escape("low=0.0004 gives no gradient step with 1 environment(s)")):
+        crl.DQN("MlpPolicy", "CartPole-v1", interventions=[{"name": "adaptive_replay_ratio", "low": 0.0004}])
+    crl.DQN("MlpPolicy", "CartPole-v1", interventions=[{"name": "adaptive_replay_ratio", "low": 0.001}])
+
+
+def test_step_schedules_count_the_steps_of_every_learn_call() -> None:
+    # The continual loop calls learn(reset_num_timesteps=True) at every task: num_timesteps restarts,
+    # the schedules' clock must not (at_step 600 falls in the second call, at_steps 200 only in the first).
+    injection = crl.interventions.PlasticityInjection(at_step=600)
+    reset = crl.interventions.Reset(at_steps=[200], at_task_boundaries=False)
+    redo = crl.interventions.ReDo(every=500)
+    model = crl.DQN("MlpPolicy", "CartPole-v1", interventions=[injection, reset, redo], learning_starts=50, seed=0)
+    recycles = []
+    redo_recycle = redo.recycle
+    object.__setattr__(redo, "recycle", lambda algo: recycles.append(algo.lifetime_timesteps) or redo_recycle(algo))
+    for _ in range(2):
+        model.learn(400)
+        assert model.num_timesteps == 400
+    assert model.lifetime_timesteps == 800
+    assert injection._injected and reset._events == 1 and recycles == [500]

@@ -66,6 +66,8 @@ def test_loss_is_the_cross_entropy_against_the_two_hot_target() -> None:
         (dict(low=1.0, high=1.0), "policy option two_hot needs low < high, got low=1.0, high=1.0"),
         (dict(low=0.0, high=1.0, bins=1), "policy option two_hot needs bins >= 2"),
         (dict(low=0.0, high=1.0, bins=2.5), "policy option two_hot needs bins >= 2 (an integer), got bins=2.5"),
+        (dict(low=-float("inf"), high=1.0), "policy option two_hot needs a finite number for low, got low=-inf"),
+        (dict(low="0", high="1"), "policy option two_hot needs a finite number for low, got low='0'"),
     ],
 )
 def test_bad_supports_are_rejected(options: dict, message: str) -> None:

@@ -10,6 +10,7 @@ gradient-step hooks.
 from __future__ import annotations
 
 import inspect
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, cast
 
@@ -24,14 +25,18 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.patch_gym import _patch_env
 
 from crl.hooks import GradientStep, HookDispatcher
-from crl.interventions.base import Intervention, make_interventions
-from crl.metrics.config import MetricsConfig
+from crl.interventions.base import Intervention, crl_policy_problem, make_interventions
+from crl.metrics.config import MetricsConfig, MetricsError
 from crl.metrics.monitor import MetricsMonitor
 from crl.optim import algorithm_optimizers, clip_grad_norm_, optimizer_step, use_multi_tensor_updates, zero_grad
 from crl.policies.two_hot import TwoHot
 from crl.wrappers.vec_env import DummyVecEnv
 
 InterventionSpec = Intervention | str | Mapping[str, Any]
+
+
+def _metrics_monitor(metrics: MetricsConfig | Mapping[str, Any] | None) -> MetricsMonitor | None:
+    return None if metrics is None else MetricsMonitor(MetricsConfig.make(metrics))
 
 
 class ContinualAlgorithm:
@@ -53,6 +58,7 @@ class ContinualAlgorithm:
     metrics_monitor: MetricsMonitor | None
     policy_kwargs: dict[str, Any]
     _hooks: HookDispatcher
+    _earlier_timesteps: int = 0
 
     def __init__(
         self,
@@ -64,8 +70,9 @@ class ContinualAlgorithm:
         **kwargs: Any,
     ) -> None:
         self.interventions = make_interventions(interventions)
-        self.metrics_monitor = None if metrics is None else MetricsMonitor(MetricsConfig.make(metrics))
+        self.metrics_monitor = _metrics_monitor(metrics)
         self.current_task = None
+        self._intervention_owner = uuid.uuid4().hex  # not saved: a loaded model is a model of its own
         self._hooks = HookDispatcher(())
         super().__init__(policy, env, *args, **kwargs)  # type: ignore[call-arg]
 
@@ -80,8 +87,13 @@ class ContinualAlgorithm:
         return getattr(self._algo.policy, "two_hot", None)
 
     def _setup_model(self) -> None:
+        self._take_load_arguments()
         for intervention in self.interventions:
             intervention.check(self._algo)
+            intervention.bind(self._intervention_owner)
+        problem = crl_policy_problem(self._algo)
+        if self.metrics_monitor is not None and problem is not None:
+            raise MetricsError(f"metrics are measured on the networks of a crl policy, but {problem}")
         # A copy: interventions write policy options into it, and the user's dict must stay as given.
         self.policy_kwargs = dict(self.policy_kwargs)
         for intervention in self.interventions:
@@ -91,6 +103,18 @@ class ContinualAlgorithm:
         monitors = [] if self.metrics_monitor is None else [self.metrics_monitor]
         self._hooks = HookDispatcher([*self.interventions, *monitors])
         self._hooks("on_setup", self._algo)
+
+    def _take_load_arguments(self) -> None:
+        """Read ``interventions`` and ``metrics`` given to ``load()`` as the constructor reads them.
+
+        SB3's ``load(path, **kwargs)`` (and ``custom_objects``) sets each keyword as an attribute of
+        the model as given: names and mappings of interventions, and ``metrics`` under its own name,
+        which no code would read.
+        """
+        self.interventions = make_interventions(self.interventions)
+        attributes = vars(self)
+        if "metrics" in attributes:
+            self.metrics_monitor = _metrics_monitor(attributes.pop("metrics"))
 
     def _use_multi_tensor_updates(self) -> None:
         # Bitwise SB3's updates, with fewer Python dispatches: about 5 % of PPO's time on CartPole.
@@ -129,9 +153,25 @@ class ContinualAlgorithm:
             callback = _NoCallback()
         return super()._init_callback(callback, progress_bar)  # type: ignore[misc]
 
+    @property
+    def lifetime_timesteps(self) -> int:
+        """Environment steps over every ``learn()`` call of this model: the clock of interventions' schedules.
+
+        ``num_timesteps`` restarts at 0 with each ``learn(reset_num_timesteps=True)``, as the continual
+        loop calls it at every task; a step-based schedule (``at_steps``, ``every``) counts the whole
+        training, as its docs say.
+        """
+        return self._earlier_timesteps + self._algo.num_timesteps
+
+    def _setup_learn(self, total_timesteps: int, callback: MaybeCallback = None, reset_num_timesteps: bool = True,
+                     *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:  # fmt: skip
+        if reset_num_timesteps:
+            self._earlier_timesteps += self._algo.num_timesteps  # SB3 sets num_timesteps to 0 next
+        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, *args, **kwargs)  # type: ignore[misc]
+
     def _excluded_save_params(self) -> list[str]:
-        # The dispatcher is rebuilt from `interventions` by `_setup_model` on load.
-        return [*super()._excluded_save_params(), "_hooks"]  # type: ignore[misc]
+        # The dispatcher is rebuilt from `interventions` by `_setup_model` on load; the owner token is new.
+        return [*super()._excluded_save_params(), "_hooks", "_intervention_owner"]  # type: ignore[misc]
 
     def _optimize(
         self,

@@ -10,7 +10,7 @@ from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from torch import nn
 
 from crl.hooks import GradientStep
-from crl.interventions.base import Intervention
+from crl.interventions.base import Intervention, InterventionError
 from crl.interventions.continual_backprop import loss_networks
 from crl.metrics.functions import fau
 
@@ -73,6 +73,17 @@ class AdaptiveReplayRatio(Intervention):
         if self.high <= self.low:
             raise ValueError(f"high={self.high} must be larger than low={self.low}")
         return self
+
+    def check(self, algo: BaseAlgorithm) -> None:
+        super().check(algo)
+        for key in ("low", "high"):
+            ratio = getattr(self, key)
+            if replay_schedule(ratio, algo.n_envs)[0] == 0:
+                raise InterventionError(
+                    f"intervention {self.name!r}: parameter {key}={ratio!r} gives no gradient step with "
+                    f"{algo.n_envs} environment(s) (ratios are rounded to a fraction with a denominator of "
+                    f"at most 1000); use {key} >= {0.001 / algo.n_envs:g}"
+                )
 
     @property
     def replay_ratio(self) -> float:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from crl.hooks import TrainingHook
+from crl.policies.base import ContinualPolicyMixin
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -30,7 +31,11 @@ class Intervention(BaseModel, TrainingHook):
     (:func:`make_intervention`).
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+    # allow_inf_nan=False: no parameter of the references is infinite, and inf or nan would only fail
+    # (or quietly poison the parameters) once training has started.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, arbitrary_types_allowed=True, allow_inf_nan=False
+    )
 
     name: ClassVar[str]
     """Registry key, e.g. ``"layer_norm"``."""
@@ -38,6 +43,10 @@ class Intervention(BaseModel, TrainingHook):
     """Algorithm families the intervention supports (``"DQN"``, ``"PPO"``, ``"SAC"``); ``None``: all."""
     transient: ClassVar[tuple[str, ...]] = ()
     """Private attributes that are caches (e.g. of modules): reset to their default when pickled."""
+    needs_crl_policy: ClassVar[bool] = False
+    """Whether the hooks read the networks of a crl policy (their layers, features or copies)."""
+
+    _owner: str | None = PrivateAttr(default=None)
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(type(self).model_fields))
@@ -73,14 +82,38 @@ class Intervention(BaseModel, TrainingHook):
             raise InterventionError(
                 f"intervention {self.name!r} does not apply to {family}; it supports {sorted(self.algorithms)}"
             )
+        problem = crl_policy_problem(algo)
+        if (self.needs_crl_policy or self.needs_features) and problem is not None:
+            raise InterventionError(f"intervention {self.name!r} reads the networks of a crl policy, but {problem}")
+
+    def bind(self, owner: str) -> None:
+        """Belong to the model whose token is ``owner`` (called at construction and after ``load``).
+
+        :raises InterventionError: the instance already belongs to another model. Its state (L2-init's
+            anchor, schedules' counters, the replay ratio's switch) is that model's, so a second model
+            must get its own instance, e.g. :meth:`fresh`.
+        """
+        if self._owner not in (None, owner):
+            raise InterventionError(
+                f"intervention {self!r} already belongs to another model, whose state it keeps; give each "
+                f"model its own instance: a new {type(self).__name__}(...), intervention.fresh(), or the name "
+                f"{self.name!r} or a mapping"
+            )
+        self._owner = owner
+
+    def fresh(self) -> Intervention:
+        """The same intervention, with the same parameters and no state: for another model."""
+        return type(self)(**self.model_dump())
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
         private = state.get("__pydantic_private__")
-        if self.transient and private:
+        if private:
+            # _owner too: a loaded copy belongs to the model that loads it
+            transient = {*self.transient, "_owner"}
             defaults = type(self).__private_attributes__
             state["__pydantic_private__"] = {
-                key: defaults[key].get_default() if key in self.transient else value for key, value in private.items()
+                key: defaults[key].get_default() if key in transient else value for key, value in private.items()
             }
         return state
 
@@ -97,6 +130,17 @@ class Intervention(BaseModel, TrainingHook):
         return f"{type(self).__name__}({params})"
 
     __str__ = __repr__
+
+
+def crl_policy_problem(algo: BaseAlgorithm) -> str | None:
+    """Why the policy ``algo`` builds is not a crl policy (:class:`crl.policies.ContinualPolicyMixin`), or ``None``."""
+    policy_class = algo.policy_class  # type: ignore[attr-defined]
+    if issubclass(policy_class, ContinualPolicyMixin):
+        return None
+    return (
+        f"policy={policy_class.__module__}.{policy_class.__qualname__} is not one; use one of "
+        f"{sorted(algo.policy_aliases)} or a subclass of crl.policies.ContinualPolicyMixin"
+    )
 
 
 def _type_name(annotation: Any) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field, PrivateAttr, model_validator
 from torch import nn
@@ -35,7 +35,8 @@ class PlasticityInjection(Intervention):
     builds the networks before it loads their parameters). Compose with care: ReDo and continual
     backprop do not recycle units inside an injected head.
 
-    :param at_step: inject after the first ``train()`` at or past this environment step
+    :param at_step: inject after the first ``train()`` at or past this environment step of the whole
+        training (``lifetime_timesteps``: over every ``learn()`` call, so over a task sequence)
     :param at_task: inject when this task starts (``algo.start_task``)
     :param head_layers: k, the number of final layers forming the head; k > 1 needs them to be the
         end of one ``nn.Sequential`` (DQN's and SAC critics' MLPs; not PPO's or SAC's actor)
@@ -43,6 +44,7 @@ class PlasticityInjection(Intervention):
     """
 
     name = "plasticity_injection"
+    needs_crl_policy: ClassVar[bool] = True
 
     at_step: int | None = Field(default=None, gt=0)
     at_task: int | None = Field(default=None, ge=0)
@@ -66,7 +68,7 @@ class PlasticityInjection(Intervention):
             self._inject(algo, heads, fresh=False)
 
     def on_train_end(self, algo: BaseAlgorithm) -> None:
-        if self.at_step is not None and not self._injected and algo.num_timesteps >= self.at_step:
+        if self.at_step is not None and not self._injected and algo.lifetime_timesteps >= self.at_step:  # type: ignore[attr-defined]
             self.inject(algo)
 
     def on_task_start(self, algo: BaseAlgorithm, task_id: int) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field, PrivateAttr
 
@@ -40,12 +40,13 @@ class ReDo(Intervention):
     ``interventions/redo/recycled_fraction``.
 
     :param tau: dormancy threshold (0.1 in ReDo; the dormant-ratio metric uses 0.025)
-    :param every: F, environment steps between checks
+    :param every: F, environment steps between checks (of the whole training, over every ``learn()`` call)
     :param probe_size: probe samples (replay buffer or last rollout)
     :param networks: the trained networks to treat (default: all)
     """
 
     name = "redo"
+    needs_crl_policy: ClassVar[bool] = True
 
     tau: float = Field(default=0.1, ge=0.0)
     every: int = Field(default=1000, gt=0)
@@ -59,9 +60,7 @@ class ReDo(Intervention):
         check_networks(self.name, self.networks, algo)
 
     def on_train_end(self, algo: BaseAlgorithm) -> None:
-        now = algo.num_timesteps
-        if now < self._last_check:  # learn(reset_num_timesteps=True) restarted the clock
-            self._last_check = 0
+        now = algo.lifetime_timesteps  # type: ignore[attr-defined]
         if now - self._last_check >= self.every:
             self._last_check = now
             self.recycle(algo)

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 class ScheduledIntervention(Intervention):
     """An intervention that acts at scheduled moments: every N env steps, at listed steps, at task boundaries.
 
-    Step-based moments are checked after each ``train()`` call (so the next collection already uses
+    Step-based moments count the environment steps of the model's whole training
+    (``lifetime_timesteps``: over every ``learn()`` call, so over a task sequence whose loop restarts
+    ``num_timesteps`` at each task). They are checked after each ``train()`` call (so the next collection already uses
     the changed networks, and PPO never trains on a rollout collected by a different network); their
     resolution is the algorithm's training frequency. A task boundary is the start of every task but
     the first one started (``algo.start_task``). Subclasses implement :meth:`apply`.
@@ -50,9 +52,7 @@ class ScheduledIntervention(Intervention):
         self.record(algo, "events", self._events)
 
     def on_train_end(self, algo: BaseAlgorithm) -> None:
-        now = algo.num_timesteps
-        if now < self._last_timesteps:  # learn(reset_num_timesteps=True) restarted the clock
-            self._periods_done, self._last_timesteps = 0, 0
+        now = algo.lifetime_timesteps  # type: ignore[attr-defined]
         due = None
         if self.every is not None and now // self.every > self._periods_done:
             self._periods_done = now // self.every
