@@ -230,13 +230,12 @@ class ContinualPolicyMixin:
         """
         space = self.observation_space  # type: ignore[attr-defined]
         if type(observation) is np.ndarray and type(space) is spaces.Box:
-            if observation.shape == space.shape:
-                vectorized = False
-                observation = observation.reshape((-1, *space.shape))
-            elif observation.shape[1:] == space.shape:
-                vectorized = True  # SB3's reshape((-1, *space.shape)) would give a view of the same shape
-            else:
+            if observation.shape != space.shape and observation.shape[1:] != space.shape:
                 return super().obs_to_tensor(observation)  # type: ignore[misc,no-any-return]
+            vectorized = observation.shape != space.shape
+            # SB3's reshape, also of a batch to its own shape: it can change the strides of length-1
+            # axes (a transposed batch of one image), and with them the path a convolution takes.
+            observation = observation.reshape((-1, *space.shape))
             if self._box_kind(space) != "image":
                 observation = np.array(observation)
             return array_as_tensor(observation, self.device), vectorized  # type: ignore[attr-defined]

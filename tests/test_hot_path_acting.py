@@ -115,6 +115,17 @@ def test_a_scalar_box_observation_is_not_taken_for_a_batch() -> None:
         assert vectorized == sb3_vectorized and ours.shape == theirs.shape and th.equal(ours, theirs)
 
 
+def test_a_transposed_image_batch_reaches_the_network_with_sb3s_strides() -> None:
+    """``VecTransposeImage`` hands over a transposed view; SB3's reshape to the same shape changes the
+    stride of its batch axis of length 1, and the convolution's path (and last bits) with it."""
+    space = spaces.Box(0, 255, (3, 36, 36), np.uint8)
+    policy = crl.policies.DQNCnnPolicy(space, spaces.Discrete(2), lambda _: 1e-3)
+    observation = np.random.default_rng(0).integers(0, 256, (1, 36, 36, 3), np.uint8).transpose(0, 3, 1, 2)
+    ours, vectorized = policy.obs_to_tensor(observation)
+    theirs, sb3_vectorized = BasePolicy.obs_to_tensor(policy, observation)
+    assert vectorized == sb3_vectorized and ours.stride() == theirs.stride() and th.equal(ours, theirs)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8, np.int64, np.bool_])
 @pytest.mark.parametrize("layout", ["contiguous", "fortran", "strided"])
 def test_array_as_tensor_is_as_tensor(dtype: type, layout: str) -> None:
