@@ -9,7 +9,7 @@ from stable_baselines3.common.utils import LinearSchedule
 import crl
 from crl.config import ConfigError
 from crl.config.build import build_model, build_sequence
-from crl.config.curriculum import apply_overrides, load_curriculum
+from crl.config.curriculum import apply_overrides, load_curriculum, set_path
 
 VALID = """\
 algorithm: DQN
@@ -347,3 +347,18 @@ def test_bad_overrides(tmp_path: Path, override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_curriculum(_write(tmp_path, VALID), [override])
     assert str(info.value).replace(str(tmp_path) + "/", "").startswith(expected), str(info.value)
+
+
+def test_an_intervention_in_short_form_takes_parameters_by_position_as_by_name() -> None:
+    data = {"interventions": ["redo", "layer_norm"]}
+    apply_overrides(data, ["interventions.0.tau=0.2", "interventions.layer_norm.placement=post"])
+    assert data == {"interventions": [{"name": "redo", "tau": 0.2}, {"name": "layer_norm", "placement": "post"}]}
+
+
+def test_only_a_name_that_several_items_share_is_sent_to_their_positions() -> None:
+    # A missing item has no position either: no hint to use one.
+    with pytest.raises(ValueError) as info:
+        set_path({"interventions": []}, "interventions.redo.tau", 0.1)
+    assert str(info.value) == "'interventions.redo': no item named 'redo' in []"
+    with pytest.raises(ValueError, match=r"2 items named 'redo' in \['redo', 'redo'\]; address it by position instead"):
+        set_path({"interventions": ["redo", "redo"]}, "interventions.redo.tau", 0.1)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,10 +29,12 @@ from crl.config.curriculum import load_curriculum, set_path
 from crl.continual import ContinualResult, forgetting
 from crl.study.cli import main
 from crl.study.config import OWN_OPTIONS, PRUNERS, SAMPLERS, _annotations, load_study
-from crl.study.objective import area_under_evaluation_curve, mean_forgetting
-from crl.study.runs import STUDY_TAG, TRIAL_TAG
+from crl.study.objective import area_under_evaluation_curve, mean_forgetting, metric_key_problem
+from crl.study.runs import STORAGE_TAG, STUDY_TAG, TRIAL_TAG, storage_tag
 from crl.study.sampler import TrialSeededSampler
-from crl.study.trial import RUN_ATTR, SURPLUS_ATTR, WORKER_ATTR, TrialRunner, counted
+from crl.study.space import SearchSpace
+from crl.study.storage import StaleTrialHandler
+from crl.study.trial import RUN_ATTR, SURPLUS_ATTR, WORKER_ATTR, TrialRunner, counted, queue_again
 from crl.study.worker import TrialCounts
 from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT
 from crl.train import main as train
@@ -188,6 +191,43 @@ MALFORMED = {
         {"storage": {"heartbeat_interval": 60, "grace_period": 1}},
         "grace_period=1 must be longer than heartbeat_interval=60",
     ),
+    "brute force over a float without a step": (
+        {"sampler": "brute_force"},
+        "the brute_force sampler needs a finite space: give the float dimension a 'step'",
+    ),
+    "brute force beyond its points": (
+        {
+            "sampler": "brute_force",
+            "search_space": {"interventions.redo.tau": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.1}},
+            "n_trials": 4,
+        },
+        "key 'n_trials' = 4: the brute_force sampler's space has 3 points only",
+    ),
+    "misspelled metric": (
+        {"objective": {"measure": "metric", "key": "final/forgeting"}, "direction": "minimize"},
+        "key 'objective.key' = 'final/forgeting': no run logs it (did you mean 'final/forgetting'?)",
+    ),
+    "metric of a group no run logs": (
+        {"objective": {"measure": "metric", "key": "eval/mean_retrun"}, "direction": "maximize"},
+        "key 'objective.key' = 'eval/mean_retrun': no run logs it",
+    ),
+    "a corner's sequence that cannot be built": (
+        {"search_space": {"sequence.options.n_tasks": {"type": "int", "low": 0, "high": 3}}},
+        "(search_space: sequence.options.n_tasks=0): sequence: n_tasks must be >= 1, got 0",
+    ),
+    "named set without the parameter's intervention": (
+        {
+            "search_space": {
+                "interventions": {"type": "categorical", "choices": {"none": [], "redo": ["redo"]}},
+                "interventions.redo.tau": {"type": "float", "low": 0.0, "high": 0.5},
+            }
+        },
+        "'interventions.redo': no item named 'redo' in []; every choice of 'interventions' must contain it",
+    ),
+    "study name that no MLflow filter can quote": (
+        {"study_name": 'it\'s "x"'},
+        "key 'study_name' = 'it\\'s \"x\"': MLflow cannot find a run by a value with both ' and \"",
+    ),
 }
 
 
@@ -219,6 +259,34 @@ def test_a_python_tag_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (tmp_path / "study.yaml").write_text("!!python/object/apply:os.system [echo hacked]\n")
     assert main(["study.yaml"]) == CONFIG_ERROR_EXIT
     assert "could not determine a constructor for the tag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--best", "adir"], "--best 'adir' is a directory; give the file to write"),
+        (["--best", "afile/best.yaml"], "--best 'afile/best.yaml': 'afile' is not a directory"),
+        (
+            ["--tracking-uri", "bogus://x", "--storage", "sqlite:///optuna.db"],
+            "key 'tracking.tracking_uri' = 'bogus://x' (--tracking-uri, MLFLOW_TRACKING_URI or the base "
+            "curriculum's): MLflow cannot use it",
+        ),
+    ],
+    ids=["best is a directory", "best inside a file", "unknown tracking URI"],
+)
+def test_a_bad_argument_exits_2_with_one_line_before_anything_exists(
+    arguments: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "curriculum.yaml").write_text(CURRICULUM)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("")
+    path = _write(tmp_path)
+    assert main([str(path), *arguments]) == CONFIG_ERROR_EXIT
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {path}") and "\n" not in error
+    assert expected in error
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["adir", "afile", "curriculum.yaml", "study.yaml"]
 
 
 def test_a_study_created_from_another_file_is_not_joined(directory: Path, capsys) -> None:
@@ -296,6 +364,31 @@ def test_a_seeded_sampler_draws_per_trial_the_same_in_any_process() -> None:
     draws = [trial.params["x"] for trial in whole.trials]
     assert [trial.params["x"] for trial in second.trials] == draws
     assert len(set(draws)) == 4
+
+
+def test_a_seeded_qmc_study_draws_one_low_discrepancy_sequence(tmp_path: Path) -> None:
+    # Optuna keeps a QMC sampler's place in its sequence in the study, per seed: seeded per trial, each
+    # trial would take the first point of another scrambled sequence, a random search.
+    (tmp_path / "curriculum.yaml").write_text(CURRICULUM)
+    config = load_study(_write(tmp_path, sampler={"name": "qmc", "seed": 3, "options": {"scramble": True}}))
+
+    def draws(sampler: optuna.samplers.BaseSampler) -> list[dict]:
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(lambda trial: float(len(config.space.suggest(trial).params)), n_trials=6)
+        return [trial.params for trial in study.trials]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        assert draws(config.make_sampler()) == draws(optuna.samplers.QMCSampler(seed=3, scramble=True))
+
+
+def test_brute_force_trains_each_point_once_by_default(tmp_path: Path) -> None:
+    (tmp_path / "curriculum.yaml").write_text(CURRICULUM)
+    space = {
+        "interventions.redo.tau": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.1},
+        "seed": {"type": "categorical", "choices": [0, 1]},
+    }
+    assert load_study(_write(tmp_path, sampler="brute_force", search_space=space, n_trials=None)).n_trials == 3 * 2
 
 
 # --- trials in MLflow, pruning, failures ------------------------------------------------------------
@@ -400,6 +493,8 @@ def test_a_logged_metric_as_objective_is_its_last_value(directory: Path) -> None
     history = sorted(client.get_metric_history(seed_run.info.run_id, key), key=lambda point: point.step)
     assert trial.state == TrialState.COMPLETE and trial.value == history[-1].value
     assert trial.intermediate_values[1] == trial.value  # the last report: the value logged by the sequence's end
+    # The up-front check of objective keys refuses none that a run logs (algorithm, intervention, metrics).
+    assert {key: metric_key_problem(key) for key in seed_run.data.metrics} == dict.fromkeys(seed_run.data.metrics)
 
 
 def test_finished_trials_count_retries_once_and_surplus_trials_not_at_all() -> None:
@@ -426,6 +521,75 @@ def test_finished_trials_count_retries_once_and_surplus_trials_not_at_all() -> N
     runner.config = SimpleNamespace(n_trials=3)  # type: ignore[assignment]
     retry = study.ask()
     assert retry.number == 3 and not runner.is_surplus(retry)
+
+
+def test_a_trial_that_fails_before_training_records_its_error(
+    directory: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    def fail(self: SearchSpace, trial: optuna.Trial) -> None:
+        raise RuntimeError("no draw")
+
+    monkeypatch.setattr(SearchSpace, "suggest", fail)
+    assert main([str(_write(directory, n_trials=1))]) == FAILED_EXIT
+    (trial,) = _study(_optuna(directory), "study").trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["error"] == "RuntimeError('no draw')"
+    client = MlflowClient(_mlflow(directory))
+    run = client.get_run(trial.user_attrs[RUN_ATTR])
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+    assert "RuntimeError: no draw" in Path(client.download_artifacts(run.info.run_id, "error.txt")).read_text()
+    assert "each trial's traceback is its MLflow run's error.txt" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_study_in_another_storage_gets_its_own_parent_run(directory: Path) -> None:
+    path = _write(directory, n_trials=1)
+    other = f"sqlite:///{directory / 'other.db'}"
+    assert main([str(path)]) == 0
+    assert main([str(path), "--storage", other]) == 0  # a new Optuna study of the same name
+    runs = _runs(directory)
+    parents = [run for run in runs if run.data.tags.get(STUDY_TAG) == "study"]
+    assert sorted(run.data.tags[STORAGE_TAG] for run in parents) == sorted([_optuna(directory), other])
+    for parent in parents:
+        children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == 1 and parent.data.tags["best_trial"] == "0" and parent.info.status == "FINISHED"
+    assert storage_tag("postgresql://crl:secret@db.example:5432/crl") == "postgresql://crl@db.example:5432/crl"
+
+
+def test_a_study_name_with_a_quote_finds_its_parent_run(directory: Path) -> None:
+    assert main([str(_write(directory, n_trials=1)), "--study-name", "bob's"]) == 0
+    (parent,) = [run for run in _runs(directory) if run.data.tags.get(STUDY_TAG) == "bob's"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["best_trial"] == "0"
+
+
+def test_an_interrupted_trial_is_queued_again_whatever_max_retry(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crl.study.trial
+
+    real_run_child = crl.study.trial.run_child
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt  # as a Ctrl-C's stop request does at a rollout's start
+
+    monkeypatch.setattr(crl.study.trial, "run_child", interrupt)
+    path = _write(directory, n_trials=1, storage={"max_retry": 0})  # a dead worker's trial is not retried
+    assert main([str(path)]) == INTERRUPTED_EXIT
+    before = _study(_optuna(directory), "study").trials
+    assert [trial.state for trial in before] == [TrialState.FAIL, TrialState.WAITING]
+    assert before[1].params == before[0].params
+    monkeypatch.setattr(crl.study.trial, "run_child", real_run_child)
+    assert main([str(path)]) == 0
+    after = _study(_optuna(directory), "study").trials
+    assert [trial.state for trial in after] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert after[1].params == before[0].params and len(counted(after)) == 1
+
+    # max_retry counts the trials whose worker died, not the interrupted ones before them.
+    study = optuna.create_study()
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL))
+    queue_again(study, study.trials[0], interrupted=True)
+    handler = StaleTrialHandler(MlflowClient(_mlflow(directory)), max_retry=1)
+    handler(study, study.trials[1])  # its worker died: retried once
+    handler(study, study.trials[2])  # again: no more
+    assert [trial.state for trial in study.trials] == [TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
 
 
 def _launch(directory: Path, *arguments: str) -> subprocess.Popen[bytes]:

@@ -131,7 +131,7 @@ class PolicyOptions(Section):
     :param net_arch: hidden layer widths, or per-network widths (PPO ``pi``/``vf``, SAC ``pi``/``qf``)
     :param activation: hidden activation by name (``crelu`` included)
     :param layer_norm: LayerNorm in every hidden layer, before (``pre``) or after (``post``) the activation
-    :param crelu_halve_width: with ``crelu``, halve the widths to keep the parameter count
+    :param crelu_halve_width: with ``crelu``, halve the hidden widths, so each layer passes on its original width
     :param normalize_images: divide image observations by 255
     :param share_features_extractor: actor and critic share the features extractor (PPO, SAC)
     :param ortho_init: orthogonal initialisation (PPO)
@@ -367,7 +367,8 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
     """Set ``path`` (``a.b.0.c``; a list of interventions also by name: ``interventions.redo.tau``) in ``data``.
 
     A missing mapping key is created, so that a misspelled one is reported by the curriculum's
-    validation with a suggestion.
+    validation with a suggestion. A list item in short form (``redo``) that a path goes through, by
+    name or by position, becomes a mapping (``{name: redo}``) to take parameters.
 
     :raises ValueError: a path through something that is not a mapping or list, or a missing item
     """
@@ -380,7 +381,10 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
                 node[part] = {}
             node = node[part]
         elif isinstance(node, list):
-            node = node[_item(node, part, where)]
+            index = _item(node, part, where)
+            if isinstance(node[index], str):
+                node[index] = {"name": node[index]}  # the short form of a named item, to take parameters
+            node = node[index]
         else:
             raise ValueError(f"{'.'.join(parents[:depth]) or 'the top level'} is not a mapping or a list")
     if isinstance(node, dict):
@@ -392,18 +396,17 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
 
 
 def _item(items: list[Any], part: str, where: str) -> int:
-    """The index ``part`` names: a position, or the one intervention of that name (made a mapping)."""
+    """The index ``part`` names: a position, or the one item (intervention) of that name."""
     if part.isdigit():
         if int(part) >= len(items):
             raise ValueError(f"{where!r} needs a list index in [0, {len(items)})")
         return int(part)
     names = [item if isinstance(item, str) else item.get("name") if isinstance(item, dict) else None for item in items]
     found = [index for index, name in enumerate(names) if name == part]
-    if len(found) != 1:
-        problem = "no item" if not found else f"{len(found)} items"
-        raise ValueError(f"{where!r}: {problem} named {part!r} in {names}; address it by position instead")
-    if isinstance(items[found[0]], str):
-        items[found[0]] = {"name": part}  # to take parameters
+    if not found:  # no position would help either
+        raise ValueError(f"{where!r}: no item named {part!r} in {names}")
+    if len(found) > 1:
+        raise ValueError(f"{where!r}: {len(found)} items named {part!r} in {names}; address it by position instead")
     return found[0]
 
 

@@ -1,9 +1,10 @@
 """``python -m crl.study FILE``: an Optuna study over a curriculum, trials tracked in MLflow.
 
 Everything that can be wrong with the study file is checked before the study or any MLflow run
-exists: the file, its base curriculum, every corner of the search space as a curriculum, the sampler
-and pruner options, the storage URL, and the base curriculum's sequence and model are built. A
-problem prints one line and exits with code 2. Then the study is created in its storage (or joined,
+exists: the file, its base curriculum, every corner of the search space as a curriculum (and its
+sequence, when it differs from the base's), the sampler and pruner options, the storage URL, the
+tracking URI and ``--best``, and the base curriculum's sequence and model are built. A problem
+prints one line and exits with code 2. Then the study is created in its storage (or joined,
 with the same name: relaunching continues it), the study's MLflow parent run is found or created,
 and ``--workers`` processes train trials until the study has ``n_trials`` finished ones. Workers on
 other machines join by running the same command with the same ``--storage``.
@@ -33,9 +34,9 @@ from crl.study.best import write_best
 from crl.study.config import StudyConfig, load_study
 from crl.study.interrupt import STOP
 from crl.study.progress import StudyDisplay
-from crl.study.runs import FINISHED, KILLED, study_parent_run
+from crl.study.runs import FINISHED, KILLED, study_parent_run, tracking_client
 from crl.study.storage import StaleTrialHandler, open_storage, open_study
-from crl.study.trial import TrialRunner
+from crl.study.trial import ERROR_ATTR, TrialRunner
 from crl.study.worker import POLL_SECONDS, TrialCounts, run_worker, worker_name
 from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT, positive_int
 
@@ -65,9 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     try:
         config = load_study(args.study, args.n_trials, args.study_name, args.storage, tracking_uri)
+        best = args.best or Path(f"{config.name}-best.yaml")
+        _check_best(best, config.source)
         sequence = build_sequence(config.curriculum, config.source)
         build_model(config.curriculum, sequence, config.curriculum.seeds[0], config.source)
-        client = MlflowClient(tracking_uri=config.tracking_uri)
+        client = tracking_client(config)
         handler = StaleTrialHandler(client, config.spec.storage.max_retry)
         study = open_study(config, open_storage(config, handler))
     except ConfigError as error:
@@ -84,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.apply()
             worker = worker_name()
             display.training = Progress(*_columns(), console=console)
-            runner = TrialRunner(config, client, parent_id, worker, display.training, handler.retry)
+            runner = TrialRunner(config, client, parent_id, worker, display.training)
             live = Live(console=console, get_renderable=display.__rich__, refresh_per_second=REFRESH_PER_SECOND)
             with live, STOP.installed():
                 run_worker(study, runner, config.n_trials, callbacks=[display.update])
@@ -108,15 +111,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.set_terminated(parent_id, status)
     display.update()
     console.print(display.summary())
-    _report_best(config, study, client, parent_id, args.best or Path(f"{config.name}-best.yaml"), console)
+    _report_best(config, study, client, parent_id, best, console)
     console.print(
         f"MLflow parent run {parent_id} at {config.tracking_uri}; Optuna study {config.name!r} at {config.storage_url}"
     )
     if all_failed:
         console.print(
-            f"[red]all {all_failed} finished trials failed; each trial's traceback is its MLflow run's error.txt[/red]"
+            f"[red]all {all_failed} finished trials failed; each trial's traceback is its MLflow run's error.txt "
+            f"(and its error the Optuna trial's user attribute {ERROR_ATTR!r})[/red]"
         )
     return code
+
+
+def _check_best(path: Path, source: str) -> None:
+    """``--best`` must be a file that can be written, or be created (it is written after the study).
+
+    :raises ConfigError: a directory, or a path through a file
+    """
+    if path.is_dir():
+        raise ConfigError(
+            f"{source}: --best {str(path)!r} is a directory; give the file to write (e.g. {path / 'best.yaml'})"
+        )
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{source}: --best {str(path)!r}: {str(parent)!r} is not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{source}: --best {str(path)!r}: directory {str(parent)!r} is not writable")
+            return
 
 
 def _columns() -> tuple[ProgressColumn, ...]:
@@ -178,8 +200,6 @@ def _worker_process(config: StudyConfig, parent_id: str, settings: ProcessSettin
     study = open_study(config, open_storage(config, handler))
     try:
         with Progress(disable=True) as progress, STOP.installed():
-            run_worker(
-                study, TrialRunner(config, client, parent_id, worker_name(), progress, handler.retry), config.n_trials
-            )
+            run_worker(study, TrialRunner(config, client, parent_id, worker_name(), progress), config.n_trials)
     except KeyboardInterrupt:
         sys.exit(INTERRUPTED_EXIT)

@@ -2,8 +2,9 @@
 
 :func:`load_study` reads the file with ``yaml.safe_load``, validates it (:class:`StudySpec`), loads the
 base curriculum with its overrides, validates the curriculum each corner of the search space gives
-(bounds and choices, in combination when there are few), and builds the sampler and the pruner. Every
-problem is a :class:`~crl.config.errors.ConfigError` with a one-line message naming the key.
+(bounds and choices, in combination when there are few) and builds the corners' sequences that differ
+from the base's, and builds the sampler and the pruner. Every problem is a
+:class:`~crl.config.errors.ConfigError` with a one-line message naming the key.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from typing import Any
 import numpy as np
 import optuna
 from pydantic import ValidationError
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from crl.config.build import build_sequence
 from crl.config.curriculum import Curriculum, annotation_problem, read_yaml, set_path, validate_curriculum
 from crl.config.errors import ConfigError, describe_validation_error, suggest
+from crl.study.objective import metric_key_problem
 from crl.study.sampler import TrialSeededSampler
 from crl.study.schema import DIMENSION_TYPES, SEED_KEY, PrunerSpec, SamplerSpec, StudySpec
 from crl.study.space import SearchSpace, TrialParameters
@@ -146,13 +149,15 @@ def load_study(
     base, curriculum = _base_curriculum(spec, path, tracking_uri)
     _check_objective(spec, curriculum, source)
     space = SearchSpace(spec.search_space)
-    _check_space(space, base, source)
+    _check_space(space, base, curriculum, source)
     make_sampler(spec.sampler, space, source)  # the options' check
     make_pruner(spec.resolved_pruner, source)
     n_trials = _n_trials(n_trials or spec.n_trials, spec, space, source)
     url = storage_url or spec.storage.url or default_storage(curriculum.tracking.tracking_uri, source)
-    _check_url(url, source)
-    return StudyConfig(spec, source, study_name or spec.study_name or path.stem, base, curriculum, space, n_trials, url)
+    _check_url(url, "--storage" if storage_url else "storage.url", source)
+    name = study_name or spec.study_name or path.stem
+    _check_findable(name, "--study-name" if study_name else "study_name", source)  # a stem is the default name
+    return StudyConfig(spec, source, name, base, curriculum, space, n_trials, url)
 
 
 def _without_dimension_tags(message: str) -> str:
@@ -192,22 +197,41 @@ def _check_objective(spec: StudySpec, curriculum: Curriculum, source: str) -> No
         raise ConfigError(
             f"{source}: key 'direction' is missing: a logged metric's objective needs maximize or minimize"
         )
-    if objective.key is not None and objective.key.startswith("plasticity/") and curriculum.metrics is None:
+    if objective.key is None:
+        return
+    # A key no run logs would fail every trial, each after training all of it.
+    problem = metric_key_problem(objective.key)
+    if problem is not None:
+        raise ConfigError(f"{source}: key 'objective.key' = {objective.key!r}: {problem}")
+    if objective.key.startswith("plasticity/") and curriculum.metrics is None:
         raise ConfigError(
             f"{source}: key 'objective.key' = {objective.key!r}: the base curriculum logs no plasticity "
             "metrics; set its 'metrics' (e.g. base.overrides: {metrics: {every: 10000}})"
         )
 
 
-def _check_space(space: SearchSpace, base: Mapping[str, Any], source: str) -> None:
-    """Every corner combination of the search space must give a valid curriculum."""
+def _check_space(space: SearchSpace, base: Mapping[str, Any], curriculum: Curriculum, source: str) -> None:
+    """Every corner combination of the search space must give a valid curriculum, whose sequence builds.
+
+    Only the sequences that differ from the base's are built here (the command line builds the base's
+    with its model): a sequence's options (``n_tasks: 0``) are checked when it is built.
+    """
+    built = {_sequence_key(curriculum)}
     for combination in space.corner_combinations():
         where = f"{source} (search_space: {', '.join(f'{path}={value!r}' for path, value in combination.items())})"
         try:
             data = space.apply(base, combination)
         except ValueError as error:
             raise ConfigError(f"{where}: {error}") from None
-        validate_curriculum(data, source=where)
+        corner = validate_curriculum(data, source=where)
+        if _sequence_key(corner) not in built:
+            build_sequence(corner, where)
+            built.add(_sequence_key(corner))
+
+
+def _sequence_key(curriculum: Curriculum) -> str:
+    """What :func:`build_sequence` builds from."""
+    return curriculum.sequence.model_dump_json()
 
 
 def _options(kind: str, cls: type, options: Mapping[str, Any], source: str) -> None:
@@ -238,6 +262,11 @@ def _annotations(cls: type) -> dict[str, Any]:
 def make_sampler(spec: SamplerSpec, space: SearchSpace, source: str) -> optuna.samplers.BaseSampler:
     """The Optuna sampler of ``spec``; with a seed, trial ``n`` draws with ``seed + n`` (:class:`TrialSeededSampler`).
 
+    But ``qmc``: its points are one low-discrepancy sequence, whose place Optuna keeps in the study
+    (so every worker and relaunch takes the next point) under the sampler's seed; seeded per trial,
+    each trial would take the first point of another scrambled sequence. It gets the study's seed,
+    and only its random draws (of the first trial, before it knows the space) are seeded per trial.
+
     :raises ConfigError: an unknown option, or one the sampler rejects
     """
     cls = SAMPLERS[spec.name]
@@ -249,7 +278,15 @@ def make_sampler(spec: SamplerSpec, space: SearchSpace, source: str) -> optuna.s
     def make(seed: int | None) -> optuna.samplers.BaseSampler:
         return _construct("sampler", cls, {**arguments, "seed": seed}, source)  # type: ignore[return-value]
 
-    return make(None) if spec.seed is None else TrialSeededSampler(make, spec.seed)
+    if spec.seed is None:
+        return make(None)
+    if spec.name == "qmc":
+        # The options cannot give an independent sampler (a YAML file gives no objects): QMC's default,
+        # a random sampler, seeded per trial as the other samplers are.
+        random = TrialSeededSampler(lambda seed: optuna.samplers.RandomSampler(seed=seed), spec.seed)
+        arguments["independent_sampler"] = random
+        return make(spec.seed)
+    return TrialSeededSampler(make, spec.seed)
 
 
 def make_pruner(spec: PrunerSpec, source: str) -> optuna.pruners.BasePruner:
@@ -272,11 +309,15 @@ def _construct(kind: str, cls: type, arguments: dict[str, Any], source: str) -> 
 
 
 def _n_trials(n_trials: int | None, spec: StudySpec, space: SearchSpace, source: str) -> int:
-    """The given number of trials; a grid's size by default (and at most)."""
-    if spec.sampler.name == "grid":
-        points = math.prod(len(values) for values in space.grid(source).values())
+    """The given number of trials; the size of a grid or of brute force's space by default (and at most:
+    further trials would repeat points)."""
+    if spec.sampler.name in ("grid", "brute_force"):
+        if spec.sampler.name == "grid":
+            points, what = math.prod(len(values) for values in space.grid(source).values()), "the grid has"
+        else:
+            points, what = space.points(source), "the brute_force sampler's space has"
         if n_trials is not None and n_trials > points:
-            raise ConfigError(f"{source}: key 'n_trials' = {n_trials}: the grid has {points} points only")
+            raise ConfigError(f"{source}: key 'n_trials' = {n_trials}: {what} {points} points only")
         return n_trials or points
     if n_trials is None:
         raise ConfigError(f"{source}: key 'n_trials' is missing; give it in the file or with --n-trials")
@@ -297,10 +338,46 @@ def default_storage(tracking_uri: str, source: str) -> str:
     return prefix + str(Path(tracking_uri[len(prefix) :]).parent / DEFAULT_STORAGE_FILE)
 
 
-def _check_url(url: str, source: str) -> None:
+def _check_url(url: str, key: str, source: str) -> None:
+    """A database URL, whose tag (:func:`storage_tag`) MLflow can search for.
+
+    :param key: where the URL comes from, for the message
+    """
     try:
         make_url(url)
     except ArgumentError:
         raise ConfigError(
             f"{source}: storage URL {url!r} is not a database URL (e.g. sqlite:///optuna.db, postgresql://host/db)"
         ) from None
+    _check_findable(storage_tag(url), key, source)
+
+
+def _check_findable(value: str, key: str, source: str) -> None:
+    """``value`` can be a string of an MLflow filter (:func:`filter_string`): the parent run is found by it."""
+    try:
+        filter_string(value)
+    except ValueError as error:
+        raise ConfigError(f"{source}: key {key!r} = {value!r}: {error}") from None
+
+
+def storage_tag(url: str) -> str:
+    """The storage URL as the parent run's tag: without its password, which MLflow would show anyone."""
+    parsed = make_url(url)
+    without = URL.create(
+        parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database, parsed.query
+    )
+    return without.render_as_string(hide_password=False)
+
+
+def filter_string(value: str) -> str:
+    """``value`` quoted as a string of an MLflow filter (``tags.x = 'value'``).
+
+    MLflow's filters have no escapes: a value is quoted with the quote it does not contain.
+
+    :raises ValueError: ``value`` contains both quotes
+    """
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError("MLflow cannot find a run by a value with both ' and \" (its filters have no escapes); drop one")

@@ -17,12 +17,15 @@ The same measures on the evaluations so far are the intermediate values reported
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from mlflow import MlflowClient
 
+from crl.config.errors import suggest
 from crl.continual import ContinualResult, average_performance
+from crl.interventions import registered_interventions
 from crl.study.schema import ObjectiveSpec
 
 AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
@@ -31,6 +34,49 @@ AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
     "min": np.min,
     "max": np.max,
 }
+
+FIXED_METRICS = (
+    "task",
+    "continual/average",
+    "final/average_performance",
+    "final/forgetting",
+    "final/backward_transfer",
+    "final/performance_maintenance",
+    *(f"time/{name}" for name in ("episodes", "fps", "iterations", "time_elapsed", "total_timesteps")),
+    *(f"rollout/{name}" for name in ("ep_len_mean", "ep_rew_mean", "exploration_rate", "success_rate")),
+)
+"""Metrics a run logs under fixed names (by :mod:`crl.train` and SB3's algorithms), if it logs them at all."""
+TASK_METRIC = re.compile(r"continual/\d+_.+")
+"""``continual/<task index>_<task name>``: each task's evaluations."""
+OPEN_GROUPS = ("train", "plasticity")
+"""Groups whose names depend on the algorithm, its version or its networks: only their prefix is checked."""
+LOGGED_NAMES = (
+    "task, continual/average, continual/<index>_<task>, final/..., time/..., rollout/..., train/<algorithm's>, "
+    "interventions/<intervention>/<value>, plasticity/<network>/<layer>/<metric>"
+)
+
+
+def metric_key_problem(key: str) -> str | None:
+    """Why no run can log the metric ``key`` (for ``measure: metric``), or ``None`` when one may.
+
+    What a run logs is not all known before it runs: ``train/`` keys are the algorithm's own (SB3's
+    and crl's losses, which change with versions), ``interventions/<name>/`` keys each intervention's,
+    and ``plasticity/`` keys depend on the networks and their layers. Those are checked by their
+    group (and the intervention's name); the names crl and SB3 log themselves (:data:`FIXED_METRICS`,
+    ``continual/``) one by one. So a misspelt ``final/forgeting`` or ``eval/mean_reward`` (no run
+    evaluates through SB3's ``EvalCallback``) is refused, a misspelt ``train/los`` is not.
+    """
+    group, _, rest = key.partition("/")
+    if key in FIXED_METRICS or TASK_METRIC.fullmatch(key) or (group in OPEN_GROUPS and rest):
+        return None
+    if group == "interventions":
+        name, _, value = rest.partition("/")
+        known = list(registered_interventions())
+        if name in known and value:
+            return None
+        if name not in known:
+            return f"no intervention is named {name!r}{suggest(name, known)}; interventions: {', '.join(known)}"
+    return f"no run logs it{suggest(key, FIXED_METRICS)}; runs log {LOGGED_NAMES}"
 
 
 def area_under_evaluation_curve(result: ContinualResult) -> float:

@@ -1,8 +1,10 @@
 """MLflow runs of a study: one parent run per study, a child run per trial, a grandchild run per seed.
 
-The parent run carries the tag ``crl.study = <study name>``: every launch of the study, on any machine,
-finds and reuses it. Two workers that start together may both create one; each then keeps the
-earliest and deletes its own if it is not that one, so all of them agree on one parent.
+The parent run carries the tags ``crl.study = <study name>`` and ``crl.study.storage = <storage URL>``
+(without its password): every launch of the study, on any machine, finds and reuses it, and a study
+of the same name in another storage (a new Optuna study) gets its own. Two workers that start
+together may both create one; each then keeps the earliest and deletes its own if it is not that
+one, so all of them agree on one parent.
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
+from mlflow.entities import Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from crl.study.config import StudyConfig
+from crl.config.errors import ConfigError, one_line
+from crl.study.config import StudyConfig, filter_string, storage_tag
 from crl.tracking.runs import create_run, flatten
 from crl.train import log_texts
 
 STUDY_TAG = "crl.study"
 """The parent run's tag holding the study's name."""
+STORAGE_TAG = "crl.study.storage"
+"""The parent run's tag holding the study's storage URL, without its password (:func:`storage_tag`)."""
 TRIAL_TAG = "optuna.trial_number"
 STATE_TAG = "optuna.state"
 RUNNING = RunStatus.to_string(RunStatus.RUNNING)
@@ -42,11 +47,27 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         return found.experiment_id
 
 
-def _study_runs(client: MlflowClient, experiment: str, name: str) -> list[str]:
-    """The study's parent runs, earliest first."""
-    runs = client.search_runs(
-        [experiment], f"tags.`{STUDY_TAG}` = '{name}'", order_by=["attributes.start_time ASC", "attributes.run_id ASC"]
+def tracking_client(config: StudyConfig) -> MlflowClient:
+    """The MLflow client of the study's tracking URI.
+
+    :raises ConfigError: a URI MLflow has no store for (e.g. an unknown scheme)
+    """
+    try:
+        return MlflowClient(tracking_uri=config.tracking_uri)
+    except MlflowException as error:
+        raise ConfigError(
+            f"{config.source}: key 'tracking.tracking_uri' = {config.tracking_uri!r} (--tracking-uri, "
+            f"MLFLOW_TRACKING_URI or the base curriculum's): MLflow cannot use it ({one_line(error.message)})"
+        ) from None
+
+
+def _study_runs(client: MlflowClient, experiment: str, config: StudyConfig) -> list[str]:
+    """The study's parent runs (its name in its storage), earliest first."""
+    query = (
+        f"tags.`{STUDY_TAG}` = {filter_string(config.name)} "
+        f"AND tags.`{STORAGE_TAG}` = {filter_string(storage_tag(config.storage_url))}"
     )
+    runs = client.search_runs([experiment], query, order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
     return [run.info.run_id for run in runs if MLFLOW_PARENT_RUN_ID not in run.data.tags]
 
 
@@ -56,7 +77,7 @@ def study_parent_run(client: MlflowClient, config: StudyConfig, texts: Mapping[s
     :param texts: ``{file name: text}`` logged as the new run's artifacts (the study file, the base curriculum)
     """
     experiment = experiment_id(client, config.curriculum.tracking.experiment)
-    found = _study_runs(client, experiment, config.name)
+    found = _study_runs(client, experiment, config)
     if not found:
         params = {
             **{f"study.{key}": value for key, value in flatten(config.spec.model_dump(mode="json")).items()},
@@ -67,29 +88,34 @@ def study_parent_run(client: MlflowClient, config: StudyConfig, texts: Mapping[s
             client,
             config.curriculum.tracking.experiment,
             config.name,
-            tags={STUDY_TAG: config.name, "study_file": config.source},
+            tags={STUDY_TAG: config.name, STORAGE_TAG: storage_tag(config.storage_url), "study_file": config.source},
             params=params,
         )
         log_texts(client, created, dict(texts))
-        found = _study_runs(client, experiment, config.name)
+        found = _study_runs(client, experiment, config)
         if found[0] != created:
             client.delete_run(created)
     client.update_run(found[0], status=RUNNING)
     return found[0]
 
 
-def create_trial_run(
-    client: MlflowClient, config: StudyConfig, parent_id: str, number: int, params: Mapping[str, object], worker: str
-) -> str:
-    """A trial's run under the study's parent run, with the trial's parameters."""
+def create_trial_run(client: MlflowClient, config: StudyConfig, parent_id: str, number: int, worker: str) -> str:
+    """A trial's run under the study's parent run (its parameters follow: :func:`log_trial_params`)."""
     return create_run(
         client,
         config.curriculum.tracking.experiment,
         trial_name(config, number),
         tags={TRIAL_TAG: str(number), STUDY_TAG + ".trial_of": config.name, "worker": worker},
-        params={"trial_number": str(number), **{path: str(value) for path, value in params.items()}},
+        params={"trial_number": str(number)},
         parent_run_id=parent_id,
     )
+
+
+def log_trial_params(client: MlflowClient, run_id: str, params: Mapping[str, object]) -> None:
+    """The trial's drawn parameters, ``{path: value}``, as its run's params."""
+    items = [Param(path, str(value)) for path, value in params.items()]
+    for start in range(0, len(items), 100):  # MLflow's batch limit for params
+        client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
 
 
 def trial_name(config: StudyConfig, number: int) -> str:

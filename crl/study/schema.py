@@ -8,6 +8,7 @@ keys are errors); :func:`crl.study.config.load_study` then checks it against its
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import optuna
@@ -59,6 +60,15 @@ class FloatDimension(Section):
     def corners(self) -> list[float]:
         return [self.low, self.high]
 
+    @property
+    def size(self) -> int:
+        """How many values a stepped dimension has: ``low``, ``low + step``, ... up to ``high``.
+
+        Counted in decimals, as Optuna's brute-force sampler enumerates them (0.1 steps are exact).
+        """
+        assert self.step is not None  # unstepped: infinitely many
+        return int((Decimal(str(self.high)) - Decimal(str(self.low))) // Decimal(str(self.step))) + 1
+
 
 class IntDimension(Section):
     """An int drawn from ``[low, high]`` (``trial.suggest_int``).
@@ -91,6 +101,10 @@ class IntDimension(Section):
     @property
     def grid(self) -> list[int]:
         return list(range(self.low, self.high + 1, self.step))
+
+    @property
+    def size(self) -> int:
+        return len(range(self.low, self.high + 1, self.step))
 
 
 class CategoricalDimension(Section):
@@ -139,6 +153,10 @@ class CategoricalDimension(Section):
     @property
     def grid(self) -> list[Scalar]:
         return self.labels
+
+    @property
+    def size(self) -> int:
+        return len(self.choices)
 
 
 Dimension = Annotated[FloatDimension | IntDimension | CategoricalDimension, Field(discriminator="type")]

@@ -75,9 +75,19 @@ class SearchSpace:
         for path in self.dimensions:
             if path == SEED_KEY:
                 data["seeds"] = [values[path]]
-            else:
+                continue
+            try:
                 set_path(data, path, copy.deepcopy(values[path]))
+            except ValueError as error:
+                raise ValueError(f"{error}{self._set_before(path)}") from None
         return data
+
+    def _set_before(self, path: str) -> str:
+        """A hint when a dimension set before ``path`` replaced what it goes into (a named set of interventions)."""
+        for prefix in self.dimensions:
+            if path.startswith(prefix + "."):
+                return f"; every choice of {prefix!r} must contain it"
+        return ""
 
     def corner_combinations(self) -> Iterator[dict[str, Any]]:
         """Value combinations to validate before any trial: every combination of the corners (bounds,
@@ -100,6 +110,21 @@ class SearchSpace:
         if isinstance(dimension, CategoricalDimension):
             return [dimension.value(label) for label in dimension.labels]
         return list(dimension.corners)
+
+    def points(self, source: str) -> int:
+        """How many points the brute_force sampler has to try: the product of the dimensions' sizes.
+
+        :raises ConfigError: a float dimension without a step (its values are infinitely many)
+        """
+        points = 1
+        for path, dimension in self.dimensions.items():
+            if isinstance(dimension, FloatDimension) and dimension.step is None:
+                raise ConfigError(
+                    f"{source}: key 'search_space.{path}': the brute_force sampler needs a finite space: "
+                    "give the float dimension a 'step', or list its values as choices"
+                )
+            points *= dimension.size
+        return points
 
     def grid(self, source: str) -> dict[str, list[Scalar]]:
         """Optuna's grid: every value of every dimension (categorical, or int with its step).

@@ -3,9 +3,10 @@
 An :class:`optuna.storages.RDBStorage` on the study's URL (SQLite on one machine, PostgreSQL across
 machines). Each running trial sends a heartbeat every ``heartbeat_interval`` seconds; a trial without
 one for ``grace_period`` seconds is failed by the next worker that looks (before each of its trials
-and while it waits), its MLflow runs are marked failed, and Optuna's
-:class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` queues a copy with the same parameters,
-which the next free worker trains.
+and while it waits), its MLflow runs are marked failed, and a copy with the same parameters is queued
+(:func:`~crl.study.trial.queue_again`, as Optuna's ``RetryHeartbeatStaleTrialCallback``) unless the
+trial's configuration was retried ``max_retry`` times for dead workers already. The next free worker
+trains it.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from typing import Any
 
 import optuna
 from mlflow import MlflowClient
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 from crl.config.errors import ConfigError, one_line
 from crl.study.config import StudyConfig
 from crl.study.runs import FAILED, end_trial_run
-from crl.study.trial import RUN_ATTR
+from crl.study.trial import RUN_ATTR, dead_worker_retries, queue_again
 
 FINGERPRINT_ATTR = "crl.fingerprint"
 """The study's user attribute holding :meth:`StudyConfig.fingerprint` of the file that created it."""
@@ -38,20 +39,20 @@ class StaleTrialHandler:
     """Called by the storage for each trial failed for a missing heartbeat: ends its MLflow runs, retries it.
 
     :param client: the MLflow client
-    :param max_retry: how often one trial is retried (``None``: always)
+    :param max_retry: how often one trial is retried after its worker died (``None``: always); trials
+        interrupted by Ctrl-C are always queued again, and do not count
     """
 
     def __init__(self, client: MlflowClient, max_retry: int | None) -> None:
         self.client = client
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.max_retry = max_retry
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get(RUN_ATTR)
         if run_id is not None:
             end_trial_run(self.client, run_id, "FAIL", FAILED)
-        self.retry(study, trial)
+        if self.max_retry is None or dead_worker_retries(trial) < self.max_retry:
+            queue_again(study, trial, interrupted=False)
 
 
 def open_storage(config: StudyConfig, handler: StaleTrialHandler) -> RDBStorage:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import tempfile
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import optuna
 import torch as th
@@ -30,7 +30,7 @@ from crl.continual import ContinualResult
 from crl.study.config import StudyConfig
 from crl.study.interrupt import STOP
 from crl.study.objective import aggregate, measure
-from crl.study.runs import FAILED, FINISHED, KILLED, create_trial_run, end_trial_run, trial_name
+from crl.study.runs import FAILED, FINISHED, KILLED, create_trial_run, end_trial_run, log_trial_params, trial_name
 from crl.study.schema import ObjectiveSpec
 from crl.train import create_child_run, log_result, log_texts, run_child
 from crl.wrappers import TaskSequence
@@ -42,8 +42,10 @@ WORKER_ATTR = "worker"
 SURPLUS_ATTR = "surplus"
 """Set on a trial started when the study already had its trials (workers that asked at the same moment)."""
 ERROR_ATTR = "error"
-
-RetryCallback = Callable[[optuna.Study, FrozenTrial], None]
+RETRY_HISTORY = "retry_history"
+"""A queued copy's system attribute (Optuna's): the numbers of the trials it repeats, the first first."""
+INTERRUPTED_ATTR = "crl.interrupted"
+"""A queued copy's system attribute: the numbers in its retry history whose trial a Ctrl-C interrupted."""
 
 
 class SurplusTrial(Exception):
@@ -52,7 +54,41 @@ class SurplusTrial(Exception):
 
 def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
     """The numbers of failed trials that a later trial retries."""
-    return {trial.system_attrs["retry_history"][-1] for trial in trials if trial.system_attrs.get("retry_history")}
+    return {trial.system_attrs[RETRY_HISTORY][-1] for trial in trials if trial.system_attrs.get(RETRY_HISTORY)}
+
+
+def queue_again(study: optuna.Study, trial: FrozenTrial, interrupted: bool) -> None:
+    """Queue a copy of ``trial`` with its parameters, for the next free worker to train from the start.
+
+    The copy's system attributes are those of Optuna's ``RetryHeartbeatStaleTrialCallback``
+    (``failed_trial``, ``retry_history``), so :func:`retried_numbers` and Optuna's tools read it alike;
+    an interrupted trial is also noted in :data:`INTERRUPTED_ATTR`, as ``max_retry`` limits the retries of
+    dead workers' trials only (:func:`dead_worker_retries`).
+
+    :param interrupted: ``trial`` stopped on Ctrl-C (else its worker died)
+    """
+    previous = trial.system_attrs.get(INTERRUPTED_ATTR, [])
+    system_attrs = {
+        "failed_trial": trial.number,
+        **trial.system_attrs,
+        RETRY_HISTORY: [*trial.system_attrs.get(RETRY_HISTORY, []), trial.number],
+        INTERRUPTED_ATTR: [*previous, trial.number] if interrupted else list(previous),
+    }
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=trial.user_attrs,
+            system_attrs=system_attrs,
+        )
+    )
+
+
+def dead_worker_retries(trial: FrozenTrial) -> int:
+    """How many of the trials that ``trial`` repeats failed because their worker died (not on Ctrl-C)."""
+    interrupted = set(trial.system_attrs.get(INTERRUPTED_ATTR, []))
+    return sum(number not in interrupted for number in trial.system_attrs.get(RETRY_HISTORY, []))
 
 
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -122,40 +158,32 @@ class TrialRunner:
     :param parent_id: the study's parent run
     :param worker: this process's name (``host:pid``), recorded on each trial
     :param progress: where each seed's training shows its progress
-    :param retry: re-queues a trial interrupted by Ctrl-C (as one whose worker died)
     """
 
     def __init__(
-        self,
-        config: StudyConfig,
-        client: MlflowClient,
-        parent_id: str,
-        worker: str,
-        progress: Progress,
-        retry: RetryCallback,
+        self, config: StudyConfig, client: MlflowClient, parent_id: str, worker: str, progress: Progress
     ) -> None:
         self.config = config
         self.client = client
         self.parent_id = parent_id
         self.worker = worker
         self.progress = progress
-        self.retry = retry
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.is_surplus(trial):
             trial.set_user_attr(SURPLUS_ATTR, True)
             raise SurplusTrial(f"the study had its {self.config.n_trials} trials when trial {trial.number} started")
-        parameters = self.config.space.suggest(trial)
-        curriculum = self.config.trial_curriculum(parameters)
-        run_id = create_trial_run(
-            self.client, self.config, self.parent_id, trial.number, parameters.params, self.worker
-        )
+        try:
+            # The run first: whatever fails after it (drawing, the trial's curriculum) has its error.txt.
+            run_id = create_trial_run(self.client, self.config, self.parent_id, trial.number, self.worker)
+        except Exception as error:
+            trial.set_user_attr(ERROR_ATTR, repr(error)[:1000])  # no run to hold the traceback
+            raise
         trial.set_user_attr(RUN_ATTR, run_id)
         trial.set_user_attr(WORKER_ATTR, self.worker)
-        log_texts(self.client, run_id, {"config.yml": curriculum.to_yaml()})
         state, status = TrialState.FAIL, FAILED
         try:
-            value = self.train(trial, curriculum, run_id)
+            value = self.train(trial, self.trial_curriculum(trial, run_id), run_id)
             state, status = TrialState.COMPLETE, FINISHED
             return value
         except TrialPruned:
@@ -164,7 +192,8 @@ class TrialRunner:
         except KeyboardInterrupt:
             status = KILLED
             frozen = next(frozen for frozen in trial.study.get_trials(deepcopy=False) if frozen.number == trial.number)
-            self.retry(trial.study, frozen)  # the next launch trains it again
+            # Always queued again, whatever storage.max_retry (which is for dead workers): the next launch trains it.
+            queue_again(trial.study, frozen, interrupted=True)
             raise
         except Exception as error:
             trial.set_user_attr(ERROR_ATTR, repr(error)[:1000])
@@ -172,6 +201,14 @@ class TrialRunner:
             raise
         finally:
             end_trial_run(self.client, run_id, state.name, status)
+
+    def trial_curriculum(self, trial: optuna.Trial, run_id: str) -> Curriculum:
+        """Draw the trial's parameters, log them to its run with the curriculum they give (``config.yml``)."""
+        parameters = self.config.space.suggest(trial)
+        log_trial_params(self.client, run_id, parameters.params)
+        curriculum = self.config.trial_curriculum(parameters)
+        log_texts(self.client, run_id, {"config.yml": curriculum.to_yaml()})
+        return curriculum
 
     def is_surplus(self, trial: optuna.Trial) -> bool:
         """Whether the trials numbered before this one already make the study's ``n_trials``.
