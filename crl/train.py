@@ -1,16 +1,19 @@
 """``python -m crl.train FILE``: train through a curriculum, one MLflow child run per seed.
 
 Everything that can be wrong with the curriculum is checked before the first MLflow run is created:
-the file is validated, the task sequence and the first seed's model are built. A problem prints one
-line and exits with code 2, leaving no run behind. Then a parent run is created for the launch and a
-child run per seed; SB3's logger writes into the child run with ``step`` = environment steps of the
-whole sequence; the performance matrix, the continual metrics, the resolved ``config.yml``, the
-command and the final model are logged at the end of each seed.
+the file is validated, the task sequence and the first seed's model are built, the checkpoint
+directory is written to and MLflow opens the tracking store. A problem prints one line and exits with
+code 2, leaving no run behind. Then a parent run is created for the launch and a child run per seed;
+SB3's logger writes into the child run with ``step`` = environment steps of the whole sequence; each
+evaluation (a column of the performance matrix) is logged as it is made, so a seed that fails keeps
+its history; the continual metrics, the resolved ``config.yml``, the command and the final model are
+logged at the end of each seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import shlex
@@ -19,11 +22,13 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
+from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch as th
@@ -40,7 +45,7 @@ from stable_baselines3.common.logger import Logger
 from crl.algorithms import ContinualAlgorithm
 from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import Curriculum, load_curriculum
-from crl.config.errors import ConfigError, print_error
+from crl.config.errors import ConfigError, one_line, print_error
 from crl.continual import (
     ContinualResult,
     average_performance,
@@ -52,6 +57,7 @@ from crl.continual import (
 )
 from crl.continual.loop import ContinualPosition, TaskEndHook, request_checkpoint
 from crl.plotting import PlotError, write_run_plots
+from crl.plotting.runs import PROGRESS_BAR_VARIABLE
 from crl.process import ProcessSettings, add_keep_freed_memory_option
 from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from crl.tracking.mlflow_writer import MLflowOutputFormat
@@ -124,6 +130,9 @@ def resolve(args: argparse.Namespace) -> Curriculum:
 class TrainingProgress(BaseCallback):
     """Shows task i/n, steps, steps/s and the last evaluation; points the MLflow writer at global steps.
 
+    The loop hands each evaluation to :meth:`show_evaluation` as it is made: SB3's logger, which also
+    records it, forgets it at its next dump.
+
     :param progress: the rich progress display
     :param sequence: the tasks (for their budgets and names)
     :param writer: the MLflow output format whose step offset follows the current task
@@ -153,19 +162,29 @@ class TrainingProgress(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.n_calls % 100 == 0:
-            average = self.model.logger.name_to_value.get(f"{EVALUATION_PREFIX}average")
-            if average is not None:
-                self.last_evaluation = f"{average:.3g}"
-            task = self.model.current_task  # type: ignore[attr-defined]
-            steps = self.task_start + self.model.num_timesteps
-            speed = steps / max(time.perf_counter() - self.started, 1e-9)
-            self.progress.update(
-                self.bar,
-                completed=steps,
-                info=f"{speed:,.0f} steps/s | task {task + 1}/{len(self.sequence)} {self.sequence.task_names[task]} | "
-                f"last eval {self.last_evaluation}",
-            )
+            self._refresh()
         return True
+
+    def show_evaluation(self, column: np.ndarray) -> None:
+        """Show the average over the tasks of an evaluation just made.
+
+        :param column: the evaluation's performance, one value per task
+        """
+        self.last_evaluation = f"{float(np.mean(column)):.3g}"
+        # SB3 sets the model at the first learn(); a task's last evaluation comes after learn() returned.
+        if getattr(self, "model", None) is not None:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        task = self.model.current_task  # type: ignore[attr-defined]
+        steps = self.task_start + self.model.num_timesteps
+        speed = steps / max(time.perf_counter() - self.started, 1e-9)
+        self.progress.update(
+            self.bar,
+            completed=steps,
+            info=f"{speed:,.0f} steps/s | task {task + 1}/{len(self.sequence)} {self.sequence.task_names[task]} | "
+            f"last eval {self.last_evaluation}",
+        )
 
 
 def train_seed(
@@ -200,6 +219,12 @@ def train_seed(
     def checkpoint(position: ContinualPosition) -> None:
         save_checkpoint(root, model, position, run_id, seed)
 
+    def evaluated(step: int, column: np.ndarray) -> None:
+        # Logged at once, so that a seed that fails keeps its evaluations; the writer skips the steps a
+        # resumed run already holds.
+        writer.log(evaluation_metrics(sequence.task_names, column), step)
+        callback.show_evaluation(column)
+
     result = learn_continual(
         model,  # type: ignore[arg-type]
         sequence,
@@ -213,6 +238,7 @@ def train_seed(
         checkpoint_every=curriculum.checkpoint.every,
         checkpoint_at_task_end=curriculum.checkpoint.at_task_end,
         on_task_end=on_task_end,
+        on_evaluation=evaluated,
         **curriculum.continual.model_dump(),
     )
     progress.update(callback.bar, completed=int(callback.starts[-1]))
@@ -220,17 +246,35 @@ def train_seed(
     return result
 
 
+def evaluation_metrics(task_names: Sequence[str], column: np.ndarray) -> dict[str, float]:
+    """The MLflow metrics of one evaluation: each task's performance and their average.
+
+    :param task_names: the sequence's tasks (the index keeps repeated tasks apart)
+    :param column: the evaluation's performance, one value per task
+    """
+    metrics = {
+        f"{EVALUATION_PREFIX}{index}_{name}": float(value)
+        for index, (name, value) in enumerate(zip(task_names, column, strict=True))
+    }
+    metrics[f"{EVALUATION_PREFIX}average"] = float(np.mean(column))
+    return metrics
+
+
 def log_result(client: MlflowClient, run_id: str, result: ContinualResult, final: bool = True) -> None:
-    """The performance matrix at its evaluation steps, and the continual metrics at the last step.
+    """The evaluations the run does not hold yet at their steps, and the continual metrics at the last step.
+
+    :mod:`crl.train` logs every evaluation as it is made; evaluations at or before the last step of
+    the run's ``continual/average`` are not logged again.
 
     :param final: the run went through the whole sequence (else only the evaluations so far are logged)
     """
+    history = client.get_metric_history(run_id, f"{EVALUATION_PREFIX}average")
+    logged_through = max((point.step for point in history), default=-1)
     metrics = []
     for column, step in enumerate(result.eval_steps):
-        for index, name in enumerate(result.task_names):
-            value = float(result.performance[index, column])
-            metrics.append(Metric(f"{EVALUATION_PREFIX}{index}_{name}", value, 0, int(step)))
-        metrics.append(Metric(f"{EVALUATION_PREFIX}average", float(result.performance[:, column].mean()), 0, int(step)))
+        if step > logged_through:
+            values = evaluation_metrics(result.task_names, result.performance[:, column])
+            metrics += [Metric(key, value, 0, int(step)) for key, value in values.items()]
     end = int(result.eval_steps[-1])
     if final:
         metrics.append(Metric("final/average_performance", average_performance(result), 0, end))
@@ -263,8 +307,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         curriculum = resolve(args)
         sequence = build_sequence(curriculum, source)
         first_model = build_model(curriculum, sequence, curriculum.seeds[0], source)
-        client = MlflowClient(tracking_uri=curriculum.tracking.tracking_uri)
-        parent_id, children = (None, {}) if args.resume is None else resumed_runs(client, args.resume, curriculum)
+        check_writable(Path(curriculum.checkpoint.directory), f"{source}: key 'checkpoint.directory'")
+        client = tracking_client(curriculum, _tracking_uri_origin(args, source))
+        parent_id: str | None = None
+        children: dict[int, str] = {}
+        launch_seeds = list(curriculum.seeds)
+        if args.resume is not None:
+            parent_id, children, launch_seeds = resumed_runs(client, args.resume, curriculum)
+            for seed, child_id in children.items():
+                check_writable(
+                    checkpoint_root(client, child_id, curriculum), f"--resume {args.resume}: seed {seed}'s checkpoints"
+                )
         # Resuming one child run continues that seed only; the launch's other seeds are left as they are.
         seeds = list(children) if args.resume is not None and args.resume != parent_id else curriculum.seeds
     except ConfigError as error:
@@ -273,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = curriculum.tracking.run_name or args.curriculum.stem
     arguments = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join([*COMMAND, *arguments])
+    previous_status = None
     if parent_id is None:
         parent_id = create_run(
             client,
@@ -283,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         log_texts(client, parent_id, {"config.yml": curriculum.to_yaml(), "command.txt": command + "\n"})
     else:
+        previous_status = client.get_run(parent_id).info.status
         client.update_run(parent_id, status=RunStatus.to_string(RunStatus.RUNNING))
     status = RunStatus.to_string(RunStatus.FAILED)
     pending = [
@@ -295,7 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if workers > 1:
             # The runs exist before any worker starts: an interrupted launch resumes them all by the parent's id.
             for seed in pending:
-                children.setdefault(seed, create_child_run(client, curriculum, name, seed, parent_id))
+                if seed not in children:  # a resumed seed keeps its run (and its checkpoints)
+                    children[seed] = create_child_run(client, curriculum, name, seed, parent_id)
             launch = ParallelLaunch(curriculum, source, parent_id, name, workers, console, settings)
             results = launch.run({seed: children[seed] for seed in pending})
         else:
@@ -315,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return FAILED_EXIT
         plots = log_plots(client, parent_id, PLOTS_DIRECTORY / parent_id)
         console.print(f"{len(plots)} plots in {PLOTS_DIRECTORY / parent_id} (also logged to the parent run)")
-        status = RunStatus.to_string(RunStatus.FINISHED)
+        status = launch_status(client, parent_id, [*launch_seeds, *seeds], previous_status, console)
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
         resume = shlex.join([*COMMAND, *_without_resume(arguments), "--resume", parent_id])
@@ -329,6 +385,99 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.set_terminated(parent_id, status)
     console.print(f"MLflow parent run {parent_id} at {curriculum.tracking.tracking_uri}")
     return 0
+
+
+def launch_status(
+    client: MlflowClient, parent_id: str, seeds: Sequence[int], previous: str | None, console: Console
+) -> str:
+    """The parent run's status once the seeds trained now have finished: ``FINISHED`` only when every
+    seed of the launch has a finished child run (``--resume CHILD_ID`` trains one seed only).
+
+    Otherwise the launch is unfinished: ``FAILED`` if it was (a seed failed), else ``KILLED``, and a
+    line says which seeds remain.
+
+    :param seeds: the launch's seeds (its ``config.yml``'s, and any trained now)
+    :param previous: the parent's status before this resume (``None`` for a new launch)
+    """
+    unfinished = unfinished_seeds(client, parent_id, seeds)
+    if not unfinished:
+        return RunStatus.to_string(RunStatus.FINISHED)
+    failed = RunStatus.to_string(RunStatus.FAILED)
+    status = failed if previous == failed else RunStatus.to_string(RunStatus.KILLED)
+    listed = ", ".join(str(seed) for seed in unfinished)
+    message = (
+        f"seed(s) {listed} of the launch have not finished (parent run {status}): resume {parent_id} to train them"
+    )
+    console.print(message, soft_wrap=True, highlight=False, markup=False)
+    return status
+
+
+def unfinished_seeds(client: MlflowClient, parent_id: str, seeds: Sequence[int]) -> list[int]:
+    """The ``seeds`` without a finished child run under the parent run ``parent_id``."""
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    children = client.search_runs([experiment_id], f"tags.{MLFLOW_PARENT_RUN_ID} = '{parent_id}'", max_results=10_000)
+    finished = RunStatus.to_string(RunStatus.FINISHED)
+    done = {
+        int(child.data.tags["seed"])
+        for child in children
+        if child.info.status == finished and "seed" in child.data.tags
+    }
+    return sorted(set(seeds) - done)
+
+
+def check_writable(directory: Path, where: str) -> None:
+    """Check that checkpoints can be written under ``directory``, before any training.
+
+    The directories created for the check are removed again (the first checkpoint creates them), so a
+    configuration error found later leaves nothing behind.
+
+    :param where: what names the directory in the error (e.g. the curriculum's key)
+    :raises ConfigError: naming ``where``, the directory and the reason
+    """
+    missing = [path for path in (directory, *directory.parents) if not path.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            f"{where} = {str(directory)!r}: cannot write checkpoints there ({reason}); give a writable directory"
+        ) from None
+    finally:
+        for path in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+def _tracking_uri_origin(args: argparse.Namespace, source: str) -> str:
+    """Where the tracking URI comes from, to name it in an error."""
+    key = "key 'tracking.tracking_uri'"
+    if args.tracking_uri:
+        return f"{key} (--tracking-uri)"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return f"{key} (MLFLOW_TRACKING_URI)"
+    return f"{source}: {key}"
+
+
+def tracking_client(curriculum: Curriculum, where: str) -> MlflowClient:
+    """An MLflow client of the curriculum's tracking URI, whose store MLflow could open.
+
+    :param where: what names the URI in the error
+    :raises ConfigError: MLflow refuses the URI (unknown scheme, the retired file store, ...)
+    """
+    uri = curriculum.tracking.tracking_uri
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        # MLflow opens the tracking store at the first request: a URI it cannot use fails here.
+        client.get_experiment_by_name(curriculum.tracking.experiment)
+    except MlflowException as error:
+        reason = one_line(error.message).split(". ")[0].strip()
+        raise ConfigError(
+            f"{where} = {uri!r}: MLflow cannot use it ({reason}); use a database URI such as "
+            f"sqlite:///mlflow.db or a tracking server's http(s)://HOST:PORT"
+        ) from None
+    return client
 
 
 def log_plots(client: MlflowClient, run_id: str, out_dir: Path) -> list[Path]:
@@ -366,24 +515,72 @@ def log_texts(client: MlflowClient, run_id: str, texts: dict[str, str]) -> None:
             client.log_artifact(run_id, str(Path(directory) / file_name))
 
 
-def resumed_runs(client: MlflowClient, run_id: str, curriculum: Curriculum) -> tuple[str, dict[int, str]]:
-    """The parent run and ``{seed: child run id}`` to continue, given a parent's or a child's id.
+def resumed_runs(client: MlflowClient, run_id: str, curriculum: Curriculum) -> tuple[str, dict[int, str], list[int]]:
+    """The parent run, ``{seed: child run id}`` to continue, given a parent's or a child's id, and the
+    launch's seeds (those of its ``config.yml``).
 
-    :raises ConfigError: no such run, or the launch's ``config.yml`` differs from the curriculum given now
+    :raises ConfigError: no such run, a run without ``config.yml``, or a ``config.yml`` that differs
+        from the curriculum given now (seeds and ``tracking`` aside), naming the first differing key
     """
     try:
         run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError(f"--resume {run_id}: no such run at {curriculum.tracking.tracking_uri}") from None
     parent_id = run.data.tags.get(MLFLOW_PARENT_RUN_ID, run_id)
-    with tempfile.TemporaryDirectory() as directory:
-        saved = load_curriculum(client.download_artifacts(parent_id, "config.yml", directory))
-    if saved.model_dump(exclude={"seeds"}) != curriculum.model_dump(exclude={"seeds"}):
-        raise ConfigError(f"--resume {run_id}: the curriculum differs from the run's config.yml; give the same one")
+    # MLflow draws a progress bar per download unless told otherwise: noise for one small file.
+    quiet = mock.patch.dict(os.environ, {PROGRESS_BAR_VARIABLE: "false"})
+    with tempfile.TemporaryDirectory() as directory, quiet:
+        try:
+            path = client.download_artifacts(parent_id, "config.yml", directory)
+        except (MlflowException, OSError):
+            raise ConfigError(
+                f"--resume {run_id}: run {parent_id} has no config.yml artifact, so it is not a launch of crl.train; "
+                f"give the parent or child run id that crl.train printed"
+            ) from None
+        saved = load_curriculum(path)
+    # `seeds` may change on resume; `tracking` says where the run is stored, and the same store can be
+    # reached through another URI (a relative path from another working directory, a server).
+    difference = first_difference(
+        saved.model_dump(exclude=RESUME_FREE_KEYS), curriculum.model_dump(exclude=RESUME_FREE_KEYS)
+    )
+    if difference is not None:
+        key, was, now = difference
+        raise ConfigError(
+            f"--resume {run_id}: the curriculum differs from the run's config.yml at key {key!r}: {now!r} now, "
+            f"{was!r} in the run; give the same curriculum and --set overrides"
+        )
     if parent_id != run_id:
-        return parent_id, {int(run.data.tags["seed"]): run_id}
+        return parent_id, {int(run.data.tags["seed"]): run_id}, list(saved.seeds)
     children = client.search_runs([run.info.experiment_id], f"tags.{MLFLOW_PARENT_RUN_ID} = '{parent_id}'")
-    return parent_id, {int(child.data.tags["seed"]): child.info.run_id for child in children}
+    return parent_id, {int(child.data.tags["seed"]): child.info.run_id for child in children}, list(saved.seeds)
+
+
+RESUME_FREE_KEYS = {"seeds", "tracking"}
+"""Curriculum keys a resume may change: the seeds to train, and where the runs are tracked."""
+_ABSENT = "(absent)"
+
+
+def first_difference(saved: Any, given: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """The first key (``a.b.0.c``, as ``--set`` names it) whose value differs, with both values; ``None`` if equal.
+
+    :param saved: a curriculum's ``model_dump()`` (or a value inside it)
+    :param given: another one
+    :param key: the path of ``saved`` and ``given`` in the curriculum
+    """
+    if isinstance(saved, Mapping) and isinstance(given, Mapping):
+        names = [*saved, *(name for name in given if name not in saved)]
+        pairs: list[tuple[str, Any, Any]] = [
+            (str(name), saved.get(name, _ABSENT), given.get(name, _ABSENT)) for name in names
+        ]
+    elif isinstance(saved, list) and isinstance(given, list) and len(saved) == len(given):
+        pairs = [(str(index), item, other) for index, (item, other) in enumerate(zip(saved, given, strict=True))]
+    else:
+        return None if saved == given else (key or "(top level)", saved, given)
+    for name, value, other in pairs:
+        found = first_difference(value, other, f"{key}.{name}" if key else name)
+        if found is not None:
+            return found
+    return None
 
 
 def run_child(

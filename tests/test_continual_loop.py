@@ -12,6 +12,7 @@ import torch as th
 import crl
 from crl.continual import ContinualResult, SequenceProgress, learn_continual
 from crl.continual.continual_world import REFERENCE_PROTOCOL, ContinualWorldSAC, reference_sac
+from crl.continual.loop import ContinualPosition
 from crl.interventions import Intervention
 from crl.wrappers import TaskSequence, make_sequence, permuted_observations
 
@@ -166,3 +167,46 @@ def test_reference_sac_networks_and_warm_up() -> None:
     np.testing.assert_allclose(action[0], expected, rtol=1e-6)  # SB3 rescales it to [-1, 1] and back
     with pytest.raises(ValueError, match="needs a sequence with task_id_in_obs=True"):
         reference_sac(permuted_observations("Pendulum-v1", n_tasks=1, steps_per_task=10))
+
+
+def test_out_of_range_arguments_name_the_argument_its_value_and_what_is_allowed() -> None:
+    sequence = permuted_observations(n_tasks=2, steps_per_task=100)
+    model = _dqn(sequence)
+    saved: list[ContinualPosition] = []
+    cases = [
+        (
+            dict(n_eval_episodes=0),
+            r"n_eval_episodes must be a positive int \(episodes per task and evaluation\), got 0",
+        ),
+        (dict(n_eval_episodes=-1), r"n_eval_episodes must be a positive int .*, got -1"),
+        (dict(checkpoint=saved.append, checkpoint_every=0), r"checkpoint_every must be a positive int .*, got 0"),
+        (dict(checkpoint=saved.append, checkpoint_every=-5), r"checkpoint_every must be a positive int .*, got -5"),
+        (dict(eval_every=50.0), r"eval_every must be a positive int \(environment steps\), got 50.0"),
+        (dict(eval_every=True), r"eval_every must be a positive int .*, got True"),
+        (dict(position=ContinualPosition(task=3)), r"position.task must lie in \[0, 2\] .*, got 3"),
+        (
+            dict(position=ContinualPosition(task=2)),
+            r"position.task = 2 is the end of the sequence, but .* no evaluations",
+        ),
+        (dict(position=ContinualPosition(steps_done=100)), r"position.steps_done must lie in \[0, 99\] .*, got 100"),
+    ]
+    for arguments, message in cases:
+        with pytest.raises(ValueError, match=message):
+            learn_continual(model, sequence, **{"eval_every": 50, **arguments})
+    assert model.num_timesteps == 0 and saved == []
+
+
+def test_numpy_integers_are_accepted_where_ints_are_expected() -> None:
+    sequence = permuted_observations(n_tasks=1, steps_per_task=100)
+    saved: list[ContinualPosition] = []
+    result = learn_continual(
+        _dqn(sequence),
+        sequence,
+        eval_every=np.int64(50),
+        n_eval_episodes=np.int32(1),
+        checkpoint=saved.append,
+        checkpoint_every=np.int64(60),
+        checkpoint_at_task_end=False,
+    )
+    assert result.eval_steps.tolist() == [50, 100]
+    assert [position.steps_done for position in saved] == [64]  # the first rollout start (every 16 steps) from 60

@@ -178,3 +178,27 @@ def test_malformed_results_are_rejected() -> None:
     missing_end = ContinualResult("a", ("a",), (10,), "mean_return", np.array([5, 8]), np.array([[1.0, 2.0]]))
     with pytest.raises(ValueError, match=r"no evaluation at step 10; evaluation steps: \[5, 8\]"):
         forgetting(missing_end)
+
+
+def test_forward_transfer_refuses_a_normalisation_that_leaves_it_undefined() -> None:
+    # A reference agent at the best success rate leaves nothing to transfer: FT would be -inf.
+    with pytest.raises(ValueError, match=r"task 'a': AUC_ref = 1 must be below max_performance = 1 \(the best"):
+        forward_transfer(_result(), {**REFERENCE, "a": 1.0})
+    # Returns (AUC 40, 60, 75) need the best possible return: with the default 1, a better agent got FT < 0.
+    returns, reference = _result(PERFORMANCE * 100), {"a": 50.0, "b": 20.0, "c": 75.0}
+    with pytest.raises(ValueError, match=r"task 'a': AUC_ref = 50 must be below max_performance = 1 "):
+        forward_transfer(returns, reference)
+    np.testing.assert_allclose(forward_transfer(returns, reference, max_performance=100), [-0.2, 0.5, 0.0])
+    with pytest.raises(ValueError, match=r"task 'b': AUC = 60 is above max_performance = 50 \(AUC_ref = 20\)"):
+        forward_transfer(returns, {"a": 10.0, "b": 20.0, "c": 30.0}, max_performance=50)
+    # The summary raises the same error rather than average an infinite transfer.
+    with pytest.raises(ValueError, match=r"forward transfer of task 'a': AUC_ref = 1 must be below"):
+        summarize([_result(), _result(seed=1)], {**REFERENCE, "a": 1.0})
+    assert summarize([returns], reference, max_performance=100).forward_transfer.mean == pytest.approx(0.1)
+
+
+def test_a_task_never_evaluated_during_its_training_has_no_area_under_its_curve() -> None:
+    # Task b is trained on (10, 20] but evaluated at 10 and 30 only: its AUC would be nan.
+    sparse = ContinualResult("abc", ("a", "b", "c"), (10, 10, 10), "success_rate", [10, 30], np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"task 'b' has no evaluation at a step in \(10, 20\]"):
+        area_under_curve(sparse)

@@ -245,3 +245,34 @@ def test_figures_are_not_left_in_pyplot(store: tuple) -> None:
 
     figure = plasticity_figure(load_runs(parent, client), DORMANT)
     assert isinstance(figure, Figure) and plt.get_fignums() == []
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"sequence": "s"}', "result.json: not a saved ContinualResult (ContinualResult.__init__() missing 5"),
+        ("not json", "result.json: not JSON (Expecting value at line 1); expected a saved ContinualResult"),
+    ],
+)
+def test_cli_directory_with_an_unreadable_result_exits_2_with_one_line(
+    tmp_path: Path, content: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "result.json").write_text(content)
+    assert main([str(tmp_path), "--out", str(tmp_path / "cli")]) == USAGE_ERROR_EXIT
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"error: {tmp_path / 'result.json'}") and message in error
+
+
+def test_cli_refuses_a_missing_directory_without_creating_a_tracking_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["mistyped_dir"]) == USAGE_ERROR_EXIT
+    assert capsys.readouterr().err == (
+        "error: 'mistyped_dir' is neither a directory nor a run id: no such directory, and no MLflow store at "
+        "sqlite:///mlflow.db (give --tracking-uri)\n"
+    )
+    assert main(["runs/mistyped"]) == USAGE_ERROR_EXIT
+    assert capsys.readouterr().err == "error: 'runs/mistyped' is neither a directory nor a run id: no such directory\n"
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db

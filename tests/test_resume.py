@@ -12,7 +12,9 @@ import torch as th
 from mlflow import MlflowClient
 
 import crl
-from crl.tracking.checkpoint import latest_checkpoint
+from crl.continual.loop import ContinualPosition
+from crl.tracking import checkpoint as checkpoint_module
+from crl.tracking.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 CURRICULUM = """\
 algorithm: DQN
@@ -117,3 +119,47 @@ def test_a_run_killed_mid_task_resumes_to_the_uninterrupted_model(
     assert resumed.num_timesteps == reference_model.num_timesteps
     run = MlflowClient(f"sqlite:///{killed / 'mlflow.db'}").get_run(parent)
     assert run.info.status == "FINISHED"
+
+
+def _small_dqn() -> crl.DQN:
+    model = crl.DQN("MlpPolicy", "CartPole-v1", seed=0, learning_starts=50, policy_kwargs=dict(net_arch=[8]))
+    model.learn(100)
+    return model
+
+
+def test_a_kill_while_replacing_a_checkpoint_of_the_same_name_keeps_a_complete_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C checkpoint at the rollout start right after a task-end checkpoint has its name."""
+    model, position = _small_dqn(), ContinualPosition(task=1, steps_done=0)
+    first, saved_at = save_checkpoint(tmp_path, model, position, "run", 0), model.num_timesteps
+    model.learn(50, reset_num_timesteps=False)
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the process dies while writing the replay buffer
+
+    monkeypatch.setattr(model, "save_replay_buffer", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, model, position, "run", 0)
+    assert latest_checkpoint(tmp_path, "run") == first
+    assert load_checkpoint(first).model.num_timesteps == saved_at  # the previous checkpoint, whole
+
+    # Killed once the new one is renamed into place, before `latest` names it: the new one is found.
+    monkeypatch.undo()
+    replace = checkpoint_module._replace_atomically
+    calls: list[str] = []
+
+    def killed_on_second_call(path: Path, text: str) -> None:
+        calls.append(text)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        replace(path, text)
+
+    monkeypatch.setattr(checkpoint_module, "_replace_atomically", killed_on_second_call)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, model, position, "run", 0)
+    assert latest_checkpoint(tmp_path, "run") == first
+    assert load_checkpoint(first).model.num_timesteps == model.num_timesteps > saved_at  # the new one
+    monkeypatch.undo()
+    save_checkpoint(tmp_path, model, ContinualPosition(task=1, steps_done=50), "run", 0)
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["latest", "task1-step50"]

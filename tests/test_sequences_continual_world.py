@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import pickle
 import warnings
 
+import cloudpickle
 import gymnasium as gym
 import numpy as np
 import pytest
 
+import crl
+from crl.continual.loop import ContinualPosition
+from crl.tracking.checkpoint import load_checkpoint, save_checkpoint
 from crl.wrappers import make_sequence
 from crl.wrappers.continual_world import CW10_TASKS, EpisodeSuccess, continual_world, cw10, metaworld_env
 
@@ -110,3 +115,20 @@ def test_episode_success_is_reported_only_at_the_end(flags, success) -> None:
     assert infos[-1]["is_success"] is success
     env.reset()
     assert EpisodeSuccess(_Flags([0])).reset()[1] == {} and env._succeeded is False
+
+
+def test_a_mid_episode_checkpoint_resumes_metaworld_in_a_fresh_episode(tmp_path) -> None:
+    """Meta-World pickles, but its copy rebuilds the simulator with only qpos and qvel: not a continuation."""
+    sequence = continual_world(["hammer"], steps_per_task=100)
+    env = sequence.make_vec_env(0, seed=0)
+    model = crl.SAC("MlpPolicy", env, seed=0, learning_starts=50, buffer_size=100, policy_kwargs=dict(net_arch=[8]))
+    model.learn(20)
+    simulator = env.envs[0].unwrapped.data
+    copy = pickle.loads(cloudpickle.dumps(env)).envs[0].unwrapped.data
+    assert not np.array_equal(copy.mocap_pos, simulator.mocap_pos) and copy.time != simulator.time  # lossy
+
+    evaluation = [sequence.make_vec_env(0, seed=1)]
+    directory = save_checkpoint(tmp_path, model, ContinualPosition(0, 20, eval_envs=evaluation), "run", 0)
+    position = load_checkpoint(directory).position
+    assert position.env is None and position.eval_envs is None  # learn_continual starts fresh ones
+    assert (position.task, position.steps_done) == (0, 20)

@@ -1,14 +1,26 @@
 """``python -m crl.train``: a tiny CartPole curriculum into a temporary MLflow store."""
 
+import itertools
 import json
 from pathlib import Path
+from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
 from crl.continual import ContinualResult
+from crl.continual.loop import TaskEvaluator
 from crl.process import ProcessSettings
-from crl.train import CONFIG_ERROR_EXIT, INTERRUPTED_EXIT, main
+from crl.tracking.runs import create_run
+from crl.train import (
+    CONFIG_ERROR_EXIT,
+    INTERRUPTED_EXIT,
+    ParallelLaunch,
+    TrainingProgress,
+    create_child_run,
+    main,
+)
 
 TINY = """\
 algorithm: DQN
@@ -167,3 +179,199 @@ def test_the_resume_command_keeps_bracketed_overrides(
     arguments = [str(curriculum), "--seed", "0", "--tracking-uri", uri, "--set", "interventions=[layer_norm]"]
     assert main(arguments) == INTERRUPTED_EXIT
     assert "--set 'interventions=[layer_norm]'" in capsys.readouterr().err
+
+
+def _runs(uri: str) -> list:
+    client = MlflowClient(tracking_uri=uri)
+    return client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+
+
+def _parent(uri: str) -> str:
+    (parent,) = [run.info.run_id for run in _runs(uri) if "mlflow.parentRunId" not in run.data.tags]
+    return parent
+
+
+def _fake_result(seed: int) -> ContinualResult:
+    """What the tiny curriculum's two tasks of 200 steps give, without training."""
+    return ContinualResult("s", ("a", "b"), (200, 200), "mean_return", [200, 400], np.ones((2, 2)), seed)
+
+
+def _finish_without_training(client: MlflowClient, *args: Any) -> ContinualResult:
+    """Stands in for ``run_child`` (called with its positional arguments): the seed's run is created
+    (unless given) and finished at once."""
+    curriculum, _, _, seed, _, parent_id, name, _, run_id = (*args, None)[:9]
+    run_id = run_id or create_child_run(client, curriculum, name, seed, parent_id)
+    client.set_terminated(run_id, "FINISHED")
+    return _fake_result(seed)
+
+
+def _interrupt(*args: Any) -> None:
+    """Stands in for ``run_child``: a Ctrl-C before the seed starts."""
+    raise KeyboardInterrupt
+
+
+def test_resuming_a_parallel_launch_creates_no_second_run_per_seed(
+    tmp_path: Path, curriculum: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    options = [str(curriculum), "--set", "metrics=null", "--tracking-uri", uri, "--workers", "2"]
+
+    def interrupted(launch: ParallelLaunch, runs: dict[int, str]) -> dict[int, ContinualResult]:
+        raise KeyboardInterrupt  # as a Ctrl-C before any worker trained
+
+    monkeypatch.setattr(ParallelLaunch, "run", interrupted)
+    assert main(options) == INTERRUPTED_EXIT
+    created = {run.data.tags["seed"]: run.info.run_id for run in _runs(uri) if "seed" in run.data.tags}
+    assert set(created) == {"0", "1"}
+
+    given: dict[int, str] = {}
+
+    def finish(launch: ParallelLaunch, runs: dict[int, str]) -> dict[int, ContinualResult]:
+        given.update(runs)
+        for run_id in runs.values():
+            MlflowClient(tracking_uri=uri).set_terminated(run_id, "FINISHED")
+        return {seed: _fake_result(seed) for seed in runs}
+
+    monkeypatch.setattr(ParallelLaunch, "run", finish)
+    assert main([*options, "--resume", _parent(uri)]) == 0
+    assert given == {int(seed): run_id for seed, run_id in created.items()}  # the seeds' own runs
+    runs = _runs(uri)
+    assert len(runs) == 3 and {run.info.status for run in runs} == {"FINISHED"}  # no orphan RUNNING child
+
+
+def test_resuming_one_seed_finishes_the_parent_only_once_every_seed_has(
+    tmp_path: Path, curriculum: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    options = [str(curriculum), "--set", "metrics=null", "--tracking-uri", uri, "--workers", "1"]
+
+    def seed_0_then_ctrl_c(*args: Any) -> ContinualResult:
+        if args[3] == 1:
+            raise KeyboardInterrupt  # seed 1 never starts
+        return _finish_without_training(client, *args)
+
+    monkeypatch.setattr("crl.train.run_child", seed_0_then_ctrl_c)
+    assert main(options) == INTERRUPTED_EXIT
+    parent = _parent(uri)
+    (seed_0,) = [run.info.run_id for run in _runs(uri) if "seed" in run.data.tags]
+    client.set_terminated(seed_0, "KILLED")  # as if seed 0 had been interrupted as well
+
+    monkeypatch.setattr("crl.train.run_child", lambda *args: _finish_without_training(client, *args))
+    capsys.readouterr()
+    assert main([*options, "--resume", seed_0]) == 0
+    assert client.get_run(seed_0).info.status == "FINISHED"
+    assert client.get_run(parent).info.status == "KILLED"  # seed 1 of the launch has not run
+    assert f"seed(s) 1 of the launch have not finished (parent run KILLED): resume {parent}" in capsys.readouterr().err
+
+    assert main([*options, "--resume", parent]) == 0
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert sorted(run.data.tags["seed"] for run in _runs(uri) if "seed" in run.data.tags) == ["0", "1"]
+
+
+def test_a_resume_may_reach_the_store_by_another_uri_and_names_the_key_that_differs(
+    tmp_path: Path, curriculum: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    absolute = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setattr("crl.train.run_child", _interrupt)
+    assert main([str(curriculum), "--seed", "0", "--tracking-uri", absolute]) == INTERRUPTED_EXIT
+    parent = _parent(absolute)
+
+    client = MlflowClient(tracking_uri=absolute)
+    monkeypatch.setattr("crl.train.run_child", lambda *args: _finish_without_training(client, *args))
+    relative = "sqlite:///mlflow.db"  # the same store, from the working directory (tmp_path)
+    assert main([str(curriculum), "--seed", "0", "--tracking-uri", relative, "--resume", parent]) == 0
+    assert client.get_run(parent).info.status == "FINISHED"
+
+    capsys.readouterr()
+    changed = [str(curriculum), "--tracking-uri", relative, "--set", "evaluation.n_episodes=3", "--resume", parent]
+    assert main(changed) == CONFIG_ERROR_EXIT
+    error = capsys.readouterr().err
+    assert (
+        error.count("\n") == 1
+        and "differs from the run's config.yml at key 'evaluation.n_episodes': 3 now, 1 in the run" in error
+    )
+
+
+def test_unusable_tracking_uri_checkpoint_directory_or_resumed_run_exit_2_before_training(
+    tmp_path: Path, curriculum: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    trained: list[int] = []
+    monkeypatch.setattr("crl.train.run_child", lambda *args: trained.append(args[3]))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    assert main([str(curriculum), "--tracking-uri", "bogus://x"]) == CONFIG_ERROR_EXIT
+    error = capsys.readouterr().err
+    assert (
+        error.count("\n") == 1
+        and "key 'tracking.tracking_uri' (--tracking-uri) = 'bogus://x': MLflow cannot use it" in error
+    )
+
+    (tmp_path / "a_file").write_text("")
+    unwritable = tmp_path / "a_file" / "checkpoints"
+    assert (
+        main([str(curriculum), "--tracking-uri", uri, "--set", f"checkpoint.directory={unwritable}"])
+        == CONFIG_ERROR_EXIT
+    )
+    error = capsys.readouterr().err
+    assert (
+        error.count("\n") == 1
+        and f"key 'checkpoint.directory' = '{unwritable}': cannot write checkpoints there" in error
+    )
+    assert not (tmp_path / "mlflow.db").exists()
+
+    foreign = create_run(MlflowClient(tracking_uri=uri), "tiny", "not a launch")
+    capsys.readouterr()  # MLflow's messages as it creates the store
+    assert main([str(curriculum), "--tracking-uri", uri, "--resume", foreign]) == CONFIG_ERROR_EXIT
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"--resume {foreign}: run {foreign} has no config.yml artifact" in error
+    assert trained == [] and not (tmp_path / "checkpoints").exists()
+
+
+class _RecordedProgress(TrainingProgress):
+    made: ClassVar[list[TrainingProgress]] = []
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.made.append(self)
+
+
+def _numbered_evaluations(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) -> None:
+    """Every task evaluation returns the next number 0, 1, 2, ... (raising at call ``fail_at``)."""
+    numbers = itertools.count()
+
+    def evaluate_task(evaluator: TaskEvaluator, model: Any, env: Any) -> float:
+        number = next(numbers)
+        if number == fail_at:
+            raise RuntimeError("the evaluation env crashed")
+        return float(number)
+
+    monkeypatch.setattr(TaskEvaluator, "_evaluate_task", evaluate_task)
+
+
+def test_the_progress_bar_shows_the_last_evaluation(
+    tmp_path: Path, curriculum: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _numbered_evaluations(monkeypatch)
+    _RecordedProgress.made.clear()
+    monkeypatch.setattr("crl.train.TrainingProgress", _RecordedProgress)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main([str(curriculum), "--seed", "0", "--set", "metrics=null", "--tracking-uri", uri]) == 0
+    (progress,) = _RecordedProgress.made
+    # Evaluations at 100, 200, 300 and 400 of two tasks each: the last one is (6 + 7) / 2.
+    assert progress.last_evaluation == "6.5"
+    assert progress.progress.tasks[0].fields["info"].endswith("last eval 6.5")
+
+
+def test_a_failed_seed_keeps_the_evaluations_it_made(
+    tmp_path: Path, curriculum: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _numbered_evaluations(monkeypatch, fail_at=4)  # in the evaluation at step 300
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(RuntimeError, match="the evaluation env crashed"):
+        main([str(curriculum), "--seed", "0", "--set", "metrics=null", "--tracking-uri", uri])
+    (child,) = [run for run in _runs(uri) if "seed" in run.data.tags]
+    assert child.info.status == "FAILED"
+    history = MlflowClient(tracking_uri=uri).get_metric_history(child.info.run_id, "continual/average")
+    assert [(point.step, point.value) for point in history] == [(100, 0.5), (200, 2.5)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,9 @@ CheckpointHook = Callable[[ContinualPosition], None]
 TaskEndHook = Callable[[int, ContinualResult], None]
 """Called after each task's last evaluation with the task's index and the evaluations so far."""
 
+EvaluationHook = Callable[[int, np.ndarray], None]
+"""Called after every evaluation with its global step and its column (one value per task)."""
+
 
 class TaskEvaluator:
     """Evaluates a model on every task of a sequence into the columns of a performance matrix.
@@ -109,6 +113,7 @@ class TaskEvaluator:
     :param deterministic: act greedily (``True``) or sample the policy's actions
     :param seed: seed of the first task's evaluation env (task ``i`` gets ``seed + i``)
     :param envs: the evaluation envs to use instead (a checkpoint's)
+    :param on_evaluation: called with the step and the column after every evaluation
     """
 
     def __init__(
@@ -118,10 +123,12 @@ class TaskEvaluator:
         deterministic: bool,
         seed: int | None,
         envs: list[VecEnv] | None = None,
+        on_evaluation: EvaluationHook | None = None,
     ) -> None:
         self.sequence = sequence
         self.n_eval_episodes = n_eval_episodes
         self.deterministic = deterministic
+        self.on_evaluation = on_evaluation
         self.envs: list[VecEnv] = envs or [
             sequence.make_vec_env(index, seed=None if seed is None else seed + index) for index in range(len(sequence))
         ]
@@ -138,6 +145,9 @@ class TaskEvaluator:
             # The index keeps repeated tasks (CW20, game cycles) apart.
             model.logger.record(f"continual/{index}_{name}", value)
         model.logger.record("continual/average", float(column.mean()))
+        if self.on_evaluation is not None:
+            # SB3's logger forgets recorded values at its next dump: the hook sees each one as it is made.
+            self.on_evaluation(step, column)
         return column
 
     def _evaluate_task(self, model: BaseAlgorithm, env: VecEnv) -> float:
@@ -228,14 +238,52 @@ class _PeriodicEvaluation(BaseCallback):
         return True
 
 
-def _check(model: BaseAlgorithm, eval_every: int, reset_replay_buffer: bool) -> None:
+def _check(model: BaseAlgorithm, reset_replay_buffer: bool) -> None:
     # Spaces are checked by SB3's set_env on the first task's env, before any training.
     if not isinstance(model, ContinualAlgorithm):
         raise TypeError(f"learn_continual needs a crl algorithm (crl.DQN/PPO/SAC), got {type(model).__name__}")
-    if not isinstance(eval_every, int) or eval_every < 1:
-        raise ValueError(f"eval_every must be a positive int (environment steps), got {eval_every!r}")
     if reset_replay_buffer and not isinstance(model, OffPolicyAlgorithm):
         raise ValueError(f"reset_replay_buffer=True needs an off-policy algorithm, got {type(model).__name__}")
+
+
+def _positive_int(name: str, value: Any, unit: str) -> int:
+    """``value`` as an ``int`` if it is an integer of at least 1 (NumPy's integers included).
+
+    :param name: the argument's name, for the error message
+    :param unit: what the value counts, for the error message
+    :raises ValueError: naming the argument, the value and what is allowed
+    """
+    # numbers.Integral covers np.int64 and the like; a bool is an int to Python but never a count.
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int ({unit}), got {value!r}")
+    return int(value)
+
+
+def _check_position(position: ContinualPosition, sequence: TaskSequence) -> None:
+    """A position inside ``sequence``: a task of it with fewer steps done than its budget, or its end
+    (``task == len(sequence)``) with the evaluations made so far.
+
+    :raises ValueError: naming the field, its value and what is allowed
+    """
+    n_tasks = len(sequence)
+    if not 0 <= position.task <= n_tasks:
+        raise ValueError(
+            f"position.task must lie in [0, {n_tasks}] (a task of the {n_tasks}-task sequence {sequence.name!r}, "
+            f"or {n_tasks} once all are done), got {position.task}"
+        )
+    budget = sequence.budgets[position.task] if position.task < n_tasks else 1
+    if not 0 <= position.steps_done < budget:
+        raise ValueError(
+            f"position.steps_done must lie in [0, {budget - 1}] (steps of task {position.task} already trained), "
+            f"got {position.steps_done}"
+        )
+    if len(position.eval_steps) != len(position.eval_columns):
+        raise ValueError(
+            f"position.eval_steps has {len(position.eval_steps)} entries but position.eval_columns "
+            f"{len(position.eval_columns)}: they must pair up"
+        )
+    if position.task == n_tasks and not position.eval_steps:
+        raise ValueError(f"position.task = {n_tasks} is the end of the sequence, but the position has no evaluations")
 
 
 _ACTIVE_CHECKPOINTS: list[_PeriodicCheckpoint] = []
@@ -279,6 +327,7 @@ def learn_continual(
     checkpoint_every: int | None = None,
     checkpoint_at_task_end: bool = True,
     on_task_end: TaskEndHook | None = None,
+    on_evaluation: EvaluationHook | None = None,
 ) -> ContinualResult:
     """Train ``model`` through every task of ``sequence``; return the performance matrix.
 
@@ -286,8 +335,8 @@ def learn_continual(
         (its ``n_envs`` is kept; the loop builds every task's env itself)
     :param sequence: the tasks, in order
     :param eval_every: evaluate every task every this many environment steps of the sequence (the end
-        of every task is always evaluated as well)
-    :param n_eval_episodes: episodes per task and evaluation (CW: 10)
+        of every task is always evaluated as well); a positive integer (NumPy's integers too)
+    :param n_eval_episodes: episodes per task and evaluation (CW: 10), at least 1
     :param deterministic_eval: greedy evaluation; by default greedy for DQN (its epsilon is exploration,
         not policy) and stochastic otherwise (CW evaluates SAC's stochastic policy)
     :param restart_exploration: restart DQN's epsilon schedule at every task (else one schedule over
@@ -300,23 +349,33 @@ def learn_continual(
         default: the model's seed
     :param callback: SB3 callback(s) passed to every ``learn()`` call
     :param position: continue a run from here (a checkpoint's; the model restored with it): its
-        evaluations are kept, its task is not started again, and mid-task its env continues
+        evaluations are kept, its task is not started again, and mid-task its env continues. Its
+        ``task`` lies in ``[0, len(sequence)]`` and its ``steps_done`` below that task's budget
     :param checkpoint: called with the position at every checkpoint: after every task's last
         evaluation (``checkpoint_at_task_end``), at the first rollout start at or after every multiple
         of ``checkpoint_every`` global steps, and at the next rollout start after
         :func:`request_checkpoint` (then training stops with ``KeyboardInterrupt``)
+    :param checkpoint_every: a positive integer, or ``None`` for no periodic checkpoint
     :param on_task_end: called after every task's last evaluation with the task's index and the
         result so far (e.g. to report intermediate values to a hyperparameter search, which may stop
         training by raising)
+    :param on_evaluation: called after every evaluation with its global step and its column (one
+        value per task), e.g. to log it at once
     :return: the run's :class:`~crl.continual.results.ContinualResult`
+    :raises ValueError: an argument out of range (before any training), naming it, its value and what is allowed
     """
-    _check(model, eval_every, reset_replay_buffer)
+    _check(model, reset_replay_buffer)
     assert isinstance(model, ContinualAlgorithm)  # for the type checker, after the readable check
+    eval_every = _positive_int("eval_every", eval_every, "environment steps")
+    n_eval_episodes = _positive_int("n_eval_episodes", n_eval_episodes, "episodes per task and evaluation")
+    if checkpoint_every is not None:
+        checkpoint_every = _positive_int("checkpoint_every", checkpoint_every, "environment steps, or None")
     seed = model.seed if seed is None else seed
     deterministic = isinstance(model, DQN) if deterministic_eval is None else deterministic_eval
     position = position if position is not None else ContinualPosition()
+    _check_position(position, sequence)
     eval_seed = None if seed is None else seed + EVAL_SEED_OFFSET
-    evaluator = TaskEvaluator(sequence, n_eval_episodes, deterministic, eval_seed, position.eval_envs)
+    evaluator = TaskEvaluator(sequence, n_eval_episodes, deterministic, eval_seed, position.eval_envs, on_evaluation)
     lr_schedule = model.lr_schedule
     exploration_schedule = getattr(model, "exploration_schedule", None)
     given_callbacks = [] if callback is None else list(callback) if isinstance(callback, list) else [callback]

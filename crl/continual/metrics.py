@@ -13,6 +13,11 @@ trained on ``(s_i, e_i]`` and ``T`` the end of the sequence:
 
 The ``1`` in ``FT``'s denominator is the best possible success rate. For returns pass
 ``max_performance``, the best possible return: the formula is the same with ``1`` replaced by it.
+The normalisation needs ``AUC_i_ref < max_performance`` and ``AUC_i <= max_performance`` (``FT_i <= 1``):
+a reference agent already at the best performance leaves nothing to transfer (``FT_i`` would be
+``+-inf`` or ``nan``), and a ``max_performance`` below an AUC is not the best possible performance
+(with returns and the default ``1``, a better agent would get a negative ``FT_i``). Both raise a
+``ValueError`` naming the task, rather than yield a number.
 
 Lifelong-learning metrics beside them (``docs/metrics.md`` gives the sources and how they relate):
 
@@ -61,10 +66,18 @@ def forgetting(result: ContinualResult) -> np.ndarray:
 
 
 def area_under_curve(result: ContinualResult) -> np.ndarray:
-    """``AUC_i``: mean of task ``i``'s evaluations made while task ``i`` is trained."""
+    """``AUC_i``: mean of task ``i``'s evaluations made while task ``i`` is trained.
+
+    :raises ValueError: a task evaluated at no step of its training (its mean would be ``nan``)
+    """
     areas = []
     for task, (start, end) in enumerate(zip(result.task_starts, result.task_ends, strict=True)):
         during = (result.eval_steps > start) & (result.eval_steps <= end)
+        if not during.any():
+            raise ValueError(
+                f"task {result.task_names[task]!r} has no evaluation at a step in ({start}, {end}] (its training); "
+                f"evaluation steps: {result.eval_steps.tolist()}"
+            )
         areas.append(result.performance[task, during].mean())
     return np.asarray(areas)
 
@@ -97,11 +110,41 @@ def forward_transfer(
     """``FT_i = (AUC_i - AUC_i_ref) / (max_performance - AUC_i_ref)``.
 
     :param reference: ``AUC_ref`` per task name (see :func:`reference_auc`)
-    :param max_performance: best possible performance (1 for success rates)
+    :param max_performance: best possible performance (1 for success rates; the best possible return
+        for returns)
+    :raises ValueError: a task whose ``AUC_ref`` is not below ``max_performance``, or whose ``AUC`` is above it
     """
     areas = area_under_curve(result)
     references = _references(result, reference, "reference AUC")
+    _check_normalisation(result.task_names, areas, references, max_performance)
     return (areas - references) / (max_performance - references)
+
+
+def _check_normalisation(
+    task_names: Sequence[str], areas: np.ndarray, references: np.ndarray, max_performance: float
+) -> None:
+    """Raise unless every task's ``AUC_ref < max_performance`` and ``AUC <= max_performance`` (SPEC.md §4's
+    normalisation by the room the reference left to the best performance).
+
+    :param task_names: the tasks, in the order of ``areas`` and ``references``
+    :param areas: ``AUC_i`` of the run
+    :param references: ``AUC_i_ref``
+    :param max_performance: the best possible performance
+    """
+    for name, area, auc_ref in zip(task_names, areas, references, strict=True):
+        # `not <` also catches nan (a reference or AUC that is not a number).
+        if not auc_ref < max_performance:
+            raise ValueError(
+                f"forward transfer of task {name!r}: AUC_ref = {auc_ref:.6g} must be below max_performance = "
+                f"{max_performance:.6g} (the best possible performance: 1 for success rates, the best return for "
+                f"returns)"
+            )
+        if not area <= max_performance:
+            raise ValueError(
+                f"forward transfer of task {name!r}: AUC = {area:.6g} is above max_performance = "
+                f"{max_performance:.6g} (AUC_ref = {auc_ref:.6g}); pass the best possible performance "
+                f"(1 for success rates, the best return for returns)"
+            )
 
 
 def _references(result: ContinualResult, reference: Mapping[str, float], what: str) -> np.ndarray:
@@ -245,8 +288,12 @@ def summarize(
     :param reference: ``AUC_ref`` per task name (:func:`reference_auc`); without it no forward transfer
         and no sample efficiency
     :param window: evaluations averaged into each task's final performance
+    :param max_performance: the best possible performance, for forward transfer (1 for success rates;
+        for returns the best possible return)
     :param reference_final: ``p_ref`` per task name (:func:`reference_final_performance`); without it
         no relative performance
+    :raises ValueError: e.g. a reference that leaves forward transfer undefined (see :func:`forward_transfer`):
+        the summary never averages an infinite or ``nan`` transfer
     """
     if not runs:
         raise ValueError("summarize needs at least one run")

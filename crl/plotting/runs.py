@@ -7,6 +7,8 @@ or from a local directory holding a ``result.json`` and optionally SB3's ``progr
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -21,6 +23,7 @@ from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from crl.config.errors import one_line
 from crl.continual.results import ContinualResult
 
 PLASTICITY_PREFIX = "plasticity/"
@@ -32,6 +35,8 @@ INTERVENTIONS_PARAM = "interventions"
 NO_INTERVENTION = "no intervention"
 STEP_COLUMN = "time/total_timesteps"
 PROGRESS_BAR_VARIABLE = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+RESULT_KEYS = ", ".join(field.name for field in dataclasses.fields(ContinualResult) if field.init)
+"""The keys of a ``result.json`` (``ContinualResult.to_dict``), for error messages."""
 
 
 class PlotError(ValueError):
@@ -122,11 +127,14 @@ def load_runs(source: str, client: MlflowClient | None = None) -> list[RunRecord
 
 
 def load_directory(directory: Path) -> RunRecord:
-    """A run written to disk: ``result.json`` (required) and SB3's ``progress.csv`` (optional)."""
+    """A run written to disk: ``result.json`` (required) and SB3's ``progress.csv`` (optional).
+
+    :raises PlotError: no ``result.json``, or one that is not a saved ``ContinualResult``
+    """
     result_path = directory / RESULT_FILE
     if not result_path.is_file():
         raise PlotError(f"{directory}: no {RESULT_FILE} in this directory")
-    result = ContinualResult.load(result_path)
+    result = load_result(result_path, str(result_path))
     progress = directory / PROGRESS_FILE
     metrics = read_progress_csv(progress, result.task_starts) if progress.is_file() else {}
     name = directory.resolve().name
@@ -202,7 +210,28 @@ def _download_result(client: MlflowClient, run_id: str) -> ContinualResult | Non
         return None
     # MLflow draws a progress bar per download unless told otherwise: noise for one small file.
     with tempfile.TemporaryDirectory() as directory, mock.patch.dict(os.environ, {PROGRESS_BAR_VARIABLE: "false"}):
-        return ContinualResult.load(client.download_artifacts(run_id, RESULT_FILE, directory))
+        return load_result(
+            Path(client.download_artifacts(run_id, RESULT_FILE, directory)), f"run {run_id}'s {RESULT_FILE}"
+        )
+
+
+def load_result(path: Path, name: str) -> ContinualResult:
+    """The :class:`ContinualResult` saved at ``path``.
+
+    :param name: how the error names the file
+    :raises PlotError: the file is not JSON, or not a whole result (a key missing, a value of the wrong shape)
+    """
+    try:
+        return ContinualResult.load(path)
+    except json.JSONDecodeError as error:
+        raise PlotError(
+            f"{name}: not JSON ({error.msg} at line {error.lineno}); expected a saved ContinualResult"
+        ) from None
+    except (TypeError, ValueError, KeyError) as error:
+        # ContinualResult(**data) names a missing or unknown key in a TypeError; shapes and steps raise ValueError.
+        raise PlotError(
+            f"{name}: not a saved ContinualResult ({one_line(str(error))}); expected the keys {RESULT_KEYS}"
+        ) from None
 
 
 def _has_interventions(params: Mapping[str, str]) -> bool:
