@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
 import stable_baselines3 as sb3
 import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
 
 import crl
 from crl.continual import ContinualResult, SequenceProgress, learn_continual
 from crl.continual.continual_world import REFERENCE_PROTOCOL, ContinualWorldSAC, reference_sac
-from crl.continual.loop import ContinualPosition
+from crl.continual.loop import ContinualPosition, request_checkpoint
 from crl.interventions import Intervention
+from crl.tracking.checkpoint import load_checkpoint, save_checkpoint
 from crl.wrappers import TaskSequence, make_sequence, permuted_observations
 
 
@@ -210,3 +213,39 @@ def test_numpy_integers_are_accepted_where_ints_are_expected() -> None:
     )
     assert result.eval_steps.tolist() == [50, 100]
     assert [position.steps_done for position in saved] == [64]  # the first rollout start (every 16 steps) from 60
+
+
+def test_a_checkpoint_at_a_tasks_first_rollout_resumes_without_starting_the_task_again(tmp_path) -> None:
+    # Shrink & perturb acts at the task boundary, before the checkpoint that a Ctrl-C asks for at the
+    # first rollout start of task 1 (steps_done 0); resuming must not shrink and perturb a second time.
+    sequence = permuted_observations(n_tasks=2, steps_per_task=300)
+
+    def model() -> crl.DQN:
+        return _dqn(sequence, interventions=[{"name": "shrink_perturb"}])
+
+    uninterrupted = model()
+    learn_continual(uninterrupted, sequence, eval_every=300, n_eval_episodes=1)
+
+    class StopAtTaskOne(BaseCallback):
+        def _on_training_start(self) -> None:
+            if self.model.current_task == 1:
+                request_checkpoint()
+
+        def _on_step(self) -> bool:
+            return True
+
+    saved: list[Path] = []
+
+    def checkpoint(position: ContinualPosition) -> None:
+        saved.append(save_checkpoint(tmp_path, interrupted, position, "run", 0))
+
+    interrupted = model()
+    with pytest.raises(KeyboardInterrupt):
+        learn_continual(interrupted, sequence, eval_every=300, n_eval_episodes=1, callback=StopAtTaskOne(),
+                        checkpoint=checkpoint)  # fmt: skip
+    restored = load_checkpoint(saved[-1])
+    assert (restored.position.task, restored.position.steps_done, restored.position.task_started) == (1, 0, True)
+    learn_continual(restored.model, sequence, eval_every=300, n_eval_episodes=1, position=restored.position)
+    assert restored.model.interventions[0]._events == uninterrupted.interventions[0]._events == 1
+    for ours, theirs in zip(restored.model.policy.parameters(), uninterrupted.policy.parameters(), strict=True):
+        assert th.equal(ours, theirs)

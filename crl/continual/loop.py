@@ -79,12 +79,15 @@ class ContinualPosition:
     """Where a run through a sequence is: what :func:`learn_continual` needs to continue it.
 
     :param task: the index of the task being trained (``len(sequence)`` when all are done)
-    :param steps_done: environment steps of that task already trained (``0``: the task has not started)
+    :param steps_done: environment steps of that task already trained
     :param eval_steps: the global steps of the evaluations so far
     :param eval_columns: their performance columns (one value per task)
     :param env: the training env mid-task (its episodes continue), or ``None`` for a fresh one
     :param eval_envs: the evaluation envs, one per task (their random streams continue), or ``None``
         for fresh ones
+    :param task_started: whether the task's start (``model.start_task``, which applies the task-boundary
+        interventions, and the per-task resets) is made: a checkpoint at the task's first rollout start
+        (a Ctrl-C) is taken after it, the one at the previous task's end before it
     """
 
     task: int = 0
@@ -93,6 +96,7 @@ class ContinualPosition:
     eval_columns: list[np.ndarray] = field(default_factory=list)
     env: VecEnv | None = None
     eval_envs: list[VecEnv] | None = None
+    task_started: bool = False
 
 
 CheckpointHook = Callable[[ContinualPosition], None]
@@ -302,9 +306,9 @@ def request_checkpoint() -> bool:
 
 def _saver(checkpoint: CheckpointHook, evaluator: TaskEvaluator, index: int) -> Callable[[int], None]:
     def save(steps_done: int) -> None:
-        checkpoint(
-            ContinualPosition(index, steps_done, list(evaluator.steps), list(evaluator.columns), None, evaluator.envs)
-        )
+        steps, columns = list(evaluator.steps), list(evaluator.columns)
+        # Inside learn(): the task has started, also at its first rollout start (steps_done 0).
+        checkpoint(ContinualPosition(index, steps_done, steps, columns, None, evaluator.envs, task_started=True))
 
     return save
 
@@ -401,7 +405,8 @@ def learn_continual(
                 model.exploration_schedule = SequenceProgress(  # type: ignore[attr-defined]
                     exploration_schedule, start, task.budget, sequence.total_budget
                 )
-            if not done:
+            # A second start would apply the task-boundary interventions (a reset, shrink & perturb) twice.
+            if not done and not (index == position.task and position.task_started):
                 model.start_task(index)
                 if index > 0 and reset_replay_buffer:
                     model.replay_buffer.reset()  # type: ignore[attr-defined]
