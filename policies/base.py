@@ -125,6 +125,7 @@ class ContinualPolicyMixin:
                     "disagree; pass only one of them"
                 )
             kwargs["activation_fn"] = derived
+        architecture.check_activation_fn(kwargs.get("activation_fn"))
         check_spectral_norm_option(spectral_norm)
         # Set before SB3's constructor, which builds the networks through the overridden factories.
         object.__setattr__(self, "architecture", architecture)
@@ -133,7 +134,8 @@ class ContinualPolicyMixin:
         self._validate_architecture(architecture, kwargs)
         super().__init__(*args, **kwargs)
         if spectral_norm is not None:
-            apply_spectral_norm(self, selected_layers(self, spectral_norm), self.target_networks())
+            layers = selected_layers(self, spectral_norm)
+            apply_spectral_norm(self, layers, self.target_networks(), self.task_heads())
 
     def _validate_architecture(self, architecture: ArchitectureOptions, kwargs: dict[str, Any]) -> None:
         """Reject option combinations this policy cannot build (overridden per algorithm)."""
@@ -334,6 +336,11 @@ class ContinualPolicyMixin:
         ``log_std``). Networks not listed end in the last layer found under their prefixes."""
         return {}
 
+    def task_heads(self) -> dict[str, int]:
+        """Path of an output layer -> the number of task heads stacked along its outputs (multi-head
+        policies, :mod:`crl.policies.multihead`); ``spectral_norm`` normalises each head on its own."""
+        return {}
+
     def target_networks(self) -> dict[str, str]:
         """Attribute of a trained network -> attribute of its target copy (e.g. ``q_net`` -> ``q_net_target``)."""
         return {}
@@ -361,7 +368,8 @@ class ContinualPolicyMixin:
         if unknown:
             raise ValueError(f"unknown network(s) {sorted(unknown)}; this policy trains {sorted(prefixes)}")
         names = networks if networks is not None else list(prefixes)
-        return {name: hidden_layers(self, prefixes[name]) for name in names}  # type: ignore[arg-type]
+        outputs = self.output_layers()
+        return {name: hidden_layers(self, prefixes[name], outputs.get(name, [])) for name in names}  # type: ignore[arg-type]
 
     def record_features(self, networks: list[str] | None = None) -> FeatureRecorder:
         """A context manager recording hidden features of the networks during forward passes."""

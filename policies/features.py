@@ -47,19 +47,22 @@ class LayerFeatures:
 Features = dict[str, dict[str, LayerFeatures]]
 
 
-def hidden_layers(policy: nn.Module, prefixes: Sequence[str]) -> list[HiddenLayer]:
+def hidden_layers(policy: nn.Module, prefixes: Sequence[str], outputs: Sequence[str] = ()) -> list[HiddenLayer]:
     """The hidden layers found under the given submodule paths of ``policy``, in forward order.
 
     :param policy: the module that owns the network
     :param prefixes: dotted paths of the submodules that make up the network, input side first
+    :param outputs: dotted paths of the network's output layers: an activation inside one (SB3's gSDE
+        actor clips ``mu`` with a ``Hardtanh``) acts on the output, not on a hidden layer
     """
+    skipped = {m for path in outputs for m in policy.get_submodule(path).modules()}
     layers: list[HiddenLayer] = []
     for prefix in prefixes:
         submodule = policy.get_submodule(prefix)
         # The frozen branches of an injected head duplicate its trained branch.
         frozen = {m for head in submodule.modules() if isinstance(head, InjectedHead) for m in head.frozen_modules()}
         for path, module in submodule.named_modules(prefix=prefix):
-            if isinstance(module, ACTIVATION_TYPES) and module not in frozen:
+            if isinstance(module, ACTIVATION_TYPES) and module not in frozen and module not in skipped:
                 layers.append(HiddenLayer(f"layer{len(layers)}", path, module))
     return layers
 

@@ -69,8 +69,28 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "crelu": CReLU,
 }
 
-# Modules whose input is a hidden layer's pre-activation and whose output its post-activation.
-ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (*ACTIVATIONS.values(), nn.Softplus, nn.Mish, nn.SELU)
+# torch.nn's activation modules that do not act unit by unit: a softmax normalises across units, GLU
+# halves the width, attention is a layer of its own. None of them computes a hidden layer's units.
+_NOT_UNIT_WISE: frozenset[str] = frozenset(
+    {"GLU", "LogSoftmax", "MultiheadAttention", "Softmax", "Softmax2d", "Softmin"}
+)
+
+
+def _torch_activation_types() -> tuple[type[nn.Module], ...]:
+    """Every unit-wise activation class of ``torch.nn`` (``torch.nn.modules.activation``).
+
+    Read from torch rather than listed, so that any activation SB3's builders may be given through
+    ``activation_fn`` (``ReLU6``, ``Hardswish``, ``PReLU``, ...) is recognised as one.
+    """
+    module = nn.modules.activation
+    found = (getattr(module, name) for name in module.__all__ if name not in _NOT_UNIT_WISE)
+    return tuple(cls for cls in found if isinstance(cls, type) and issubclass(cls, nn.Module))
+
+
+# Modules whose input is a hidden layer's pre-activation and whose output its post-activation:
+# torch.nn's unit-wise activations and CReLU. An activation inside an output layer (e.g. the Hardtanh
+# that SB3's gSDE actor puts after ``mu``) is not a hidden layer: hidden_layers() skips output layers.
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (*_torch_activation_types(), CReLU)
 
 LAYER_NORM_PLACEMENTS = ("pre", "post")
 
@@ -107,6 +127,10 @@ class ArchitectureOptions:
             raise ValueError(
                 f"policy option activation={self.activation!r} is not allowed; use one of {sorted(ACTIVATIONS)}"
             )
+        if not isinstance(self.crelu_halve_width, bool):
+            raise ValueError(
+                f"policy option crelu_halve_width={self.crelu_halve_width!r} is not allowed; use True or False"
+            )
         if self.crelu_halve_width and not self.crelu:
             raise ValueError(
                 f"policy option crelu_halve_width=True needs activation='crelu', got activation={self.activation!r}"
@@ -119,6 +143,21 @@ class ArchitectureOptions:
     @property
     def is_default(self) -> bool:
         return self.layer_norm is None and not self.crelu
+
+    def check_activation_fn(self, activation_fn: object) -> None:
+        """Reject an ``activation_fn`` that the rewrite would not recognise when the options need it.
+
+        LayerNorm is placed around the activation modules; a class that is not one of
+        :data:`ACTIVATION_TYPES` (a user's own) would leave the network without any, silently.
+        """
+        if self.layer_norm is None or activation_fn is None:
+            return
+        if not (isinstance(activation_fn, type) and issubclass(activation_fn, ACTIVATION_TYPES)):
+            name = getattr(activation_fn, "__name__", repr(activation_fn))
+            raise ValueError(
+                f"policy option layer_norm={self.layer_norm!r} needs activation_fn to be an activation it can "
+                f"find, got activation_fn={name}; use one of {sorted(cls.__name__ for cls in ACTIVATION_TYPES)}"
+            )
 
     def activation_fn(self, default: type[nn.Module]) -> type[nn.Module]:
         """The activation class SB3's builders should use (ReLU for CReLU, which is swapped in after)."""

@@ -3,7 +3,9 @@
 Continual World's SAC (Wolczyk et al. 2021) shares the hidden layers of the actor and of each critic
 across tasks and gives every task its own output layer; the task is read from the one-hot code the
 sequence appends to the observation (:class:`crl.wrappers.TaskIdObservation`). Only the selected
-head receives gradients, so learning a task leaves the other tasks' heads untouched.
+head receives gradients, so learning a task leaves the other tasks' heads untouched; with
+``spectral_norm`` on the output layers, each head is normalised on its own for the same reason
+(:class:`~crl.policies.spectral_norm.HeadwiseSpectralNorm`).
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ class MultiHeadSACPolicy(SACPolicy):
         first_layer: Literal["layer_norm_tanh"] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(n_heads, int) or n_heads < 1:
+        if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
             raise ValueError(f"policy option n_heads must be a positive int, got {n_heads!r}")
         if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
             raise ValueError(f"MultiHeadSACPolicy needs a flat Box observation space, got {observation_space}")
@@ -115,6 +117,8 @@ class MultiHeadSACPolicy(SACPolicy):
             raise ValueError(
                 f"policy option first_layer={first_layer!r} is not allowed; use one of {[None, *FIRST_LAYERS]}"
             )
+        if first_layer is not None:
+            _check_first_layer_fits(first_layer, kwargs.get("net_arch"))
         # Set before SB3's constructor, which builds the networks through make_actor / make_critic.
         object.__setattr__(self, "n_heads", n_heads)
         object.__setattr__(self, "first_layer", first_layer)
@@ -133,6 +137,12 @@ class MultiHeadSACPolicy(SACPolicy):
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), "n_heads": self.n_heads, "first_layer": self.first_layer}
 
+    def task_heads(self) -> dict[str, int]:
+        heads = ["actor.mu", "actor.log_std"]
+        for index, q_net in enumerate(self.critic.q_networks):
+            heads.append(f"critic.qf{index}.{len(q_net) - 1}")  # type: ignore[arg-type]
+        return {path: self.n_heads for path in heads}
+
     def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> sb3.Actor:
         actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
         actor = self._rewrite_actor(MultiHeadActor(**actor_kwargs, n_heads=self.n_heads).to(self.device))
@@ -149,9 +159,28 @@ class MultiHeadSACPolicy(SACPolicy):
         return critic
 
 
+def _check_first_layer_fits(first_layer: str, net_arch: object) -> None:
+    """Reject a ``net_arch`` with no hidden layer in the actor or the critics: there is no first layer to change.
+
+    :param net_arch: SAC's ``net_arch``: ``None`` (SB3's 256 x 256), a list, or ``{"pi": ..., "qf": ...}``
+    """
+    if net_arch is None:
+        return
+    archs = (
+        [arch for key, arch in net_arch.items() if key in ("pi", "qf")] if isinstance(net_arch, dict) else [net_arch]
+    )
+    if any(len(arch) == 0 for arch in archs):  # type: ignore[arg-type]
+        raise ValueError(
+            f"policy option first_layer={first_layer!r} needs at least one hidden layer in the actor and the "
+            f"critics, got net_arch={net_arch!r}; use a non-empty net_arch or first_layer=None"
+        )
+
+
 def _layer_norm_tanh_first(stack: nn.Sequential) -> None:
     """Turn the first ``Linear -> activation`` of ``stack`` into ``Linear -> LayerNorm -> tanh``, in place."""
-    index = next(i for i, module in enumerate(stack) if isinstance(module, ACTIVATION_TYPES))
+    index = next((i for i, module in enumerate(stack) if isinstance(module, ACTIVATION_TYPES)), None)
+    if index is None:
+        raise ValueError(f"policy option first_layer='layer_norm_tanh' needs a hidden layer, got the network {stack}")
     linear = stack[index - 1]
     assert isinstance(linear, nn.Linear)
     stack[index] = nn.Tanh()

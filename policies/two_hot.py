@@ -62,6 +62,12 @@ class TwoHot:
         unknown = sorted(set(spec) - {"low", "high", "bins"})
         if unknown:
             raise ValueError(f"policy option two_hot has no key(s) {unknown}; its keys are low, high, bins")
+        missing = [key for key in ("low", "high") if key not in spec]
+        if missing:
+            raise ValueError(
+                f"policy option two_hot needs keys low and high (bins is optional, default {cls.bins}), "
+                f"got {dict(spec)!r} without {missing}"
+            )
         return cls(**spec)
 
     def options(self) -> dict[str, float | int]:

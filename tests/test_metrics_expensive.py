@@ -12,12 +12,13 @@ import crl
 from crl.interventions import Intervention
 from crl.metrics import (
     draw_probe_batch,
+    evaluate,
     hessian_top_eigenvalue,
     network_output,
     plasticity_probe,
     training_loss_eigenvalues,
 )
-from crl.metrics.probe import weight_copy
+from crl.metrics.probe import fresh_copy, weight_copy
 from crl.policies.layers import InjectedHead
 
 
@@ -162,3 +163,38 @@ def test_probe_after_a_plasticity_injection(name: str, env_id: str, kwargs: dict
     for path, parameter in model.policy.named_parameters():
         twin = copied_parameters[path]
         assert twin is not parameter and th.equal(twin, parameter) and twin.requires_grad == parameter.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("name", "env_id", "kwargs"),
+    [
+        ("DQN", "CartPole-v1", dict(learning_starts=50)),
+        ("PPO", "CartPole-v1", dict(n_steps=64, batch_size=32)),
+        ("SAC", "Pendulum-v1", dict(learning_starts=50)),
+    ],
+)
+@pytest.mark.parametrize("seed", [0, 7])
+def test_probe_targets_are_not_the_agents_initial_network(name: str, env_id: str, kwargs: dict, seed: int) -> None:
+    """SPEC.md §1: the probe regresses a *fresh* network; the agent's own start is no new target."""
+    model = getattr(crl, name)(
+        "MlpPolicy",
+        env_id,
+        seed=seed,
+        policy_kwargs=dict(net_arch=[16, 16]),
+        metrics={"plasticity_probe_every": 64},
+        **kwargs,
+    )
+    monitor_seed = model.metrics_monitor._seed(model)
+    assert monitor_seed == seed  # the metrics' seed defaults to the algorithm's
+    initial = model.policy.state_dict()
+    fresh = fresh_copy(model.policy, monitor_seed).state_dict()
+    weights = [key for key in initial if key.endswith("weight")]
+    assert weights and not any(th.equal(fresh[key], initial[key]) for key in weights)
+    obs = np.random.default_rng(0).uniform(-1, 1, (64, *model.observation_space.shape)).astype(np.float32)
+    probes = {
+        key: value
+        for key, value in evaluate(model, obs, plasticity_probe=True, config={"seed": seed}).items()
+        if key.endswith("plasticity_probe")
+    }
+    assert len(probes) == len(model.policy.network_prefixes())
+    assert all(value > 0 for value in probes.values()), probes  # 0 when the target was the start

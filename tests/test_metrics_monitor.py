@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -178,6 +179,34 @@ def test_bad_settings_fail_at_construction() -> None:
     with pytest.raises(MetricsError, match="metrics must be a MetricsConfig, a mapping"):
         crl.DQN("MlpPolicy", "CartPole-v1", metrics=100)  # type: ignore[arg-type]
     assert crl.SAC("MlpPolicy", "Pendulum-v1", metrics=MetricsConfig(every=7)).metrics_monitor.config.every == 7
+
+
+class _DictEnv(gym.Env):
+    """Dict observations: the feature metrics run on them, the plasticity probe does not."""
+
+    observation_space = spaces.Dict(
+        {"a": spaces.Box(-1, 1, (3,), np.float32), "b": spaces.Box(-1, 1, (2,), np.float32)}
+    )
+    action_space = spaces.Discrete(2)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action: int) -> tuple[dict, float, bool, bool, dict]:
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def test_a_probe_on_dict_observations_fails_at_construction() -> None:
+    with pytest.raises(
+        MetricsError,
+        match=r"metrics key plasticity_probe_every=32: the plasticity probe does not support dict observations "
+        r"\(observation space Dict.*; use plasticity_probe_every=None",
+    ):
+        crl.DQN("MultiInputPolicy", _DictEnv(), buffer_size=100, metrics={"every": 32, "plasticity_probe_every": 32})
+    model = crl.DQN("MultiInputPolicy", _DictEnv(), buffer_size=100, learning_starts=16, metrics={"every": 32})
+    model.learn(48)  # the rest of the suite measures dict observations
+    assert "plasticity/q_net/layer0/srank" in model.metrics_monitor.latest
 
 
 def _metrics_one_network_at_a_time(policy: Any, obs: th.Tensor, tau: float) -> dict[str, float]:

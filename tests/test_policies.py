@@ -52,6 +52,32 @@ def _layer_types(stack: nn.Sequential) -> list[type]:
     return [type(module) for module in stack]
 
 
+class _OwnActivation(nn.Module):
+    """An activation class of a user's own: LayerNorm cannot tell it from any other module."""
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        return th.relu(x)
+
+
+@pytest.mark.parametrize("activation_fn", [nn.ReLU6, nn.Hardswish])
+def test_any_torch_activation_gets_layer_norm_and_is_a_hidden_layer(activation_fn: type[nn.Module]) -> None:
+    policy = DQNPolicy(BOX, DISCRETE, LR, net_arch=[8, 8], activation_fn=activation_fn, layer_norm="pre")
+    assert _layer_types(policy.q_net.q_net) == [nn.Linear, nn.LayerNorm, activation_fn] * 2 + [nn.Linear]
+    layers = policy.hidden_layers()["q_net"]
+    assert [(layer.name, layer.path) for layer in layers] == [("layer0", "q_net.q_net.2"), ("layer1", "q_net.q_net.5")]
+    assert all(isinstance(layer.activation, activation_fn) for layer in layers)
+
+
+def test_an_activation_in_an_output_layer_is_not_a_hidden_layer() -> None:
+    """SB3's gSDE actor clips its mean with a Hardtanh after ``mu``: an output, not a hidden layer."""
+    policy = SACPolicy(BOX, CONTINUOUS, LR, net_arch=[8, 8], use_sde=True)
+    assert isinstance(policy.actor.mu[1], nn.Hardtanh)
+    assert [layer.path for layer in policy.hidden_layers(["actor"])["actor"]] == [
+        "actor.latent_pi.1",
+        "actor.latent_pi.3",
+    ]
+
+
 def test_layer_norm_placement() -> None:
     pre = DQNPolicy(BOX, DISCRETE, LR, layer_norm="pre").q_net.q_net
     post = DQNPolicy(BOX, DISCRETE, LR, layer_norm="post").q_net.q_net
@@ -237,6 +263,15 @@ def test_recording_leaves_no_hooks_behind_and_outputs_unchanged() -> None:
         (dict(layer_norm="middle"), "layer_norm='middle' is not allowed; use one of [None, 'pre', 'post']"),
         (dict(activation="swish"), "activation='swish' is not allowed; use one of ['crelu', 'elu'"),
         (dict(activation="tanh", activation_fn=nn.ReLU), "activation='tanh' and activation_fn=ReLU disagree"),
+        (
+            dict(activation="crelu", crelu_halve_width="yes"),
+            "crelu_halve_width='yes' is not allowed; use True or False",
+        ),
+        (
+            dict(activation_fn=_OwnActivation, layer_norm="pre"),
+            "layer_norm='pre' needs activation_fn to be an activation it can find, got activation_fn=_OwnActivation; "
+            "use one of ['CELU', 'CReLU', 'ELU'",
+        ),
     ],
 )
 def test_bad_options_name_the_option_and_allowed_values(options, message) -> None:

@@ -66,6 +66,36 @@ def test_continual_world_first_layer(sequence) -> None:
     th.testing.assert_close(features["actor"]["layer0"].pre.mean(dim=1), th.zeros(2), atol=1e-6, rtol=0)
 
 
+def _head_rows(layer: nn.Module, head: int, n_heads: int = 2) -> th.Tensor:
+    """The raw (trained) weight rows of one head of a stacked output layer."""
+    raw = layer.parametrizations.weight.original
+    return raw.view(n_heads, -1, raw.shape[1])[head].detach().clone()
+
+
+@pytest.mark.parametrize("option", ["head", "all"])
+def test_spectral_norm_normalises_each_head_on_its_own(sequence, option: str) -> None:
+    """One sigma for the stacked heads would let task 1's updates move task 0's head."""
+    model = crl.SAC(
+        MultiHeadSACPolicy,
+        sequence.make_vec_env(1, seed=0),  # task 1 only: head 1 is selected
+        policy_kwargs=dict(n_heads=2, net_arch=[16, 16], spectral_norm=option),
+        learning_starts=50,
+        seed=0,
+    )
+    policy = model.policy
+    heads = [policy.actor.mu, policy.actor.log_std, policy.critic.qf0[-1], policy.critic.qf1[-1]]
+    before = [(_head_rows(layer, 0), _head_rows(layer, 1)) for layer in heads]
+    model.learn(150)
+    for layer, (head0, head1) in zip(heads, before, strict=True):
+        assert th.equal(_head_rows(layer, 0), head0)  # task 0's head is untouched
+        assert not th.equal(_head_rows(layer, 1), head1)
+    policy.set_training_mode(False)
+    with th.no_grad():  # each head's normalised weight has spectral norm 1
+        for layer in [*heads, policy.critic_target.qf0[-1]]:
+            for block in layer.weight.view(2, -1, layer.weight.shape[1]):
+                assert float(th.linalg.matrix_norm(block, ord=2)) == pytest.approx(1.0, abs=1e-3)
+
+
 def test_multi_head_policy_survives_save_and_load(sequence, tmp_path) -> None:
     model = _model(sequence, first_layer="layer_norm_tanh")
     model.save(tmp_path / "model")
@@ -81,6 +111,16 @@ def test_multi_head_policy_survives_save_and_load(sequence, tmp_path) -> None:
     ("kwargs", "message"),
     [
         (dict(n_heads=0), "n_heads must be a positive int, got 0"),
+        (dict(n_heads=True), "n_heads must be a positive int, got True"),
+        (
+            dict(n_heads=2, first_layer="layer_norm_tanh", net_arch=[]),
+            r"first_layer='layer_norm_tanh' needs at least one hidden layer in the actor and the critics, "
+            r"got net_arch=\[\]",
+        ),
+        (
+            dict(n_heads=2, first_layer="layer_norm_tanh", net_arch=dict(pi=[8], qf=[])),
+            "needs at least one hidden layer",
+        ),
         (dict(n_heads=5), r"n_heads=5 leaves no observation before the task id \(observation size 5\)"),
         (dict(n_heads=2, first_layer="relu"), "first_layer='relu' is not allowed"),
         (dict(n_heads=2, first_layer="layer_norm_tanh", layer_norm="pre"), "use it without layer_norm"),

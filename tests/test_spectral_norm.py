@@ -11,6 +11,7 @@ import crl
 from crl.config import ConfigError
 from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import validate_curriculum
+from crl.metrics import draw_probe_batch, training_loss_eigenvalues
 from crl.policies.spectral_norm import weight_layer_groups
 
 
@@ -129,6 +130,28 @@ def test_metrics_leave_a_normalised_run_unchanged() -> None:
     assert all(th.equal(value, runs[1][key]) for key, value in runs[0].items())
 
 
+def test_the_hessian_leaves_a_normalised_policy_in_training_mode_unchanged(monkeypatch) -> None:
+    """Called in training mode, the Hessian's forward passes would step every power iteration."""
+    model = crl.DQN(
+        "MlpPolicy", "CartPole-v1", seed=0, learning_starts=50, policy_kwargs=dict(net_arch=[8], spectral_norm="all")
+    )
+    model.learn(80)
+    batch = draw_probe_batch(model, 32, seed=0)
+    model.policy.set_training_mode(True)
+    state = {key: value.clone() for key, value in model.policy.state_dict().items()}
+    training_loss_eigenvalues(model, batch, iterations=2)
+    assert all(th.equal(value, state[key]) for key, value in model.policy.state_dict().items())
+    assert model.policy.training and model.policy.q_net.training
+
+    def failing(batch: object) -> None:
+        raise RuntimeError("loss failed")
+
+    monkeypatch.setattr(model, "training_losses", failing)
+    with pytest.raises(RuntimeError, match="loss failed"):
+        training_loss_eigenvalues(model, batch, iterations=2)
+    assert model.policy.training and model.policy.q_net.training  # restored on error too
+
+
 def test_spectral_norm_survives_save_and_load(tmp_path) -> None:
     model = crl.PPO(
         "MlpPolicy", "CartPole-v1", seed=0, n_steps=64, batch_size=32, policy_kwargs=dict(spectral_norm="hidden")
@@ -154,6 +177,10 @@ def test_an_unknown_module_path_is_rejected_naming_the_weight_layers() -> None:
         crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8], spectral_norm=["q_net.q_net.1"]))
     with pytest.raises(ValueError, match=r"policy option spectral_norm='everything' is not allowed"):
         crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(spectral_norm="everything"))
+    with pytest.raises(
+        ValueError, match=r"spectral_norm=\['q_net.q_net.0', 'q_net.q_net.0'\] names \['q_net.q_net.0'\] more than once"
+    ):
+        crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(spectral_norm=["q_net.q_net.0", "q_net.q_net.0"]))
 
 
 CURRICULUM = {

@@ -80,6 +80,16 @@ def test_an_unknown_key_is_rejected_by_the_policy() -> None:
         crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(two_hot=dict(low=0, high=1, bin=3)))
 
 
+@pytest.mark.parametrize(("two_hot", "missing"), [(dict(low=0), "['high']"), (dict(bins=3), "['low', 'high']")])
+def test_missing_keys_are_named_by_the_policy(two_hot: dict, missing: str) -> None:
+    with pytest.raises(ValueError) as error:
+        crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(two_hot=two_hot))
+    assert f"policy option two_hot needs keys low and high (bins is optional, default 51), got {two_hot!r} " in str(
+        error.value
+    )
+    assert str(error.value).endswith(f"without {missing}")
+
+
 RUNS = {
     "DQN": ("CartPole-v1", 600, dict(learning_starts=100, train_freq=4, target_update_interval=100)),
     "PPO": ("CartPole-v1", 512, dict(n_steps=128, batch_size=64, n_epochs=2)),

@@ -78,12 +78,26 @@ def training_loss_eigenvalues(
     The losses come from the algorithm's ``training_losses(batch)`` (the loss ``train()`` optimises,
     see its docstring), each against the parameters of the optimizer that minimises it. Sampling
     inside the losses (SAC's actions) happens on a forked torch generator seeded with ``seed``.
+    The networks run in eval mode, whatever the policy's mode (restored afterwards, also on error):
+    in training mode a spectral-normalised layer would step its power iteration at every forward
+    pass, and measuring must not change the model.
+
+    :param algo: a ``crl.DQN``, ``crl.PPO`` or ``crl.SAC``
+    :param batch: a batch as ``algo.training_losses`` takes it (e.g. the monitor's probe batch)
+    :param iterations: power-iteration steps per loss
+    :param seed: seed of the sampling inside the losses and of the start vectors
     """
-    with th.random.fork_rng(devices=[]):
-        th.manual_seed(seed)
-        generator = th.Generator().manual_seed(seed)
-        losses = algo.training_losses(batch)  # type: ignore[attr-defined]
-        return {
-            name: hessian_top_eigenvalue(loss, optimizer_parameters(optimizer), iterations, generator)
-            for name, (loss, optimizer) in losses.items()
-        }
+    policy = algo.policy
+    was_training = policy.training
+    policy.set_training_mode(False)
+    try:
+        with th.random.fork_rng(devices=[]):
+            th.manual_seed(seed)
+            generator = th.Generator().manual_seed(seed)
+            losses = algo.training_losses(batch)  # type: ignore[attr-defined]
+            return {
+                name: hessian_top_eigenvalue(loss, optimizer_parameters(optimizer), iterations, generator)
+                for name, (loss, optimizer) in losses.items()
+            }
+    finally:
+        policy.set_training_mode(was_training)

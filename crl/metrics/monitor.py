@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 import torch as th
 
 from crl.hooks import GradientStep, TrainingHook
-from crl.metrics.config import MetricsConfig
+from crl.metrics.config import MetricsConfig, MetricsError
 from crl.metrics.hessian import training_loss_eigenvalues
-from crl.metrics.probe import fresh_copy, network_output, plasticity_probe
+from crl.metrics.probe import fresh_copy, network_output, plasticity_probe, probe_problem
 from crl.metrics.probe_batch import draw_probe_batch
 from crl.metrics.suite import PREFIX, WHOLE, feature_metrics, metric_name, network_parameters, snapshot, weight_metrics
 
@@ -89,6 +89,15 @@ class MetricsMonitor(TrainingHook):
         self._measuring = False
         self._grad_norms: dict[str, list[float]] = defaultdict(list)
         self._previous_weights: dict[str, list[th.Tensor]] | None = None
+
+    def on_setup(self, algo: BaseAlgorithm) -> None:
+        """Refuse, at construction, a plasticity probe on observations it cannot run on."""
+        every = self.config.plasticity_probe_every
+        problem = probe_problem(algo.observation_space)
+        if every is not None and problem is not None:
+            raise MetricsError(
+                f"metrics key plasticity_probe_every={every!r}: {problem}; use plasticity_probe_every=None"
+            )
 
     def on_train_start(self, algo: BaseAlgorithm) -> None:
         self._measuring = self._suite.due(algo.num_timesteps)

@@ -10,6 +10,7 @@ import torch as th
 
 from crl.metrics.config import MetricsConfig
 from crl.metrics.monitor import plasticity_probes
+from crl.metrics.probe import probe_problem
 from crl.metrics.suite import feature_metrics, network_parameters, weight_metrics
 
 if TYPE_CHECKING:
@@ -41,18 +42,26 @@ def evaluate(
     :param model: a ``crl.DQN``, ``crl.PPO`` or ``crl.SAC`` (trained, or loaded from a checkpoint)
     :param observations: a batch of observations, shaped like the observation space with a batch axis
         in front (images as stored, e.g. uint8)
-    :param actions: actions for SAC's critics (in the buffer's scaled form); by default the actor's
-        deterministic actions
+    :param actions: actions for SAC's critics (in the buffer's scaled form, cast to float32); by
+        default the actor's deterministic actions
     :param config: metric settings (``dormant_tau``, the plasticity probe's budget and ``seed``)
-    :param plasticity_probe: also run the (expensive) plasticity probe
+    :param plasticity_probe: also run the (expensive) plasticity probe; not with dict observations
+        (a ``ValueError``)
     """
     settings = MetricsConfig.make(config) if config is not None else MetricsConfig()
+    problem = probe_problem(model.observation_space)
+    if plasticity_probe and problem is not None:
+        raise ValueError(f"evaluate(plasticity_probe=True): {problem}; use plasticity_probe=False")
     policy: ContinualPolicyMixin = model.policy  # type: ignore[assignment]
     obs = policy._to_tensor(observations)
     was_training = policy.training  # type: ignore[attr-defined]
     policy.set_training_mode(False)  # type: ignore[attr-defined]
     try:
         act = None if actions is None else policy._to_tensor(actions)
+        if act is not None and act.is_floating_point():
+            # The networks compute in float32; numpy gives float64, which SAC's critics cannot
+            # concatenate with their float32 features (observations are cast by preprocess_obs).
+            act = act.float()
         if act is None and model.algorithm_family == "SAC":  # type: ignore[attr-defined]
             with th.no_grad():
                 act = policy.actor(obs, deterministic=True)  # type: ignore[attr-defined]

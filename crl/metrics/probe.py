@@ -8,6 +8,10 @@ compared by KL, values and Q-values by mean squared error.
 
 The fresh network is built with the policy's own constructor arguments, so it is initialised exactly
 as SB3 initialises that policy, from a fixed seed, so the probe task is the same at every measurement.
+That seed is derived from the metrics' seed through a stream of its own (:func:`fresh_network_seed`):
+the metrics' seed defaults to the algorithm's, from which SB3 initialises the agent itself, and a
+target equal to the agent's initial network would measure a return to the start (0 before training)
+instead of fitting new targets.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.distributions import Distribution
 from torch.nn import functional as F
 
@@ -90,6 +96,16 @@ def network_output(algorithm_family: str, network: str) -> NetworkOutput:
         raise ValueError(f"no plasticity probe for network {network!r} of a {algorithm_family} policy") from None
 
 
+def probe_problem(observation_space: spaces.Space) -> str | None:
+    """Why the plasticity probe cannot run on observations of ``observation_space``, or ``None``.
+
+    The probe slices the probe batch into minibatches, which a dict of tensors does not support.
+    """
+    if isinstance(observation_space, spaces.Dict):
+        return f"the plasticity probe does not support dict observations (observation space {observation_space})"
+    return None
+
+
 def _optimizer_of(policy: ContinualPolicyMixin, parameters: list[th.nn.Parameter]) -> th.optim.Optimizer:
     """The policy's optimizer that updates the first of ``parameters``."""
     optimizer = optimizer_of(policy_optimizers(policy), parameters[0])  # type: ignore[arg-type]
@@ -98,13 +114,32 @@ def _optimizer_of(policy: ContinualPolicyMixin, parameters: list[th.nn.Parameter
     return optimizer
 
 
+FRESH_NETWORK_STREAM = 0x70726F6265
+"""Names the fresh network's stream among the streams derived from the metrics' seed ("probe" in ASCII)."""
+
+
+def fresh_network_seed(seed: int) -> int:
+    """The torch seed of the probe's fresh network: ``seed`` and :data:`FRESH_NETWORK_STREAM` hashed
+    by numpy's ``SeedSequence``, so it is never ``seed`` itself, from which SB3 initialises the agent.
+
+    :param seed: the metrics' seed (any int; a negative one is taken modulo 2**64)
+    """
+    sequence = np.random.SeedSequence([seed % 2**64, FRESH_NETWORK_STREAM])
+    return int(sequence.generate_state(1)[0])
+
+
 def fresh_copy(policy: ContinualPolicyMixin, seed: int) -> ContinualPolicyMixin:
     """A freshly initialised policy of the same class and constructor arguments, in eval mode.
 
-    Initialised as SB3 initialises that policy, from ``seed``; torch's global stream is left as it was.
+    Initialised as SB3 initialises that policy, from :func:`fresh_network_seed` of ``seed`` (not from
+    ``seed``: that would rebuild the agent's own initial network when ``seed`` is the algorithm's);
+    torch's global stream is left as it was.
+
+    :param policy: the policy whose class and constructor arguments are used
+    :param seed: the metrics' seed
     """
     with th.random.fork_rng(devices=[]):
-        th.manual_seed(seed)
+        th.manual_seed(fresh_network_seed(seed))
         fresh = type(policy)(**policy._get_constructor_parameters())  # type: ignore[attr-defined]
     fresh = fresh.to(policy.device)  # type: ignore[attr-defined]
     fresh.set_training_mode(False)
@@ -144,9 +179,10 @@ def plasticity_probe(
     :param actions: actions for networks that take them (SAC's critics)
     :param epochs: the training budget, in passes over the probe set
     :param batch_size: minibatch size
-    :param seed: seed of the fresh network and of the minibatch order
-    :param fresh: the freshly initialised policy (built from ``seed`` if not given; pass one to
-        share it between the networks of a policy)
+    :param seed: seed of the minibatch order, and the seed the fresh network's is derived from
+        (:func:`fresh_network_seed`)
+    :param fresh: the freshly initialised policy (``fresh_copy(policy, seed)`` if not given; pass one
+        to share it between the networks of a policy)
     """
     parameters = network_parameters(policy)[network]
     reference = _optimizer_of(policy, parameters)
