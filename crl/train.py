@@ -28,7 +28,6 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch as th
@@ -57,11 +56,10 @@ from crl.continual import (
 )
 from crl.continual.loop import ContinualPosition, TaskEndHook, request_checkpoint
 from crl.plotting import PlotError, write_run_plots
-from crl.plotting.runs import PROGRESS_BAR_VARIABLE
 from crl.process import ProcessSettings, add_keep_freed_memory_option
 from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from crl.tracking.mlflow_writer import MLflowOutputFormat
-from crl.tracking.runs import create_run, flatten
+from crl.tracking.runs import create_run, flatten, quiet_downloads
 from crl.wrappers import TaskSequence
 
 CONFIG_ERROR_EXIT = 2
@@ -527,9 +525,7 @@ def resumed_runs(client: MlflowClient, run_id: str, curriculum: Curriculum) -> t
     except MlflowException:
         raise ConfigError(f"--resume {run_id}: no such run at {curriculum.tracking.tracking_uri}") from None
     parent_id = run.data.tags.get(MLFLOW_PARENT_RUN_ID, run_id)
-    # MLflow draws a progress bar per download unless told otherwise: noise for one small file.
-    quiet = mock.patch.dict(os.environ, {PROGRESS_BAR_VARIABLE: "false"})
-    with tempfile.TemporaryDirectory() as directory, quiet:
+    with tempfile.TemporaryDirectory() as directory, quiet_downloads():
         try:
             path = client.download_artifacts(parent_id, "config.yml", directory)
         except (MlflowException, OSError):

@@ -9,22 +9,20 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from crl.config.errors import one_line
 from crl.continual.results import ContinualResult
+from crl.tracking.runs import quiet_downloads
 
 PLASTICITY_PREFIX = "plasticity/"
 TASK_METRIC = "task"
@@ -34,7 +32,6 @@ PROGRESS_FILE = "progress.csv"
 INTERVENTIONS_PARAM = "interventions"
 NO_INTERVENTION = "no intervention"
 STEP_COLUMN = "time/total_timesteps"
-PROGRESS_BAR_VARIABLE = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
 RESULT_KEYS = ", ".join(field.name for field in dataclasses.fields(ContinualResult) if field.init)
 """The keys of a ``result.json`` (``ContinualResult.to_dict``), for error messages."""
 
@@ -208,8 +205,7 @@ def _history(client: MlflowClient, run_id: str, key: str) -> Curve:
 def _download_result(client: MlflowClient, run_id: str) -> ContinualResult | None:
     if RESULT_FILE not in {artifact.path for artifact in client.list_artifacts(run_id)}:
         return None
-    # MLflow draws a progress bar per download unless told otherwise: noise for one small file.
-    with tempfile.TemporaryDirectory() as directory, mock.patch.dict(os.environ, {PROGRESS_BAR_VARIABLE: "false"}):
+    with tempfile.TemporaryDirectory() as directory, quiet_downloads():
         return load_result(
             Path(client.download_artifacts(run_id, RESULT_FILE, directory)), f"run {run_id}'s {RESULT_FILE}"
         )

@@ -6,20 +6,38 @@ can be written from any process given its id.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import stable_baselines3
 from mlflow import MlflowClient
 from mlflow.entities import Param
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 import crl
 
 MAX_PARAM_LENGTH = 6000
 """MLflow's limit on a param value's length (longer values are cut)."""
+
+
+@contextlib.contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """Inside: MLflow's artifact downloads draw no progress bar (one per download, noise for a small file)."""
+    variable = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    before = os.environ.get(variable)
+    os.environ[variable] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[variable]
+        else:
+            os.environ[variable] = before
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
