@@ -39,6 +39,9 @@ def test_unavailable_mode_or_difficulty_is_rejected_naming_the_valid_ones() -> N
         atari_task("Freeway", mode=0, difficulty=2)
     with pytest.raises(ValueError, match="game='NotAGame'"):
         atari_task("NotAGame")
+    for mode in (True, 1.0):  # `in (0, 1)` let both through: True as a task "Pong-mTrue", 1.0 into ALE's TypeError
+        with pytest.raises(ValueError, match=rf"mode={mode!r} is not an int; ALE numbers Pong's modes"):
+            atari_task("Pong", mode=mode)
 
 
 def test_flavours_are_read_from_the_rom() -> None:

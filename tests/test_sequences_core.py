@@ -191,3 +191,21 @@ def test_every_switch_of_cartpole_actions_relabels_the_actions(seed: int) -> Non
     assert not np.array_equal(action_permutation(4, 3, seed), action_permutation(4, 2, seed))
     with pytest.raises(ValueError, match="needs at least two of them, got 1"):
         action_permutation(1, 1, seed)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("cartpole_actions", {"env_id": "Pendulum-v1"}, "env_id='Pendulum-v1': shuffled actions need a Discrete"),
+        ("cartpole_actions", {"seed": -3}, "seed=-3: must be an int >= 0"),
+        ("cw10", {"n_tasks": 3}, "task sequence 'cw10' has no option(s) ['n_tasks']; its options: ['steps_per_task']"),
+        ("cartpole_permuted", {"steps_per_task": 0}, "steps_per_task=0: must be an int >= 1"),
+        ("minatar_cycle", {"games": "Breakout"}, "games='Breakout': must be a list of MinAtar game names"),
+        ("minatar_cycle", {"cycles": 2.0}, "cycles=2.0: must be an int >= 1"),
+        ("cartpole_physics", {"physics": [(9.8,)]}, "physics[0]=(9.8,): must be a pair (gravity, half pole length)"),
+    ],
+)
+def test_bad_preset_options_name_the_option_before_any_task_is_built(name, options, message) -> None:
+    with pytest.raises(ValueError) as error:
+        make_sequence(name, **options)
+    assert message in str(error.value)

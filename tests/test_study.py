@@ -213,7 +213,7 @@ MALFORMED = {
     ),
     "a corner's sequence that cannot be built": (
         {"search_space": {"sequence.options.n_tasks": {"type": "int", "low": 0, "high": 3}}},
-        "(search_space: sequence.options.n_tasks=0): sequence: n_tasks must be >= 1, got 0",
+        "(search_space: sequence.options.n_tasks=0): sequence: n_tasks=0: must be an int >= 1",
     ),
     "named set without the parameter's intervention": (
         {

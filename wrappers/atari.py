@@ -16,10 +16,11 @@ from typing import Any
 
 import ale_py
 import gymnasium as gym
+import numpy as np
 from stable_baselines3.common.atari_wrappers import AtariWrapper
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
-from crl.wrappers.sequence import Task, TaskSequence
+from crl.wrappers.sequence import Task, TaskSequence, check_count
 
 gym.register_envs(ale_py)
 
@@ -52,6 +53,9 @@ def atari_flavours(game: str) -> AtariFlavours:
 
 def check_flavour(game: str, mode: int | None, difficulty: int | None) -> None:
     """Raise ``ValueError`` naming what ``game`` offers when ``mode`` or ``difficulty`` is not available."""
+    for key, value in (("mode", mode), ("difficulty", difficulty)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer)):
+            raise ValueError(f"{key}={value!r} is not an int; ALE numbers {game}'s {key}s")
     flavours = atari_flavours(game)
     if mode is not None and mode not in flavours.modes:
         raise ValueError(f"mode={mode} is not available for {game}; available modes: {list(flavours.modes)}")
@@ -120,8 +124,7 @@ def atari_game_cycle(
     games: Sequence[str], cycles: int = 2, steps_per_task: int = 1_000_000, name: str = "atari_cycle"
 ) -> TaskSequence:
     """Whole games in turn, ``cycles`` times (Abbas et al. 2023); a game keeps its task id across cycles."""
-    if cycles < 1:
-        raise ValueError(f"cycles must be >= 1, got {cycles}")
+    check_count("cycles", cycles)
     tasks = [
         atari_task(game, budget=steps_per_task, task_id=index)
         for _ in range(cycles)

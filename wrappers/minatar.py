@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import gymnasium as gym
 
-from crl.wrappers.sequence import Task, TaskSequence
+from crl.wrappers.sequence import Task, TaskSequence, check_count
 
 # gymnasium-style names -> minatar's own game names
 _GAME_IDS = {"Asterix": "asterix", "Breakout": "breakout", "Freeway": "freeway", "Seaquest": "seaquest"}
@@ -65,8 +65,9 @@ def minatar_cycle(
     :param games: MinAtar game names (default: all five)
     :param steps_per_task: environment steps per game
     """
-    if cycles < 1:
-        raise ValueError(f"cycles must be >= 1, got {cycles}")
+    check_count("cycles", cycles)
+    if isinstance(games, str) or not isinstance(games, Sequence):
+        raise ValueError(f"games={games!r}: must be a list of MinAtar game names, e.g. {list(MINATAR_GAMES)}")
     if not games:
         raise ValueError(f"games={list(games)!r} names no game; available: {list(MINATAR_GAMES)}")
     for game in games:

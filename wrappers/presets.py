@@ -8,11 +8,12 @@ project's choice. ``docs/sequences.md`` lists every preset with its budget and e
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from crl.wrappers import synthetic
-from crl.wrappers.sequence import TaskSequence
+from crl.wrappers.sequence import TaskSequence, check_count
 
 
 def _space_invaders_modes(steps_per_task: int = 1_000_000) -> TaskSequence:
@@ -78,4 +79,11 @@ def make_sequence(name: str, **kwargs: Any) -> TaskSequence:
     """
     if name not in PRESETS:
         raise ValueError(f"unknown task sequence {name!r}; presets: {sorted(PRESETS)}")
-    return PRESETS[name](**kwargs)
+    builder = PRESETS[name]
+    options = list(inspect.signature(builder).parameters)
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ValueError(f"task sequence {name!r} has no option(s) {unknown}; its options: {options}")
+    if "steps_per_task" in kwargs:  # named as given, not as the budget of each task it becomes
+        check_count("steps_per_task", kwargs["steps_per_task"])
+    return builder(**kwargs)

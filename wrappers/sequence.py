@@ -25,6 +25,18 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 
 from crl.wrappers.vec_env import DummyVecEnv
 
+
+def check_count(key: str, value: object, minimum: int = 1) -> int:
+    """``value`` as an ``int`` when it is an integer of at least ``minimum`` (NumPy's integers too).
+
+    :param key: the option's name, for the error message
+    :raises ValueError: naming the option, the value and what is allowed (a bool is no count)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{key}={value!r}: must be an int >= {minimum}")
+    return int(value)
+
+
 Measure = Literal["mean_return", "success_rate"]
 MEASURES: tuple[Measure, ...] = ("mean_return", "success_rate")
 

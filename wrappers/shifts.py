@@ -37,13 +37,6 @@ class ObservationShift(gym.ObservationWrapper):
             raise ValueError(f"signs must be {size} values of +1 or -1, got {self.signs.tolist()}")
         self.observation_space = spaces.Box(-np.inf, np.inf, space.shape, space.dtype)  # type: ignore[arg-type]
 
-    @classmethod
-    def random(cls, env: gym.Env, seed: int) -> ObservationShift:
-        """A shift drawn from ``seed``: a uniformly random permutation and independent random signs."""
-        rng = np.random.default_rng(seed)
-        size = env.observation_space.shape[0]  # type: ignore[index]
-        return cls(env, rng.permutation(size), rng.choice([-1, 1], size=size))
-
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return self.signs * observation[self.permutation]
 

@@ -8,12 +8,13 @@ the declared space, so that every task shares one space). Task ``k > 0`` draws i
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
 
-from crl.wrappers.sequence import Task, TaskSequence
+from crl.wrappers.sequence import Task, TaskSequence, check_count
 from crl.wrappers.shifts import ActionShuffle, CartPolePhysics, ObservationShift, RewardSignFlip
 
 DEFAULT_STEPS = 15_000
@@ -26,10 +27,32 @@ def _shift_seed(seed: int, task: int) -> int:
 
 def _permuted(env_id: str, task: int, seed: int) -> gym.Env:
     env = gym.make(env_id)
-    if task == 0:
-        size = env.observation_space.shape[0]  # type: ignore[index]
-        return ObservationShift(env, np.arange(size), np.ones(size))
-    return ObservationShift.random(env, _shift_seed(seed, task))
+    permutation, signs = observation_shift(env.observation_space.shape[0], task, seed)  # type: ignore[index]
+    return ObservationShift(env, permutation, signs)
+
+
+def distinct_shifts(size: int) -> int:
+    """How many permutations with sign patterns a vector of ``size`` components has: ``size! * 2**size``."""
+    return math.factorial(size) * 2**size
+
+
+def observation_shift(size: int, task: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The permutation and signs of task ``task``: task 0 the identity, each later task a draw (a
+    uniformly random permutation, independent random signs) that differs from every earlier task's,
+    so that no switch leaves the task unchanged or returns to an earlier one.
+
+    :raises ValueError: more tasks than the ``size! * 2**size`` distinct shifts
+    """
+    if task >= distinct_shifts(size):
+        raise ValueError(f"task {task}: {size} observation components have {distinct_shifts(size)} distinct shifts")
+    shifts = [(np.arange(size), np.ones(size, dtype=np.int64))]
+    for index in range(1, task + 1):
+        rng = np.random.default_rng(_shift_seed(seed, index))
+        drawn = (rng.permutation(size), rng.choice([-1, 1], size=size))
+        while any(np.array_equal(drawn[0], p) and np.array_equal(drawn[1], s) for p, s in shifts):
+            drawn = (rng.permutation(size), rng.choice([-1, 1], size=size))
+        shifts.append(drawn)
+    return shifts[task]
 
 
 def _shuffled(env_id: str, task: int, seed: int) -> gym.Env:
@@ -55,6 +78,15 @@ def action_permutation(n_actions: int, task: int, seed: int) -> np.ndarray:
     return permutation
 
 
+def _space_of(env_id: str, kind: str) -> gym.spaces.Space:
+    """The observation or action space (``kind``) of ``env_id``, checked before any task is built."""
+    env = gym.make(env_id)
+    try:
+        return getattr(env, kind)  # type: ignore[no-any-return]
+    finally:
+        env.close()
+
+
 def _sign_flipped(env_id: str, task: int) -> gym.Env:
     env = gym.make(env_id)
     return RewardSignFlip(env) if task % 2 == 1 else env
@@ -67,8 +99,7 @@ def _cartpole(gravity: float, length: float) -> gym.Env:
 def _sequence(
     name: str, n_tasks: int, steps_per_task: int, make: Callable[[int], Callable[[], gym.Env]], label: str
 ) -> TaskSequence:
-    if n_tasks < 1:
-        raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
+    n_tasks, steps_per_task = check_count("n_tasks", n_tasks), check_count("steps_per_task", steps_per_task)
     tasks = [Task(f"{label}{task}", make(task), steps_per_task) for task in range(n_tasks)]
     return TaskSequence(tasks, name=name)
 
@@ -76,7 +107,21 @@ def _sequence(
 def permuted_observations(
     env_id: str = "CartPole-v1", n_tasks: int = 6, steps_per_task: int = DEFAULT_STEPS, seed: int = 0
 ) -> TaskSequence:
-    """Each task permutes and sign-flips the observation vector (:class:`ObservationShift`)."""
+    """Each task permutes and sign-flips the observation vector (:class:`ObservationShift`), each
+    differently from every earlier task (:func:`observation_shift`).
+
+    :raises ValueError: a negative seed, an env without a flat ``Box`` observation, or more tasks than
+        its observation has distinct shifts
+    """
+    check_count("seed", seed, minimum=0)
+    space = _space_of(env_id, "observation_space")
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise ValueError(f"env_id={env_id!r}: permuted observations need a flat Box observation space, got {space}")
+    size = space.shape[0]
+    if check_count("n_tasks", n_tasks) > distinct_shifts(size):
+        raise ValueError(
+            f"n_tasks={n_tasks}: {env_id}'s {size} observation components allow {distinct_shifts(size)} distinct tasks"
+        )
     return _sequence(
         f"permuted_{env_id}",
         n_tasks,
@@ -90,7 +135,14 @@ def shuffled_actions(
     env_id: str = "CartPole-v1", n_tasks: int = 4, steps_per_task: int = DEFAULT_STEPS, seed: int = 0
 ) -> TaskSequence:
     """Each task relabels the discrete actions (:class:`ActionShuffle`) differently from the task before
-    (:func:`action_permutation`); CartPole has two, so tasks alternate."""
+    (:func:`action_permutation`); CartPole has two, so tasks alternate.
+
+    :raises ValueError: a negative seed, or an env without a ``Discrete`` action space of two or more actions
+    """
+    check_count("seed", seed, minimum=0)
+    space = _space_of(env_id, "action_space")
+    if not isinstance(space, gym.spaces.Discrete) or space.n < 2:
+        raise ValueError(f"env_id={env_id!r}: shuffled actions need a Discrete action space of 2 or more, got {space}")
     return _sequence(
         f"shuffled_actions_{env_id}",
         n_tasks,
@@ -113,6 +165,10 @@ def reward_sign_flip(
     )
 
 
+def _positive_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
 CARTPOLE_PHYSICS: tuple[tuple[float, float], ...] = ((9.8, 0.5), (20.0, 0.5), (9.8, 1.5), (3.0, 0.25))
 """``(gravity, half pole length)`` per task: gymnasium's default, then heavier, longer, lighter-and-shorter."""
 
@@ -124,6 +180,10 @@ def cartpole_physics(
 
     :param physics: ``(gravity, half pole length)`` per task
     """
+    check_count("steps_per_task", steps_per_task)
+    for index, pair in enumerate(physics):
+        if not (isinstance(pair, Sequence) and len(pair) == 2 and all(_positive_number(value) for value in pair)):
+            raise ValueError(f"physics[{index}]={pair!r}: must be a pair (gravity, half pole length) of numbers > 0")
     tasks = [
         Task(f"g{gravity:g}-l{length:g}", functools.partial(_cartpole, gravity, length), steps_per_task)
         for gravity, length in physics
