@@ -102,7 +102,7 @@ class TrainingHook:
         return None
 
     def after_backward(self, algo: BaseAlgorithm, step: GradientStep) -> None:
-        """Gradients of the full loss are in ``.grad``, before clipping and the optimizer step."""
+        """Gradients of the full loss are in ``.grad``, clipped where the algorithm clips, before the optimizer step."""
 
     def after_optimizer_step(self, algo: BaseAlgorithm, step: GradientStep) -> None:
         """The optimizer of ``step.loss_name`` has stepped."""

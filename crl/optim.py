@@ -26,8 +26,10 @@ from torch.optim import optimizer as torch_optimizer
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
 
-MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "acc_delta")
-"""Per-entry state of torch's optimizers (Adam/AdamW, SGD momentum, RMSprop, Adadelta)."""
+FRESH_FROM_GROUP = {"sum": "initial_accumulator_value", "step_size": "lr"}
+"""Per-entry optimizer state that does not start at zero: Adagrad's accumulator, Rprop's step sizes,
+each from the parameter group's setting. All other per-entry state (Adam's and Adamax's moments,
+momentum buffers, RMSprop's averages, Adadelta's, ASGD's average, Rprop's previous gradient) starts at 0."""
 
 
 def clear_optimizer_state(optimizer: th.optim.Optimizer) -> None:
@@ -36,7 +38,7 @@ def clear_optimizer_state(optimizer: th.optim.Optimizer) -> None:
 
 
 def reset_parameter_state(optimizer: th.optim.Optimizer, parameter: th.Tensor, index: th.Tensor | None = None) -> None:
-    """Zero the optimizer state of ``parameter``, or of the entries ``parameter[index]``.
+    """Reset the optimizer state of ``parameter``, or of the entries ``parameter[index]``, to fresh values.
 
     :param optimizer: the optimizer that updates ``parameter`` (nothing happens if it has no state)
     :param parameter: the parameter tensor
@@ -49,21 +51,33 @@ def reset_parameter_state(optimizer: th.optim.Optimizer, parameter: th.Tensor, i
     if index is None:
         del optimizer.state[parameter]
         return
-    for key in MOMENT_KEYS:
-        moment = state.get(key)
-        if isinstance(moment, th.Tensor) and moment.shape == parameter.shape:
-            moment[index] = 0.0
+    for moment, fresh in _entry_states(optimizer, parameter, state):
+        moment[index] = fresh
 
 
 def reset_parameter_columns_state(optimizer: th.optim.Optimizer, parameter: th.Tensor, columns: th.Tensor) -> None:
-    """Zero the optimizer state of the input columns ``parameter[:, columns]`` (outgoing weights of units)."""
+    """Reset the optimizer state of the input columns ``parameter[:, columns]`` (outgoing weights of units)."""
     state = optimizer.state.get(parameter)
     if not state:
         return
-    for key in MOMENT_KEYS:
-        moment = state.get(key)
-        if isinstance(moment, th.Tensor) and moment.shape == parameter.shape:
-            moment[:, columns] = 0.0
+    for moment, fresh in _entry_states(optimizer, parameter, state):
+        moment[:, columns] = fresh
+
+
+def _entry_states(
+    optimizer: th.optim.Optimizer, parameter: th.Tensor, state: dict[str, Any]
+) -> list[tuple[th.Tensor, float]]:
+    """Each per-entry state tensor of ``parameter`` (one value per entry: its shape) with its fresh value.
+
+    Read from the state itself rather than from a list of names, so that every torch optimizer's
+    state (RMSprop's ``grad_avg``, Adamax's ``exp_inf``, ...) is reset.
+    """
+    group = next(group for group in optimizer.param_groups if any(p is parameter for p in group["params"]))
+    return [
+        (value, float(group[FRESH_FROM_GROUP[key]]) if key in FRESH_FROM_GROUP else 0.0)
+        for key, value in state.items()
+        if key != "step" and isinstance(value, th.Tensor) and value.shape == parameter.shape
+    ]
 
 
 def policy_optimizers(policy: th.nn.Module) -> list[th.optim.Optimizer]:

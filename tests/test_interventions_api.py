@@ -215,3 +215,59 @@ def test_step_schedules_count_the_steps_of_every_learn_call() -> None:
         assert model.num_timesteps == 400
     assert model.lifetime_timesteps == 800
     assert injection._injected and reset._events == 1 and recycles == [500]
+
+
+def test_a_model_that_fails_to_build_leaves_its_interventions_unbound_and_stateless() -> None:
+    # ReDo's unknown network fails in on_setup, after L2-init took the failed model's weights as theta_0.
+    l2_init = crl.interventions.L2Init()
+    with pytest.raises(InterventionError, match="networks=\\['nope'\\]"):
+        crl.DQN("MlpPolicy", "CartPole-v1", interventions=[l2_init, crl.interventions.ReDo(networks=["nope"])])
+    model = crl.DQN("MlpPolicy", "CartPole-v1", interventions=[l2_init])
+    for name, parameter in model.policy.named_parameters():
+        assert th.equal(l2_init._theta_0[name], parameter)
+
+
+def test_a_head_reset_needs_a_crl_policy_a_full_reset_does_not() -> None:
+    with pytest.raises(InterventionError, match="intervention 'reset' with parts='head' reads the networks of a crl"):
+        crl.DQN(SB3DQNPolicy, "CartPole-v1", interventions=[{"name": "reset", "parts": "head"}])
+    crl.DQN(SB3DQNPolicy, "CartPole-v1", interventions=[{"name": "reset", "parts": "full"}])
+
+
+def test_soft_shrink_perturb_is_not_also_scheduled_at_task_boundaries() -> None:
+    soft = crl.interventions.ShrinkPerturb(shrink=0.999999, perturb=1e-6, after_every_update=True)
+    assert not soft.at_task_boundaries
+    assert crl.interventions.ShrinkPerturb(after_every_update=True, at_task_boundaries=True).at_task_boundaries
+    model = crl.DQN("MlpPolicy", "CartPole-v1", interventions=[soft], learning_starts=50, train_freq=4, seed=0)
+    model.learn(200)
+    entries = len(model.policy.optimizer.state)
+    model.start_task(1)
+    assert entries > 0 and len(model.policy.optimizer.state) == entries and soft._events == 0
+
+
+def test_load_with_a_new_injection_on_an_injected_model_is_refused_clearly(tmp_path) -> None:
+    model = crl.DQN("MlpPolicy", "CartPole-v1", interventions=[{"name": "plasticity_injection", "at_step": 60}],
+                    learning_starts=50, train_freq=4)  # fmt: skip
+    model.learn(100)
+    model.save(tmp_path / "model")
+    crl.DQN.load(tmp_path / "model")  # with its own, saved injection
+    with pytest.raises(InterventionError, match="the saved parameters hold heads that plasticity_injection injected"):
+        crl.DQN.load(tmp_path / "model", interventions=[{"name": "plasticity_injection", "at_step": 60}])
+
+
+def test_redo_checks_at_the_first_train_end_past_each_multiple_of_every() -> None:
+    redo = crl.interventions.ReDo(every=10)
+    model = crl.DQN("MlpPolicy", "CartPole-v1", interventions=[redo], learning_starts=0, train_freq=3, seed=0)
+    checks: list[int] = []
+    object.__setattr__(redo, "recycle", lambda algo: checks.append(algo.lifetime_timesteps))
+    model.learn(60)
+    assert checks == [12, 21, 30, 42, 51, 60]  # not 12, 24, 36, ...: a late check does not delay the next
+
+
+def test_the_replay_ratio_counts_the_episodes_of_every_learn_call() -> None:
+    ratio = crl.interventions.AdaptiveReplayRatio(check_every=1000)
+    model = crl.DQN("MlpPolicy", "CartPole-v1", interventions=[ratio], learning_starts=10, seed=0)
+    counts = []
+    for _ in range(3):
+        model.learn(300)
+        counts.append(model._episode_num)
+    assert model.lifetime_episodes == sum(counts) and ratio._episodes == sum(counts) > counts[-1]

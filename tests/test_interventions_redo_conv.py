@@ -48,3 +48,22 @@ def test_redo_recycles_dead_conv_channels_and_zeroes_their_flattened_columns(mon
     assert th.equal(model.q_net(probe), outputs)
     target_conv = model.policy.q_net_target.features_extractor.cnn[4]
     assert th.equal(target_conv.weight[dead], last_conv.weight[dead])
+
+
+def test_recycling_one_networks_units_zeroes_them_in_every_network_that_reads_the_shared_extractor(
+    image_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PPO's actor and critic share the CNN: ReDo(networks=["critic"]) recycles its last layer's units,
+    # and the actor's head reads them as well as the critic's (it kept reading them before).
+    model = crl.PPO("CnnPolicy", image_env((36, 36, 1)), n_steps=32, batch_size=32, seed=0)
+    policy = model.policy
+    probe = th.rand(16, 1, 36, 36)
+    monkeypatch.setattr("crl.interventions.redo.probe_batch", lambda algo, size: (probe, None))
+    linear = policy.features_extractor.linear[0]
+    with th.no_grad():  # units 0..3 of the shared linear layer silent on every input
+        linear.weight[:4] = 0.0
+        linear.bias[:4] = -1.0
+    ReDo(tau=0.0, networks=["critic"]).recycle(model)
+    for head in (policy.action_net, policy.value_net):
+        assert th.all(head.weight[:, :4] == 0)
+    assert th.all(linear.bias[:4] == 0)

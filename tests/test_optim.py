@@ -1,5 +1,6 @@
 """Optimizer-state surgery after re-initialisation."""
 
+import pytest
 import torch as th
 
 from crl.optim import clear_optimizer_state, reset_parameter_columns_state, reset_parameter_state
@@ -43,3 +44,34 @@ def test_reset_columns_and_clear() -> None:
     assert th.all(optimizer.state[layer.weight]["exp_avg"][:, 1] != 0)
     clear_optimizer_state(optimizer)
     assert len(optimizer.state) == 0
+
+
+@pytest.mark.parametrize(
+    ("optimizer_class", "options", "fresh"),
+    [
+        (
+            th.optim.RMSprop,
+            {"centered": True, "momentum": 0.9},
+            {"square_avg": 0.0, "grad_avg": 0.0, "momentum_buffer": 0.0},
+        ),
+        (th.optim.Adamax, {}, {"exp_avg": 0.0, "exp_inf": 0.0}),
+        (th.optim.Adagrad, {"initial_accumulator_value": 0.1}, {"sum": 0.1}),
+        (th.optim.Rprop, {}, {"prev": 0.0, "step_size": 0.01}),
+    ],
+)
+def test_reset_units_restores_every_per_entry_state_to_its_fresh_value(optimizer_class, options, fresh) -> None:
+    # Not only Adam's: a list of Adam's and SGD's names left RMSprop's grad_avg, Adamax's exp_inf and
+    # Adagrad's accumulator as they were.
+    layer = th.nn.Linear(3, 4)
+    optimizer = optimizer_class(layer.parameters(), lr=0.01, **options)
+    for _ in range(2):
+        optimizer.zero_grad()
+        layer(th.randn(5, 3)).pow(2).sum().backward()
+        optimizer.step()
+    state = optimizer.state[layer.weight]
+    kept = {key: state[key][[0, 2]].clone() for key in fresh}
+    reset_parameter_state(optimizer, layer.weight, th.tensor([1, 3]))
+    reset_parameter_columns_state(optimizer, layer.weight, th.tensor([0]))
+    for key, value in fresh.items():
+        assert th.all(state[key][[1, 3]] == value) and th.all(state[key][:, 0] == value), key
+        assert th.equal(state[key][[0, 2], 1:], kept[key][:, 1:]), key

@@ -25,10 +25,11 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.patch_gym import _patch_env
 
 from crl.hooks import GradientStep, HookDispatcher
-from crl.interventions.base import Intervention, crl_policy_problem, make_interventions
+from crl.interventions.base import Intervention, InterventionError, crl_policy_problem, make_interventions
 from crl.metrics.config import MetricsConfig, MetricsError
 from crl.metrics.monitor import MetricsMonitor
 from crl.optim import algorithm_optimizers, clip_grad_norm_, optimizer_step, use_multi_tensor_updates, zero_grad
+from crl.policies.layers import InjectedHead
 from crl.policies.two_hot import TwoHot
 from crl.wrappers.vec_env import DummyVecEnv
 
@@ -59,6 +60,7 @@ class ContinualAlgorithm:
     policy_kwargs: dict[str, Any]
     _hooks: HookDispatcher
     _earlier_timesteps: int = 0
+    _earlier_episodes: int = 0
 
     def __init__(
         self,
@@ -90,7 +92,6 @@ class ContinualAlgorithm:
         self._take_load_arguments()
         for intervention in self.interventions:
             intervention.check(self._algo)
-            intervention.bind(self._intervention_owner)
         problem = crl_policy_problem(self._algo)
         if self.metrics_monitor is not None and problem is not None:
             raise MetricsError(f"metrics are measured on the networks of a crl policy, but {problem}")
@@ -98,11 +99,18 @@ class ContinualAlgorithm:
         self.policy_kwargs = dict(self.policy_kwargs)
         for intervention in self.interventions:
             intervention.configure_policy(self._algo, self.policy_kwargs)
-        super()._setup_model()  # type: ignore[misc]
-        self._use_multi_tensor_updates()
-        monitors = [] if self.metrics_monitor is None else [self.metrics_monitor]
-        self._hooks = HookDispatcher([*self.interventions, *monitors])
-        self._hooks("on_setup", self._algo)
+        for intervention in self.interventions:
+            intervention.bind(self._intervention_owner)
+        try:
+            super()._setup_model()  # type: ignore[misc]
+            self._use_multi_tensor_updates()
+            monitors = [] if self.metrics_monitor is None else [self.metrics_monitor]
+            self._hooks = HookDispatcher([*self.interventions, *monitors])
+            self._hooks("on_setup", self._algo)
+        except BaseException:
+            for intervention in self.interventions:  # a model that failed to build owns nothing
+                intervention.release()
+            raise
 
     def _take_load_arguments(self) -> None:
         """Read ``interventions`` and ``metrics`` given to ``load()`` as the constructor reads them.
@@ -122,9 +130,25 @@ class ContinualAlgorithm:
             use_multi_tensor_updates(optimizer)
 
     def set_parameters(self, load_path_or_dict: Any, exact_match: bool = True, device: Any = "auto") -> None:
+        self._check_injected_heads(load_path_or_dict)
         # Loaded optimizer state brings its saved settings, e.g. those of a model saved by plain SB3.
         super().set_parameters(load_path_or_dict, exact_match, device)  # type: ignore[misc]
         self._use_multi_tensor_updates()
+
+    def _check_injected_heads(self, parameters: Any) -> None:
+        """Refuse saved parameters of injected heads that this model's policy has not got.
+
+        A plasticity injection rebuilds its heads on ``load`` from its saved state; a new instance given
+        to ``load(..., interventions=[...])`` has none, and torch would list the mismatched keys.
+        """
+        saved = parameters.get("policy", {}) if isinstance(parameters, dict) else {}
+        injected = any(".new_frozen." in key for key in saved)
+        if injected and not any(isinstance(module, InjectedHead) for module in self._algo.policy.modules()):
+            raise InterventionError(
+                "the saved parameters hold heads that plasticity_injection injected, but this model's "
+                "interventions have not injected them (interventions given to load() start without state); "
+                "load without interventions=, or give the saved model's own PlasticityInjection"
+            )
 
     @staticmethod
     def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
@@ -163,10 +187,16 @@ class ContinualAlgorithm:
         """
         return self._earlier_timesteps + self._algo.num_timesteps
 
+    @property
+    def lifetime_episodes(self) -> int:
+        """Episodes over every ``learn()`` call of this model (``_episode_num`` restarts with ``num_timesteps``)."""
+        return self._earlier_episodes + self._algo._episode_num
+
     def _setup_learn(self, total_timesteps: int, callback: MaybeCallback = None, reset_num_timesteps: bool = True,
                      *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:  # fmt: skip
-        if reset_num_timesteps:
-            self._earlier_timesteps += self._algo.num_timesteps  # SB3 sets num_timesteps to 0 next
+        if reset_num_timesteps:  # SB3 sets num_timesteps and _episode_num to 0 next
+            self._earlier_timesteps += self._algo.num_timesteps
+            self._earlier_episodes += self._algo._episode_num
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, *args, **kwargs)  # type: ignore[misc]
 
     def _excluded_save_params(self) -> list[str]:

@@ -114,11 +114,10 @@ class AdaptiveReplayRatio(Intervention):
         self._fau_count += 1
 
     def on_train_end(self, algo: BaseAlgorithm) -> None:
-        episode_num = algo._episode_num
-        if episode_num < self._last_episode_num:  # learn(reset_num_timesteps=True) restarted the count
-            self._last_episode_num = 0
-        self._episodes += episode_num - self._last_episode_num
-        self._last_episode_num = episode_num
+        # Over every learn() call: a restart of SB3's count by learn(reset_num_timesteps=True) loses no episode.
+        episodes = algo.lifetime_episodes  # type: ignore[attr-defined]
+        self._episodes += episodes - self._last_episode_num
+        self._last_episode_num = episodes
         if self._episodes >= self.check_every:
             self._episodes = 0
             self.close_window(algo)

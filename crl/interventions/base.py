@@ -101,6 +101,11 @@ class Intervention(BaseModel, TrainingHook):
             )
         self._owner = owner
 
+    def release(self) -> None:
+        """Belong to no model, with the state of a new instance (the model it was given to failed to build)."""
+        for key, private in type(self).__private_attributes__.items():
+            setattr(self, key, private.get_default(call_default_factory=True))
+
     def fresh(self) -> Intervention:
         """The same intervention, with the same parameters and no state: for another model."""
         return type(self)(**self.model_dump())
@@ -113,7 +118,8 @@ class Intervention(BaseModel, TrainingHook):
             transient = {*self.transient, "_owner"}
             defaults = type(self).__private_attributes__
             state["__pydantic_private__"] = {
-                key: defaults[key].get_default() if key in transient else value for key, value in private.items()
+                key: defaults[key].get_default(call_default_factory=True) if key in transient else value
+                for key, value in private.items()
             }
         return state
 

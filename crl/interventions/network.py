@@ -134,13 +134,16 @@ def _first_weight_layers(module: nn.Module) -> list[WeightLayer]:
 def unit_layers(policy: ContinualPolicyMixin, networks: Sequence[str] | None = None) -> list[UnitLayer]:
     """Every hidden layer of the given (default: all) trained networks as a :class:`UnitLayer`.
 
-    A layer shared by several networks (e.g. PPO's shared CNN extractor) appears once, with the
-    outgoing layers of all of them.
+    A layer shared by several networks (e.g. PPO's shared CNN extractor) appears once, named as in
+    the first of ``networks`` that has it, with the outgoing layers of all networks, selected or not:
+    a recycled unit's outgoing weights are zeroed in every layer that reads it.
     """
     prefixes = policy.network_prefixes()
     outputs = policy.output_layers()
+    selected = list(prefixes) if networks is None else list(networks)
     by_activation: dict[nn.Module, UnitLayer] = {}
-    for network in networks if networks is not None else list(prefixes):
+    wanted: set[nn.Module] = set()
+    for network in [*selected, *(other for other in prefixes if other not in selected)]:
         names = {layer.activation: layer.name for layer in policy.hidden_layers([network])[network]}
         heads = [policy.get_submodule(path) for path in outputs.get(network, [])]  # type: ignore[attr-defined]
         sequence: list[Any] = _leaf_layers(policy, prefixes[network], set(heads))  # type: ignore[arg-type]
@@ -165,7 +168,9 @@ def unit_layers(policy: ContinualPolicyMixin, networks: Sequence[str] | None = N
             elif incoming is not None:  # an activation
                 pending.append((item, incoming, norm))
                 norm = None
-    return list(by_activation.values())
+                if network in selected:
+                    wanted.add(item)
+    return [layer for activation, layer in by_activation.items() if activation in wanted]
 
 
 def _merge(

@@ -53,16 +53,18 @@ class ReDo(Intervention):
     probe_size: int = Field(default=256, gt=0)
     networks: list[str] | None = None
 
-    _last_check: int = PrivateAttr(default=0)
+    _checks_done: int = PrivateAttr(default=0)
     _total: int = PrivateAttr(default=0)
 
     def on_setup(self, algo: BaseAlgorithm) -> None:
         check_networks(self.name, self.networks, algo)
 
     def on_train_end(self, algo: BaseAlgorithm) -> None:
+        # At the first check at or after each multiple of `every`: a check due at 1002 does not move
+        # the next one to 2004 (the training frequency rarely divides `every`).
         now = algo.lifetime_timesteps  # type: ignore[attr-defined]
-        if now - self._last_check >= self.every:
-            self._last_check = now
+        if now // self.every > self._checks_done:
+            self._checks_done = now // self.every
             self.recycle(algo)
 
     def recycle(self, algo: BaseAlgorithm) -> int:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch as th
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 from torch import nn
 
 from crl.hooks import GradientStep
-from crl.interventions.base import InterventionError
+from crl.interventions.base import InterventionError, crl_policy_problem
 from crl.interventions.network import Reinitializer, parameters_of, target_parameters, unit_layers
 from crl.interventions.schedule import ScheduledIntervention
 from crl.optim import algorithm_optimizers, clear_optimizer_state, reset_parameter_state
@@ -50,6 +50,14 @@ class Reset(ScheduledIntervention):
     head_layers: int = Field(default=1, gt=0)
 
     _initial_log_ent_coef: th.Tensor | None = PrivateAttr(default=None)
+
+    def check(self, algo: BaseAlgorithm) -> None:
+        super().check(algo)
+        problem = crl_policy_problem(algo)
+        if self.parts == "head" and problem is not None:  # "full" and module paths take any policy
+            raise InterventionError(
+                f"intervention 'reset' with parts='head' reads the networks of a crl policy, but {problem}"
+            )
 
     def on_setup(self, algo: BaseAlgorithm) -> None:
         log_ent_coef = getattr(algo, "log_ent_coef", None)
@@ -118,7 +126,9 @@ class ShrinkPerturb(ScheduledIntervention):
 
     :param shrink: lambda, the factor on the current parameters
     :param perturb: sigma, the factor on the fresh initialisation
-    :param after_every_update: also apply after every optimizer step, to that optimizer's parameters
+    :param after_every_update: also apply after every optimizer step, to that optimizer's parameters;
+        then ``at_task_boundaries`` defaults to ``False`` (a scheduled call would drop the optimizer
+        state and the targets' lag that the soft variant keeps; give it ``True`` for both)
     """
 
     name = "shrink_perturb"
@@ -126,6 +136,13 @@ class ShrinkPerturb(ScheduledIntervention):
     shrink: float = Field(default=0.5, ge=0.0, le=1.0)
     perturb: float = Field(default=0.5, ge=0.0)
     after_every_update: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _soft_variant_is_not_scheduled(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("after_every_update") and "at_task_boundaries" not in data:
+            return {**data, "at_task_boundaries": False}
+        return data
 
     def apply(self, algo: BaseAlgorithm, reason: str) -> None:
         self._shrink_perturb(algo, trained_parameters(algo), scheduled=True)
