@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from numbers import Integral, Real
 from typing import Any
 
 import torch as th
@@ -43,11 +44,11 @@ class TwoHot:
     bins: int = 51
 
     def __post_init__(self) -> None:
-        if isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 2:
+        if isinstance(self.bins, bool) or not isinstance(self.bins, Integral) or self.bins < 2:
             raise ValueError(f"policy option two_hot needs bins >= 2 (an integer), got bins={self.bins!r}")
         for key in ("low", "high"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
                 raise ValueError(f"policy option two_hot needs a finite number for {key}, got {key}={value!r}")
         if not self.low < self.high:
             raise ValueError(f"policy option two_hot needs low < high, got low={self.low!r}, high={self.high!r}")

@@ -271,3 +271,13 @@ def test_the_replay_ratio_counts_the_episodes_of_every_learn_call() -> None:
         model.learn(300)
         counts.append(model._episode_num)
     assert model.lifetime_episodes == sum(counts) and ratio._episodes == sum(counts) > counts[-1]
+
+
+def test_a_refused_instance_leaves_the_others_given_with_it_free() -> None:
+    redo = crl.interventions.ReDo()
+    crl.DQN("MlpPolicy", "CartPole-v1", interventions=[redo])
+    l2_init = crl.interventions.L2Init()
+    with pytest.raises(InterventionError, match="already belongs to another model"):
+        crl.DQN("MlpPolicy", "CartPole-v1", interventions=[l2_init, redo])
+    assert l2_init._owner is None and redo._owner is not None
+    crl.DQN("MlpPolicy", "CartPole-v1", interventions=[l2_init])

@@ -67,3 +67,12 @@ def test_recycling_one_networks_units_zeroes_them_in_every_network_that_reads_th
     for head in (policy.action_net, policy.value_net):
         assert th.all(head.weight[:, :4] == 0)
     assert th.all(linear.bias[:4] == 0)
+
+
+def test_an_injection_into_one_network_takes_only_its_head_from_a_shared_extractor(image_env) -> None:
+    # PPO's CnnPolicy with net_arch=[]: both heads read the shared CNN's last layer; the actor's is action_net.
+    model = crl.PPO("CnnPolicy", image_env((36, 36, 1)), n_steps=32, batch_size=32, seed=0)
+    actor_only = crl.interventions.PlasticityInjection(at_step=10, networks=["actor"])
+    both = crl.interventions.PlasticityInjection(at_step=10)
+    assert actor_only._head_paths(model) == [("action_net", 1)]
+    assert sorted(both._head_paths(model)) == [("action_net", 1), ("value_net", 1)]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -24,6 +25,7 @@ RUNS = {
 
 _LOAD_AND_PREDICT = """
 import json, sys
+import gymnasium as gym
 import numpy as np
 import crl
 from torch import nn
@@ -113,3 +115,15 @@ def test_layer_norm_cnn_policy_trains_on_a_real_atari_game(tmp_path: Path) -> No
     loaded = crl.DQN.load(tmp_path / "atari.zip", device="cpu")
     obs = model.replay_buffer.observations[:8, 0]
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+
+
+def test_a_model_saved_by_an_earlier_version_loads_and_trains() -> None:
+    # Saved at 42b81e7 (crl 0.1.0): its interventions lack the owner, and ReDo counted its checks by
+    # the step of the last one (_last_check 200 with every=100: two checks done).
+    path = Path(__file__).parent / "data" / "dqn_l2_init_redo_0.1.0-42b81e7.zip"
+    model = crl.DQN.load(path, env=gym.make("CartPole-v1"))
+    l2_init, redo = model.interventions
+    assert l2_init._owner == redo._owner == model._intervention_owner
+    assert redo._checks_done == 2 and not hasattr(redo, "_last_check")
+    model.learn(120, reset_num_timesteps=False)
+    assert redo._checks_done == 3

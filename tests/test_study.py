@@ -10,6 +10,7 @@ import inspect
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from crl.study.objective import area_under_evaluation_curve, mean_forgetting, me
 from crl.study.runs import STORAGE_TAG, STUDY_TAG, TRIAL_TAG, storage_tag
 from crl.study.sampler import TrialSeededSampler
 from crl.study.space import SearchSpace
-from crl.study.storage import StaleTrialHandler
+from crl.study.storage import StaleTrialHandler, open_storage
 from crl.study.trial import RUN_ATTR, SURPLUS_ATTR, WORKER_ATTR, TrialRunner, counted, queue_again
 from crl.study.worker import TrialCounts
 from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT
@@ -554,6 +555,19 @@ def test_a_study_in_another_storage_gets_its_own_parent_run(directory: Path) -> 
     assert storage_tag("postgresql://crl:secret@db.example:5432/crl") == "postgresql://crl@db.example:5432/crl"
 
 
+def test_a_parent_run_made_before_storage_tags_is_taken_up_by_its_study(directory: Path) -> None:
+    path = _write(directory, n_trials=1)
+    assert main([str(path)]) == 0
+    client = MlflowClient(_mlflow(directory))
+    (parent,) = [run for run in _runs(directory) if run.data.tags.get(STUDY_TAG) == "study"]
+    client.delete_tag(parent.info.run_id, STORAGE_TAG)  # as crl 0.1.0 made it
+    assert main([str(path), "--n-trials", "2"]) == 0
+    (again,) = [run for run in _runs(directory) if run.data.tags.get(STUDY_TAG) == "study"]
+    assert again.info.run_id == parent.info.run_id and again.data.tags[STORAGE_TAG] == _optuna(directory)
+    children = [run for run in _runs(directory) if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2
+
+
 def test_a_study_name_with_a_quote_finds_its_parent_run(directory: Path) -> None:
     assert main([str(_write(directory, n_trials=1)), "--study-name", "bob's"]) == 0
     (parent,) = [run for run in _runs(directory) if run.data.tags.get(STUDY_TAG) == "bob's"]
@@ -666,6 +680,19 @@ def test_an_interrupted_study_relaunched_with_its_name_continues(directory: Path
     trial_runs = {run.data.tags[TRIAL_TAG]: run.info.status for run in runs if TRIAL_TAG in run.data.tags}
     assert parent.info.status == "FINISHED"
     assert trial_runs == {"0": "FINISHED", "1": "KILLED", "2": "FINISHED", "3": "FINISHED"}
+
+
+def test_an_sqlite_storage_takes_the_write_lock_when_a_transaction_begins(directory: Path) -> None:
+    # Two local workers popping the same queued trial both read it as waiting (SQLite ignores FOR
+    # UPDATE) unless the transaction holds the write lock from its start.
+    config = load_study(_write(directory), storage_url=_optuna(directory))
+    storage = open_storage(config, StaleTrialHandler(MlflowClient(_mlflow(directory)), None))
+    other = sqlite3.connect(directory / "optuna.db", timeout=0.1, isolation_level=None)
+    locked = pytest.raises(sqlite3.OperationalError, match="database is locked")
+    with storage.engine.connect() as connection, connection.begin(), locked:
+        other.execute("BEGIN IMMEDIATE")
+    other.execute("BEGIN IMMEDIATE")  # free again once the transaction ended
+    other.execute("COMMIT")
 
 
 # --- several workers on one PostgreSQL storage ------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch as th
 from torch.nn import functional as F
@@ -194,3 +195,9 @@ def test_a_bad_curriculum_value_fails_with_one_line(two_hot: dict, message: str)
     with pytest.raises(ConfigError) as info:
         validate_curriculum(data, source="c.yaml")
     assert str(info.value).startswith(message), str(info.value)
+
+
+def test_numpy_numbers_make_a_support() -> None:
+    assert TwoHot(np.float32(-10.0), np.float64(10.0), bins=np.int64(5)).support(th.zeros(1)).tolist() == [
+        -10.0, -5.0, 0.0, 5.0, 10.0,
+    ]  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from numbers import Real
 
 import gymnasium as gym
 import numpy as np
@@ -166,7 +167,7 @@ def reward_sign_flip(
 
 
 def _positive_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and value > 0
+    return not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value) and float(value) > 0
 
 
 CARTPOLE_PHYSICS: tuple[tuple[float, float], ...] = ((9.8, 0.5), (20.0, 0.5), (9.8, 1.5), (3.0, 0.25))
@@ -182,7 +183,7 @@ def cartpole_physics(
     """
     check_count("steps_per_task", steps_per_task)
     for index, pair in enumerate(physics):
-        if not (isinstance(pair, Sequence) and len(pair) == 2 and all(_positive_number(value) for value in pair)):
+        if not (isinstance(pair, Sequence | np.ndarray) and len(pair) == 2 and all(_positive_number(v) for v in pair)):
             raise ValueError(f"physics[{index}]={pair!r}: must be a pair (gravity, half pole length) of numbers > 0")
     tasks = [
         Task(f"g{gravity:g}-l{length:g}", functools.partial(_cartpole, gravity, length), steps_per_task)

@@ -99,16 +99,18 @@ class ContinualAlgorithm:
         self.policy_kwargs = dict(self.policy_kwargs)
         for intervention in self.interventions:
             intervention.configure_policy(self._algo, self.policy_kwargs)
-        for intervention in self.interventions:
-            intervention.bind(self._intervention_owner)
+        bound: list[Intervention] = []
         try:
+            for intervention in self.interventions:
+                intervention.bind(self._intervention_owner)
+                bound.append(intervention)
             super()._setup_model()  # type: ignore[misc]
             self._use_multi_tensor_updates()
             monitors = [] if self.metrics_monitor is None else [self.metrics_monitor]
             self._hooks = HookDispatcher([*self.interventions, *monitors])
             self._hooks("on_setup", self._algo)
         except BaseException:
-            for intervention in self.interventions:  # a model that failed to build owns nothing
+            for intervention in bound:  # a model that failed to build owns nothing (another model's stay its)
                 intervention.release()
             raise
 

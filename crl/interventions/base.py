@@ -123,6 +123,22 @@ class Intervention(BaseModel, TrainingHook):
             }
         return state
 
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        # An intervention saved by an earlier crl lacks the private attributes added since: their defaults.
+        defaults = type(self).__private_attributes__
+        private = state.get("__pydantic_private__") or {}
+        missing = {key: value.get_default(call_default_factory=True) for key, value in defaults.items()}
+        upgraded = self._upgraded(private, state.get("__dict__", {}))
+        super().__setstate__({**state, "__pydantic_private__": {**missing, **upgraded}})
+
+    @classmethod
+    def _upgraded(cls, private: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
+        """The saved private state in this version's attributes (subclasses map renamed ones).
+
+        :param parameters: the saved parameters (fields)
+        """
+        return private
+
     def record(self, algo: BaseAlgorithm, key: str, value: Any) -> None:
         """Log ``value`` as ``interventions/<name>/<key>`` through the algorithm's SB3 logger.
 

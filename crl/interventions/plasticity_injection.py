@@ -89,6 +89,9 @@ class PlasticityInjection(Intervention):
         for network in self.networks or list(policy.network_prefixes()):  # type: ignore[operator]
             layers = unit_layers(policy, [network])  # type: ignore[arg-type]
             outputs = [paths[id(module)] for module in layers[-1].outgoing] if layers else []
+            # A layer shared with another network (PPO's CNN with net_arch=[]) is read by its heads too.
+            own = policy.output_layers().get(network, [])  # type: ignore[operator]
+            outputs = [path for path in outputs if path in own] if own else outputs
             if self.head_layers == 1:
                 heads.extend((path, 1) for path in outputs if (path, 1) not in heads)
                 continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, PrivateAttr
 
@@ -58,6 +58,14 @@ class ReDo(Intervention):
 
     def on_setup(self, algo: BaseAlgorithm) -> None:
         check_networks(self.name, self.networks, algo)
+
+    @classmethod
+    def _upgraded(cls, private: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
+        if "_last_check" not in private:
+            return private
+        # Saved before checks counted multiples of `every`: the step of the last check then.
+        upgraded = {key: value for key, value in private.items() if key != "_last_check"}
+        return {**upgraded, "_checks_done": private["_last_check"] // parameters["every"]}
 
     def on_train_end(self, algo: BaseAlgorithm) -> None:
         # At the first check at or after each multiple of `every`: a check due at 1002 does not move

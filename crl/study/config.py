@@ -51,6 +51,7 @@ PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "none": optuna.pruners.NopPruner,
 }
 OWN_OPTIONS = frozenset({"self", "seed", "search_space"})
+"""Constructor arguments the study sets itself."""
 # Names Optuna's sampler and pruner modules annotate with but import only for type checkers (their
 # annotations are strings): without them pydantic cannot read, say, TPE's ``gamma: Callable[...]``
 # and a string given for it would pass unchecked, failing every trial.
@@ -62,7 +63,6 @@ _ANNOTATION_NAMES = {
     "FrozenTrial": optuna.trial.FrozenTrial,
     "BaseSampler": optuna.samplers.BaseSampler,
 }
-"""Constructor arguments the study sets itself."""
 DEFAULT_STORAGE_FILE = "optuna.db"
 """The default storage's file name, beside an SQLite MLflow database."""
 

@@ -62,13 +62,21 @@ def tracking_client(config: StudyConfig) -> MlflowClient:
 
 
 def _study_runs(client: MlflowClient, experiment: str, config: StudyConfig) -> list[str]:
-    """The study's parent runs (its name in its storage), earliest first."""
-    query = (
-        f"tags.`{STUDY_TAG}` = {filter_string(config.name)} "
-        f"AND tags.`{STORAGE_TAG}` = {filter_string(storage_tag(config.storage_url))}"
-    )
-    runs = client.search_runs([experiment], query, order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
-    return [run.info.run_id for run in runs if MLFLOW_PARENT_RUN_ID not in run.data.tags]
+    """The study's parent runs (its name in its storage), earliest first.
+
+    A parent run made before runs were tagged with their storage (crl 0.1.0 up to 42b81e7) has only
+    the name: it is taken as this storage's and tagged, so that a study launched then goes on in it.
+    """
+    order = ["attributes.start_time ASC", "attributes.run_id ASC"]
+    named = client.search_runs([experiment], f"tags.`{STUDY_TAG}` = {filter_string(config.name)}", order_by=order)
+    parents = [run for run in named if MLFLOW_PARENT_RUN_ID not in run.data.tags]
+    tag = storage_tag(config.storage_url)
+    found = [run.info.run_id for run in parents if run.data.tags.get(STORAGE_TAG) == tag]
+    untagged = [run.info.run_id for run in parents if STORAGE_TAG not in run.data.tags]
+    if not found and untagged:
+        client.set_tag(untagged[0], STORAGE_TAG, tag)
+        found = untagged[:1]
+    return found
 
 
 def study_parent_run(client: MlflowClient, config: StudyConfig, texts: Mapping[str, str]) -> str:

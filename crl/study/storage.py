@@ -20,6 +20,8 @@ import optuna
 from mlflow import MlflowClient
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 from crl.config.errors import ConfigError, one_line
@@ -63,21 +65,26 @@ def open_storage(config: StudyConfig, handler: StaleTrialHandler) -> RDBStorage:
     :raises ConfigError: the database cannot be reached or opened
     """
     spec = config.spec.storage
+    sqlite = config.storage_url.startswith("sqlite")
     engine: dict[str, Any] = {"pool_pre_ping": True}
-    if config.storage_url.startswith("sqlite"):
-        engine = {"connect_args": {"timeout": SQLITE_TIMEOUT}}
+    if sqlite:
+        # isolation_level=None: pysqlite begins no transaction of its own, the "begin" listener does.
+        engine = {"connect_args": {"timeout": SQLITE_TIMEOUT, "isolation_level": None}}
     attempt = 1
     while True:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(
+                storage = RDBStorage(
                     config.storage_url,
                     engine_kwargs=engine,
                     heartbeat_interval=spec.heartbeat_interval,
                     grace_period=spec.grace_period or 2 * spec.heartbeat_interval,
                     heartbeat_stale_trial_callback=handler,
                 )
+            if sqlite:
+                begin_immediately(storage.engine)
+            return storage
         except (IntegrityError, ProgrammingError):
             # Workers starting together on an empty database both create the tables (PostgreSQL:
             # "duplicate key value ... pg_type"); once one has, opening it again finds them.
@@ -87,6 +94,21 @@ def open_storage(config: StudyConfig, handler: StaleTrialHandler) -> RDBStorage:
             time.sleep(1.0 + random.random())
         except (SQLAlchemyError, ImportError) as error:
             raise ConfigError(f"storage {config.storage_url!r} cannot be opened: {one_line(str(error))}") from None
+
+
+def begin_immediately(engine: Engine) -> None:
+    """Make every transaction on an SQLite ``engine`` take the database's write lock when it begins.
+
+    Optuna hands a queued trial to one worker by reading it as waiting and setting it running in one
+    transaction, with ``SELECT ... FOR UPDATE``, which SQLite ignores: two local workers could both
+    read the trial as waiting, both set it running and train it, and the second to finish crashed
+    ("Cannot tell a COMPLETE trial"). ``BEGIN IMMEDIATE`` serialises those transactions (SQLAlchemy's
+    recipe for pysqlite); PostgreSQL locks the row itself.
+    """
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def open_study(config: StudyConfig, storage: RDBStorage) -> optuna.Study:

@@ -156,7 +156,10 @@ def _round_trips(envs: VecEnv | list[VecEnv], data: bytes) -> bool:
     states = _simulator_states(envs)
     if not states:
         return True
-    copy = pickle.loads(data)
+    try:
+        copy = pickle.loads(data)
+    except (*PICKLE_ERRORS, EOFError, pickle.UnpicklingError, ImportError):
+        return False  # pickles but does not unpickle: not saved, as an env that does not pickle
     try:
         copied = _simulator_states(copy)
         return len(copied) == len(states) and all(np.array_equal(a, b) for a, b in zip(states, copied, strict=True))
