@@ -121,7 +121,7 @@ def test_dqn_runs_through_three_minatar_games() -> None:
 
 def test_bad_calls_are_rejected_before_training() -> None:
     sequence = permuted_observations(n_tasks=2, steps_per_task=100)
-    with pytest.raises(ValueError, match="eval_every must be a positive int"):
+    with pytest.raises(ValueError, match="eval_every=0: must be an int >= 1"):
         learn_continual(_dqn(sequence), sequence, eval_every=0)
     with pytest.raises(TypeError, match="needs a crl algorithm"):
         learn_continual(sb3.DQN("MlpPolicy", sequence.make_vec_env(0)), sequence, eval_every=10)
@@ -179,13 +179,13 @@ def test_out_of_range_arguments_name_the_argument_its_value_and_what_is_allowed(
     cases = [
         (
             dict(n_eval_episodes=0),
-            r"n_eval_episodes must be a positive int \(episodes per task and evaluation\), got 0",
+            r"n_eval_episodes=0: must be an int >= 1 \(episodes per task and evaluation\)",
         ),
-        (dict(n_eval_episodes=-1), r"n_eval_episodes must be a positive int .*, got -1"),
-        (dict(checkpoint=saved.append, checkpoint_every=0), r"checkpoint_every must be a positive int .*, got 0"),
-        (dict(checkpoint=saved.append, checkpoint_every=-5), r"checkpoint_every must be a positive int .*, got -5"),
-        (dict(eval_every=50.0), r"eval_every must be a positive int \(environment steps\), got 50.0"),
-        (dict(eval_every=True), r"eval_every must be a positive int .*, got True"),
+        (dict(n_eval_episodes=-1), r"n_eval_episodes=-1: must be an int >= 1"),
+        (dict(checkpoint=saved.append, checkpoint_every=0), r"checkpoint_every=0: must be an int >= 1"),
+        (dict(checkpoint=saved.append, checkpoint_every=-5), r"checkpoint_every=-5: must be an int >= 1"),
+        (dict(eval_every=50.0), r"eval_every=50.0: must be an int >= 1 \(environment steps\)"),
+        (dict(eval_every=True), r"eval_every=True: must be an int >= 1"),
         (dict(position=ContinualPosition(task=3)), r"position.task must lie in \[0, 2\] .*, got 3"),
         (
             dict(position=ContinualPosition(task=2)),

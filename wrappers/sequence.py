@@ -26,14 +26,15 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 from crl.wrappers.vec_env import DummyVecEnv
 
 
-def check_count(key: str, value: object, minimum: int = 1) -> int:
+def check_count(key: str, value: object, minimum: int = 1, counts: str = "") -> int:
     """``value`` as an ``int`` when it is an integer of at least ``minimum`` (NumPy's integers too).
 
-    :param key: the option's name, for the error message
+    :param key: the option's or argument's name, for the error message
+    :param counts: what the value counts (e.g. ``"environment steps"``), for the error message
     :raises ValueError: naming the option, the value and what is allowed (a bool is no count)
     """
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{key}={value!r}: must be an int >= {minimum}")
+        raise ValueError(f"{key}={value!r}: must be an int >= {minimum}" + (f" ({counts})" if counts else ""))
     return int(value)
 
 

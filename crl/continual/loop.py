@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from crl.algorithms import DQN, ContinualAlgorithm
 from crl.continual.results import ContinualResult
 from crl.optim import algorithm_optimizers, clear_optimizer_state
-from crl.wrappers.sequence import TaskSequence
+from crl.wrappers.sequence import TaskSequence, check_count
 
 EVAL_SEED_OFFSET = 100_000
 """Evaluation envs are seeded apart from the training envs (``seed + EVAL_SEED_OFFSET + task``)."""
@@ -250,19 +249,6 @@ def _check(model: BaseAlgorithm, reset_replay_buffer: bool) -> None:
         raise ValueError(f"reset_replay_buffer=True needs an off-policy algorithm, got {type(model).__name__}")
 
 
-def _positive_int(name: str, value: Any, unit: str) -> int:
-    """``value`` as an ``int`` if it is an integer of at least 1 (NumPy's integers included).
-
-    :param name: the argument's name, for the error message
-    :param unit: what the value counts, for the error message
-    :raises ValueError: naming the argument, the value and what is allowed
-    """
-    # numbers.Integral covers np.int64 and the like; a bool is an int to Python but never a count.
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int ({unit}), got {value!r}")
-    return int(value)
-
-
 def _check_position(position: ContinualPosition, sequence: TaskSequence) -> None:
     """A position inside ``sequence``: a task of it with fewer steps done than its budget, or its end
     (``task == len(sequence)``) with the evaluations made so far.
@@ -370,10 +356,10 @@ def learn_continual(
     """
     _check(model, reset_replay_buffer)
     assert isinstance(model, ContinualAlgorithm)  # for the type checker, after the readable check
-    eval_every = _positive_int("eval_every", eval_every, "environment steps")
-    n_eval_episodes = _positive_int("n_eval_episodes", n_eval_episodes, "episodes per task and evaluation")
+    eval_every = check_count("eval_every", eval_every, counts="environment steps")
+    n_eval_episodes = check_count("n_eval_episodes", n_eval_episodes, counts="episodes per task and evaluation")
     if checkpoint_every is not None:
-        checkpoint_every = _positive_int("checkpoint_every", checkpoint_every, "environment steps, or None")
+        checkpoint_every = check_count("checkpoint_every", checkpoint_every, counts="environment steps, or None")
     seed = model.seed if seed is None else seed
     deterministic = isinstance(model, DQN) if deterministic_eval is None else deterministic_eval
     position = position if position is not None else ContinualPosition()
