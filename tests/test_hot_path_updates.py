@@ -10,12 +10,12 @@ import stable_baselines3 as sb3
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
-from test_sb3_equivalence import assert_same_training
+from test_sb3_equivalence import CASES, _train, assert_same_training
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import crl
 from crl.algorithms.replay import sample_replay
-from crl.optim import optimizer_step, use_multi_tensor_updates, zero_grad
+from crl.optim import KEPT_GRADIENT_BYTES, drop_unreached, optimizer_step, use_multi_tensor_updates, zero_grad
 
 ADAMS = [
     (th.optim.Adam, {}),
@@ -145,6 +145,74 @@ def test_zero_grad_sets_every_gradient_to_none_and_calls_a_replaced_one() -> Non
     parameter.grad = th.ones(3)
     zero_grad(KeepingAdam([parameter]))
     assert calls == [True] and th.equal(parameter.grad, th.zeros(3))
+
+
+def test_zero_grad_keeps_large_cpu_gradients_zeroed_and_drops_small_ones() -> None:
+    large = th.ones(KEPT_GRADIENT_BYTES // 4, requires_grad=True)  # float32: exactly the threshold
+    small = th.ones(KEPT_GRADIENT_BYTES // 4 - 1, requires_grad=True)
+    optimizer = th.optim.Adam([large, small])
+    large.grad, small.grad = th.ones_like(large), th.ones_like(small)
+    kept_gradient = large.grad
+    kept = zero_grad(optimizer)
+    assert large.grad is kept_gradient and not large.grad.any()
+    assert small.grad is None
+    assert [parameter for parameter, _, _ in kept] == [large]
+
+
+def _bits(tensor: th.Tensor) -> th.Tensor:
+    """The tensor's bit patterns, so that a comparison also tells -0.0 from 0.0."""
+    return tensor.detach().view(th.int32)
+
+
+def _train_with_gaps(optimizer_class: type, kwargs: dict, dropping: bool) -> list[th.Tensor]:
+    """Parameters after 12 steps of a loss that skips the large ``second`` at every third step and
+    one ``create_graph`` backward; each step's gradients dropped (SB3's ``zero_grad``) or kept."""
+    generator = th.Generator().manual_seed(0)
+    first, second = (th.randn(64, 1024, generator=generator).requires_grad_() for _ in range(2))
+    optimizer = optimizer_class([first, second], lr=1e-2, **kwargs)
+    for index in range(12):
+        inputs = th.randn(1024, 8, generator=generator)
+        reaches_second = index % 3 != 1
+        weights = first + second if reaches_second else first
+        loss = (weights @ inputs).tanh().square().mean()
+        if dropping:
+            optimizer.zero_grad()
+            loss.backward(create_graph=index == 5)
+        else:
+            kept = zero_grad(optimizer)
+            loss.backward(create_graph=index == 5)
+            drop_unreached(kept)
+            assert (second.grad is not None) == reaches_second
+        optimizer.step()
+    return [first, second]
+
+
+@pytest.mark.parametrize(
+    ("optimizer_class", "kwargs"),
+    [(th.optim.Adam, {}), (th.optim.AdamW, {"weight_decay": 0.1}), (th.optim.SGD, {"momentum": 0.9})],
+)
+def test_kept_gradients_train_bitwise_like_dropped_ones(optimizer_class: type, kwargs: dict) -> None:
+    """A kept gradient that backward did not reach is dropped again, so the optimizer skips it."""
+    kept = _train_with_gaps(optimizer_class, kwargs, dropping=False)
+    dropped = _train_with_gaps(optimizer_class, kwargs, dropping=True)
+    assert all(th.equal(_bits(a), _bits(b)) for a, b in zip(kept, dropped, strict=True))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_gradient_kept_trains_like_sb3(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = _train(getattr(sb3, name), name)
+    monkeypatch.setattr(crl.optim, "KEPT_GRADIENT_BYTES", 0)
+    kept_counts: list[int] = []
+
+    def counting_zero_grad(optimizer: th.optim.Optimizer) -> list:
+        kept = zero_grad(optimizer)
+        kept_counts.append(len(kept))
+        return kept
+
+    monkeypatch.setattr(crl.algorithms.base, "zero_grad", counting_zero_grad)
+    candidate = _train(getattr(crl, name), name)
+    assert_same_training(reference, candidate)
+    assert max(kept_counts) >= 4  # every step after the first kept its network's gradients
 
 
 LAYOUTS = {
