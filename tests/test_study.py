@@ -737,8 +737,10 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_the_other(directory: Pa
         victim,
         POSTGRES_URL,  # type: ignore[arg-type]
         name,
-        lambda trial: (
-            trial.state == TrialState.RUNNING and trial.user_attrs.get(WORKER_ATTR, "").endswith(f":{victim.pid}")
+        lambda trial: (  # killed once it has drawn all its parameters: a retry takes them over
+            trial.state == TrialState.RUNNING
+            and trial.user_attrs.get(WORKER_ATTR, "").endswith(f":{victim.pid}")
+            and set(trial.params) == set(STUDY["search_space"])
         ),
     )
     victim.kill()
