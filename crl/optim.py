@@ -217,7 +217,7 @@ def zero_grad(optimizer: th.optim.Optimizer) -> KeptGradients:
     2.4 us each), against a median of 0.23 million of 6 with the gradients kept. Call
     :func:`drop_unreached` after ``backward()``: a kept gradient that ``backward()`` did not reach goes
     back to ``None``, so the optimizer skips its parameter as it would have, and every parameter ends
-    bitwise as with ``set_to_none`` (``tests/test_hot_path.py``).
+    bitwise as with ``set_to_none`` (``tests/test_hot_path_updates.py``); :func:`compute_gradients` does the three.
 
     :return: the kept gradients, for :func:`drop_unreached`
     """
@@ -245,6 +245,16 @@ def drop_unreached(kept: KeptGradients) -> None:
     for parameter, grad, version in kept:
         if parameter.grad is grad and grad._version == version:
             parameter.grad = None
+
+
+def compute_gradients(optimizer: th.optim.Optimizer, loss: th.Tensor) -> None:
+    """The gradients of ``loss`` for ``optimizer``'s parameters, as after SB3's ``zero_grad()`` and ``backward()``.
+
+    :func:`zero_grad`, ``loss.backward()``, then :func:`drop_unreached` on the gradients it kept.
+    """
+    kept = zero_grad(optimizer)
+    loss.backward()
+    drop_unreached(kept)
 
 
 def _keeps(grad: th.Tensor) -> bool:

@@ -209,7 +209,7 @@ def test_every_gradient_kept_trains_like_sb3(name: str, monkeypatch: pytest.Monk
         kept_counts.append(len(kept))
         return kept
 
-    monkeypatch.setattr(crl.algorithms.base, "zero_grad", counting_zero_grad)
+    monkeypatch.setattr(crl.optim, "zero_grad", counting_zero_grad)
     candidate = _train(getattr(crl, name), name)
     assert_same_training(reference, candidate)
     assert max(kept_counts) >= 4  # every step after the first kept its network's gradients

@@ -28,14 +28,7 @@ from crl.hooks import GradientStep, HookDispatcher
 from crl.interventions.base import Intervention, InterventionError, crl_policy_problem, make_interventions
 from crl.metrics.config import MetricsConfig, MetricsError
 from crl.metrics.monitor import MetricsMonitor
-from crl.optim import (
-    algorithm_optimizers,
-    clip_grad_norm_,
-    drop_unreached,
-    optimizer_step,
-    use_multi_tensor_updates,
-    zero_grad,
-)
+from crl.optim import algorithm_optimizers, clip_grad_norm_, compute_gradients, optimizer_step, use_multi_tensor_updates
 from crl.policies.layers import InjectedHead
 from crl.policies.two_hot import TwoHot
 from crl.wrappers.vec_env import DummyVecEnv
@@ -225,9 +218,7 @@ class ContinualAlgorithm:
         :param clip: ``(parameters, max_grad_norm)`` when the algorithm clips the gradient norm
         """
         loss = self._hooks.add_auxiliary_losses(self._algo, step, loss_name, loss)
-        kept_gradients = zero_grad(optimizer)
-        loss.backward()
-        drop_unreached(kept_gradients)
+        compute_gradients(optimizer, loss)
         grad_norm = clip_grad_norm_(*clip) if clip is not None else None
         self._hooks.after_backward(self._algo, step, optimizer, grad_norm)
         optimizer_step(optimizer)

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from crl.algorithms.base import logged_mean, with_sb3_signature
 from crl.algorithms.off_policy import ContinualOffPolicyAlgorithm
 from crl.algorithms.replay import sample_replay
-from crl.optim import drop_unreached, optimizer_step, zero_grad
+from crl.optim import compute_gradients, optimizer_step
 from crl.policies import sac as policies
 from crl.policies.module_tree import listed_parameters
 from crl.policies.sac import CategoricalContinuousCritic
@@ -80,9 +80,7 @@ class SAC(ContinualOffPolicyAlgorithm, sb3.SAC):
 
             # Temperature (alpha) step
             if ent_coef_loss is not None and self.ent_coef_optimizer is not None:
-                kept_gradients = zero_grad(self.ent_coef_optimizer)
-                ent_coef_loss.backward()
-                drop_unreached(kept_gradients)
+                compute_gradients(self.ent_coef_optimizer, ent_coef_loss)
                 optimizer_step(self.ent_coef_optimizer)
 
             target_q_values = self._td_target(replay_data, ent_coef)
