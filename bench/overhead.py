@@ -310,9 +310,9 @@ SB3_LN = (
 
 KEPT_MEMORY = (
     "`crl_train` is crl in a process set up as `python -m crl.train` sets up its own: glibc's malloc keeps freed "
-    "memory (`crl.process.keep_freed_memory`: blocks below 32 MiB from the heap, trimmed only above 1 GiB free), "
-    "so the gradient steps' tensors do not page-fault their memory in again; `sb3_kept_memory` is plain SB3 in a "
-    "process with the same setting, the like-for-like reference for `crl_train`"
+    "memory (`crl.process.keep_freed_memory`: every block from the heap, none mapped on its own, the heap trimmed "
+    "only above 1 GiB free), so the gradient steps' tensors do not page-fault their memory in again; "
+    "`sb3_kept_memory` is plain SB3 in a process with the same setting, the like-for-like reference for `crl_train`"
 )
 
 

@@ -56,7 +56,7 @@ from crl.continual import (
 )
 from crl.continual.loop import ContinualPosition, TaskEndHook, request_checkpoint
 from crl.plotting import PlotError, write_run_plots
-from crl.process import ProcessSettings, add_keep_freed_memory_option
+from crl.process import ProcessSettings, add_keep_freed_memory_option, release_freed_memory
 from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from crl.tracking.mlflow_writer import MLflowOutputFormat
 from crl.tracking.runs import create_run, flatten, quiet_downloads
@@ -599,6 +599,8 @@ def run_child(
     :param on_task_end: passed to :func:`crl.learn_continual` (e.g. a study's pruning)
     :param plots: write the run's plots and log them as artifacts
     """
+    # A process that keeps freed memory would otherwise also keep the buffers of the runs it finished
+    release_freed_memory()
     resuming = run_id is not None
     if run_id is None:
         run_id = create_child_run(client, curriculum, name, seed, parent_id)

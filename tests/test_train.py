@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from crl import train
 from crl.continual import ContinualResult
 from crl.continual.loop import TaskEvaluator
 from crl.process import ProcessSettings
@@ -114,11 +115,14 @@ def test_a_sequential_launch_sets_up_its_process_as_the_command_line_says(
     tmp_path: Path, curriculum: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     applied: list[ProcessSettings] = []
+    released: list[bool] = []
     monkeypatch.setattr(ProcessSettings, "apply", lambda settings: applied.append(settings))
+    monkeypatch.setattr(train, "release_freed_memory", lambda: released.append(True) or True)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    options = ["--seed", "0", "--set", "metrics=null", "--tracking-uri", uri]
+    options = ["--workers", "1", "--set", "metrics=null", "--tracking-uri", uri]
     assert main([str(curriculum), *options, "--no-keep-freed-memory", "--torch-threads", "2"]) == 0
     assert applied == [ProcessSettings(torch_threads=2, keep_freed_memory=False)]
+    assert len(released) == 2  # before each of the two seeds' runs
 
 
 def test_config_errors_exit_with_2_before_any_run(tmp_path: Path, curriculum: Path, capsys) -> None:
