@@ -56,17 +56,23 @@ LARGE_BLOCKS = ("40", "2")
 """Two blocks of 40 MiB, above it: each gets a mapping of its own by default."""
 
 
-def _churn(how: str, blocks: tuple[str, str] = SMALL_BLOCKS, **environment: str) -> tuple[str, int]:
-    """(what ``keep_freed_memory`` returned, minor page faults of the repeated churn) in a fresh process."""
+def _run_with_libc(script: str, *args: str, **environment: str) -> list[str]:
+    """The words ``script`` (after :data:`LIBC`) prints in a fresh process, whose environment sets none of
+    glibc's ``malloc`` variables but those given."""
     env = {name: value for name, value in os.environ.items() if name not in ENVIRONMENT_VARIABLES}
     result = subprocess.run(
-        [sys.executable, "-c", LIBC + CHURN, how, *blocks],
+        [sys.executable, "-c", LIBC + script, *args],
         env={**env, **environment},
         capture_output=True,
         text=True,
         check=True,
     )
-    kept, faults = result.stdout.split()
+    return result.stdout.split()
+
+
+def _churn(how: str, blocks: tuple[str, str] = SMALL_BLOCKS, **environment: str) -> tuple[str, int]:
+    """(what ``keep_freed_memory`` returned, minor page faults of the repeated churn) in a fresh process."""
+    kept, faults = _run_with_libc(CHURN, how, *blocks, **environment)
     return kept, int(faults)
 
 
@@ -119,9 +125,7 @@ print(released, freed - resident_mib())
 
 @glibc_only
 def test_releasing_gives_a_kept_buffer_back() -> None:
-    env = {name: value for name, value in os.environ.items() if name not in ENVIRONMENT_VARIABLES}
-    result = subprocess.run([sys.executable, "-c", LIBC + RELEASE], env=env, capture_output=True, text=True, check=True)
-    released, returned_mib = result.stdout.split()
+    released, returned_mib = _run_with_libc(RELEASE)
     assert released == "True"
     assert 190 <= int(returned_mib) <= 210
 
