@@ -23,6 +23,8 @@ import numpy as np
 import torch as th
 from torch.optim import optimizer as torch_optimizer
 
+from crl.adam import adam_step
+
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -276,16 +278,16 @@ def optimizer_step(optimizer: th.optim.Optimizer) -> None:
     setting with a ``torch._dynamo`` graph break: 30 us of the 150 us of Adam's step on DQN's 120x84
     MLP (``bench/hot_path.py``). Without a hook, a running profiler, a ``differentiable`` optimizer or
     a ``step`` replaced on the instance (an LR scheduler wraps it) or wrapped by anything but torch,
-    those wrappers do nothing but the grad-mode switch, so the body (torch's own function:
-    ``_init_group``, then the functional ``adam`` with the group's settings) runs under ``no_grad``:
-    the same update. Other optimizers get ``step()``.
+    those wrappers do nothing but the grad-mode switch, so the body runs under ``no_grad``:
+    :func:`crl.adam.adam_step`, torch's ``_init_group`` and multi-tensor arithmetic with the square
+    root of the second moments kept off MKL's slow path for zeros, bitwise the same update. Other
+    optimizers get ``step()``.
     """
-    body = _adam_step_body(type(optimizer))
-    if body is None or not _step_wrappers_idle(optimizer):
+    if not _torchs_adam_step(type(optimizer)) or not _step_wrappers_idle(optimizer):
         optimizer.step()
         return
     with th.no_grad():
-        body(optimizer)
+        adam_step(optimizer)  # type: ignore[arg-type]
 
 
 def _step_wrappers_idle(optimizer: th.optim.Optimizer) -> bool:
@@ -299,15 +301,15 @@ def _step_wrappers_idle(optimizer: th.optim.Optimizer) -> bool:
     )
 
 
-def _adam_step_body(optimizer_class: type) -> Callable[..., Any] | None:
-    """``Adam.step`` as written in torch, when ``optimizer_class`` is Adam or AdamW and only torch wraps it."""
+def _torchs_adam_step(optimizer_class: type) -> bool:
+    """Whether ``optimizer_class`` is Adam or AdamW with ``step`` as torch writes it, wrapped only by torch."""
     step = optimizer_class.step  # type: ignore[attr-defined]
     key = (optimizer_class, step)
-    if key not in _STEP_BODIES:
+    if key not in _TORCHS_ADAM_STEPS:
         exact_class = optimizer_class in (th.optim.Adam, th.optim.AdamW)
         body = _below_torch_wrappers(step) if exact_class else None
-        _STEP_BODIES[key] = body if body is not None and body.__code__ is _ADAM_STEP_CODE else None
-    return _STEP_BODIES[key]
+        _TORCHS_ADAM_STEPS[key] = body is not None and body.__code__ is _ADAM_STEP_CODE
+    return _TORCHS_ADAM_STEPS[key]
 
 
 def _below_torch_wrappers(function: Callable[..., Any]) -> Callable[..., Any] | None:
@@ -319,8 +321,8 @@ def _below_torch_wrappers(function: Callable[..., Any]) -> Callable[..., Any] | 
     return function
 
 
-_STEP_BODIES: dict[tuple[type, Callable[..., Any]], Callable[..., Any] | None] = {}
-"""(optimizer class, its ``step`` attribute) -> the function below torch's wrappers, or ``None``."""
+_TORCHS_ADAM_STEPS: dict[tuple[type, Callable[..., Any]], bool] = {}
+"""(optimizer class, its ``step`` attribute) -> whether it is torch's Adam step, wrapped only by torch."""
 
 _TORCH_STEP_WRAPPERS = {
     torch_optimizer.Optimizer.profile_hook_step(lambda: None).__code__,
