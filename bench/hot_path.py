@@ -301,6 +301,25 @@ def _adam_step(algorithm: str, env_id: str) -> tuple[Call, Call]:
     return single_tensor, (lambda: optimizer_step(optimizer))
 
 
+def _adam_step_on_frames() -> tuple[Call, Call]:
+    """One Adam step of DQN's NatureCNN with every other unit dormant: half of each layer's rows get no gradient.
+
+    Their second moments stay exactly zero, as a dormant unit's do, which sends torch's square root
+    to MKL's scalar routine; crl's raises them to ``tiny`` first (:mod:`crl.adam`).
+    """
+    optimizer = _atari_dqn().policy.optimizer
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            parameter.grad = th.full_like(parameter, 1e-3)
+            parameter.grad[::2] = 0.0
+
+    def single_tensor() -> None:
+        with _single_tensor_updates([optimizer]):
+            optimizer.step()
+
+    return single_tensor, (lambda: optimizer_step(optimizer))
+
+
 def _zero_grad() -> tuple[Call, Call]:
     """Dropping the gradients of DQN's 120x84 MLP before a backward pass (they are set again for the next call)."""
     model = crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=POLICY_KWARGS["DQN"], device="cpu")
@@ -414,6 +433,7 @@ ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {
     "gradients dropped, DQN 120x84 MLP (`zero_grad`)": (_zero_grad, 1),
     "Adam step, DQN 120x84 MLP (6 tensors)": (lambda: _adam_step("DQN", "CartPole-v1"), 0.2),
     "Adam step, PPO 64x64 MLPs (12 tensors)": (lambda: _adam_step("PPO", "CartPole-v1"), 0.2),
+    "Adam step, DQN NatureCNN (10 tensors), every other unit dormant": (_adam_step_on_frames, 0.005),
     "gradient-norm clip, DQN 120x84 MLP, norm below `max_grad_norm` (`clip_grad_norm_`)": (
         lambda: _gradient_clip("DQN", "CartPole-v1", clipping=False),
         0.2,

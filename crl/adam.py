@@ -10,15 +10,22 @@ of DQN on Breakout, and its square root takes 3.3 ms per update instead of about
 :func:`adam_step` is the body of torch's ``Adam.step`` (AdamW's too), with the same operations in the
 same order as torch's multi-tensor update (``torch.optim.adam._multi_tensor_adam``, not capturable)
 except one: the second moments are raised to at least the dtype's smallest normal number ``tiny``
-before their square root. That changes no bit of the update. A moment ``v >= tiny`` is left as it
-is. A moment ``v < tiny`` has ``sqrt(v) <= sqrt(tiny)`` either way (1.1e-19 in float32), and Adam's
-denominator ``sqrt(v) / sqrt(1 - beta2 ** t) + eps`` rounds to ``eps`` for both, which
-:func:`_rounds_to_eps` checks at each update in the dtype's own arithmetic. With Adam's defaults
-(``eps=1e-8``, ``beta2=0.999``) the largest such quotient, 3.4e-18 at the first step, is 1/129 of
-half the spacing of floats above ``eps``. Where the check fails (``eps`` of 0 or near ``tiny``), or
-the parameters are not all float32 or all float64, torch's own square root runs.
-Second moments are never negative (they start at ``+0.0`` and only add squares), so the raise
-never turns a NaN-producing moment into a number.
+before their square root. That changes no bit of the update:
+
+- a moment ``v >= tiny`` is left as it is, and MKL gives it the same root whatever its neighbours
+  in the vector are (``bench/sqrt_lanes.py``: every non-negative float32, beside a zero and beside a
+  subnormal);
+- a moment ``v < tiny`` has ``sqrt(v) <= sqrt(tiny)`` either way (1.1e-19 in float32), and Adam's
+  denominator ``sqrt(v) / sqrt(1 - beta2 ** t) + eps`` rounds to ``eps`` for both, which
+  :func:`_rounds_to_eps` checks at each update in the dtype's own arithmetic. With Adam's defaults
+  (``eps=1e-8``, ``beta2=0.999``) the largest such quotient, 3.4e-18 at the first step, is 1/129 of
+  half the spacing of floats above ``eps``;
+- second moments are never negative (they start at ``+0.0`` and only add squares), and a NaN stays
+  NaN.
+
+Where the check fails (``eps`` of 0 or near ``tiny``), torch's own square root runs; parameters not
+all float32 or all float64, and a torch release other than :data:`MIRRORED_TORCH`, get torch's
+whole update.
 """
 
 from __future__ import annotations

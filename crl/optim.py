@@ -9,8 +9,8 @@ step counter per tensor.
 :func:`use_multi_tensor_updates` makes Adam and AdamW update all of a group's tensors per operation
 instead of one tensor at a time, :func:`clip_grad_norm_` clips gradients with fewer operations
 than torch's function, and :func:`zero_grad` and :func:`optimizer_step` skip the wrappers around
-torch's ``zero_grad`` and Adam's ``step`` when nothing is attached to them; all give bitwise the same
-result on CPU.
+torch's ``zero_grad`` and Adam's ``step`` when nothing is attached to them (the step's body is
+:func:`crl.adam.adam_step`); all give bitwise the same result on CPU.
 """
 
 from __future__ import annotations
