@@ -45,8 +45,10 @@ MIRRORED_TORCH = "2.13."
 _STEP_INCREMENT = th.tensor(1.0)
 """What torch adds to CPU step counters, as a tensor: a Python 1 would be wrapped anew for each one."""
 
-_NUMPY_DTYPES: dict[th.dtype, type[np.floating]] = {th.float32: np.float32, th.float64: np.float64}
-"""Parameter dtypes whose square roots :func:`adam_step` takes from raised second moments."""
+NUMPY_SCALARS: dict[th.dtype, type[np.floating]] = {th.float32: np.float32, th.float64: np.float64}
+"""torch dtypes whose CPU arithmetic NumPy scalars of the same dtype reproduce bit for bit: those whose
+square roots :func:`adam_step` takes from raised second moments (and whose clipping factor
+``crl.optim.clip_grad_norm_`` computes with NumPy)."""
 
 
 def adam_step(optimizer: th.optim.Adam) -> None:
@@ -181,7 +183,7 @@ def _rounds_to_eps(dtype: th.dtype, eps: float, bias_correction2_sqrt: float) ->
     first), with twice the largest such ``sqrt(v)``: rounding is monotonic, so if ``eps + 2 q_max``
     rounds to ``eps``, every ``eps + q`` with ``0 <= q <= q_max`` does.
     """
-    scalar = _NUMPY_DTYPES.get(dtype)
+    scalar = NUMPY_SCALARS.get(dtype)
     if scalar is None:
         return False
     eps_d = scalar(eps)

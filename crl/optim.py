@@ -23,7 +23,7 @@ import numpy as np
 import torch as th
 from torch.optim import optimizer as torch_optimizer
 
-from crl.adam import adam_step
+from crl.adam import NUMPY_SCALARS, adam_step
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -175,7 +175,7 @@ def clip_grad_norm_(parameters: Iterable[th.Tensor], max_norm: float) -> th.Tens
         return th.nn.utils.clip_grad_norm_(parameters, max_norm)
     with th.no_grad():
         total_norm = th.linalg.vector_norm(th.stack(th._foreach_norm(grads, 2.0)), 2.0)
-        scalar = _NUMPY_SCALARS.get(total_norm.dtype)
+        scalar = NUMPY_SCALARS.get(total_norm.dtype)
         if scalar is None:
             clip_coef: th.Tensor | np.floating = float(max_norm) / (total_norm + 1e-6)
         else:
@@ -184,10 +184,6 @@ def clip_grad_norm_(parameters: Iterable[th.Tensor], max_norm: float) -> th.Tens
         if not clip_coef >= 1.0:
             th._foreach_mul_(grads, clip_coef if isinstance(clip_coef, th.Tensor) else float(clip_coef))
     return total_norm
-
-
-_NUMPY_SCALARS: dict[th.dtype, type[np.floating]] = {th.float32: np.float32, th.float64: np.float64}
-"""Gradient dtypes whose clipping factor is computed with NumPy scalars, bitwise torch's CPU arithmetic."""
 
 
 def _plain_cpu_tensors_of_one_dtype(tensors: list[th.Tensor]) -> bool:
