@@ -625,7 +625,7 @@ def main() -> None:
         times, scale = load(args.load, args.table)
         names = [name for name in spec.runs if name in times]
         times = {name: times[name] for name in names}
-        command = f"python bench/overhead.py --table {args.table} --load {' '.join(path.name for path in args.load)}"
+        command = f"python bench/overhead.py --table {args.table} --load {' '.join(str(path) for path in args.load)}"
     else:
         names = args.only or list(spec.runs)
         scale = args.scale
