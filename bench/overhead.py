@@ -62,6 +62,7 @@ import os
 import platform
 import pstats
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -450,9 +451,39 @@ def _ratios(own: list[float], base: list[float], speedup: bool) -> tuple[float, 
 
 def machine() -> str:
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"torch {th.__version__} (1 thread), SB3 {sb3.__version__}, crl {crl.__version__}"
     )
+
+
+def cpu_model() -> str:
+    """The processor's model name from Linux's ``/proc/cpuinfo``, else what ``platform`` knows of it.
+
+    The sessions that measure may run on different hosts, so each table names its processor.
+    """
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def code_version() -> str:
+    """The commit of the measured code (``bench/`` and the packages), marked when they have uncommitted changes."""
+    repository = Path(__file__).resolve().parent.parent
+    git = ["git", "-C", str(repository)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        changed = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "crl", "policies", "wrappers", "bench"])
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return f"`{head.stdout.strip()}`" + (" with uncommitted changes" if changed.returncode else "")
+
+
+def measured_on() -> str:
+    """Where and on what code this process measures: the machine line of a table."""
+    return f"{machine()}, code at {code_version()}"
 
 
 def markers(table: str) -> tuple[str, str]:
@@ -463,12 +494,17 @@ def markers(table: str) -> tuple[str, str]:
 BEGIN, END = markers("overhead")
 
 
-def markdown(table: str, times: Times, command: str, scale: float) -> str:
+def markdown(table: str, times: Times, command: str, scale: float, where: str | None = None) -> str:
+    """The Markdown block of ``table``.
+
+    :param where: where the times were measured (:func:`measured_on`); by default, this process
+    """
     spec = TABLES[table]
     begin, end = markers(table)
     ratio = "steps/s against SB3's" if spec.speedup else "wall time against SB3's"
     header = f"| configuration | agent | median wall time (s) | steps/s | {ratio}: median [min, max] | target |"
-    lines = [begin, "", f"Machine: {machine()}.", "", f"Command: `{command}` ({repetitions(times)}).", ""]
+    where = where or measured_on()
+    lines = [begin, "", f"Measured on: {where}.", "", f"Command: `{command}` ({repetitions(times)}).", ""]
     lines += [header, "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in ratio_rows(times, scale, table)]
     lines += ["", *(f"- `{name}`: {CONFIGS[name].description}" for name in times)]
@@ -507,19 +543,25 @@ def repetitions(times: Times) -> str:
     return "repetitions: " + ", ".join(f"`{name}` {count}" for name, count in counts.items())
 
 
-def load(paths: list[Path], table: str) -> tuple[Times, float]:
+def load(paths: list[Path], table: str) -> tuple[Times, float, str]:
     """Merge the times saved by ``--save`` runs of ``table`` made at the same scale.
 
     A configuration saved by several runs gets the repetitions of all of them (its agents must be the
     same in each), so that its medians are over more repetitions.
+
+    :return: the times, their scale, and where they were measured (each run's :func:`measured_on`,
+        without repeats)
     """
     times: Times = {}
     scales = set()
+    places: list[str] = []
     for path in paths:
         saved = json.loads(path.read_text())
         if saved["table"] != table:
             raise SystemExit(f"{path} holds the {saved['table']!r} table, not {table!r}")
         scales.add(saved["scale"])
+        place = saved.get("measured_on", f"an unrecorded machine and commit ({path.name})")
+        places += [place] if place not in places else []
         for name, by_agent in saved["times"].items():
             known = times.setdefault(name, {agent: [] for agent in by_agent})
             if set(known) != set(by_agent):
@@ -528,7 +570,7 @@ def load(paths: list[Path], table: str) -> tuple[Times, float]:
                 known[agent] += seconds
     if len(scales) != 1:
         raise SystemExit(f"--load files differ in scale: {sorted(scales)}")
-    return times, scales.pop()
+    return times, scales.pop(), "; ".join(places)
 
 
 HOT_SPOTS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -622,13 +664,14 @@ def main() -> None:
         parser.error(f"--only {unknown}: the {args.table} table runs {list(spec.runs)}")
     console = Console()
     if args.load:
-        times, scale = load(args.load, args.table)
+        times, scale, where = load(args.load, args.table)
         names = [name for name in spec.runs if name in times]
         times = {name: times[name] for name in names}
         command = f"python bench/overhead.py --table {args.table} --load {' '.join(str(path) for path in args.load)}"
     else:
         names = args.only or list(spec.runs)
         scale = args.scale
+        where = measured_on()
         if args.jobs == 1:
             times = measure(spec, names, args.reps, args.seed, scale, console, not args.in_process)
         else:
@@ -641,14 +684,16 @@ def main() -> None:
         command += f" --scale {scale}"
     if args.save:
         args.save.write_text(
-            json.dumps({"table": args.table, "reps": args.reps, "scale": scale, "times": times}, indent=1)
+            json.dumps(
+                {"table": args.table, "reps": args.reps, "scale": scale, "measured_on": where, "times": times}, indent=1
+            )
         )
     table = Table("configuration", "agent", "median s", "steps/s", "ratio [min, max]", "target")
     for row in ratio_rows(times, scale, args.table):
         table.add_row(*row)
     console.print(table)
     if args.write:
-        write_block(args.write, markdown(args.table, times, f"{command} --write {args.write}", scale))
+        write_block(args.write, markdown(args.table, times, f"{command} --write {args.write}", scale, where))
         console.print(f"wrote {args.write}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from unittest.mock import patch
 
@@ -22,10 +23,14 @@ from bench.overhead import (
     END,
     TableSpec,
     build,
+    code_version,
+    cpu_model,
     in_fresh_process,
     load,
+    markdown,
     markers,
     measure,
+    measured_on,
     ratio_rows,
     repetitions,
     timed_learn,
@@ -66,20 +71,23 @@ def test_each_table_writes_only_its_own_block(tmp_path: Path) -> None:
 
 
 def test_saved_runs_merge_only_when_made_alike(tmp_path: Path) -> None:
-    def save(name: str, times: dict, scale: float = 1.0, table: str = "throughput") -> Path:
+    def save(name: str, times: dict, scale: float = 1.0, table: str = "throughput", **more: str) -> Path:
         path = tmp_path / name
-        path.write_text(json.dumps({"table": table, "reps": 2, "scale": scale, "times": times}))
+        path.write_text(json.dumps({"table": table, "reps": 2, "scale": scale, "times": times, **more}))
         return path
 
-    first = save("a.json", {"dqn_cartpole": {"sb3": [1.0, 2.0], "crl": [0.5, 1.0]}})
-    second = save("b.json", {"sac_pendulum": {"sb3": [3.0, 4.0], "crl": [3.0, 3.0]}})
+    first = save("a.json", {"dqn_cartpole": {"sb3": [1.0, 2.0], "crl": [0.5, 1.0]}}, measured_on="host A at `abc`")
+    second = save("b.json", {"sac_pendulum": {"sb3": [3.0, 4.0], "crl": [3.0, 3.0]}}, measured_on="host A at `abc`")
     more = save("c.json", {"dqn_cartpole": {"crl": [0.7], "sb3": [1.5]}})
-    times, scale = load([first, second, more], "throughput")
+    times, scale, where = load([first, second, more], "throughput")
     assert times == {
         "dqn_cartpole": {"sb3": [1.0, 2.0, 1.5], "crl": [0.5, 1.0, 0.7]},  # the repetitions of both runs
         "sac_pendulum": {"sb3": [3.0, 4.0], "crl": [3.0, 3.0]},
     }
     assert scale == 1.0
+    assert where == "host A at `abc`; an unrecorded machine and commit (c.json)"
+    block = markdown("throughput", times, "python bench/overhead.py --load a.json b.json c.json", scale, where)
+    assert "\nMeasured on: host A at `abc`; an unrecorded machine and commit (c.json).\n" in block
     assert repetitions(times) == "repetitions: `dqn_cartpole` 3, `sac_pendulum` 2"
     assert repetitions({"sac_pendulum": times["sac_pendulum"]}) == "2 repetitions"
     with pytest.raises(SystemExit, match="differ in scale"):
@@ -88,6 +96,14 @@ def test_saved_runs_merge_only_when_made_alike(tmp_path: Path) -> None:
         load([save("e.json", {}, table="overhead")], "throughput")
     with pytest.raises(SystemExit, match=r"times agents \['sb3'\] on dqn_cartpole, before \['crl', 'sb3'\]"):
         load([first, save("f.json", {"dqn_cartpole": {"sb3": [1.0]}})], "throughput")
+
+
+def test_a_measurement_names_its_processor_and_commit() -> None:
+    where = measured_on()
+    assert where.startswith(f"{cpu_model()}, {os.cpu_count()} cores, Python ")
+    assert re.fullmatch(r"`[0-9a-f]{7,}`( with uncommitted changes)?", code_version())
+    assert where.endswith(f"code at {code_version()}")
+    assert f"\nMeasured on: {where}.\n" in markdown("throughput", {"ppo_atari": {"sb3": [1.0]}}, "command", 1.0)
 
 
 def test_the_single_file_reference_gets_a_ratio_and_no_target() -> None:
