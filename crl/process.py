@@ -96,7 +96,7 @@ def _libc() -> ctypes.CDLL:
 
 KEEP_FREED_MEMORY_HELP = (
     "let glibc's malloc keep freed memory (every block from the heap, trimmed above 1 GiB free) instead "
-    "of returning it after each gradient step, which page-faults it back: 5 to 10 %% of an Atari run's time "
+    "of returning it after each gradient step, which page-faults it back: up to 10 %% of an Atari run's time "
     "(default; skipped when MALLOC_MMAP_MAX_, MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ is set)"
 )
 """The ``--keep-freed-memory`` option's help, shared by both command lines."""
