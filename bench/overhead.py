@@ -494,16 +494,15 @@ def markers(table: str) -> tuple[str, str]:
 BEGIN, END = markers("overhead")
 
 
-def markdown(table: str, times: Times, command: str, scale: float, where: str | None = None) -> str:
+def markdown(table: str, times: Times, command: str, scale: float, where: str) -> str:
     """The Markdown block of ``table``.
 
-    :param where: where the times were measured (:func:`measured_on`); by default, this process
+    :param where: where the times were measured (:func:`measured_on`, or the saved runs' for ``--load``)
     """
     spec = TABLES[table]
     begin, end = markers(table)
     ratio = "steps/s against SB3's" if spec.speedup else "wall time against SB3's"
     header = f"| configuration | agent | median wall time (s) | steps/s | {ratio}: median [min, max] | target |"
-    where = where or measured_on()
     lines = [begin, "", f"Measured on: {where}.", "", f"Command: `{command}` ({repetitions(times)}).", ""]
     lines += [header, "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in ratio_rows(times, scale, table)]

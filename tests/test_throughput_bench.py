@@ -103,7 +103,7 @@ def test_a_measurement_names_its_processor_and_commit() -> None:
     assert where.startswith(f"{cpu_model()}, {os.cpu_count()} cores, Python ")
     assert re.fullmatch(r"`[0-9a-f]{7,}`( with uncommitted changes)?", code_version())
     assert where.endswith(f"code at {code_version()}")
-    assert f"\nMeasured on: {where}.\n" in markdown("throughput", {"ppo_atari": {"sb3": [1.0]}}, "command", 1.0)
+    assert f"\nMeasured on: {where}.\n" in markdown("throughput", {"ppo_atari": {"sb3": [1.0]}}, "command", 1.0, where)
 
 
 def test_the_single_file_reference_gets_a_ratio_and_no_target() -> None:
