@@ -161,6 +161,26 @@ def test_gram_singular_values_match_the_svd(shape: tuple[int, int]) -> None:
     assert th.allclose(s_gram, s_svd[:k], rtol=0, atol=1e-5 * float(s_svd[0]))
 
 
+@pytest.mark.parametrize(("shape", "zero_columns"), [((64, 300), 250), ((64, 300), 100), ((300, 64), 20)])
+def test_gram_singular_values_leave_out_zero_columns_and_keep_their_zeros(
+    shape: tuple[int, int], zero_columns: int
+) -> None:
+    phi = th.relu(th.randn(*shape, generator=th.Generator().manual_seed(3)))
+    phi[:, th.randperm(shape[1], generator=th.Generator().manual_seed(4))[:zero_columns]] = 0.0
+    s_svd, s_gram = metrics.singular_values(phi), metrics.gram_singular_values(phi)
+    k = min(shape)
+    assert s_gram.shape == (k,) and s_gram.dtype == th.float64
+    assert th.allclose(s_gram, s_svd[:k], rtol=0, atol=1e-5 * float(s_svd[0]))
+    # (64, 300) with 250 zero columns has rank 50: the Gram matrix of the 50 columns, 14 zeros appended
+    assert int((s_gram > 1e-6 * float(s_gram[0])).sum()) == min(shape[0], shape[1] - zero_columns)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (3, 4), (2, 16, 3, 3)])
+def test_gram_singular_values_of_an_all_zero_matrix_are_zeros(shape: tuple[int, ...]) -> None:
+    s = metrics.gram_singular_values(th.zeros(shape))
+    assert th.equal(s, th.zeros(min(shape[0], math.prod(shape[1:])), dtype=th.float64))
+
+
 @pytest.mark.parametrize("n", [5, 128, 300])
 def test_lower_gram_is_the_lower_triangle_of_the_gram_matrix(n: int) -> None:
     rows = th.relu(th.randn(n, 40, generator=th.Generator().manual_seed(2))).double()
