@@ -6,6 +6,7 @@ import pytest
 import torch as th
 
 from crl import metrics
+from crl.metrics import functions
 from crl.metrics.functions import lower_gram
 
 
@@ -163,16 +164,20 @@ def test_gram_singular_values_match_the_svd(shape: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize(("shape", "zero_columns"), [((64, 300), 250), ((64, 300), 100), ((300, 64), 20)])
 def test_gram_singular_values_leave_out_zero_columns_and_keep_their_zeros(
-    shape: tuple[int, int], zero_columns: int
+    shape: tuple[int, int], zero_columns: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     phi = th.relu(th.randn(*shape, generator=th.Generator().manual_seed(3)))
     phi[:, th.randperm(shape[1], generator=th.Generator().manual_seed(4))[:zero_columns]] = 0.0
+    gram_rows: list[tuple[int, ...]] = []
+    monkeypatch.setattr(functions, "lower_gram", lambda rows: gram_rows.append(tuple(rows.shape)) or lower_gram(rows))
     s_svd, s_gram = metrics.singular_values(phi), metrics.gram_singular_values(phi)
+    kept = shape[1] - zero_columns
+    assert gram_rows == [(kept, shape[0]) if kept < shape[0] else (shape[0], kept)]
     k = min(shape)
     assert s_gram.shape == (k,) and s_gram.dtype == th.float64
     assert th.allclose(s_gram, s_svd[:k], rtol=0, atol=1e-5 * float(s_svd[0]))
     # (64, 300) with 250 zero columns has rank 50: the Gram matrix of the 50 columns, 14 zeros appended
-    assert int((s_gram > 1e-6 * float(s_gram[0])).sum()) == min(shape[0], shape[1] - zero_columns)
+    assert int((s_gram > 1e-6 * float(s_gram[0])).sum()) == min(shape[0], kept)
 
 
 @pytest.mark.parametrize("shape", [(4, 3), (3, 4), (2, 16, 3, 3)])

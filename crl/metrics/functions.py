@@ -283,8 +283,6 @@ def gram_singular_values(phi: th.Tensor) -> th.Tensor:
     count = min(matrix.shape)
     matrix = matrix[:, matrix.any(dim=0)].double()
     rows = matrix if matrix.shape[1] > matrix.shape[0] else matrix.T
-    if rows.shape[0] == 0:
-        return matrix.new_zeros(count)
     # Round-off leaves the eigenvalues of null directions at about -1e-16 * s_1^2.
     s = th.linalg.eigvalsh(lower_gram(rows), UPLO="L").clamp_min(0.0).flip(0).sqrt()
     return th.cat([s, s.new_zeros(count - len(s))])
