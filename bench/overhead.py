@@ -559,8 +559,7 @@ def load(paths: list[Path], table: str) -> tuple[Times, float, str]:
         if saved["table"] != table:
             raise SystemExit(f"{path} holds the {saved['table']!r} table, not {table!r}")
         scales.add(saved["scale"])
-        place = saved.get("measured_on", f"an unrecorded machine and commit ({path.name})")
-        places += [place] if place not in places else []
+        places.append(saved.get("measured_on", f"an unrecorded machine and commit ({path.name})"))
         for name, by_agent in saved["times"].items():
             known = times.setdefault(name, {agent: [] for agent in by_agent})
             if set(known) != set(by_agent):
@@ -569,7 +568,7 @@ def load(paths: list[Path], table: str) -> tuple[Times, float, str]:
                 known[agent] += seconds
     if len(scales) != 1:
         raise SystemExit(f"--load files differ in scale: {sorted(scales)}")
-    return times, scales.pop(), "; ".join(places)
+    return times, scales.pop(), "; ".join(dict.fromkeys(places))
 
 
 HOT_SPOTS: dict[str, tuple[tuple[str, str], ...]] = {
