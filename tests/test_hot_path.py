@@ -179,7 +179,7 @@ class _LocalsReader(BaseCallback):
 
 
 def test_hooks_relay_costs_one_callback_and_user_callbacks_keep_their_locals() -> None:
-    model = crl.DQN("MlpPolicy", "CartPole-v1", metrics={"every": 100}, **DQN_ARGS)
+    model = crl.DQN("MlpPolicy", "CartPole-v1", metrics={"every": 100, "probe_batch_size": 64}, **DQN_ARGS)
     relay = model._init_callback(None)
     assert isinstance(relay, BaseCallback) and not isinstance(relay, CallbackList)
 

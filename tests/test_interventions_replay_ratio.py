@@ -32,6 +32,19 @@ def test_scripted_fau_sequence_switches_exactly_once_at_the_right_check() -> Non
     assert (model.gradient_steps, model.train_freq.frequency) == (2, 1)
 
 
+def test_windows_close_at_the_first_check_after_each_multiple_of_check_every_episodes() -> None:
+    arr = AdaptiveReplayRatio(check_every=5, gap=0.0)
+    model = crl.DQN("MlpPolicy", "CartPole-v1", interventions=[arr])
+    checks = []
+    for _ in range(7):  # three episodes end before every train()
+        arr.record_fau(0.5)
+        model._episode_num += 3
+        arr.on_train_end(model)
+        checks.append(arr._checks)
+    # episodes 3, 6, 9, 12, 15, 18, 21: windows close at 6, 12, 15 and 21
+    assert checks == [0, 1, 1, 2, 3, 3, 4]
+
+
 def _updates_per_step(model: crl.DQN, steps: int) -> float:
     before_updates, before_steps = model._n_updates, model.num_timesteps
     model.learn(steps, reset_num_timesteps=False)

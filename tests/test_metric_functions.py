@@ -121,6 +121,20 @@ def test_dead_units_and_fau() -> None:
     assert metrics.fau([tanh_h], "tanh") == pytest.approx(0.5)
     assert metrics.fau([h, tanh_h], ["relu", "tanh"]) == pytest.approx(1 - 6 / 10)
     assert metrics.fau([]) == 0.0
+    # sigmoid saturates where tanh does: |2h - 1| > 0.99, i.e. h < 0.005 or h > 0.995
+    sigmoid_h = th.tensor([[0.996, 0.5], [0.004, 0.006]], dtype=th.float64)
+    assert metrics.fau([sigmoid_h], "sigmoid") == 0.5
+    assert metrics.fau([th.sigmoid(2 * th.atanh(tanh_h[:, :1].clamp(-0.999, 0.999)))], "sigmoid") == 0.0
+
+
+def test_each_bounded_activation_is_judged_by_saturation() -> None:
+    kinds = {
+        activation: metrics.activation_kind(activation())
+        for activation in (th.nn.ReLU, th.nn.Tanh, th.nn.Hardtanh, th.nn.Softsign, th.nn.Sigmoid, th.nn.Hardsigmoid)
+    }
+    assert list(kinds.values()) == ["relu", "tanh", "tanh", "tanh", "sigmoid", "sigmoid"]
+    with pytest.raises(ValueError, match="activation='gelu': expected 'relu', 'tanh' or 'sigmoid'"):
+        metrics.inactive_mask(th.zeros(1, 1), "gelu")  # type: ignore[arg-type]
 
 
 def test_counts_behind_the_pooled_unit_metrics() -> None:

@@ -146,7 +146,7 @@ def test_probe_after_a_plasticity_injection(name: str, env_id: str, kwargs: dict
         policy_kwargs=dict(net_arch=[16, 16]),
         seed=0,
         interventions=[{"name": "plasticity_injection", "at_step": 100}],
-        metrics={"every": 100, "plasticity_probe_every": 100},
+        metrics={"every": 100, "plasticity_probe_every": 100, "probe_batch_size": 64},
         **kwargs,
     )
     model.learn(300)  # measures after the injection, right after a gradient step's forward pass with graph

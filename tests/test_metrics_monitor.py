@@ -16,6 +16,7 @@ from stable_baselines3.common.utils import ConstantSchedule
 from test_sb3_equivalence import CASES, assert_same_training
 
 import crl
+from crl.continual import learn_continual
 from crl.metrics import (
     MetricsConfig,
     MetricsError,
@@ -31,6 +32,7 @@ from crl.metrics import (
 )
 from crl.metrics.functions import inactive_count, rank_metrics_from_singular_values
 from crl.policies import ActorCriticCnnPolicy, ActorCriticPolicy, DQNPolicy
+from crl.wrappers import permuted_observations
 
 # Every metric on, at a short cadence: the strictest check that measuring changes nothing.
 ALL_ON = dict(every=500, plasticity_probe_every=1000, hessian_every=1000, probe_batch_size=256)
@@ -94,8 +96,10 @@ def test_metrics_do_not_change_training_and_reach_the_logger(name: str) -> None:
 
 
 def test_cadence_and_csv_output(tmp_path: Path) -> None:
-    """Measurements at the first train() after each multiple of `every`; the CSV format receives them."""
-    model = crl.DQN("MlpPolicy", "CartPole-v1", seed=0, learning_starts=100, metrics={"every": 250})
+    """Measurements at the first train() after each multiple of `every` once the buffer holds a probe batch;
+    the CSV format receives them."""
+    metrics = {"every": 250, "probe_batch_size": 200}
+    model = crl.DQN("MlpPolicy", "CartPole-v1", seed=0, learning_starts=100, metrics=metrics)
     measured_at: list[int] = []
     monitor = model.metrics_monitor
     assert monitor is not None
@@ -108,8 +112,9 @@ def test_cadence_and_csv_output(tmp_path: Path) -> None:
     monitor.measure = measure  # type: ignore[method-assign]
     model.set_logger(configure(str(tmp_path), ["csv"]))
     model.learn(1000, log_interval=1)
-    # train() runs every 4 steps once past learning_starts: at 104, 108, ..., 1000
-    assert measured_at == [104, 252, 500, 752, 1000]
+    # train() runs every 4 steps once past learning_starts: at 104, 108, ..., 1000; the first
+    # measurement waits for 200 transitions in the buffer
+    assert measured_at == [200, 252, 500, 752, 1000]
     rows = list(csv.DictReader((tmp_path / "progress.csv").open()))
     column = [row["plasticity/q_net/all/dormant_ratio"] for row in rows]
     assert sum(bool(value) for value in column) == len(measured_at)
@@ -148,6 +153,15 @@ def test_grad_norm_is_the_updates_mean_clipped_norm() -> None:
     assert model.metrics_monitor.latest["plasticity/policy/all/grad_norm"] == pytest.approx(np.mean(spy._norms))
 
 
+def test_the_first_measurement_waits_for_a_whole_probe_batch_in_the_replay_buffer() -> None:
+    """SB3's default learning_starts=100 would otherwise fix 101 random-policy transitions as the probe batch."""
+    model = crl.SAC("MlpPolicy", "Pendulum-v1", seed=0, policy_kwargs=dict(net_arch=[16, 16]), metrics={"every": 5000})
+    model.learn(1100)
+    monitor = model.metrics_monitor
+    assert monitor.probe_batch.observations.shape == (1024, 3) and monitor.latest_timesteps == 1024
+    assert monitor.measurements == 1
+
+
 def test_probe_batch_is_fixed_and_survives_save_and_load(tmp_path: Path) -> None:
     env_id, _, kwargs = CASES["SAC"]
     model = crl.SAC("MlpPolicy", env_id, seed=1, **kwargs, metrics={"every": 100, "probe_batch_size": 64})
@@ -169,6 +183,27 @@ def test_probe_batch_is_fixed_and_survives_save_and_load(tmp_path: Path) -> None
     assert th.equal(loaded.metrics_monitor.probe_batch.observations, first.observations)
     # weight_change is measured against the weights saved with the model's last measurement
     assert "plasticity/actor/all/weight_change" in loaded.metrics_monitor.latest
+
+
+def test_the_cadences_go_on_over_a_task_sequence() -> None:
+    """The continual loop restarts ``num_timesteps`` at every task; the measurements keep the model's lifetime clock."""
+    sequence = permuted_observations(n_tasks=3, steps_per_task=512)
+    metrics = {"every": 1000, "plasticity_probe_every": 1000, "probe_batch_size": 64}
+    model = crl.PPO("MlpPolicy", sequence.make_vec_env(0, seed=0), seed=0, n_steps=256, batch_size=64, metrics=metrics)
+    measured: list[tuple[int, bool]] = []
+    measure = model.metrics_monitor.measure
+
+    def spy(algo: Any) -> dict[str, float]:
+        values = measure(algo)
+        measured.append((algo.lifetime_timesteps, "plasticity/actor/all/plasticity_probe" in values))
+        return values
+
+    model.metrics_monitor.measure = spy  # type: ignore[method-assign]
+    learn_continual(model, sequence, eval_every=10_000, n_eval_episodes=1)
+    # train() runs every 256 steps and each task's first one at num_timesteps 256: the baseline at
+    # 256, then the first train() at or after 1,000 steps of the sequence (in the second task)
+    assert measured == [(256, True), (1024, True)]
+    assert model.metrics_monitor.latest_timesteps == 1024
 
 
 def test_bad_settings_fail_at_construction() -> None:
@@ -205,7 +240,7 @@ def test_a_probe_on_dict_observations_fails_at_construction() -> None:
     ):
         crl.DQN("MultiInputPolicy", _DictEnv(), buffer_size=100, metrics={"every": 32, "plasticity_probe_every": 32})
     model = crl.DQN("MultiInputPolicy", _DictEnv(), buffer_size=100, learning_starts=16, metrics={"every": 32})
-    model.learn(48)  # the rest of the suite measures dict observations
+    model.learn(128)  # the rest of the suite measures dict observations (from step 100: a full buffer)
     assert "plasticity/q_net/layer0/srank" in model.metrics_monitor.latest
 
 

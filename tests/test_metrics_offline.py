@@ -79,7 +79,7 @@ def test_evaluate_matches_the_monitor_and_leaves_the_model_alone() -> None:
         seed=2,
         learning_starts=100,
         policy_kwargs=dict(net_arch=[16, 16]),
-        metrics={"every": 100, "probe_batch_size": 128},
+        metrics={"every": 100, "plasticity_probe_every": 300, "probe_batch_size": 128},
     )
     model.learn(300)  # the last measurement is at the last train(), after which no weight moves
     monitor = model.metrics_monitor
@@ -87,9 +87,11 @@ def test_evaluate_matches_the_monitor_and_leaves_the_model_alone() -> None:
     model.policy.set_training_mode(True)
     state = {key: value.clone() for key, value in model.policy.state_dict().items()}
     batch = monitor.probe_batch
-    values = evaluate(model, batch.observations, batch.actions)
+    # the plasticity probe's fresh network and minibatches come from the model's seed, as in training
+    values = evaluate(model, batch.observations, batch.actions, plasticity_probe=True)
     assert values == {key: value for key, value in monitor.latest.items() if key in values}
-    assert len(values) == 3 * (2 * 8 + 5)  # 3 networks x (2 layers x 8 metrics + 3 pooled + penultimate + weights)
+    # 3 networks x (2 layers x 8 metrics + 3 pooled + penultimate + weights + plasticity probe)
+    assert len(values) == 3 * (2 * 8 + 6)
     assert model.policy.training
     assert all(th.equal(value, state[key]) for key, value in model.policy.state_dict().items())
 
@@ -137,3 +139,16 @@ class _SpacesEnv(gym.Env):
 
     def step(self, action: object) -> tuple[object, float, bool, bool, dict]:
         return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def test_a_diverged_layer_is_measured_as_nan_with_a_warning() -> None:
+    model = crl.DQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8, 8]), seed=0)
+    with th.no_grad():
+        model.q_net.q_net[2].weight[0, 0] = float("nan")  # the second hidden layer's first unit
+    observations = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match=r"features of q_net/layer1 .* not all finite"):
+        values = evaluate(model, observations)
+    layer_metrics = ["srank", "effective_rank", "pca_rank", "feature_rank", "dormant_ratio", "dead_units", "fau"]
+    assert all(math.isnan(values[f"plasticity/q_net/layer1/{name}"]) for name in layer_metrics)
+    assert all(math.isnan(values[f"plasticity/q_net/all/{name}"]) for name in ["dormant_ratio", "dead_units", "fau"])
+    assert values["plasticity/q_net/layer0/srank"] >= 1  # the layer before is measured as usual

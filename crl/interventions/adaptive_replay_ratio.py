@@ -12,7 +12,7 @@ from torch import nn
 from crl.hooks import GradientStep
 from crl.interventions.base import Intervention, InterventionError
 from crl.interventions.continual_backprop import loss_networks
-from crl.metrics.functions import fau
+from crl.metrics.functions import activation_kind, fau
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -101,7 +101,7 @@ class AdaptiveReplayRatio(Intervention):
         if step.loss_name not in _CRITIC_LOSSES:
             return
         layers = [
-            (features.post, "tanh" if isinstance(_activation(algo, features.path), nn.Tanh) else "relu")
+            (features.post, activation_kind(_activation(algo, features.path)))
             for network in loss_networks(algo, step.loss_name)
             for features in step.features.get(network, {}).values()
         ]
@@ -119,7 +119,9 @@ class AdaptiveReplayRatio(Intervention):
         self._episodes += episodes - self._last_episode_num
         self._last_episode_num = episodes
         if self._episodes >= self.check_every:
-            self._episodes = 0
+            # Keep the episodes past the multiple, as the step schedules do: with 3 episodes per
+            # train() and check_every=5, windows close at episodes 6, 12, 15, 21, not every 6.
+            self._episodes %= self.check_every
             self.close_window(algo)
         self.record(algo, "replay_ratio", self.replay_ratio)
 

@@ -28,7 +28,8 @@ class MetricsConfig(BaseModel):
     :param every: environment steps between two measurements. The default keeps the wall-time
         overhead of the suite under 5 % for DQN on Atari with a NatureCNN (see ``docs/metrics.md``);
         small MLPs can afford far shorter cadences.
-    :param probe_batch_size: number of samples of the fixed probe batch (fewer if the buffer holds fewer)
+    :param probe_batch_size: number of samples of the fixed probe batch (fewer only if the buffer can
+        never hold more); the first measurement waits until the replay buffer holds them
     :param dormant_tau: threshold ``tau`` of ``dormant_ratio`` on the normalised unit score
     :param plasticity_probe_every: environment steps between two runs of ``plasticity_probe``;
         ``None`` switches it off

@@ -24,7 +24,7 @@ DORMANT_TAU = 0.025
 SCORE_EPSILON = 1e-9
 TANH_SATURATION = 0.99
 
-ActivationKind = Literal["relu", "tanh"]
+ActivationKind = Literal["relu", "tanh", "sigmoid"]
 
 
 def _as_matrix(phi: th.Tensor) -> th.Tensor:
@@ -196,19 +196,24 @@ def inactive_mask(h: th.Tensor, activation: ActivationKind = "relu") -> th.Tenso
 
     ReLU-like activations: the entry is ``<= 0`` (for ReLU and CReLU this is exactly ``== 0``; for
     leaky or smooth variants, the negative branch). tanh: the entry is saturated, ``|h| > 0.99``.
+    sigmoid: the same saturation, ``|2h - 1| > 0.99``, since ``sigmoid(x) = (1 + tanh(x / 2)) / 2``
+    (SPEC.md §1 names ReLU and tanh only).
     """
     h = h.detach()
     if activation == "tanh":
         return h.abs() > TANH_SATURATION
+    if activation == "sigmoid":
+        return (2 * h - 1).abs() > TANH_SATURATION
     if activation == "relu":
         return h <= 0
-    raise ValueError(f"activation={activation!r}: expected 'relu' or 'tanh'")
+    raise ValueError(f"activation={activation!r}: expected 'relu', 'tanh' or 'sigmoid'")
 
 
 def fau(layers: Sequence[th.Tensor], activation: ActivationKind | Sequence[ActivationKind] = "relu") -> float:
     """Fraction of active units of Ma et al. 2023 ("Revisiting Plasticity in Visual RL").
 
-    ``1 - mean(Phi == 0)`` pooled over all N x D post-activation entries of the given layers.
+    ``1 - mean(inactive)`` pooled over all N x D post-activation entries of the given layers, an entry
+    being inactive as :func:`inactive_mask` says: ``Phi == 0`` for ReLU, saturated for tanh and sigmoid.
 
     :param layers: post-activation features of each hidden layer
     :param activation: the layers' activation kind, one for all or one per layer
@@ -326,5 +331,10 @@ def rank_metrics(phi: th.Tensor) -> Mapping[str, float]:
 
 
 def activation_kind(activation: th.nn.Module) -> ActivationKind:
-    """How :func:`fau` judges the units behind an activation module: saturation for tanh, else sign."""
-    return "tanh" if isinstance(activation, th.nn.Tanh) else "relu"
+    """How :func:`fau` judges the units behind an activation module: saturation for the ones bounded by
+    +-1 (tanh, hardtanh, softsign) and by 0 and 1 (sigmoid, hardsigmoid), else sign."""
+    if isinstance(activation, (th.nn.Tanh, th.nn.Hardtanh, th.nn.Softsign)):
+        return "tanh"
+    if isinstance(activation, (th.nn.Sigmoid, th.nn.Hardsigmoid)):
+        return "sigmoid"
+    return "relu"

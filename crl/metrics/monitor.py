@@ -34,7 +34,7 @@ from crl.hooks import GradientStep, TrainingHook
 from crl.metrics.config import MetricsConfig, MetricsError
 from crl.metrics.hessian import training_loss_eigenvalues
 from crl.metrics.probe import fresh_copy, network_output, plasticity_probe, probe_problem
-from crl.metrics.probe_batch import draw_probe_batch
+from crl.metrics.probe_batch import draw_probe_batch, probe_batch_ready
 from crl.metrics.suite import PREFIX, WHOLE, feature_metrics, metric_name, network_parameters, snapshot, weight_metrics
 
 if TYPE_CHECKING:
@@ -44,23 +44,22 @@ if TYPE_CHECKING:
 
 
 class _Cadence:
-    """Due at the first check at or after each multiple of ``every`` environment steps (and at the first)."""
+    """Due at the first check at or after each multiple of ``every`` environment steps (and at the first).
+
+    The steps are the model's ``lifetime_timesteps``, which never restart: the continual loop calls
+    ``learn(reset_num_timesteps=True)`` at every task, and each task's first ``train()`` falls on the
+    same ``num_timesteps``, so a clock that restarted with it would miss every task after the first.
+    """
 
     def __init__(self, every: int | None) -> None:
         self.every = every
         self.next_at = 0
-        self.last_at = -1
 
     def due(self, timesteps: int) -> bool:
-        if self.every is None:
-            return False
-        if timesteps < self.last_at:  # learn(reset_num_timesteps=True) restarted the count
-            self.next_at = 0
-        return timesteps >= self.next_at
+        return self.every is not None and timesteps >= self.next_at
 
     def done(self, timesteps: int) -> None:
         assert self.every is not None
-        self.last_at = timesteps
         self.next_at = (timesteps // self.every + 1) * self.every
 
 
@@ -78,7 +77,7 @@ class MetricsMonitor(TrainingHook):
         self.latest: dict[str, float] = {}
         """The values of the last measurement, by logged name."""
         self.latest_timesteps: int | None = None
-        """``num_timesteps`` at the last measurement."""
+        """``lifetime_timesteps`` at the last measurement: environment steps over every ``learn()`` call."""
         self.measurements = 0
         """How many measurements were taken."""
         self.probe_batch: Any = None
@@ -100,7 +99,9 @@ class MetricsMonitor(TrainingHook):
             )
 
     def on_train_start(self, algo: BaseAlgorithm) -> None:
-        self._measuring = self._suite.due(algo.num_timesteps)
+        self._measuring = self._suite.due(algo.lifetime_timesteps) and (  # type: ignore[attr-defined]
+            self.probe_batch is not None or probe_batch_ready(algo, self.config.probe_batch_size)
+        )
 
     def after_backward(self, algo: BaseAlgorithm, step: GradientStep) -> None:
         if self._measuring:
@@ -121,7 +122,7 @@ class MetricsMonitor(TrainingHook):
 
     def measure(self, algo: BaseAlgorithm) -> dict[str, float]:
         """Compute the suite now (the regular cadence calls this after ``train()``) and return it."""
-        timesteps = algo.num_timesteps
+        timesteps = algo.lifetime_timesteps  # type: ignore[attr-defined]
         seed = self._seed(algo)
         if self.probe_batch is None:
             self.probe_batch = draw_probe_batch(algo, self.config.probe_batch_size, seed)

@@ -44,7 +44,8 @@ def evaluate(
         in front (images as stored, e.g. uint8)
     :param actions: actions for SAC's critics (in the buffer's scaled form, cast to float32); by
         default the actor's deterministic actions
-    :param config: metric settings (``dormant_tau``, the plasticity probe's budget and ``seed``)
+    :param config: metric settings (``dormant_tau``, the plasticity probe's budget and ``seed``; as in
+        training, the model's seed when ``seed`` is not given)
     :param plasticity_probe: also run the (expensive) plasticity probe; not with dict observations
         (a ``ValueError``)
     """
@@ -68,7 +69,7 @@ def evaluate(
         values = feature_metrics(policy, obs, act, settings.dormant_tau)
         values.update(weight_metrics(network_parameters(policy)))
         if plasticity_probe:
-            seed = settings.seed if settings.seed is not None else 0
+            seed = settings.seed if settings.seed is not None else (model.seed if model.seed is not None else 0)
             batch_size = settings.plasticity_probe_batch_size or model.batch_size  # type: ignore[attr-defined]
             family = model.algorithm_family  # type: ignore[attr-defined]
             values.update(

@@ -13,6 +13,8 @@ Names are ``plasticity/<network>/<layer>/<metric>``:
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -63,7 +65,9 @@ def feature_metrics(
     ``feature_norm``; per network: ``dormant_ratio``, ``dead_units`` and ``fau`` pooled over its hidden
     layers (``all``) and ``feature_norm`` of the last hidden layer's pre-activation (``penultimate``).
     The ranks use :func:`gram_singular_values`. A layer shared by two networks (PPO's shared CNN) is
-    measured once, and a network's pooled metrics sum its layers' counts.
+    measured once, and a network's pooled metrics sum its layers' counts. A layer whose features are
+    not all finite (a diverged network) gets NaN for each of its metrics and its network's pooled
+    ones, with a ``RuntimeWarning`` naming it, rather than ending the training run.
 
     :param policy: a crl policy (runs under ``no_grad``; its train/eval mode is left as it is)
     :param observations: the probe batch's observations, as stored in the buffer
@@ -84,6 +88,13 @@ def feature_metrics(
             record = by_layer[layer.name]
             if record.path not in by_path:
                 by_path[record.path] = _LayerUnits.measure(record, activation_kind(layer.activation), tau)
+                if not by_path[record.path].finite:
+                    warnings.warn(
+                        f"plasticity metrics: the features of {network}/{layer.name} ({record.path}) are not all "
+                        "finite; its metrics and its network's pooled ones are logged as NaN",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
             units.append(by_path[record.path])
             values.update({metric_name(network, layer.name, key): value for key, value in units[-1].values.items()})
         whole = {
@@ -91,6 +102,8 @@ def feature_metrics(
             "dead_units": pooled_fraction([unit.dead for unit in units]),
             "fau": fau_from_counts(sum(unit.inactive for unit in units), sum(unit.entries for unit in units)),
         }
+        if not all(unit.finite for unit in units):
+            whole = dict.fromkeys(whole, math.nan)
         values.update({metric_name(network, WHOLE, key): value for key, value in whole.items()})
         values[metric_name(network, PENULTIMATE, "feature_norm")] = feature_norm(by_layer[layers[-1].name].pre)
     return values
@@ -105,11 +118,18 @@ class _LayerUnits:
     dead: th.Tensor
     inactive: int
     entries: int
+    finite: bool = True
 
     @classmethod
     def measure(cls, features: LayerFeatures, kind: ActivationKind, tau: float) -> _LayerUnits:
         """The layer's ranks, unit metrics and feature norm, judging its units as ``kind`` with threshold ``tau``."""
         post = features.post
+        if not bool(th.isfinite(post).all()):
+            # NaN would count as active and make the Gram matrix's eigendecomposition fail.
+            names = ["srank", "effective_rank", "pca_rank", "feature_rank", "dormant_ratio", "dead_units", "fau"]
+            values = {**dict.fromkeys(names, math.nan), "feature_norm": feature_norm(post)}
+            nothing = th.zeros(0, dtype=th.bool)
+            return cls(values, nothing, nothing, 0, 0, finite=False)
         activity = unit_activity(post)  # both masks judge it: one pass over the layer's entries, not two
         dormant, dead = dormant_mask_of_activity(activity, tau), dead_mask_of_activity(activity)
         inactive = inactive_count(post, kind)
