@@ -149,6 +149,10 @@ class ContinualPolicyMixin:
             spectral_norm=self.spectral_norm,
             two_hot=None if self.two_hot is None else self.two_hot.options(),
         )
+        # SB3 leaves it out for PPO and SAC, so a copy built from these (a reset's fresh weights, the
+        # plasticity probe's fresh network) would otherwise get the default extractor sharing.
+        if hasattr(self, "share_features_extractor"):
+            data["share_features_extractor"] = self.share_features_extractor
         return data
 
     def set_training_mode(self, mode: bool) -> None:

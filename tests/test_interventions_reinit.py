@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -10,6 +11,7 @@ from torch import nn
 import crl
 from crl.hooks import GradientStep
 from crl.interventions import (
+    PFO,
     ContinualBackprop,
     InterventionError,
     PlasticityInjection,
@@ -369,3 +371,76 @@ def test_unit_layers_find_layer_norm_and_parallel_heads() -> None:
     assert actor_last.norm is model.actor.latent_pi[4]
     assert actor_last.outgoing == (model.actor.mu, model.actor.log_std)
     assert layers[("qf0", "layer0")].outgoing == (model.critic.qf0[3],)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_fresh_weights_follow_the_features_extractor_sharing(share: bool, image_env) -> None:
+    """SB3 leaves ``share_features_extractor`` out of PPO's and SAC's constructor parameters."""
+    ppo = crl.PPO("CnnPolicy", image_env((36, 36, 1)), n_steps=32, batch_size=32, n_epochs=1, seed=0,
+                  policy_kwargs=dict(share_features_extractor=share))  # fmt: skip
+    sac = crl.SAC("MlpPolicy", "Pendulum-v1", seed=0, policy_kwargs=dict(share_features_extractor=share))
+    for policy in (ppo.policy, sac.policy):
+        assert fresh_policy(policy).share_features_extractor is share
+        assert [n for n, _ in fresh_policy(policy).named_parameters()] == [n for n, _ in policy.named_parameters()]
+
+
+def test_a_full_reset_of_ppo_with_its_own_critic_extractor_reinitialises_it(image_env) -> None:
+    model = crl.PPO("CnnPolicy", image_env((36, 36, 1)), n_steps=32, batch_size=32, n_epochs=1, seed=0,
+                    policy_kwargs=dict(share_features_extractor=False))  # fmt: skip
+    model.learn(32)
+    before = _snapshot(model.policy)
+    Reset(parts="full").apply(model, "test")
+    after = _snapshot(model.policy)
+    critic_extractor = [name for name in before if name.startswith("vf_features_extractor.")]
+    assert critic_extractor and all(not th.equal(before[name], after[name]) for name in critic_extractor)
+
+
+class _FramesAndPositionEnv(gym.Env):
+    """Dict observations: an image key (a NatureCNN branch of SB3's CombinedExtractor) and a vector key."""
+
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, frames: bool = True) -> None:
+        keys = {"position": gym.spaces.Box(-1, 1, (2,), np.float32)}
+        if frames:
+            keys["frames"] = gym.spaces.Box(0, 255, (36, 36, 1), np.uint8)
+        self.observation_space = gym.spaces.Dict(keys)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize("intervention", [ReDo(), ContinualBackprop(), Reset(parts="head", head_layers=4)])
+def test_units_inside_a_combined_extractors_branches_are_refused(intervention) -> None:
+    with pytest.raises(InterventionError, match=r"would edit hidden units \['actor/layer.*CombinedExtractor"):
+        crl.PPO("MultiInputPolicy", _FramesAndPositionEnv(), interventions=[intervention])
+
+
+def test_interventions_outside_the_branches_take_dict_observations() -> None:
+    head = crl.PPO("MultiInputPolicy", _FramesAndPositionEnv(), n_steps=32, batch_size=32, n_epochs=1,
+                   interventions=[Reset(parts="head"), PlasticityInjection(at_step=32)])  # fmt: skip
+    head.learn(64)
+    assert isinstance(head.policy.action_net, InjectedHead)
+    vectors = crl.PPO("MultiInputPolicy", _FramesAndPositionEnv(frames=False), n_steps=32, batch_size=32,
+                      n_epochs=1, interventions=[ReDo(tau=1.0, every=32, probe_size=32)])  # fmt: skip
+    vectors.learn(64)
+    assert vectors.logger.name_to_value["interventions/redo/recycled"] > 0
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "intervention", "needs"),
+    [
+        ("DQN", PlasticityInjection(at_step=64), "an encoder below the head"),
+        ("DQN", Reset(parts="head"), "parts='head' to find a head"),
+        ("PPO", PFO(), "a penultimate pre-activation"),
+    ],
+)
+def test_interventions_that_need_a_hidden_layer_refuse_net_arch_empty(algorithm, intervention, needs) -> None:
+    with pytest.raises(InterventionError, match=rf"{needs}.*network\(s\) \['(q_net|actor)'\] have no hidden layer"):
+        getattr(crl, algorithm)(
+            "MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[]), interventions=[intervention]
+        )

@@ -10,7 +10,7 @@ from pydantic import Field, PrivateAttr
 
 from crl.hooks import GradientStep
 from crl.interventions.base import Intervention
-from crl.interventions.network import Reinitializer, UnitLayer, unit_layers
+from crl.interventions.network import Reinitializer, UnitLayer, check_single_chain, unit_layers
 from crl.interventions.redo import check_networks
 
 if TYPE_CHECKING:
@@ -35,7 +35,8 @@ class ContinualBackprop(Intervention):
     post-activation, ``W_out`` its outgoing weights). Units older than ``maturity`` updates are
     eligible; each update, ``replacement_rate * #eligible`` units are due per layer, accumulated
     fractionally, and the due number of lowest-utility eligible units get fresh incoming weights, zero
-    bias and zero outgoing weights (the output is unchanged), their moments zeroed, utility and age
+    bias and zero outgoing weights (so the output is unchanged, unless a LayerNorm mixes the fresh
+    unit with the others), their moments zeroed, utility and age
     reset. Logs ``interventions/continual_backprop/replaced`` (units replaced in the last ``train()``)
     and ``.../replaced_total``.
 
@@ -65,6 +66,7 @@ class ContinualBackprop(Intervention):
 
     def on_setup(self, algo: BaseAlgorithm) -> None:
         check_networks(self.name, self.networks, algo)
+        check_single_chain(self.name, algo.policy, unit_layers(algo.policy, self.networks))  # type: ignore[arg-type]
         self._layers = None
 
     def on_train_start(self, algo: BaseAlgorithm) -> None:

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch as th
+from stable_baselines3.common.torch_layers import CombinedExtractor
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch import nn
 from torch.nn.utils import parametrize
 
+from crl.interventions.base import InterventionError
 from crl.metrics.probe_batch import draw_probe_batch
 from crl.optim import algorithm_optimizers, reset_parameter_columns_state, reset_parameter_state
 from crl.policies.layers import ACTIVATION_TYPES, CReLU, InjectedHead
@@ -171,6 +173,45 @@ def unit_layers(policy: ContinualPolicyMixin, networks: Sequence[str] | None = N
                 if network in selected:
                     wanted.add(item)
     return [layer for activation, layer in by_activation.items() if activation in wanted]
+
+
+def check_hidden_layers(name: str, policy: ContinualPolicyMixin, networks: Sequence[str], needs: str) -> None:
+    """Refuse networks without a hidden layer (``net_arch=[]`` on vector observations).
+
+    :param name: the intervention, for the message
+    :param policy: the policy
+    :param networks: the networks the intervention acts on
+    :param needs: what the intervention needs a hidden layer for, for the message
+    """
+    layers = policy.hidden_layers(list(networks))
+    empty = [network for network in networks if not layers.get(network)]
+    if empty:
+        raise InterventionError(
+            f"intervention {name!r} needs {needs}, but network(s) {empty} have no hidden layer "
+            "(net_arch=[]); give them at least one hidden layer (e.g. net_arch=[64]) or leave it out"
+        )
+
+
+def check_single_chain(name: str, policy: nn.Module, layers: Iterable[UnitLayer]) -> None:
+    """Refuse hidden units inside the parallel branches of SB3's ``CombinedExtractor``.
+
+    With dict observations (``MultiInputPolicy``) each key has its own branch and their outputs are
+    concatenated at offsets that :func:`unit_layers` does not model: a unit's outgoing columns would
+    be taken from the wrong place (and one branch's last layer read as feeding the next branch).
+    Vector keys are only flattened, so a dict of vectors has no units there and passes.
+
+    :param name: the intervention, for the message
+    :param policy: the policy whose layers are used
+    :param layers: the unit layers the intervention would edit or read
+    """
+    branched = {m for module in policy.modules() if isinstance(module, CombinedExtractor) for m in module.modules()}
+    inside = [f"{layer.network}/{layer.name}" for layer in layers if layer.incoming in branched]
+    if inside:
+        raise InterventionError(
+            f"intervention {name!r} would edit hidden units {inside}, which sit in the parallel branches of a "
+            "CombinedExtractor (dict observations with image keys); crl does not wire units across its "
+            "concatenation: use it with observations that are one array, or leave this intervention out"
+        )
 
 
 def _merge(

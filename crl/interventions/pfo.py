@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from crl.hooks import GradientStep
 from crl.interventions.base import Intervention
+from crl.interventions.network import check_hidden_layers
 from crl.policies.features import FeatureRecorder
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ class PFO(Intervention):
     @property
     def networks(self) -> list[str]:
         return ["actor", "critic"] if self.critic else ["actor"]
+
+    def on_setup(self, algo: BaseAlgorithm) -> None:
+        check_hidden_layers(self.name, algo.policy, self.networks, "a penultimate pre-activation to regularise")  # type: ignore[arg-type]
 
     def on_train_start(self, algo: BaseAlgorithm) -> None:
         # Dropped at on_train_end, so it is never saved with the model.

@@ -9,7 +9,14 @@ from pydantic import Field, PrivateAttr, model_validator
 from torch import nn
 
 from crl.interventions.base import Intervention, InterventionError
-from crl.interventions.network import fresh_policy, put_head, take_head, unit_layers
+from crl.interventions.network import (
+    check_hidden_layers,
+    check_single_chain,
+    fresh_policy,
+    put_head,
+    take_head,
+    unit_layers,
+)
 from crl.interventions.redo import check_networks
 from crl.optim import add_parameters, algorithm_optimizers, optimizer_of
 from crl.policies.layers import InjectedHead
@@ -86,8 +93,12 @@ class PlasticityInjection(Intervention):
         policy = algo.policy
         paths = {id(module): name for name, module in policy.named_modules()}
         heads: list[tuple[str, int]] = []
-        for network in self.networks or list(policy.network_prefixes()):  # type: ignore[operator]
+        networks = self.networks or list(policy.network_prefixes())  # type: ignore[operator]
+        check_hidden_layers(self.name, policy, networks, "an encoder below the head it replaces")  # type: ignore[arg-type]
+        for network in networks:
             layers = unit_layers(policy, [network])  # type: ignore[arg-type]
+            # The last hidden layer's outgoing layers are the head; k > 1 also replaces k - 1 hidden layers.
+            check_single_chain(self.name, policy, layers[-max(self.head_layers - 1, 1) :])
             outputs = [paths[id(module)] for module in layers[-1].outgoing] if layers else []
             # A layer shared with another network (PPO's CNN with net_arch=[]) is read by its heads too.
             own = policy.output_layers().get(network, [])  # type: ignore[operator]

@@ -10,7 +10,14 @@ from torch import nn
 
 from crl.hooks import GradientStep
 from crl.interventions.base import InterventionError, crl_policy_problem
-from crl.interventions.network import Reinitializer, parameters_of, target_parameters, unit_layers
+from crl.interventions.network import (
+    Reinitializer,
+    check_hidden_layers,
+    check_single_chain,
+    parameters_of,
+    target_parameters,
+    unit_layers,
+)
 from crl.interventions.schedule import ScheduledIntervention
 from crl.optim import algorithm_optimizers, clear_optimizer_state, reset_parameter_state
 
@@ -71,9 +78,11 @@ class Reset(ScheduledIntervention):
         if self.parts == "full":
             return trained_parameters(algo)
         if self.parts == "head":
+            check_hidden_layers(self.name, policy, list(policy.network_prefixes()), "parts='head' to find a head")  # type: ignore[arg-type,operator]
             modules: list[nn.Module] = []
             for network in policy.network_prefixes():  # type: ignore[operator]
                 layers = unit_layers(policy, [network])  # type: ignore[arg-type]
+                check_single_chain(self.name, policy, layers[-self.head_layers :])
                 groups = [[layer.incoming, *([layer.norm] if layer.norm else [])] for layer in layers]
                 groups.append(list(layers[-1].outgoing) if layers else [])
                 for group in groups[-self.head_layers :]:
