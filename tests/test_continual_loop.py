@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
-from typing import ClassVar
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 import stable_baselines3 as sb3
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import CSVOutputFormat, KVWriter, Logger
 
 import crl
 from crl.continual import ContinualResult, SequenceProgress, learn_continual
 from crl.continual.continual_world import REFERENCE_PROTOCOL, ContinualWorldSAC, reference_sac
-from crl.continual.loop import ContinualPosition, request_checkpoint
-from crl.interventions import Intervention
+from crl.continual.loop import (
+    ContinualPosition,
+    check_schedules,
+    forked_devices,
+    preserved_random_state,
+    request_checkpoint,
+)
+from crl.interventions import Intervention, PlasticityInjection, Reset
 from crl.tracking.checkpoint import load_checkpoint, save_checkpoint
 from crl.wrappers import TaskSequence, make_sequence, permuted_observations
 
@@ -101,6 +111,85 @@ def test_evaluation_does_not_change_training() -> None:
     learn_continual(rarely, sequence, eval_every=10_000, n_eval_episodes=2, deterministic_eval=False)
     for mine, theirs in zip(often.policy.parameters(), rarely.policy.parameters(), strict=True):
         th.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param("cuda", marks=pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")),
+        pytest.param("mps", marks=pytest.mark.skipif(not th.backends.mps.is_available(), reason="needs MPS")),
+    ],
+)
+def test_stochastic_evaluation_does_not_change_training(device: str) -> None:
+    # PPO samples its evaluation actions from torch's generator of the model's device (DQN does not).
+    sequence = permuted_observations(n_tasks=2, steps_per_task=128)
+
+    def trained(eval_every: int) -> crl.PPO:
+        model = crl.PPO("MlpPolicy", sequence.make_vec_env(0, seed=0), seed=0, n_steps=32, batch_size=32,
+                        n_epochs=1, policy_kwargs=dict(net_arch=[16]), device=device)  # fmt: skip
+        learn_continual(model, sequence, eval_every=eval_every, n_eval_episodes=2)
+        return model
+
+    often, rarely = trained(40), trained(10_000)
+    for mine, theirs in zip(often.policy.parameters(), rarely.policy.parameters(), strict=True):
+        th.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+def test_evaluation_forks_the_random_generator_of_the_models_device() -> None:
+    # fork_rng always forks the CPU generator; an accelerator's must be named (device and type).
+    assert forked_devices(th.device("cpu")) == {"devices": []}
+    assert forked_devices("cuda") == {"devices": [th.device("cuda")], "device_type": "cuda"}
+    assert forked_devices("cuda:1") == {"devices": [th.device("cuda", 1)], "device_type": "cuda"}
+    assert forked_devices("mps") == {"devices": [th.device("mps")], "device_type": "mps"}
+
+
+def test_preserved_random_state_hands_fork_rng_the_models_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No GPU is used: only the arguments reaching fork_rng are checked, for a model that names a CUDA device.
+    forked: list[dict[str, Any]] = []
+    fork_rng = th.random.fork_rng
+
+    def recording_fork_rng(**kwargs: Any) -> Any:
+        forked.append(kwargs)
+        return fork_rng(devices=[])  # the CPU generator only: this machine need not have the device
+
+    monkeypatch.setattr(th.random, "fork_rng", recording_fork_rng)
+    for device in (th.device("cpu"), th.device("cuda", 1)):
+        with preserved_random_state(SimpleNamespace(device=device, action_space=spaces.Discrete(2))):  # type: ignore[arg-type]
+            th.rand(3)
+    assert forked == [{"devices": []}, {"devices": [th.device("cuda", 1)], "device_type": "cuda"}]
+
+
+class _Dumps(KVWriter):
+    """Records every dump's values, exclusions and step."""
+
+    def __init__(self) -> None:
+        self.dumps: list[tuple[dict[str, Any], dict[str, tuple[str, ...]], int]] = []
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        self.dumps.append((dict(key_values), dict(key_excluded), step))
+
+
+def test_every_evaluation_reaches_the_sb3_logger_once_at_its_global_step(tmp_path) -> None:
+    sequence = permuted_observations(n_tasks=2, steps_per_task=400)
+    model = _dqn(sequence)
+    dumps = _Dumps()
+    model.set_logger(Logger(str(tmp_path), [CSVOutputFormat(str(tmp_path / "progress.csv")), dumps]))
+    result = learn_continual(model, sequence, eval_every=100, n_eval_episodes=1)
+    assert result.eval_steps.tolist() == [100, 200, 300, 400, 500, 600, 700, 800]
+    with open(tmp_path / "progress.csv") as file:
+        rows = [row for row in csv.DictReader(file) if row["continual/average"]]
+    # once each, the task's end (400) and the sequence's (800) included, on the sequence's step axis
+    assert [int(row["continual/step"]) for row in rows] == result.eval_steps.tolist()
+    assert [float(row["continual/average"]) for row in rows] == pytest.approx(result.performance.mean(axis=0))
+    assert [float(row["continual/1_permutation-1"]) for row in rows] == pytest.approx(result.performance[1])
+    evaluations = [(values, excluded, step) for values, excluded, step in dumps.dumps if "continual/average" in values]
+    assert [step for _, _, step in evaluations] == result.eval_steps.tolist()
+    # dumped on their own: SB3's values recorded meanwhile wait for SB3's own dump, at its step
+    assert all(set(values) == {"continual/0_permutation-0", "continual/1_permutation-1", "continual/average",
+                               "continual/step"} for values, _, _ in evaluations)  # fmt: skip
+    assert all(excluded["continual/step"] == ("tensorboard",) for _, excluded, _ in evaluations)
+    assert any("train/loss" in values for values, _, _ in dumps.dumps)
 
 
 def test_result_of_a_run_can_be_saved(tmp_path) -> None:
@@ -192,6 +281,9 @@ def test_out_of_range_arguments_name_the_argument_its_value_and_what_is_allowed(
             r"position.task = 2 is the end of the sequence, but .* no evaluations",
         ),
         (dict(position=ContinualPosition(steps_done=100)), r"position.steps_done must lie in \[0, 99\] .*, got 100"),
+        (dict(seed=-1), r"seed=-1: must be an int >= 0 \(or None for the model's seed\)"),
+        (dict(seed="0"), r"seed='0': must be an int >= 0"),
+        (dict(seed=1.5), r"seed=1.5: must be an int >= 0"),
     ]
     for arguments, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -199,7 +291,22 @@ def test_out_of_range_arguments_name_the_argument_its_value_and_what_is_allowed(
     assert model.num_timesteps == 0 and saved == []
 
 
-def test_numpy_integers_are_accepted_where_ints_are_expected() -> None:
+def test_interventions_timed_where_the_sequence_never_gets_are_refused() -> None:
+    sequence = permuted_observations(n_tasks=2, steps_per_task=100)
+    model = _dqn(sequence, interventions=[PlasticityInjection(at_task=2)])
+    with pytest.raises(ValueError, match=r"'interventions\[0\].at_task' = 2 \(plasticity_injection\): not a task of "
+                       r"the 2-task sequence .*; allowed: 0 to 1"):  # fmt: skip
+        learn_continual(model, sequence, eval_every=50)
+    assert model.num_timesteps == 0
+    # a later learn() may still reach a step past the sequence; crl.train's curricula train only the sequence
+    late = _dqn(sequence, interventions=[Reset(at_steps=[50, 300])])
+    check_schedules(late, sequence)
+    with pytest.raises(ValueError, match=r"'interventions\[0\].at_steps' = \[50, 300\] \(reset\): \[300\] lie past "
+                       r"the sequence's 200 environment steps; allowed: 1 to 200"):  # fmt: skip
+        check_schedules(late, sequence, whole_training=True)
+
+
+def test_numpy_integers_are_accepted_where_ints_are_expected(tmp_path) -> None:
     sequence = permuted_observations(n_tasks=1, steps_per_task=100)
     saved: list[ContinualPosition] = []
     result = learn_continual(
@@ -207,11 +314,14 @@ def test_numpy_integers_are_accepted_where_ints_are_expected() -> None:
         sequence,
         eval_every=np.int64(50),
         n_eval_episodes=np.int32(1),
+        seed=np.int64(3),
         checkpoint=saved.append,
         checkpoint_every=np.int64(60),
         checkpoint_at_task_end=False,
     )
     assert result.eval_steps.tolist() == [50, 100]
+    assert type(result.seed) is int and result.seed == 3
+    result.save(tmp_path / "run.json")  # JSON takes Python ints only
     assert [position.steps_done for position in saved] == [64]  # the first rollout start (every 16 steps) from 60
 
 

@@ -113,7 +113,6 @@ def test_task_id_needs_flat_observations() -> None:
     ("tasks", "kwargs", "message"),
     [
         ([], {}, "needs at least one task"),
-        ([Task("t", functools.partial(gym.make, "CartPole-v1"), 0)], {}, r"task 0 \('t'\): budget must be a positive"),
         (
             [Task("t", functools.partial(gym.make, "CartPole-v1"), 5)],
             {"measure": "auc"},
@@ -124,6 +123,42 @@ def test_task_id_needs_flat_observations() -> None:
 def test_bad_sequences_are_rejected(tasks, kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         TaskSequence(tasks, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"budget": 0}, "budget=0: must be an int >= 1 (environment steps of task 't')"),
+        ({"budget": True}, "budget=True: must be an int >= 1"),  # not a budget of 1
+        ({"budget": 100.0}, "budget=100.0: must be an int >= 1"),
+        ({"budget": 5, "task_id": 1.5}, "task_id=1.5: must be an int >= 0 (id of task 't', or None)"),
+        ({"budget": 5, "task_id": True}, "task_id=True: must be an int >= 0"),
+        ({"budget": 5, "task_id": -1}, "task_id=-1: must be an int >= 0"),
+    ],
+)
+def test_tasks_take_integer_budgets_and_ids(options, message) -> None:
+    with pytest.raises(ValueError) as error:
+        Task("t", functools.partial(gym.make, "CartPole-v1"), **options)
+    assert message in str(error.value)
+
+
+def test_numpy_integer_budgets_and_ids_become_ints() -> None:
+    task = Task("t", functools.partial(gym.make, "CartPole-v1"), np.int64(5), task_id=np.int32(2))
+    assert type(task.budget) is int and type(task.task_id) is int
+    assert type(TaskSequence([task]).n_task_ids) is int
+
+
+def test_vec_env_seeds_are_checked_and_numpy_integers_accepted() -> None:
+    sequence = permuted_observations(n_tasks=2, steps_per_task=10)
+    np.testing.assert_array_equal(
+        sequence.make_vec_env(1, n_envs=2, seed=np.int64(7)).reset(), sequence.make_vec_env(1, n_envs=2, seed=7).reset()
+    )
+    for seed, message in [(-1, "seed=-1: must be an int >= 0 (or None)"), ("0", "seed='0': must be an int >= 0")]:
+        with pytest.raises(ValueError) as error:
+            sequence.make_vec_env(0, seed=seed)
+        assert message in str(error.value)
+    with pytest.raises(ValueError, match=r"action_seed=1\.5: must be an int >= 0"):
+        sequence.make_env(0, action_seed=1.5)
 
 
 def test_vec_envs_are_seeded_per_copy() -> None:
@@ -203,6 +238,20 @@ def test_every_switch_of_cartpole_actions_relabels_the_actions(seed: int) -> Non
         ("minatar_cycle", {"games": "Breakout"}, "games='Breakout': must be a list of MinAtar game names"),
         ("minatar_cycle", {"cycles": 2.0}, "cycles=2.0: must be an int >= 1"),
         ("cartpole_physics", {"physics": [(9.8,)]}, "physics[0]=(9.8,): must be a pair (gravity, half pole length)"),
+        ("cartpole_physics", {"physics": []}, "physics=[]: must be a non-empty list of (gravity, half pole length)"),
+        ("cartpole_physics", {"physics": 9.8}, "physics=9.8: must be a non-empty list"),
+        (
+            "cartpole_permuted",
+            {"env_id": "NoSuchEnv-v0"},
+            "env_id='NoSuchEnv-v0': gymnasium cannot make it (NameNotFound",
+        ),
+        (
+            "cartpole_actions",
+            {"env_id": "CartPole-v9"},
+            "env_id='CartPole-v9': gymnasium cannot make it (VersionNotFound",
+        ),
+        ("cartpole_reward_flip", {"env_id": "NoSuchEnv-v0"}, "env_id='NoSuchEnv-v0': gymnasium cannot make it"),
+        ("cartpole_reward_flip", {"env_id": 3}, "env_id=3: must be a gymnasium environment id"),
     ],
 )
 def test_bad_preset_options_name_the_option_before_any_task_is_built(name, options, message) -> None:

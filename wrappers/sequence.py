@@ -48,11 +48,12 @@ class Task:
 
     :param name: label of the task in results and plots
     :param make_env: builds the task's raw environment (SB3's ``Monitor`` goes right around it)
-    :param budget: environment steps the task is trained for
+    :param budget: environment steps the task is trained for, an int >= 1 (NumPy's integers too)
     :param wrapper: preprocessing applied outside the ``Monitor`` (e.g. SB3's ``AtariWrapper``, so that
         the monitor records whole games, not lives)
-    :param task_id: the id a one-hot observation and a multi-head policy see; by default the task's
-        position in the sequence
+    :param task_id: the id a one-hot observation and a multi-head policy see, an int >= 0; by default
+        the task's position in the sequence
+    :raises ValueError: a budget or task id that is not such an int (a bool is none), naming it
     """
 
     name: str
@@ -60,6 +61,14 @@ class Task:
     budget: int
     wrapper: Callable[[gym.Env], gym.Env] | None = None
     task_id: int | None = None
+
+    def __post_init__(self) -> None:
+        # Stored as ints: a float id would size the one-hot code by a fraction, True would be a budget of 1.
+        budget = check_count("budget", self.budget, counts=f"environment steps of task {self.name!r}")
+        object.__setattr__(self, "budget", budget)
+        if self.task_id is not None:
+            task_id = check_count("task_id", self.task_id, minimum=0, counts=f"id of task {self.name!r}, or None")
+            object.__setattr__(self, "task_id", task_id)
 
     def build(self) -> gym.Env:
         """The task's environment with its preprocessing (without a monitor)."""
@@ -201,11 +210,6 @@ class TaskSequence:
     ) -> None:
         if not tasks:
             raise ValueError("a TaskSequence needs at least one task, got none")
-        for index, task in enumerate(tasks):
-            if not isinstance(task.budget, int | np.integer) or task.budget < 1:
-                raise ValueError(f"task {index} ({task.name!r}): budget must be a positive int, got {task.budget!r}")
-            if task.task_id is not None and task.task_id < 0:
-                raise ValueError(f"task {index} ({task.name!r}): task_id must be >= 0, got {task.task_id}")
         if measure not in MEASURES:
             raise ValueError(f"measure={measure!r} is not allowed; use one of {list(MEASURES)}")
         self.tasks = tuple(tasks)
@@ -261,8 +265,11 @@ class TaskSequence:
 
         :param index: position of the task in the sequence
         :param monitor: put SB3's ``Monitor`` around the raw environment (returns of whole episodes)
-        :param action_seed: seed of the action space's sampler (random exploration draws from it)
+        :param action_seed: seed of the action space's sampler (random exploration draws from it), an
+            int >= 0 (NumPy's integers too) or ``None``
         """
+        if action_seed is not None:  # gymnasium takes Python ints only
+            action_seed = check_count("action_seed", action_seed, minimum=0, counts="or None")
         task = self.tasks[index]
         env = task.make_env()
         if monitor:
@@ -292,9 +299,13 @@ class TaskSequence:
         Not SB3's ``make_vec_env``: its ``Monitor`` would sit outside the task's preprocessing (for
         Atari it would count lives as episodes); ours sits right around the raw environment.
 
-        :param seed: seed of the first copy, the others get ``seed + rank`` (as ``make_vec_env``)
+        :param seed: seed of the first copy, the others get ``seed + rank`` (as ``make_vec_env``); an
+            int >= 0 (NumPy's integers too) or ``None``
         :param vec_env_cls: ``DummyVecEnv`` (by default crl's, see :mod:`crl.wrappers.vec_env`) or ``SubprocVecEnv``
+        :raises ValueError: a seed that is not such an int, before any env is built
         """
+        if seed is not None:  # gymnasium takes Python ints only
+            seed = check_count("seed", seed, minimum=0, counts="or None")
         seeds = [None if seed is None else seed + rank for rank in range(n_envs)]
         vec_env = vec_env_cls([partial(self.make_env, index, action_seed=rank_seed) for rank_seed in seeds])
         if seed is not None:

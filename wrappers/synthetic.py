@@ -79,9 +79,26 @@ def action_permutation(n_actions: int, task: int, seed: int) -> np.ndarray:
     return permutation
 
 
+def _checked_env(env_id: str) -> gym.Env:
+    """``gym.make(env_id)``, built once before any task is to check the preset's ``env_id`` option.
+
+    :raises ValueError: naming ``env_id`` when it is no id gymnasium can make (instead of gymnasium's
+        ``NameNotFound``, which names no option)
+    """
+    if not isinstance(env_id, str):
+        raise ValueError(f"env_id={env_id!r}: must be a gymnasium environment id, a string such as 'CartPole-v1'")
+    try:
+        return gym.make(env_id)
+    except gym.error.Error as error:
+        raise ValueError(
+            f"env_id={env_id!r}: gymnasium cannot make it ({type(error).__name__}: {error}); "
+            "allowed: a registered gymnasium id such as 'CartPole-v1' (gymnasium.pprint_registry() lists them)"
+        ) from error
+
+
 def _space_of(env_id: str, kind: str) -> gym.spaces.Space:
     """The observation or action space (``kind``) of ``env_id``, checked before any task is built."""
-    env = gym.make(env_id)
+    env = _checked_env(env_id)
     try:
         return getattr(env, kind)  # type: ignore[no-any-return]
     finally:
@@ -111,8 +128,8 @@ def permuted_observations(
     """Each task permutes and sign-flips the observation vector (:class:`ObservationShift`), each
     differently from every earlier task (:func:`observation_shift`).
 
-    :raises ValueError: a negative seed, an env without a flat ``Box`` observation, or more tasks than
-        its observation has distinct shifts
+    :raises ValueError: a negative seed, an ``env_id`` gymnasium cannot make, an env without a flat
+        ``Box`` observation, or more tasks than its observation has distinct shifts
     """
     check_count("seed", seed, minimum=0)
     space = _space_of(env_id, "observation_space")
@@ -138,7 +155,8 @@ def shuffled_actions(
     """Each task relabels the discrete actions (:class:`ActionShuffle`) differently from the task before
     (:func:`action_permutation`); CartPole has two, so tasks alternate.
 
-    :raises ValueError: a negative seed, or an env without a ``Discrete`` action space of two or more actions
+    :raises ValueError: a negative seed, an ``env_id`` gymnasium cannot make, or an env without a
+        ``Discrete`` action space of two or more actions
     """
     check_count("seed", seed, minimum=0)
     space = _space_of(env_id, "action_space")
@@ -156,7 +174,11 @@ def shuffled_actions(
 def reward_sign_flip(
     env_id: str = "CartPole-v1", n_tasks: int = 4, steps_per_task: int = DEFAULT_STEPS
 ) -> TaskSequence:
-    """Odd tasks negate the reward (:class:`RewardSignFlip`), even tasks keep it."""
+    """Odd tasks negate the reward (:class:`RewardSignFlip`), even tasks keep it.
+
+    :raises ValueError: an ``env_id`` gymnasium cannot make
+    """
+    _checked_env(env_id).close()
     return _sequence(
         f"reward_flip_{env_id}",
         n_tasks,
@@ -179,9 +201,16 @@ def cartpole_physics(
 ) -> TaskSequence:
     """CartPole with changed gravity and pole length per task (:class:`CartPolePhysics`).
 
-    :param physics: ``(gravity, half pole length)`` per task
+    :param physics: ``(gravity, half pole length)`` per task, at least one task
+    :raises ValueError: naming ``physics`` (or the pair) when it is not a non-empty list of pairs of numbers > 0
     """
     check_count("steps_per_task", steps_per_task)
+    # Checked here: an empty list would reach TaskSequence, whose error names no option.
+    if isinstance(physics, str) or not isinstance(physics, Sequence | np.ndarray) or len(physics) == 0:
+        raise ValueError(
+            f"physics={physics!r}: must be a non-empty list of (gravity, half pole length) pairs, "
+            f"e.g. {[list(pair) for pair in CARTPOLE_PHYSICS]}"
+        )
     for index, pair in enumerate(physics):
         if not (isinstance(pair, Sequence | np.ndarray) and len(pair) == 2 and all(_positive_number(v) for v in pair)):
             raise ValueError(f"physics[{index}]={pair!r}: must be a pair (gravity, half pole length) of numbers > 0")

@@ -15,6 +15,7 @@ over the whole sequence instead, the loop hands SB3 a schedule of the sequence's
 from __future__ import annotations
 
 import contextlib
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.type_aliases import MaybeCallback, Schedule
 from stable_baselines3.common.vec_env import VecEnv
@@ -61,13 +63,30 @@ class SequenceProgress:
         return float(self.schedule(1.0 - done / self.total))
 
 
+def forked_devices(device: th.device | str) -> dict[str, Any]:
+    """The arguments of ``torch.random.fork_rng`` that fork the generator of ``device`` (a model's).
+
+    ``fork_rng`` always forks the CPU generator; a policy on an accelerator (CUDA, MPS) samples its
+    actions from that device's own generator, which must be forked as well. Only the model's device
+    is named: forking every device (``fork_rng``'s default) initialises each one and warns.
+
+    :param device: the model's device, e.g. ``model.device``
+    :return: ``{"devices": []}`` for the CPU, else ``{"devices": [device], "device_type": device.type}``
+    """
+    device = th.device(device)
+    if device.type == "cpu":
+        return {"devices": []}
+    return {"devices": [device], "device_type": device.type}
+
+
 @contextlib.contextmanager
 def preserved_random_state(model: BaseAlgorithm) -> Iterator[None]:
-    """Leave torch's, numpy's and the action space's random streams as they were (evaluation is a monitor)."""
+    """Leave torch's (CPU and the model's device), numpy's and the action space's random streams as they
+    were (evaluation is a monitor)."""
     numpy_state = np.random.get_state()
     action_sampler = model.action_space.np_random.bit_generator
     action_state = action_sampler.state
-    with th.random.fork_rng(devices=[]):
+    with th.random.fork_rng(**forked_devices(model.device)):
         yield
     np.random.set_state(numpy_state)
     action_sampler.state = action_state
@@ -108,6 +127,34 @@ EvaluationHook = Callable[[int, np.ndarray], None]
 """Called after every evaluation with its global step and its column (one value per task)."""
 
 
+EVALUATION_STEP_KEY = "continual/step"
+"""The evaluation's global step, recorded with its values for the formats without a step axis (csv, json, stdout)."""
+
+
+def dump_evaluation(logger: Logger, step: int, values: dict[str, float]) -> None:
+    """Write one evaluation's values to the logger's output formats at once, at its global ``step``.
+
+    Dumped on their own: SB3 dumps at its task-local ``num_timesteps`` (restarted at every task) and
+    only every few rollouts or episodes, so recorded values would wait for a later, task-local step,
+    be overwritten by the next evaluation, or (the last one) never be written. The values SB3 has
+    recorded since its last dump are set aside meanwhile and stay pending for that dump, at its step.
+
+    :param logger: the model's SB3 logger
+    :param step: the evaluation's global step (environment steps of the whole sequence)
+    :param values: key -> value of the evaluation (``continual/...``)
+    """
+    pending = logger.name_to_value, logger.name_to_count, logger.name_to_excluded
+    logger.name_to_value, logger.name_to_count, logger.name_to_excluded = defaultdict(float), defaultdict(int), {}
+    try:
+        for key, value in values.items():
+            logger.record(key, value)
+        # TensorBoard has the step as its axis (SB3's EvalCallback excludes its step key there too).
+        logger.record(EVALUATION_STEP_KEY, step, exclude="tensorboard")
+        logger.dump(step)
+    finally:
+        logger.name_to_value, logger.name_to_count, logger.name_to_excluded = pending
+
+
 class TaskEvaluator:
     """Evaluates a model on every task of a sequence into the columns of a performance matrix.
 
@@ -139,17 +186,20 @@ class TaskEvaluator:
         self.columns: list[np.ndarray] = []
 
     def evaluate(self, model: BaseAlgorithm, step: int) -> np.ndarray:
-        """Evaluate every task at global step ``step``; record and return the column."""
+        """Evaluate every task at global step ``step``; write the column to the model's logger (see
+        :func:`dump_evaluation`), hand it to ``on_evaluation`` and return it."""
         with preserved_random_state(model):
             column = np.array([self._evaluate_task(model, env) for env in self.envs])
         self.steps.append(step)
         self.columns.append(column)
-        for index, (name, value) in enumerate(zip(self.sequence.task_names, column, strict=True)):
-            # The index keeps repeated tasks (CW20, game cycles) apart.
-            model.logger.record(f"continual/{index}_{name}", value)
-        model.logger.record("continual/average", float(column.mean()))
+        # The index keeps repeated tasks (CW20, game cycles) apart.
+        values = {
+            f"continual/{index}_{name}": float(value)
+            for index, (name, value) in enumerate(zip(self.sequence.task_names, column, strict=True))
+        }
+        values["continual/average"] = float(column.mean())
+        dump_evaluation(model.logger, step, values)
         if self.on_evaluation is not None:
-            # SB3's logger forgets recorded values at its next dump: the hook sees each one as it is made.
             self.on_evaluation(step, column)
         return column
 
@@ -249,6 +299,38 @@ def _check(model: BaseAlgorithm, reset_replay_buffer: bool) -> None:
         raise ValueError(f"reset_replay_buffer=True needs an off-policy algorithm, got {type(model).__name__}")
 
 
+def check_schedules(model: object, sequence: TaskSequence, whole_training: bool = False) -> None:
+    """Refuse interventions timed at a task, or (``whole_training``) a step, that ``sequence`` never reaches.
+
+    Such an intervention would never act, and nothing would say so.
+
+    :param model: the crl algorithm and its interventions
+    :param sequence: the tasks it is about to learn
+    :param whole_training: the sequence is all the model will train on (``crl.train``'s curricula), so
+        a step past its total budget is never reached either
+    :raises ValueError: naming the intervention, the parameter, its value and what is allowed
+    """
+    n_tasks, total = len(sequence), sequence.total_budget
+    for index, intervention in enumerate(getattr(model, "interventions", [])):
+        at_task = getattr(intervention, "at_task", None)
+        if at_task is not None and at_task >= n_tasks:
+            raise ValueError(
+                f"key 'interventions[{index}].at_task' = {at_task} ({intervention.name}): not a task of the "
+                f"{n_tasks}-task sequence {sequence.name!r}; allowed: 0 to {n_tasks - 1}"
+            )
+        if not whole_training:
+            continue
+        for key in ("at_step", "at_steps"):
+            value = getattr(intervention, key, None)
+            steps = value if isinstance(value, list) else [] if value is None else [value]
+            late = [step for step in steps if step > total]
+            if late:
+                raise ValueError(
+                    f"key 'interventions[{index}].{key}' = {value} ({intervention.name}): {late} lie past the "
+                    f"sequence's {total} environment steps; allowed: 1 to {total}"
+                )
+
+
 def _check_position(position: ContinualPosition, sequence: TaskSequence) -> None:
     """A position inside ``sequence``: a task of it with fewer steps done than its budget, or its end
     (``task == len(sequence)``) with the evaluations made so far.
@@ -335,8 +417,8 @@ def learn_continual(
         over the sequence)
     :param reset_replay_buffer: empty the replay buffer at every task switch (CW's reference SAC)
     :param reset_optimizers: clear every optimizer's state at every task switch (CW's reference SAC)
-    :param seed: seeds the training envs (task ``i``: ``seed + 1000 * i``) and evaluation envs;
-        default: the model's seed
+    :param seed: seeds the training envs (task ``i``: ``seed + 1000 * i``) and evaluation envs; an
+        integer >= 0 (NumPy's integers too), default: the model's seed
     :param callback: SB3 callback(s) passed to every ``learn()`` call
     :param position: continue a run from here (a checkpoint's; the model restored with it): its
         evaluations are kept, its task is not started again, and mid-task its env continues. Its
@@ -350,7 +432,9 @@ def learn_continual(
         result so far (e.g. to report intermediate values to a hyperparameter search, which may stop
         training by raising)
     :param on_evaluation: called after every evaluation with its global step and its column (one
-        value per task), e.g. to log it at once
+        value per task), e.g. to log it elsewhere. The model's SB3 logger gets every evaluation anyway:
+        ``continual/<index>_<task>``, ``continual/average`` and ``continual/step``, dumped at once at
+        the evaluation's global step (:func:`dump_evaluation`)
     :return: the run's :class:`~crl.continual.results.ContinualResult`
     :raises ValueError: an argument out of range (before any training), naming it, its value and what is allowed
     """
@@ -360,10 +444,11 @@ def learn_continual(
     n_eval_episodes = check_count("n_eval_episodes", n_eval_episodes, counts="episodes per task and evaluation")
     if checkpoint_every is not None:
         checkpoint_every = check_count("checkpoint_every", checkpoint_every, counts="environment steps, or None")
-    seed = model.seed if seed is None else seed
+    seed = model.seed if seed is None else check_count("seed", seed, minimum=0, counts="or None for the model's seed")
     deterministic = isinstance(model, DQN) if deterministic_eval is None else deterministic_eval
     position = position if position is not None else ContinualPosition()
     _check_position(position, sequence)
+    check_schedules(model, sequence)
     eval_seed = None if seed is None else seed + EVAL_SEED_OFFSET
     evaluator = TaskEvaluator(sequence, n_eval_episodes, deterministic, eval_seed, position.eval_envs, on_evaluation)
     lr_schedule = model.lr_schedule
