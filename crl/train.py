@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
@@ -43,7 +44,16 @@ from stable_baselines3.common.logger import Logger
 
 from crl.algorithms import ContinualAlgorithm
 from crl.config.build import build_model, build_sequence
-from crl.config.curriculum import Curriculum, load_curriculum
+from crl.config.curriculum import (
+    EVALUATION_PREFIX,
+    Curriculum,
+    apply_overrides,
+    check_task_names,
+    load_curriculum,
+    read_yaml,
+    task_metric,
+    validate_curriculum,
+)
 from crl.config.errors import ConfigError, one_line, print_error
 from crl.continual import (
     ContinualResult,
@@ -54,12 +64,12 @@ from crl.continual import (
     performance_after_training,
     performance_maintenance,
 )
-from crl.continual.loop import ContinualPosition, TaskEndHook, request_checkpoint
+from crl.continual.loop import ContinualPosition, TaskEndHook, check_schedules, request_checkpoint
 from crl.plotting import PlotError, write_run_plots
 from crl.process import ProcessSettings, add_keep_freed_memory_option, release_freed_memory
 from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from crl.tracking.mlflow_writer import MLflowOutputFormat
-from crl.tracking.runs import create_run, flatten, quiet_downloads
+from crl.tracking.runs import check_experiment, create_run, flatten, quiet_downloads
 from crl.wrappers import TaskSequence
 
 CONFIG_ERROR_EXIT = 2
@@ -67,8 +77,6 @@ FAILED_EXIT = 1
 INTERRUPTED_EXIT = 130
 CHECKPOINT_TAG = "checkpoint_dir"
 """The child run's tag naming the directory of its checkpoints."""
-EVALUATION_PREFIX = "continual/"
-"""The loop records evaluations under this prefix; they are logged from the result at their exact steps."""
 PLOTS_DIRECTORY = Path("plots")
 """Where a launch writes its parent run's plots, one folder per parent run id."""
 COMMAND = ("python", "-m", "crl.train")
@@ -113,16 +121,22 @@ def positive_int(text: str) -> int:
 
 
 def resolve(args: argparse.Namespace) -> Curriculum:
-    """The curriculum with the command line's overrides (``--set``, ``--seed(s)``, ``--tracking-uri``)."""
+    """The curriculum with the command line's overrides (``--set``, ``--seed(s)``, ``--tracking-uri``).
+
+    The tracking URI (``--tracking-uri``, else ``MLFLOW_TRACKING_URI``) is taken as it is, not read as
+    YAML as ``--set`` values are: `` #`` would start a comment and cut the URI short.
+    """
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"seeds=[{args.seed}]")
     if args.seeds is not None:
         overrides.append(f"seeds=[{args.seeds}]")
+    data = apply_overrides(read_yaml(args.curriculum), overrides)
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if tracking_uri:
-        overrides.append(f"tracking.tracking_uri={tracking_uri}")
-    return load_curriculum(args.curriculum, overrides)
+    tracking = data.get("tracking")
+    if tracking_uri and (tracking is None or isinstance(tracking, dict)):  # another value is validation's to report
+        data["tracking"] = {**(tracking or {}), "tracking_uri": tracking_uri}
+    return validate_curriculum(data, source=str(args.curriculum))
 
 
 class TrainingProgress(BaseCallback):
@@ -205,6 +219,7 @@ def train_seed(
     :param resuming: the run exists already: log only the steps it does not have yet
     :param on_task_end: passed to :func:`crl.learn_continual` (e.g. a study's pruning)
     """
+    # The loop records the evaluations in SB3's logger too; they are logged here, at their exact steps.
     writer = MLflowOutputFormat(run_id, client, exclude_prefixes=(EVALUATION_PREFIX,))
     if resuming:
         writer.skip_logged()
@@ -251,7 +266,7 @@ def evaluation_metrics(task_names: Sequence[str], column: np.ndarray) -> dict[st
     :param column: the evaluation's performance, one value per task
     """
     metrics = {
-        f"{EVALUATION_PREFIX}{index}_{name}": float(value)
+        task_metric(index, name): float(value)
         for index, (name, value) in enumerate(zip(task_names, column, strict=True))
     }
     metrics[f"{EVALUATION_PREFIX}average"] = float(np.mean(column))
@@ -304,9 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         curriculum = resolve(args)
         sequence = build_sequence(curriculum, source)
+        check_task_names(curriculum.sequence, sequence.task_names, source)  # names a preset or env id gives
         first_model = build_model(curriculum, sequence, curriculum.seeds[0], source)
+        try:
+            check_schedules(first_model, sequence, whole_training=True)
+        except ValueError as error:
+            raise ConfigError(f"{source}: {error}") from None
         check_writable(Path(curriculum.checkpoint.directory), f"{source}: key 'checkpoint.directory'")
-        client = tracking_client(curriculum, _tracking_uri_origin(args, source))
+        client = tracking_client(curriculum, _tracking_uri_origin(args, source), f"{source}: key 'tracking.experiment'")
         parent_id: str | None = None
         children: dict[int, str] = {}
         launch_seeds = list(curriculum.seeds)
@@ -366,6 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
         console.print(summary_table(list(results), list(results.values())))
         if len(results) < len(pending):
+            failed = [seed for seed in pending if seed not in results]
+            resume = shlex.join([*COMMAND, *_without_resume(arguments), "--resume", parent_id])
+            message = f"seed(s) {failed} failed; once the cause is fixed, continue them from their last checkpoint:"
+            console.print(f"{message}\n  {resume}", soft_wrap=True, highlight=False, markup=False)
             return FAILED_EXIT
         plots = log_plots(client, parent_id, PLOTS_DIRECTORY / parent_id)
         console.print(f"{len(plots)} plots in {PLOTS_DIRECTORY / parent_id} (also logged to the parent run)")
@@ -458,17 +482,22 @@ def _tracking_uri_origin(args: argparse.Namespace, source: str) -> str:
     return f"{source}: {key}"
 
 
-def tracking_client(curriculum: Curriculum, where: str) -> MlflowClient:
-    """An MLflow client of the curriculum's tracking URI, whose store MLflow could open.
+def tracking_client(
+    curriculum: Curriculum, where: str, experiment_where: str = "key 'tracking.experiment'"
+) -> MlflowClient:
+    """An MLflow client of the curriculum's tracking URI, whose store MLflow could open and whose
+    experiment can take runs.
 
     :param where: what names the URI in the error
-    :raises ConfigError: MLflow refuses the URI (unknown scheme, the retired file store, ...)
+    :param experiment_where: what names the experiment in the error
+    :raises ConfigError: MLflow refuses the URI (unknown scheme, the retired file store, ...), or the
+        experiment is deleted
     """
     uri = curriculum.tracking.tracking_uri
     try:
         client = MlflowClient(tracking_uri=uri)
         # MLflow opens the tracking store at the first request: a URI it cannot use fails here.
-        client.get_experiment_by_name(curriculum.tracking.experiment)
+        check_experiment(client, curriculum.tracking.experiment, experiment_where)
     except MlflowException as error:
         reason = one_line(error.message).split(". ")[0].strip()
         raise ConfigError(
@@ -662,7 +691,7 @@ def create_child_run(client: MlflowClient, curriculum: Curriculum, name: str, se
 
 
 class ParallelLaunch:
-    """Trains seeds in a pool of ``spawn``ed processes, one seed per process at a time.
+    """Trains seeds in up to ``workers`` ``spawn``ed processes at a time, one process per seed.
 
     Each worker builds its own sequence and model and writes into the child run it is given (the
     parent process creates the runs). Workers live in their own process group, so a Ctrl-C at the
@@ -701,52 +730,74 @@ class ParallelLaunch:
     def run(self, runs: dict[int, str]) -> dict[int, ContinualResult]:
         """Train each ``{seed: child run id}``; return the results of the seeds that finished.
 
-        A failed seed is reported, its run marked failed, and the other seeds go on.
+        A failed seed is reported, its run marked failed, and the other seeds go on; so does a seed
+        whose process died (killed, out of memory): each seed has a pool of its own, since a pool
+        whose process dies fails every seed it holds.
 
         :raises KeyboardInterrupt: after a Ctrl-C, once every worker has checkpointed and stopped
         """
         client = MlflowClient(tracking_uri=self.curriculum.tracking.tracking_uri)
         results: dict[int, ContinualResult] = {}
+        waiting = list(runs.items())
+        running: dict[Future[ContinualResult], tuple[int, ProcessPoolExecutor]] = {}
         interrupted = False
-        # The workers start (on submit) with SIGINT ignored, so that a Ctrl-C while they import is not
-        # fatal; each seed then installs the checkpointing handler.
-        previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous_handler = signal.signal(signal.SIGINT, self._forward_interrupt)
         try:
-            with ProcessPoolExecutor(
-                self.workers,
-                mp_context=self.context,
-                initializer=_start_worker,
-                initargs=(self.stop, self.settings),
-            ) as executor:
-                futures: dict[Future[ContinualResult], int] = {
-                    executor.submit(
-                        _train_in_worker, self.curriculum, self.source, seed, self.parent_id, self.name, run_id
-                    ): seed
-                    for seed, run_id in runs.items()
-                }
-                signal.signal(signal.SIGINT, self._forward_interrupt)
-                not_done = set(futures)
-                while not_done:
-                    done, not_done = wait(not_done, timeout=0.5, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        seed = futures[future]
-                        try:
-                            results[seed] = future.result()
-                            self.console.print(
-                                f"seed {seed} finished ({average_performance(results[seed]):.4g} average performance)"
-                            )
-                        except KeyboardInterrupt:
-                            interrupted = True
-                        except Exception as error:  # a failed seed must not stop the others
-                            self.console.print(f"[red]seed {seed} failed:[/red] {error!r}", highlight=False)
-                        if seed not in results:
-                            stopped = RunStatus.KILLED if interrupted else RunStatus.FAILED
-                            _terminate_if_running(client, runs[seed], RunStatus.to_string(stopped))
+            while waiting or running:
+                while waiting and len(running) < self.workers and not (interrupted or self.stop.is_set()):
+                    seed, run_id = waiting.pop(0)
+                    running.update(self._start(seed, run_id))
+                if not running:
+                    break
+                done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    seed, executor = running.pop(future)
+                    executor.shutdown()
+                    interrupted |= self._collect(future, seed, results)
+                    if seed not in results:
+                        stopped = RunStatus.KILLED if interrupted else RunStatus.FAILED
+                        _terminate_if_running(client, runs[seed], RunStatus.to_string(stopped))
         finally:
             signal.signal(signal.SIGINT, previous_handler)
+            for _, executor in running.values():
+                executor.shutdown(cancel_futures=True)
+        for _, run_id in waiting:  # never started after a Ctrl-C
+            _terminate_if_running(client, run_id, RunStatus.to_string(RunStatus.KILLED))
         if interrupted or self.stop.is_set():
             raise KeyboardInterrupt
         return {seed: results[seed] for seed in runs if seed in results}
+
+    def _start(self, seed: int, run_id: str) -> dict[Future[ContinualResult], tuple[int, ProcessPoolExecutor]]:
+        """One seed in a new single-process pool."""
+        # The worker starts (on submit) with SIGINT ignored, so that a Ctrl-C while it imports is not
+        # fatal; the seed then installs the checkpointing handler.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            executor = ProcessPoolExecutor(
+                1, mp_context=self.context, initializer=_start_worker, initargs=(self.stop, self.settings)
+            )
+            future = executor.submit(
+                _train_in_worker, self.curriculum, self.source, seed, self.parent_id, self.name, run_id
+            )
+        finally:
+            signal.signal(signal.SIGINT, self._forward_interrupt)
+        return {future: (seed, executor)}
+
+    def _collect(self, future: Future[ContinualResult], seed: int, results: dict[int, ContinualResult]) -> bool:
+        """Report a finished seed and keep its result; return whether it stopped on a Ctrl-C."""
+        try:
+            results[seed] = future.result()
+        except KeyboardInterrupt:
+            return True
+        except BrokenProcessPool:
+            self.console.print(
+                f"[red]seed {seed} failed:[/red] its process died (killed, or out of memory?)", highlight=False
+            )
+        except Exception as error:  # a failed seed must not stop the others
+            self.console.print(f"[red]seed {seed} failed:[/red] {error!r}", highlight=False)
+        else:
+            self.console.print(f"seed {seed} finished ({average_performance(results[seed]):.4g} average performance)")
+        return False
 
     def _forward_interrupt(self, signum: int, frame: FrameType | None) -> None:
         self.stop.set()

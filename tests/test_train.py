@@ -2,25 +2,31 @@
 
 import itertools
 import json
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import ViewType
 
 from crl import train
+from crl.config import ConfigError
 from crl.continual import ContinualResult
 from crl.continual.loop import TaskEvaluator
 from crl.process import ProcessSettings
 from crl.tracking.runs import create_run
 from crl.train import (
     CONFIG_ERROR_EXIT,
+    FAILED_EXIT,
     INTERRUPTED_EXIT,
     ParallelLaunch,
     TrainingProgress,
     create_child_run,
     main,
+    parse_args,
+    resolve,
 )
 
 TINY = """\
@@ -135,6 +141,17 @@ def test_config_errors_exit_with_2_before_any_run(tmp_path: Path, curriculum: Pa
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_an_intervention_timed_past_the_curriculum_exits_2_before_any_run(
+    tmp_path: Path, curriculum: Path, capsys
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    late = "interventions=[{name: reset, at_steps: [300, 500]}]"  # two tasks of 200 steps
+    assert main([str(curriculum), "--tracking-uri", uri, "--set", late]) == CONFIG_ERROR_EXIT
+    error = capsys.readouterr().err
+    assert "key 'interventions[0].at_steps' = [300, 500] (reset): [500] lie past the sequence's 400" in error
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def _launch(directory: Path, workers: int) -> dict[str, tuple[dict, dict[str, float]]]:
     """Train the tiny curriculum's two seeds; ``{seed: (result.json, final metrics)}`` of the child runs."""
     directory.mkdir()
@@ -168,6 +185,27 @@ def test_two_workers_give_each_seed_the_result_of_a_sequential_launch(
     assert set(parallel) == {"0", "1"}
     assert parallel == sequential
     assert parallel["0"][0]["performance"] != parallel["1"][0]["performance"]  # the seeds differ
+
+
+def _seed_1_dies(curriculum: Any, source: str, seed: int, parent_id: str, name: str, run_id: str) -> ContinualResult:
+    """A worker's seed, except that seed 1's process dies at once, as if the kernel killed it."""
+    if seed == 1:
+        os._exit(9)
+    return train._train_in_worker(curriculum, source, seed, parent_id, name, run_id)
+
+
+def test_a_dead_worker_fails_its_seed_only(
+    tmp_path: Path, curriculum: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setattr(train, "_train_in_worker", _seed_1_dies)  # pickled by name: the spawned worker imports it
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main([str(curriculum), "--set", "metrics=null", "--tracking-uri", uri, "--workers", "2"]) == FAILED_EXIT
+    status = {run.data.tags["seed"]: run.info.status for run in _runs(uri) if "seed" in run.data.tags}
+    assert status == {"0": "FINISHED", "1": "FAILED"}
+    output = capsys.readouterr().err
+    assert "seed 1 failed: its process died" in output and "seed 0 finished" in output
+    assert "seed(s) [1] failed; once the cause is fixed, continue them from their last checkpoint:" in output
+    assert "--resume" in output
 
 
 def test_the_resume_command_keeps_bracketed_overrides(
@@ -379,3 +417,80 @@ def test_a_failed_seed_keeps_the_evaluations_it_made(
     assert child.info.status == "FAILED"
     history = MlflowClient(tracking_uri=uri).get_metric_history(child.info.run_id, "continual/average")
     assert [(point.step, point.value) for point in history] == [(100, 0.5), (200, 2.5)]
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///a #b/mlflow.db", "sqlite:///c: d.db"])  # a comment, a mapping in YAML
+def test_the_tracking_uri_is_taken_as_given_not_read_as_yaml(
+    curriculum: Path, monkeypatch: pytest.MonkeyPatch, uri: str
+) -> None:
+    given = parse_args([str(curriculum), "--tracking-uri", uri, "--set", "tracking.tracking_uri=sqlite:///other.db"])
+    assert resolve(given).tracking.tracking_uri == uri  # and --tracking-uri wins over --set
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert resolve(parse_args([str(curriculum)])).tracking.tracking_uri == uri
+
+
+def test_a_tracking_uri_with_a_hash_reaches_its_store(
+    tmp_path: Path, curriculum: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a #b").mkdir()
+    uri = f"sqlite:///{tmp_path / 'a #b' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    monkeypatch.setattr("crl.train.run_child", lambda *args: _finish_without_training(client, *args))
+    assert main([str(curriculum), "--seed", "0", "--tracking-uri", uri]) == 0
+    assert len(_runs(uri)) == 2 and not (tmp_path / "a").exists()  # ` #b/...` was a YAML comment
+    assert client.get_run(_parent(uri)).data.params["tracking.tracking_uri"] == uri
+
+
+def test_a_deleted_or_unnamed_experiment_exits_2_before_any_run(
+    tmp_path: Path, curriculum: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trained: list[int] = []
+    monkeypatch.setattr("crl.train.run_child", lambda *args: trained.append(args[3]))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    assert main([str(curriculum), "--tracking-uri", uri, "--set", "tracking.experiment=''"]) == CONFIG_ERROR_EXIT
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "key 'tracking.experiment' = '': String should have at least 1 character" in error
+    assert not (tmp_path / "mlflow.db").exists()
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("tiny")
+    client.delete_experiment(experiment)  # as the MLflow UI does: only marked deleted
+    capsys.readouterr()
+    assert main([str(curriculum), "--tracking-uri", uri]) == CONFIG_ERROR_EXIT
+    error = capsys.readouterr().err
+    assert (
+        error.count("\n") == 1
+        and (
+            f"tiny.yaml: key 'tracking.experiment' = 'tiny': MLflow's experiment {experiment} of that name is deleted; "
+            f"restore it (MLFLOW_TRACKING_URI={uri} mlflow experiments restore --experiment-id {experiment})"
+        )
+        in error
+    )
+    assert client.search_runs([experiment], run_view_type=ViewType.ALL) == [] and trained == []
+    with pytest.raises(ConfigError, match=r"experiment = 'tiny': MLflow's experiment \d+ of that name is deleted"):
+        create_run(client, "tiny", "not a launch")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "sequence={tasks: [{env: CartPole-v1, name: g=10}, {env: CartPole-v1}], steps_per_task: 200}",
+            "tiny.yaml: key 'sequence.tasks[0].name' = 'g=10': '=' cannot be in its MLflow metric 'continual/0_g=10'",
+        ),
+        (  # a name the preset derives from its options
+            "sequence={preset: cartpole_physics, options: {physics: [[9.8, 0.5], [1.0e+20, 0.5]]}}",
+            "tiny.yaml: key 'sequence.preset' = 'cartpole_physics': task 1 is named 'g1e+20-l0.5': '+' cannot be in "
+            "its MLflow metric 'continual/1_g1e+20-l0.5'",
+        ),
+    ],
+)
+def test_a_task_name_mlflow_cannot_store_exits_2_before_any_run(
+    tmp_path: Path, curriculum: Path, capsys: pytest.CaptureFixture[str], override: str, expected: str
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main([str(curriculum), "--tracking-uri", uri, "--set", override]) == CONFIG_ERROR_EXIT
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and expected in error, error
+    assert not (tmp_path / "mlflow.db").exists()

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import posixpath
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -91,6 +93,19 @@ RESERVED_HYPERPARAMETERS = frozenset(
     {"policy", "env", "policy_kwargs", "seed", "tensorboard_log", "verbose", "_init_setup_model"}
 )
 """Constructor arguments the curriculum sets through its own keys (or that the runner owns)."""
+
+EVALUATION_PREFIX = "continual/"
+"""The prefix of the MLflow metrics of evaluations (:func:`task_metric` and ``continual/average``)."""
+
+_METRIC_NAME = re.compile(r"[/\w.\- ]*" if os.name == "nt" else r"[/\w.\- :]*")
+"""The characters MLflow allows in a metric name (``mlflow.utils.validation``: no colon on Windows)."""
+_METRIC_NAME_CHARACTERS = (
+    "letters, digits, underscores (_), dashes (-), periods (.), spaces"
+    + ("" if os.name == "nt" else ", colons (:)")
+    + " and slashes (/)"
+)
+MAX_METRIC_NAME_LENGTH = 250
+"""MLflow's limit on a metric name's length."""
 
 Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
 Scalar = bool | int | float | str | None
@@ -227,12 +242,12 @@ class ContinualSpec(Section):
 class TrackingSpec(Section):
     """Where runs are recorded (MLflow).
 
-    :param experiment: the MLflow experiment's name
+    :param experiment: the MLflow experiment's name (MLflow refuses an empty one)
     :param tracking_uri: MLflow tracking URI; ``--tracking-uri`` and ``MLFLOW_TRACKING_URI`` override it
     :param run_name: name of the parent run (default: the curriculum file's stem)
     """
 
-    experiment: str = "crl"
+    experiment: Annotated[str, Field(min_length=1)] = "crl"
     tracking_uri: str = "sqlite:///mlflow.db"
     run_name: str | None = None
 
@@ -287,7 +302,7 @@ class Curriculum(Section):
         """The resolved curriculum (every default filled in) as YAML, loadable by :func:`load_curriculum`."""
         resolved = self.model_dump(mode="json")
         resolved["policy_options"] = self.policy_options.policy_kwargs()  # unset options are SB3's defaults
-        return yaml.safe_dump(resolved, sort_keys=False)
+        return safe_dump(resolved)
 
 
 class SafeLoader(yaml.SafeLoader):
@@ -298,9 +313,18 @@ class SafeLoader(yaml.SafeLoader):
     """
 
 
-SafeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
-)
+class SafeDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting every string that :class:`SafeLoader` would read as another type.
+
+    The dumper quotes a string only when its own resolvers would read it back as something else;
+    with PyYAML's, ``"1e3"`` would be written plain and read back by :class:`SafeLoader` as 1000.0.
+    """
+
+
+_SCIENTIFIC_FLOAT = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
+SafeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC_FLOAT, list("-+0123456789."))
+# The same rule in the dumper: a dump then loads back as it was.
+SafeDumper.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC_FLOAT, list("-+0123456789."))
 
 
 def safe_load(text: str) -> Any:
@@ -310,6 +334,11 @@ def safe_load(text: str) -> Any:
         return loader.get_single_data()
     finally:
         loader.dispose()
+
+
+def safe_dump(data: Any) -> str:
+    """``data`` (plain data) as YAML that :func:`safe_load` reads back as ``data``, keys in their order."""
+    return yaml.dump(data, Dumper=SafeDumper, sort_keys=False)
 
 
 def read_yaml(path: str | Path, kind: str = "curriculum") -> dict[str, Any]:
@@ -643,7 +672,7 @@ def check_sequence(sequence: SequenceSpec, source: str) -> None:
     if sequence.options:
         raise ConfigError(f"{source}: 'sequence.options' applies to presets only; set each task's keys instead")
     for index, task in enumerate(sequence.tasks):
-        _check_task(task, f"sequence.tasks[{index}]", sequence.steps_per_task, source)
+        _check_task(task, index, sequence.steps_per_task, source)
 
 
 def _check_preset(sequence: SequenceSpec, source: str) -> None:
@@ -693,7 +722,12 @@ def _check_option_type(parameter: inspect.Parameter, value: Any, key: str, sourc
         ) from None
 
 
-def _check_task(task: TaskSpec, key: str, steps_per_task: int | None, source: str) -> None:
+def _check_task(task: TaskSpec, index: int, steps_per_task: int | None, source: str) -> None:
+    key = f"sequence.tasks[{index}]"
+    if task.name is not None:
+        problem = task_name_problem(index, task.name)
+        if problem is not None:
+            raise ConfigError(f"{source}: key {key + '.name'!r} = {task.name!r}: {problem}")
     if (task.env is None) == (task.atari is None):
         raise ConfigError(f"{source}: {key!r} needs exactly one of 'env' (a gymnasium id) or 'atari' (a game)")
     if task.budget is None and steps_per_task is None:
@@ -720,3 +754,63 @@ def _check_env_id(env_id: str, key: str, source: str) -> None:
             f"{source}: key {key!r} = {env_id!r}: not a registered gymnasium env{suggest(env_id, registered)} "
             f"({one_line(str(error))})"
         ) from None
+
+
+def task_metric(index: int, name: str) -> str:
+    """The MLflow metric of the evaluations of task ``index`` named ``name``: ``continual/<index>_<name>``
+    (the index keeps repeated tasks apart)."""
+    return f"{EVALUATION_PREFIX}{index}_{name}"
+
+
+def task_name_problem(index: int, name: str) -> str | None:
+    """Why MLflow would refuse :func:`task_metric` of task ``index`` named ``name``, or ``None``.
+
+    MLflow checks a metric's name only when it is logged, at the first evaluation, long after
+    training started: a name it refuses must stop the launch before. Its rule
+    (``mlflow.utils.validation``): a few characters, a name that stays the same read as a file path,
+    at most :data:`MAX_METRIC_NAME_LENGTH` characters.
+    """
+    key = task_metric(index, name)
+    # fullmatch: MLflow's `$` would also let a trailing newline through, which no task name needs
+    if _METRIC_NAME.fullmatch(key) is None:
+        refused = ", ".join(repr(character) for character in sorted(set(name)) if not _METRIC_NAME.fullmatch(character))
+        return (
+            f"{refused} cannot be in its MLflow metric {key!r}; a task name may only contain {_METRIC_NAME_CHARACTERS}"
+        )
+    normalized = posixpath.normpath(key)
+    if normalized != key:  # the prefix keeps the key from being '.', from starting with '..' or '/'
+        return (
+            f"MLflow reads its metric {key!r} as a file path, which would become {normalized!r}; "
+            "a task name may have no '//', no '.' or '..' between slashes and no '/' at its end"
+        )
+    if len(key) > MAX_METRIC_NAME_LENGTH:
+        longest = MAX_METRIC_NAME_LENGTH - len(task_metric(index, ""))
+        return (
+            f"its MLflow metric would have {len(key)} characters, more than MLflow's {MAX_METRIC_NAME_LENGTH}; "
+            f"a task name here may have at most {longest}"
+        )
+    return None
+
+
+def check_task_names(sequence: SequenceSpec, task_names: Sequence[str], source: str) -> None:
+    """The names of the built sequence's tasks as MLflow metrics (:func:`task_name_problem`), before training.
+
+    A task list's own ``name`` is checked with the rest of the file; this also checks the names the
+    builders derive (from a preset and its options, an env id or an Atari game).
+
+    :param sequence: the curriculum's sequence, to say where a name comes from
+    :param task_names: the names of the built sequence's tasks
+    :raises ConfigError: naming the task, its name and what MLflow allows
+    """
+    for index, name in enumerate(task_names):
+        problem = task_name_problem(index, name)
+        if problem is None:
+            continue
+        if sequence.tasks is None:
+            where = f"key 'sequence.preset' = {sequence.preset!r}: task {index} is named {name!r}"
+            raise ConfigError(f"{source}: {where}: {problem}; choose other 'sequence.options'")
+        if sequence.tasks[index].name is not None:
+            where = f"key 'sequence.tasks[{index}].name' = {name!r}"
+        else:
+            where = f"'sequence.tasks[{index}]' is named {name!r} by default"
+        raise ConfigError(f"{source}: {where}: {problem}; set its 'name'")

@@ -73,20 +73,39 @@ def _item_model(annotation: Any) -> Any:
 
 def describe_validation_error(error: ValidationError, model: type[BaseModel], source: str) -> str:
     """One line describing the first problem of ``error``, prefixed by ``source`` (e.g. the file name)."""
-    # A misspelled key also makes the intended key "missing": report the misspelling.
-    first = min(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    location = [part for part in first["loc"] if not _is_union_tag(part)]
+    errors = error.errors()
+    # A misspelled key also makes the intended key "missing": report the misspelling. Otherwise the
+    # deepest problem: of a union's alternatives (a list or a mapping), the one the value got furthest in.
+    first = min(errors, key=lambda e: (e["type"] != "extra_forbidden", -len(_located(e))))
+    location = _located(first)
     path = key_path(location) or "(top level)"
     if first["type"] == "extra_forbidden":
         allowed = _fields_at(model, location)
         hint = suggest(str(location[-1]), allowed) if location else ""
         allowed_text = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
         return f"{source}: unknown key {path!r}{hint}{allowed_text}"
-    message = first["msg"]
     if first["type"] == "missing":
         return f"{source}: missing required key {path!r}"
+    # Each alternative of a union of scalars fails at the same key: say every one that was allowed.
+    messages = list(dict.fromkeys(e["msg"] for e in errors if _located(e) == location and e["type"] != "missing"))
     value = first.get("input")
-    return f"{source}: key {path!r} = {value!r}: {message}"
+    return f"{source}: key {path!r} = {value!r}: {_either(messages)}"
+
+
+def _located(error: Any) -> list[str | int]:
+    """An error's location without the names pydantic gives a union's alternatives."""
+    return [part for part in error["loc"] if not _is_union_tag(part)]
+
+
+def _either(messages: list[str]) -> str:
+    """``Input should be a valid integer or a valid string`` from pydantic's message per alternative."""
+    if len(messages) == 1:
+        return messages[0]
+    lead = "Input should be "
+    if all(message.startswith(lead) for message in messages):
+        rest = [message.removeprefix(lead) for message in messages]
+        return f"{lead}{', '.join(rest[:-1])} or {rest[-1]}"
+    return "; or ".join(messages)
 
 
 def _is_union_tag(part: str | int) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -15,11 +16,12 @@ from typing import Any
 
 import stable_baselines3
 from mlflow import MlflowClient
-from mlflow.entities import Param
+from mlflow.entities import Experiment, LifecycleStage, Param
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 import crl
+from crl.config.errors import ConfigError
 
 MAX_PARAM_LENGTH = 6000
 """MLflow's limit on a param value's length (longer values are cut)."""
@@ -75,6 +77,27 @@ def provenance_tags() -> dict[str, str]:
     }
 
 
+def check_experiment(client: MlflowClient, experiment: str, where: str) -> Experiment | None:
+    """The experiment named ``experiment``, if it exists; it must not be deleted.
+
+    Deleting an experiment (in the UI, or ``mlflow experiments delete``) only marks it deleted: its
+    name stays taken until ``mlflow gc`` removes it, and MLflow refuses new runs in it.
+
+    :param where: what names the experiment in the error (e.g. the curriculum's key)
+    :raises ConfigError: a deleted experiment, naming ``where``, the name and how to restore it
+    """
+    found = client.get_experiment_by_name(experiment)
+    if found is not None and found.lifecycle_stage == LifecycleStage.DELETED:
+        uri, number = client.tracking_uri, found.experiment_id
+        restore = f"MLFLOW_TRACKING_URI={shlex.quote(uri)} mlflow experiments restore --experiment-id {number}"
+        remove = shlex.join(["mlflow", "gc", "--backend-store-uri", uri, "--experiment-ids", number])
+        raise ConfigError(
+            f"{where} = {experiment!r}: MLflow's experiment {number} of that name is deleted; "
+            f"restore it ({restore}), remove it for good ({remove}) or give another name"
+        )
+    return found
+
+
 def create_run(
     client: MlflowClient,
     experiment: str,
@@ -86,8 +109,9 @@ def create_run(
     """Create a run in ``experiment`` (created if needed) and return its id.
 
     :param parent_run_id: makes it a child run of that run (shown nested in ``mlflow ui``)
+    :raises ConfigError: the experiment is deleted (:func:`check_experiment`)
     """
-    found = client.get_experiment_by_name(experiment)
+    found = check_experiment(client, experiment, "experiment")
     experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
     all_tags = {MLFLOW_RUN_NAME: name, **provenance_tags(), **(tags or {})}
     if parent_run_id is not None:
