@@ -34,7 +34,7 @@ from crl.study.objective import area_under_evaluation_curve, mean_forgetting, me
 from crl.study.runs import STORAGE_TAG, STUDY_TAG, TRIAL_TAG, storage_tag
 from crl.study.sampler import TrialSeededSampler
 from crl.study.space import SearchSpace
-from crl.study.storage import StaleTrialHandler, open_storage
+from crl.study.storage import FINGERPRINT_ATTR, StaleTrialHandler, open_storage, open_study
 from crl.study.trial import RUN_ATTR, SURPLUS_ATTR, WORKER_ATTR, TrialRunner, counted, queue_again
 from crl.study.worker import TrialCounts
 from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT
@@ -107,6 +107,10 @@ def _runs(directory: Path, experiment: str = "studies") -> list:
 
 def _study(url: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=url)
+
+
+PPO = {"algorithm": "PPO", "interventions": [], "hyperparameters": {"n_steps": 64, "batch_size": 32, "n_epochs": 2}}
+"""Overrides that make the base curriculum PPO's."""
 
 
 # --- study files -----------------------------------------------------------------------------------
@@ -225,6 +229,52 @@ MALFORMED = {
         },
         "'interventions.redo': no item named 'redo' in []; every choice of 'interventions' must contain it",
     ),
+    "window of a measure that takes none": (
+        {"objective": {"measure": "auc", "window": 5}},
+        "key 'objective.window' = 5: Value error, measure 'auc' takes no window; only 'average_performance' averages",
+    ),
+    "window of forgetting": (
+        {"objective": {"measure": "forgetting", "window": 3}},
+        "key 'objective.window' = 3: Value error, measure 'forgetting' takes no window",
+    ),
+    "metric of an intervention no trial has": (
+        {
+            "objective": {"measure": "metric", "key": "interventions/continual_backprop/replaced"},
+            "direction": "minimize",
+        },
+        "key 'objective.key' = 'interventions/continual_backprop/replaced': no trial has the intervention "
+        "'continual_backprop'; the base curriculum and the search space give the interventions layer_norm, redo",
+    ),
+    "misspelt task metric": (
+        {"objective": {"measure": "metric", "key": "continual/0_permutaton-0"}, "direction": "maximize"},
+        "key 'objective.key' = 'continual/0_permutaton-0': no task is logged under it (did you mean "
+        "'continual/0_permutation-0'?); the sequence's tasks are logged as continual/0_permutation-0, "
+        "continual/1_permutation-1",
+    ),
+    "task metric beyond the sequence": (
+        {"objective": {"measure": "metric", "key": "continual/2_permutation-2"}, "direction": "maximize"},
+        "key 'objective.key' = 'continual/2_permutation-2': no task is logged under it",
+    ),
+    "metric another algorithm logs": (
+        {
+            "base": {"curriculum": "curriculum.yaml", "overrides": PPO},
+            "search_space": {"hyperparameters.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}},
+            "objective": {"measure": "metric", "key": "rollout/exploration_rate"},
+            "direction": "maximize",
+        },
+        "key 'objective.key' = 'rollout/exploration_rate': only DQN logs it; the study trains PPO",
+    ),
+    "intervention timed past the curriculum": (
+        {
+            "base": {
+                "curriculum": "curriculum.yaml",
+                "overrides": {"interventions": [{"name": "reset", "at_steps": [900]}]},
+            },
+            "search_space": {"hyperparameters.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}},
+        },
+        "the base's key 'interventions[0].at_steps' = [900] (reset): [900] lie past the sequence's 400 environment "
+        "steps",
+    ),
     "study name that no MLflow filter can quote": (
         {"study_name": 'it\'s "x"'},
         "key 'study_name' = 'it\\'s \"x\"': MLflow cannot find a run by a value with both ' and \"",
@@ -245,6 +295,15 @@ def test_a_malformed_study_exits_2_with_one_line_before_anything_exists(
     assert error.startswith(f"error: {path}") and "\n" not in error
     assert expected in error
     assert sorted(item.name for item in tmp_path.iterdir()) == ["curriculum.yaml", "study.yaml"]  # no database
+
+
+def test_a_deleted_experiment_exits_2_before_the_study_exists(directory: Path, capsys) -> None:
+    client = MlflowClient(_mlflow(directory))
+    client.delete_experiment(client.create_experiment("studies"))
+    assert main([str(_write(directory))]) == CONFIG_ERROR_EXIT
+    error = capsys.readouterr().err
+    assert "the base's key 'tracking.experiment' = 'studies': MLflow's experiment" in error and "is deleted" in error
+    assert not (directory / "optuna.db").exists()
 
 
 @pytest.mark.parametrize("cls", [*SAMPLERS.values(), *PRUNERS.values()], ids=lambda cls: cls.__name__)
@@ -295,6 +354,65 @@ def test_a_study_created_from_another_file_is_not_joined(directory: Path, capsys
     changed = {"interventions.redo.tau": {"type": "float", "low": 0.0, "high": 0.2}}
     assert main([str(_write(directory, search_space=changed))]) == CONFIG_ERROR_EXIT
     assert "was created from a different study" in capsys.readouterr().err
+
+
+def test_a_study_is_joined_from_any_file_that_gives_its_trials(directory: Path, capsys) -> None:
+    overrides = {"tracking.experiment": "studies", "evaluation.n_episodes": 1}
+    path = _write(directory, base={"curriculum": "curriculum.yaml", "overrides": overrides}, n_trials=1)
+    assert main([str(path)]) == 0
+    # The same curriculum spelt otherwise, the seeds given by the study, the defaults spelt out: the same trials.
+    same = {"tracking": {"experiment": "studies"}, "evaluation": {"every": 100, "n_episodes": 1}}
+    spelt = _write(directory, base={"curriculum": "curriculum.yaml", "overrides": same}, seeds=[0],
+                   direction="maximize", pruner="median", n_trials=1)  # fmt: skip
+    assert main([str(spelt)]) == 0, capsys.readouterr().err
+    # The tracking and the checkpoints may change (docs/studies.md): runs go elsewhere, trials are the same.
+    moved = {**overrides, "tracking.experiment": "elsewhere", "checkpoint.every": 1000}
+    assert main([str(_write(directory, base={"curriculum": "curriculum.yaml", "overrides": moved}, n_trials=1))]) == 0
+    assert [run.data.tags[STUDY_TAG] for run in _runs(directory, "elsewhere") if STUDY_TAG in run.data.tags] == [
+        "study"
+    ]
+    # What a trial trains may not.
+    other = {**overrides, "evaluation.n_episodes": 2}
+    assert (
+        main([str(_write(directory, base={"curriculum": "curriculum.yaml", "overrides": other}))]) == CONFIG_ERROR_EXIT
+    )
+    assert "was created from a different study" in capsys.readouterr().err
+    assert len(_study(_optuna(directory), "study").trials) == 1
+
+
+def test_a_study_created_with_the_earlier_fingerprint_is_joined(directory: Path) -> None:
+    config = load_study(_write(directory))
+    handler = StaleTrialHandler(MlflowClient(_mlflow(directory)), None)
+    storage = open_storage(config, handler)
+    study = optuna.create_study(storage=storage, study_name="study", direction="maximize")
+    study.set_user_attr(FINGERPRINT_ATTR, config.legacy_fingerprint())  # as crl wrote it before
+    assert config.legacy_fingerprint() != config.fingerprint()
+    assert open_study(config, storage).user_attrs[FINGERPRINT_ATTR] == config.fingerprint()
+
+
+def test_objective_keys_that_some_trial_may_log_are_accepted(tmp_path: Path) -> None:
+    (tmp_path / "curriculum.yaml").write_text(CURRICULUM)
+    n_tasks = "sequence.options.n_tasks"
+    pfo_or_not = {"interventions": {"type": "categorical", "choices": {"none": [], "pfo": ["pfo"]}}}
+    accepted = [  # (search space, base overrides, key)
+        # a task of one choice's sequence only
+        ({n_tasks: {"type": "categorical", "choices": [1, 3]}}, {}, "continual/2_permutation-2"),
+        # a task between the bounds of a drawn number: not known before the trials, so not refused
+        ({n_tasks: {"type": "int", "low": 1, "high": 3}}, {}, "continual/2_permutation-2"),
+        ({n_tasks: {"type": "int", "low": 1, "high": 3}}, {}, "continual/7_anything"),
+        # budgets do not change the tasks: still checked, and found
+        ({"sequence.steps_per_task": {"type": "int", "low": 100, "high": 200}}, {}, "continual/1_permutation-1"),
+        # an algorithm, an intervention of one choice only
+        ({"algorithm": {"type": "categorical", "choices": ["PPO", "DQN"]}}, {**PPO, "hyperparameters": {}},
+         "rollout/exploration_rate"),
+        (pfo_or_not, PPO, "interventions/pfo/loss"),
+        ({"interventions.redo.tau": {"type": "float", "low": 0.0, "high": 0.5}}, {}, "time/episodes"),
+    ]  # fmt: skip
+    for index, (space, overrides, key) in enumerate(accepted):
+        base = {"curriculum": "curriculum.yaml", "overrides": overrides}
+        objective = {"measure": "metric", "key": key}
+        path = _write(tmp_path, f"s{index}", base=base, search_space=space, objective=objective, direction="maximize")
+        assert load_study(path, storage_url="sqlite:///optuna.db").spec.objective.key == key
 
 
 # --- search space, measures, sampler ---------------------------------------------------------------
@@ -444,9 +562,8 @@ def test_pruned_diverged_and_crashed_trials_are_recorded_and_the_study_goes_on(
     assert [point.step for point in client.get_metric_history(seed_run.info.run_id, "continual/average")] == [100, 200]
 
     # Diverged (PPO with a huge learning rate: NaN parameters) is pruned, the sane trial completes.
-    ppo = {"algorithm": "PPO", "interventions": [], "hyperparameters": {"n_steps": 64, "batch_size": 32, "n_epochs": 2}}
     space = {"hyperparameters.learning_rate": {"type": "categorical", "choices": [3e-4, 1e30]}}
-    diverging = _write(directory, "diverging", base={"curriculum": "curriculum.yaml", "overrides": ppo},
+    diverging = _write(directory, "diverging", base={"curriculum": "curriculum.yaml", "overrides": PPO},
                        search_space=space, sampler="grid")  # fmt: skip
     assert main([str(diverging)]) == 0
     states = {
@@ -496,6 +613,9 @@ def test_a_logged_metric_as_objective_is_its_last_value(directory: Path) -> None
     assert trial.intermediate_values[1] == trial.value  # the last report: the value logged by the sequence's end
     # The up-front check of objective keys refuses none that a run logs (algorithm, intervention, metrics).
     assert {key: metric_key_problem(key) for key in seed_run.data.metrics} == dict.fromkeys(seed_run.data.metrics)
+    for logged in seed_run.data.metrics:  # nor with what the study's runs can log (its interventions, tasks)
+        assert load_study(_write(directory, "logged", base=base, objective={"measure": "metric", "key": logged},
+                                 direction="minimize")).spec.objective.key == logged  # fmt: skip
 
 
 def test_finished_trials_count_retries_once_and_surplus_trials_not_at_all() -> None:
@@ -606,10 +726,18 @@ def test_an_interrupted_trial_is_queued_again_whatever_max_retry(
     assert [trial.state for trial in study.trials] == [TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
 
 
-def _launch(directory: Path, *arguments: str) -> subprocess.Popen[bytes]:
+def _launch(directory: Path, *arguments: str, new_session: bool = False) -> subprocess.Popen[bytes]:
+    """``crl.study`` in a process; ``new_session``: leading its own process group, as a terminal's command."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": _mlflow(directory)}
     command = [sys.executable, "-m", "crl.study", *arguments]
-    return subprocess.Popen(command, cwd=directory, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        command,
+        cwd=directory,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=new_session,
+    )
 
 
 def _wait_for_trial(url: str, name: str, condition, timeout: float = 120) -> optuna.trial.FrozenTrial:
@@ -680,6 +808,48 @@ def test_an_interrupted_study_relaunched_with_its_name_continues(directory: Path
     trial_runs = {run.data.tags[TRIAL_TAG]: run.info.status for run in runs if TRIAL_TAG in run.data.tags}
     assert parent.info.status == "FINISHED"
     assert trial_runs == {"0": "FINISHED", "1": "KILLED", "2": "FINISHED", "3": "FINISHED"}
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["sent to the parent alone", "Ctrl-C in a terminal"])
+def test_a_sigint_stops_the_worker_processes_and_their_trials_are_queued_again(directory: Path, group: bool) -> None:
+    (directory / "curriculum.yaml").write_text(LONGER)
+    path = _write(directory, n_trials=4)
+    process = _launch(directory, str(path), "--workers", "2", new_session=group)
+    _wait_for_trial(_optuna(directory), "study", lambda trial: trial.state == TrialState.RUNNING)
+    if group:  # the terminal signals its foreground process group: the workers get it from the parent, once
+        os.killpg(process.pid, signal.SIGINT)
+    else:  # `kill -INT PID`, a scheduler, `docker stop` with STOPSIGNAL SIGINT
+        process.send_signal(signal.SIGINT)
+    _, error = process.communicate(timeout=300)
+    assert process.returncode == INTERRUPTED_EXIT, error.decode()[-3000:]
+    assert (
+        "Traceback" not in error.decode() and "interrupted; the interrupted trials are queued again" in error.decode()
+    )
+    trials = _study(_optuna(directory), "study").trials
+    interrupted = [trial.number for trial in trials if trial.state == TrialState.FAIL]
+    queued = [trial.system_attrs["failed_trial"] for trial in trials if trial.state == TrialState.WAITING]
+    assert interrupted and sorted(queued) == interrupted  # each stopped trial, queued again for the next launch
+    assert sum(trial.state == TrialState.COMPLETE for trial in trials) < 4  # the workers did not go on
+    (parent,) = [run for run in _runs(directory) if STUDY_TAG in run.data.tags]
+    assert parent.info.status == "KILLED"
+
+
+def test_a_stop_that_came_as_the_last_trial_ended_leaves_the_study_finished(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crl.study.cli
+
+    real_run_worker = crl.study.cli.run_worker
+
+    def stopped_after(*args, **kwargs):
+        real_run_worker(*args, **kwargs)
+        raise KeyboardInterrupt  # a Ctrl-C that came after the study's last trial ended
+
+    monkeypatch.setattr(crl.study.cli, "run_worker", stopped_after)
+    assert main([str(_write(directory, n_trials=1))]) == 0
+    (parent,) = [run for run in _runs(directory) if STUDY_TAG in run.data.tags]
+    assert parent.info.status == "FINISHED"
+    assert [trial.state for trial in _study(_optuna(directory), "study").trials] == [TrialState.COMPLETE]
 
 
 def test_an_sqlite_storage_takes_the_write_lock_when_a_transaction_begins(directory: Path) -> None:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import optuna
@@ -28,11 +30,13 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 
 from crl.config.build import build_model, build_sequence
+from crl.config.curriculum import check_task_names
 from crl.config.errors import ConfigError, print_error
+from crl.continual.loop import check_schedules
 from crl.process import ProcessSettings, add_keep_freed_memory_option
 from crl.study.best import write_best
 from crl.study.config import StudyConfig, load_study
-from crl.study.interrupt import STOP
+from crl.study.interrupt import STOP, leave_process_group
 from crl.study.progress import StudyDisplay
 from crl.study.runs import FINISHED, KILLED, study_parent_run, tracking_client
 from crl.study.storage import StaleTrialHandler, open_storage, open_study
@@ -69,7 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         best = args.best or Path(f"{config.name}-best.yaml")
         _check_best(best, config.source)
         sequence = build_sequence(config.curriculum, config.source)
-        build_model(config.curriculum, sequence, config.curriculum.seeds[0], config.source)
+        check_task_names(config.curriculum.sequence, sequence.task_names, config.source)
+        model = build_model(config.curriculum, sequence, config.curriculum.seeds[0], config.source)
+        try:
+            check_schedules(model, sequence, whole_training=True)
+        except ValueError as error:
+            raise ConfigError(f"{config.source}: the base's {error}") from None
         client = tracking_client(config)
         handler = StaleTrialHandler(client, config.spec.storage.max_retry)
         study = open_study(config, open_storage(config, handler))
@@ -84,31 +93,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = ProcessSettings.from_args(args)
     try:
         if args.workers == 1:
-            settings.apply()
-            worker = worker_name()
-            display.training = Progress(*_columns(), console=console)
-            runner = TrialRunner(config, client, parent_id, worker, display.training)
-            live = Live(console=console, get_renderable=display.__rich__, refresh_per_second=REFRESH_PER_SECOND)
-            with live, STOP.installed():
-                run_worker(study, runner, config.n_trials, callbacks=[display.update])
-            code = 0
+            code = _run_here(config, study, client, parent_id, display, console, settings)
         else:
             code = _run_processes(config, parent_id, args.workers, display, console, settings)
+        # The parent run's status and the exit code from the trials, not from a stop request: one that
+        # came as the last trials ended stopped none.
         counts = TrialCounts.of(study.get_trials(deepcopy=False))
-        status = FINISHED if counts.finished >= config.n_trials else KILLED
+        if counts.finished >= config.n_trials:
+            status = FINISHED
+            code = 0 if code == INTERRUPTED_EXIT else code
         if code == 0 and counts.failed == counts.finished > 0:
             code = FAILED_EXIT  # every trial crashed: nothing was learnt about the search space
             all_failed = counts.failed
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C after the trials stopped
+        code = INTERRUPTED_EXIT
+    finally:
+        th.set_num_threads(threads)
+        client.set_terminated(parent_id, status)
+    if code == INTERRUPTED_EXIT:
         console.print(
             f"interrupted; the interrupted trials are queued again. Continue with the same command "
             f"(study {config.name!r} in {config.storage_url}).",
             highlight=False,
             soft_wrap=True,
         )
-    finally:
-        th.set_num_threads(threads)
-        client.set_terminated(parent_id, status)
     display.update()
     console.print(display.summary())
     _report_best(config, study, client, parent_id, best, console)
@@ -160,6 +168,31 @@ def _report_best(
     console.print(f"best trial {best.number} ({best.value:.4g}) in {path}; train it: python -m crl.train {path}")
 
 
+def _run_here(
+    config: StudyConfig,
+    study: optuna.Study,
+    client: MlflowClient,
+    parent_id: str,
+    display: StudyDisplay,
+    console: Console,
+    settings: ProcessSettings,
+) -> int:
+    """Train trials in this process, showing the study and the current trial's training.
+
+    :return: 0, or :data:`INTERRUPTED_EXIT` after Ctrl-C
+    """
+    settings.apply()
+    display.training = Progress(*_columns(), console=console)
+    runner = TrialRunner(config, client, parent_id, worker_name(), display.training)
+    live = Live(console=console, get_renderable=display.__rich__, refresh_per_second=REFRESH_PER_SECOND)
+    try:
+        with live, STOP.installed():
+            run_worker(study, runner, config.n_trials, callbacks=[display.update])
+    except KeyboardInterrupt:
+        return INTERRUPTED_EXIT
+    return 0
+
+
 def _run_processes(
     config: StudyConfig,
     parent_id: str,
@@ -168,38 +201,59 @@ def _run_processes(
     console: Console,
     settings: ProcessSettings,
 ) -> int:
-    """Train trials in ``workers`` spawned processes; show the study until they end. 0 when all ended well."""
+    """Train trials in ``workers`` spawned processes; show the study until they end.
+
+    A SIGINT, from the terminal or sent to this process alone, is passed on to the workers
+    (:meth:`~crl.study.interrupt.StopRequest.forwarded`), which stop as on Ctrl-C.
+
+    :return: 0 when all ended well, :data:`INTERRUPTED_EXIT` after a SIGINT, :data:`FAILED_EXIT` when
+        a worker did not end well
+    """
     context = multiprocessing.get_context("spawn")
-    arguments = (config, parent_id, settings)
+    forwarded = context.Event()
+    arguments = (config, parent_id, settings, forwarded)
     processes = [context.Process(target=_worker_process, args=arguments) for _ in range(workers)]
-    for process in processes:
-        process.start()
-    live = Live(console=console, get_renderable=display.__rich__, refresh_per_second=REFRESH_PER_SECOND)
+    # Started with SIGINT ignored, which they keep until they handle it: a Ctrl-C while they import is
+    # no KeyboardInterrupt in the middle of an import (the parent's handler sets `forwarded` for them).
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with live, STOP.installed():
-            while any(process.is_alive() for process in processes):
-                display.update()
-                time.sleep(POLL_SECONDS)
+        for process in processes:
+            process.start()
     finally:
-        for process in processes:  # each worker got the Ctrl-C too: it stops, its trial queued again
-            process.join()
-    if STOP.requested:
-        raise KeyboardInterrupt
-    failed = [index for index, process in enumerate(processes) if process.exitcode != 0]
+        signal.signal(signal.SIGINT, previous)
+    live = Live(console=console, get_renderable=display.__rich__, refresh_per_second=REFRESH_PER_SECOND)
+    with STOP.forwarded(processes, forwarded):  # also while joining: a second SIGINT stops the workers at once
+        try:
+            with live:
+                while any(process.is_alive() for process in processes):
+                    display.update()
+                    time.sleep(POLL_SECONDS)
+        finally:
+            for process in processes:  # each worker got the SIGINT too: it stops, its trial queued again
+                process.join()
+    interrupted = STOP.requested
+    ended_well = (0, INTERRUPTED_EXIT) if interrupted else (0,)
+    failed = [index for index, process in enumerate(processes) if process.exitcode not in ended_well]
     for index in failed:
         console.print(f"[red]worker {index} stopped with exit code {processes[index].exitcode}[/red]")
-    return FAILED_EXIT if failed else 0
+    if failed:
+        return FAILED_EXIT
+    return INTERRUPTED_EXIT if interrupted else 0
 
 
-def _worker_process(config: StudyConfig, parent_id: str, settings: ProcessSettings) -> None:
-    """One worker of a launch, in its own process."""
+def _worker_process(config: StudyConfig, parent_id: str, settings: ProcessSettings, forwarded: Event) -> None:
+    """One worker of a launch, in its own process.
+
+    :param forwarded: set by the parent when it passes a SIGINT on
+    """
+    leave_process_group()
     settings.apply()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     client = MlflowClient(tracking_uri=config.tracking_uri)
     handler = StaleTrialHandler(client, config.spec.storage.max_retry)
     study = open_study(config, open_storage(config, handler))
     try:
-        with Progress(disable=True) as progress, STOP.installed():
+        with Progress(disable=True) as progress, STOP.installed(forwarded):
             run_worker(study, TrialRunner(config, client, parent_id, worker_name(), progress), config.n_trials)
     except KeyboardInterrupt:
         sys.exit(INTERRUPTED_EXIT)

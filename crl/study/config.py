@@ -3,7 +3,8 @@
 :func:`load_study` reads the file with ``yaml.safe_load``, validates it (:class:`StudySpec`), loads the
 base curriculum with its overrides, validates the curriculum each corner of the search space gives
 (bounds and choices, in combination when there are few) and builds the corners' sequences that differ
-from the base's, and builds the sampler and the pruner. Every problem is a
+from the base's, checks the objective's metric key against what the runs of those curricula can log,
+and builds the sampler and the pruner. Every problem is a
 :class:`~crl.config.errors.ConfigError` with a one-line message naming the key.
 """
 
@@ -29,9 +30,9 @@ from sqlalchemy.exc import ArgumentError
 from crl.config.build import build_sequence
 from crl.config.curriculum import Curriculum, annotation_problem, read_yaml, set_path, validate_curriculum
 from crl.config.errors import ConfigError, describe_validation_error, suggest
-from crl.study.objective import metric_key_problem
+from crl.study.objective import TASK_METRIC, StudyLogs, metric_key_problem
 from crl.study.sampler import TrialSeededSampler
-from crl.study.schema import DIMENSION_TYPES, SEED_KEY, PrunerSpec, SamplerSpec, StudySpec
+from crl.study.schema import DIMENSION_TYPES, SEED_KEY, CategoricalDimension, PrunerSpec, SamplerSpec, StudySpec
 from crl.study.space import SearchSpace, TrialParameters
 
 SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
@@ -117,15 +118,36 @@ class StudyConfig:
         return make_pruner(self.spec.resolved_pruner, self.source)
 
     def fingerprint(self) -> str:
-        """A hash of what makes trials comparable: search space, objective, search and base curriculum.
+        """A hash of what defines the study's trials: search space, objective, search and base curriculum.
 
-        The number of trials, the name, the storage and the tracking may change between launches.
+        The base curriculum is hashed as validated (its overrides and the study's ``seeds`` applied,
+        every default filled in), not as the file spells it: overrides that give the same curriculum
+        (``tracking.experiment: x`` or ``tracking: {experiment: x}``) are the same study. Its tracking
+        and checkpoint settings are left out (trials are not checkpointed), so are the number of
+        trials, the name and the storage: they may change between launches.
         """
-        content = {
-            "study": self.spec.model_dump(mode="json", exclude={"n_trials", "study_name", "storage"}),
-            "base": self.curriculum.model_dump(mode="json", exclude={"tracking"}),
-        }
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        study = self.spec.model_dump(mode="json", exclude=set(LAUNCH_KEYS))
+        # A direction or pruner left to its default is the same as the default spelt out.
+        study["direction"], study["pruner"] = self.direction, self.spec.resolved_pruner.model_dump(mode="json")
+        return _hash(study, self.curriculum.model_dump(mode="json", exclude=set(LAUNCH_CURRICULUM_KEYS)))
+
+    def legacy_fingerprint(self) -> str:
+        """The hash earlier crl versions gave a study (with ``base.overrides`` as spelt, the checkpoint
+        settings, the direction and pruner as given): a study created with it is joined, and takes
+        :meth:`fingerprint`."""
+        study = self.spec.model_dump(mode="json", exclude={"n_trials", "study_name", "storage"})
+        return _hash(study, self.curriculum.model_dump(mode="json", exclude={"tracking"}))
+
+
+LAUNCH_KEYS = frozenset({"n_trials", "study_name", "storage", "base", "seeds"})
+"""Study keys out of the fingerprint: what a launch may change, and what the resolved base curriculum holds."""
+LAUNCH_CURRICULUM_KEYS = frozenset({"tracking", "checkpoint"})
+"""Base curriculum keys out of the fingerprint: where runs are recorded, and checkpoints no trial writes
+(:meth:`crl.study.trial.TrialRunner.train` sets its own)."""
+
+
+def _hash(study: dict[str, Any], base: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps({"study": study, "base": base}, sort_keys=True).encode()).hexdigest()
 
 
 def load_study(
@@ -149,7 +171,8 @@ def load_study(
     base, curriculum = _base_curriculum(spec, path, tracking_uri)
     _check_objective(spec, curriculum, source)
     space = SearchSpace(spec.search_space)
-    _check_space(space, base, curriculum, source)
+    corners, task_names = _check_space(space, base, curriculum, source)
+    _check_metric_key(spec, space, [curriculum, *corners], task_names, source)
     make_sampler(spec.sampler, space, source)  # the options' check
     make_pruner(spec.resolved_pruner, source)
     n_trials = _n_trials(n_trials or spec.n_trials, spec, space, source)
@@ -199,7 +222,8 @@ def _check_objective(spec: StudySpec, curriculum: Curriculum, source: str) -> No
         )
     if objective.key is None:
         return
-    # A key no run logs would fail every trial, each after training all of it.
+    # A key no run logs would fail every trial, each after training all of it: what needs the search
+    # space is checked with it (_check_metric_key), the rest first.
     problem = metric_key_problem(objective.key)
     if problem is not None:
         raise ConfigError(f"{source}: key 'objective.key' = {objective.key!r}: {problem}")
@@ -210,13 +234,18 @@ def _check_objective(spec: StudySpec, curriculum: Curriculum, source: str) -> No
         )
 
 
-def _check_space(space: SearchSpace, base: Mapping[str, Any], curriculum: Curriculum, source: str) -> None:
+def _check_space(
+    space: SearchSpace, base: Mapping[str, Any], curriculum: Curriculum, source: str
+) -> tuple[list[Curriculum], dict[str, list[str]]]:
     """Every corner combination of the search space must give a valid curriculum, whose sequence builds.
 
     Only the sequences that differ from the base's are built here (the command line builds the base's
     with its model): a sequence's options (``n_tasks: 0``) are checked when it is built.
+
+    :return: the corners' curricula, and the task names of the sequences built, by :func:`_sequence_key`
     """
-    built = {_sequence_key(curriculum)}
+    corners: list[Curriculum] = []
+    task_names: dict[str, list[str]] = {}
     for combination in space.corner_combinations():
         where = f"{source} (search_space: {', '.join(f'{path}={value!r}' for path, value in combination.items())})"
         try:
@@ -224,9 +253,77 @@ def _check_space(space: SearchSpace, base: Mapping[str, Any], curriculum: Curric
         except ValueError as error:
             raise ConfigError(f"{where}: {error}") from None
         corner = validate_curriculum(data, source=where)
-        if _sequence_key(corner) not in built:
-            build_sequence(corner, where)
-            built.add(_sequence_key(corner))
+        key = _sequence_key(corner)
+        if key != _sequence_key(curriculum) and key not in task_names:
+            task_names[key] = build_sequence(corner, where).task_names
+        corners.append(corner)
+    return corners, task_names
+
+
+def _check_metric_key(
+    spec: StudySpec,
+    space: SearchSpace,
+    curricula: Sequence[Curriculum],
+    task_names: dict[str, list[str]],
+    source: str,
+) -> None:
+    """``objective.key`` against what the trials' runs can log (:func:`metric_key_problem`), known from
+    the base curriculum and the search space's corners: a key no run logs would fail every trial, each
+    after training all of it.
+
+    :param curricula: the base curriculum and its corners' (every algorithm, intervention and, with
+        :func:`_corners_have_every_sequence`, sequence a trial may have)
+    :param task_names: the task names of the sequences built so far, by :func:`_sequence_key`
+    """
+    key = spec.objective.key
+    if key is None:
+        return
+    task_metrics = None
+    if TASK_METRIC.fullmatch(key) and _corners_have_every_sequence(space):
+        names: dict[str, None] = {}  # ordered, unique
+        for curriculum in curricula:
+            sequence = _sequence_key(curriculum)
+            if sequence not in task_names:  # the base's: built for this check only
+                task_names[sequence] = build_sequence(curriculum, source).task_names
+            names.update(dict.fromkeys(f"continual/{index}_{name}" for index, name in enumerate(task_names[sequence])))
+        task_metrics = tuple(names)
+    logs = StudyLogs(
+        algorithms=frozenset(curriculum.algorithm for curriculum in curricula),
+        interventions=frozenset(
+            _intervention_name(item) for curriculum in curricula for item in curriculum.interventions
+        ),
+        task_metrics=task_metrics,
+    )
+    problem = metric_key_problem(key, logs)
+    if problem is not None:
+        raise ConfigError(f"{source}: key 'objective.key' = {key!r}: {problem}")
+
+
+BUDGET_KEYS = ("steps_per_task", "budget")
+"""Sequence keys that set the tasks' budgets only, not which tasks there are."""
+
+
+def _corners_have_every_sequence(space: SearchSpace) -> bool:
+    """Whether the corners' sequences have every task a trial's sequence may have.
+
+    Not when a number drawn from a range sets the sequence (``sequence.options.n_tasks``: the values
+    between the bounds are no corner), nor when several choices set it but not every combination of
+    the corners is checked. Task names (``continual/<index>_<task>`` keys) are then not known before
+    the trials.
+    """
+    sequence = [
+        dimension
+        for path, dimension in space.dimensions.items()
+        if path.split(".")[0] == "sequence" and path.split(".")[-1] not in BUDGET_KEYS
+    ]
+    if not all(isinstance(dimension, CategoricalDimension) for dimension in sequence):
+        return False
+    return len(sequence) <= 1 or space.every_corner_combination
+
+
+def _intervention_name(item: str | Mapping[str, Any]) -> str:
+    """The name of an item of a curriculum's ``interventions`` (validation makes each ``{name, ...}``)."""
+    return item if isinstance(item, str) else str(item["name"])
 
 
 def _sequence_key(curriculum: Curriculum) -> str:

@@ -5,13 +5,21 @@ A ``KeyboardInterrupt`` raised wherever Python happens to be can leave a databas
 asks: a running ``learn()`` stops at its next rollout start (:func:`crl.continual.loop.request_checkpoint`),
 and otherwise the trial stops at its next task end, or the worker before its next trial. A second
 Ctrl-C stops at once.
+
+With ``--workers K`` the workers are processes out of the terminal's process group
+(:func:`leave_process_group`): their parent passes every SIGINT on (:meth:`StopRequest.forwarded`),
+so a Ctrl-C in the terminal and a SIGINT sent to the parent alone (``kill -INT``, a scheduler) stop
+them alike, and each gets it once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
 from types import FrameType
 
 from crl.continual.loop import request_checkpoint
@@ -36,14 +44,52 @@ class StopRequest:
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        """Handle SIGINT inside the block."""
+    def installed(self, forwarded: Event | None = None) -> Iterator[None]:
+        """Handle SIGINT inside the block.
+
+        :param forwarded: in a worker process, set by its parent when it passes a SIGINT on: one that
+            came before this handler, while the process still ignored SIGINT, is taken here
+        """
         self.requested = False
         previous = signal.signal(signal.SIGINT, self.handle)
+        try:
+            if forwarded is not None and forwarded.is_set():
+                self.handle(signal.SIGINT, None)
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    @contextlib.contextmanager
+    def forwarded(self, workers: Sequence[BaseProcess], forwarded: Event) -> Iterator[None]:
+        """In the parent of worker processes: pass every SIGINT inside the block on to the workers.
+
+        Each worker handles it as its own Ctrl-C (the first stops it at a consistent point, a second at
+        once); the parent only notes it (:attr:`requested`) and waits for them.
+
+        :param forwarded: set before the workers are signalled, for those that do not handle SIGINT yet
+        """
+        self.requested = False
+
+        def forward(signum: int, frame: FrameType | None) -> None:
+            self.requested = True
+            forwarded.set()
+            for process in workers:
+                # Not an ended worker (exitcode reaps it): its pid may be another process's by now.
+                if process.pid is not None and process.exitcode is None:
+                    os.kill(process.pid, signal.SIGINT)
+
+        previous = signal.signal(signal.SIGINT, forward)
         try:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+def leave_process_group() -> None:
+    """Move this worker process out of the terminal's process group: a Ctrl-C reaches it only from its
+    parent, once (it would otherwise get the terminal's and the parent's, and stop at once)."""
+    if hasattr(os, "setpgrp"):  # POSIX
+        os.setpgrp()
 
 
 STOP = StopRequest()

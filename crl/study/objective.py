@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from mlflow import MlflowClient
@@ -46,6 +47,12 @@ FIXED_METRICS = (
     *(f"rollout/{name}" for name in ("ep_len_mean", "ep_rew_mean", "exploration_rate", "success_rate")),
 )
 """Metrics a run logs under fixed names (by :mod:`crl.train` and SB3's algorithms), if it logs them at all."""
+ALGORITHM_METRICS: dict[str, frozenset[str]] = {
+    "time/episodes": frozenset({"DQN", "SAC"}),  # SB3's off-policy algorithms count episodes,
+    "time/iterations": frozenset({"PPO"}),  # its on-policy ones rollouts
+    "rollout/exploration_rate": frozenset({"DQN"}),  # epsilon-greedy exploration
+}
+"""Fixed metrics that only some algorithms log -> those algorithms (the others of :data:`FIXED_METRICS`: any)."""
 TASK_METRIC = re.compile(r"continual/\d+_.+")
 """``continual/<task index>_<task name>``: each task's evaluations."""
 OPEN_GROUPS = ("train", "plasticity")
@@ -56,7 +63,23 @@ LOGGED_NAMES = (
 )
 
 
-def metric_key_problem(key: str) -> str | None:
+@dataclass(frozen=True)
+class StudyLogs:
+    """What the runs of a study's trials can log, as far as it is known before any runs.
+
+    :param algorithms: the algorithms the trials train
+    :param interventions: the names of the interventions that some trial's curriculum has
+    :param task_metrics: ``continual/<index>_<task>`` of every sequence a trial may train, in task
+        order; ``None`` when they are not known before the trials (a number drawn from a range sets
+        the sequence: the tasks between the bounds are not built before)
+    """
+
+    algorithms: frozenset[str]
+    interventions: frozenset[str]
+    task_metrics: tuple[str, ...] | None = None
+
+
+def metric_key_problem(key: str, logs: StudyLogs | None = None) -> str | None:
     """Why no run can log the metric ``key`` (for ``measure: metric``), or ``None`` when one may.
 
     What a run logs is not all known before it runs: ``train/`` keys are the algorithm's own (SB3's
@@ -65,17 +88,42 @@ def metric_key_problem(key: str) -> str | None:
     group (and the intervention's name); the names crl and SB3 log themselves (:data:`FIXED_METRICS`,
     ``continual/``) one by one. So a misspelt ``final/forgeting`` or ``eval/mean_reward`` (no run
     evaluates through SB3's ``EvalCallback``) is refused, a misspelt ``train/los`` is not.
+
+    :param logs: what the study's runs can log: with it, a key is also refused when it names an
+        intervention no trial has, a task no trial's sequence has, or a metric of SB3 that none of the
+        trials' algorithms logs (:data:`ALGORITHM_METRICS`)
     """
     group, _, rest = key.partition("/")
-    if key in FIXED_METRICS or TASK_METRIC.fullmatch(key) or (group in OPEN_GROUPS and rest):
+    if TASK_METRIC.fullmatch(key):
+        if logs is None or logs.task_metrics is None or key in logs.task_metrics:
+            return None
+        return (
+            f"no task is logged under it{suggest(key, logs.task_metrics)}; "
+            f"the sequence's tasks are logged as {', '.join(logs.task_metrics)}"
+        )
+    if key in FIXED_METRICS:
+        algorithms = ALGORITHM_METRICS.get(key)
+        if logs is None or algorithms is None or algorithms & logs.algorithms:
+            return None
+        return (
+            f"only {' and '.join(sorted(algorithms))} {'logs' if len(algorithms) == 1 else 'log'} it; "
+            f"the study trains {' and '.join(sorted(logs.algorithms))}"
+        )
+    if group in OPEN_GROUPS and rest:
         return None
     if group == "interventions":
         name, _, value = rest.partition("/")
         known = list(registered_interventions())
-        if name in known and value:
-            return None
         if name not in known:
             return f"no intervention is named {name!r}{suggest(name, known)}; interventions: {', '.join(known)}"
+        if logs is not None and name not in logs.interventions:
+            present = sorted(logs.interventions)
+            return (
+                f"no trial has the intervention {name!r}{suggest(name, present)}; the base curriculum and the "
+                f"search space give {'the interventions ' + ', '.join(present) if present else 'no interventions'}"
+            )
+        if value:
+            return None
     return f"no run logs it{suggest(key, FIXED_METRICS)}; runs log {LOGGED_NAMES}"
 
 

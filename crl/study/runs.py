@@ -18,7 +18,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from crl.config.errors import ConfigError, one_line
 from crl.study.config import StudyConfig, filter_string, storage_tag
-from crl.tracking.runs import create_run, flatten
+from crl.tracking.runs import check_experiment, create_run, flatten
 from crl.train import log_texts
 
 STUDY_TAG = "crl.study"
@@ -48,17 +48,20 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 
 
 def tracking_client(config: StudyConfig) -> MlflowClient:
-    """The MLflow client of the study's tracking URI.
+    """The MLflow client of the study's tracking URI, whose experiment can take runs.
 
-    :raises ConfigError: a URI MLflow has no store for (e.g. an unknown scheme)
+    :raises ConfigError: a URI MLflow has no store for (e.g. an unknown scheme), or a deleted experiment
     """
     try:
-        return MlflowClient(tracking_uri=config.tracking_uri)
+        client = MlflowClient(tracking_uri=config.tracking_uri)
     except MlflowException as error:
         raise ConfigError(
             f"{config.source}: key 'tracking.tracking_uri' = {config.tracking_uri!r} (--tracking-uri, "
             f"MLFLOW_TRACKING_URI or the base curriculum's): MLflow cannot use it ({one_line(error.message)})"
         ) from None
+    where = f"{config.source}: the base's key 'tracking.experiment'"
+    check_experiment(client, config.curriculum.tracking.experiment, where)
+    return client
 
 
 def _study_runs(client: MlflowClient, experiment: str, config: StudyConfig) -> list[str]:

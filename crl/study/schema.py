@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import optuna
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from crl.config.curriculum import Section
 
@@ -28,6 +28,8 @@ NATURAL_DIRECTION: dict[str, Literal["maximize", "minimize"]] = {
     "forgetting": "minimize",
 }
 """The direction of each objective measure that has one (a logged metric's must be given)."""
+WINDOW_MEASURES = ("average_performance",)
+"""The objective measures that read ``objective.window``."""
 
 
 class FloatDimension(Section):
@@ -190,7 +192,7 @@ class ObjectiveSpec(Section):
         ``auc`` (the area under the average evaluation curve over the sequence's steps, divided by
         them), ``forgetting`` (mean over tasks), or ``metric`` (the last value of the logged ``key``)
     :param key: the logged metric of ``measure: metric``, e.g. ``plasticity/q_net/all/dormant_ratio``
-    :param window: evaluations averaged by ``average_performance``
+    :param window: evaluations averaged by ``average_performance`` (the only measure that takes it)
     :param aggregate: how the values of a trial's seeds make the trial's value
     """
 
@@ -198,6 +200,18 @@ class ObjectiveSpec(Section):
     key: str | None = None
     window: PositiveInt = 1
     aggregate: Literal["mean", "median", "min", "max"] = "mean"
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, window: int, info: ValidationInfo) -> int:
+        # Runs only for a window given: read by no other measure, it would be ignored without a word.
+        measure = info.data.get("measure")  # absent when invalid: its own error is reported
+        if measure is not None and measure not in WINDOW_MEASURES:
+            raise ValueError(
+                f"measure {measure!r} takes no window; only {', '.join(map(repr, WINDOW_MEASURES))} "
+                "averages evaluations over one"
+            )
+        return window
 
     @model_validator(mode="after")
     def _check_key(self) -> ObjectiveSpec:

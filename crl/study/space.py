@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -93,10 +94,7 @@ class SearchSpace:
         """Value combinations to validate before any trial: every combination of the corners (bounds,
         choices) when there are few, else each dimension's corners with the others at their first."""
         corners = {path: self._corner_values(dimension) for path, dimension in self.dimensions.items()}
-        count = 1
-        for values in corners.values():
-            count *= len(values)
-        if count <= MAX_CHECKED_COMBINATIONS:
+        if self.every_corner_combination:
             for combination in itertools.product(*corners.values()):
                 yield dict(zip(corners, combination, strict=True))
             return
@@ -104,6 +102,12 @@ class SearchSpace:
         for path, values in corners.items():
             for value in values:
                 yield {**first, path: value}
+
+    @property
+    def every_corner_combination(self) -> bool:
+        """Whether :meth:`corner_combinations` gives every combination of the corners (they are few)."""
+        count = math.prod(len(self._corner_values(dimension)) for dimension in self.dimensions.values())
+        return count <= MAX_CHECKED_COMBINATIONS
 
     @staticmethod
     def _corner_values(dimension: FloatDimension | IntDimension | CategoricalDimension) -> list[Any]:

@@ -125,7 +125,8 @@ def open_study(config: StudyConfig, storage: RDBStorage) -> optuna.Study:
         load_if_exists=True,
     )
     fingerprint = study.user_attrs.get(FINGERPRINT_ATTR)
-    if fingerprint is None:
+    # A study an earlier crl created holds the hash of its file's spelling: the same file upgrades it.
+    if fingerprint is None or fingerprint == config.legacy_fingerprint():
         study.set_user_attr(FINGERPRINT_ATTR, config.fingerprint())
     elif fingerprint != config.fingerprint():
         raise ConfigError(
