@@ -82,7 +82,11 @@ def test_metrics_do_not_change_training_and_reach_the_logger(name: str) -> None:
         for net in NETWORKS[name]
         for metric in ("dormant_ratio", "dead_units", "fau", "weight_magnitude", "plasticity_probe")
     }
-    expected |= {f"plasticity/{net}/penultimate/feature_norm" for net in NETWORKS[name]}
+    expected |= {
+        f"plasticity/{net}/penultimate/{metric}"
+        for net in NETWORKS[name]
+        for metric in ("srank", "effective_rank", "pca_rank", "feature_rank", "feature_norm")
+    }
     expected |= {
         f"plasticity/{loss}/all/{metric}" for loss in LOSSES[name] for metric in ("grad_norm", "hessian_top_eig")
     }
@@ -121,23 +125,18 @@ def test_cadence_and_csv_output(tmp_path: Path) -> None:
     assert monitor.latest_timesteps == 1000
 
 
-def test_grad_norm_is_the_updates_mean_clipped_norm() -> None:
+def test_grad_norm_is_the_updates_mean_norm_before_clipping(monkeypatch: pytest.MonkeyPatch) -> None:
     """grad_norm is the mean over the measured update's minibatches of the norm before clipping."""
-    from crl.interventions import Intervention
+    norms: list[float] = []
+    compute_gradients = crl.algorithms.base.compute_gradients
 
-    class Spy(Intervention):
-        name = "test_grad_norm_spy"
+    def computing(optimizer: th.optim.Optimizer, loss: th.Tensor) -> None:
+        compute_gradients(optimizer, loss)
+        # taken here, between backward() and the clipping, not from what the monitor reads
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(th.nn.utils.get_total_norm(grads)))
 
-        def model_post_init(self, context: Any) -> None:
-            self._norms: list[float] = []
-
-        def on_train_start(self, algo: Any) -> None:
-            self._norms = []
-
-        def after_backward(self, algo: Any, step: Any) -> None:
-            self._norms.append(step.grad_norm)
-
-    spy = Spy()
+    monkeypatch.setattr(crl.algorithms.base, "compute_gradients", computing)
     model = crl.PPO(
         "MlpPolicy",
         "CartPole-v1",
@@ -145,12 +144,12 @@ def test_grad_norm_is_the_updates_mean_clipped_norm() -> None:
         n_steps=128,
         batch_size=32,
         n_epochs=2,
-        interventions=[spy],
+        max_grad_norm=1e-3,  # every step clips: a norm read after the clipping would be 1e-3
         metrics={"every": 10_000},
     )
     model.learn(128)
-    assert len(spy._norms) == 8
-    assert model.metrics_monitor.latest["plasticity/policy/all/grad_norm"] == pytest.approx(np.mean(spy._norms))
+    assert len(norms) == 8 and min(norms) > 1e-2
+    assert model.metrics_monitor.latest["plasticity/policy/all/grad_norm"] == pytest.approx(np.mean(norms))
 
 
 def test_the_first_measurement_waits_for_a_whole_probe_batch_in_the_replay_buffer() -> None:
@@ -265,7 +264,11 @@ def _metrics_one_network_at_a_time(policy: Any, obs: th.Tensor, tau: float) -> d
         pooled = {"dormant_ratio": pooled_dormant, "dead_units": dead_units(posts), "fau": fau(posts, kinds)}
         expected.update({metric_name(network, "all", key): value for key, value in pooled.items()})
         last = by_layer[hidden[network][-1].name]
-        expected[metric_name(network, "penultimate", "feature_norm")] = feature_norm(last.pre)
+        representation = {
+            **rank_metrics_from_singular_values(gram_singular_values(last.pre), last.pre.shape[0]),
+            "feature_norm": feature_norm(last.pre),
+        }
+        expected.update({metric_name(network, "penultimate", key): value for key, value in representation.items()})
     return expected
 
 

@@ -53,6 +53,7 @@ def test_units_forced_dead() -> None:
     assert values[name("layer0", "feature_norm")] == pytest.approx(math.sqrt(5))
     assert values[name("layer1", "feature_norm")] == pytest.approx(4.0)  # |(0,0,0,0,2,2,2,2)|
     assert values[name("penultimate", "feature_norm")] == pytest.approx(math.sqrt(4 + 16))  # pre: -1 x4, 2 x4
+    assert values[name("penultimate", "srank")] == values[name("penultimate", "feature_rank")] == 1
     # 130 parameters (40 + 72 + 18); squared sum 3 + 5 + 4 + 16 = 28
     assert values[name("all", "weight_magnitude")] == pytest.approx(math.sqrt(28 / 130))
     assert not any(
@@ -90,8 +91,8 @@ def test_evaluate_matches_the_monitor_and_leaves_the_model_alone() -> None:
     # the plasticity probe's fresh network and minibatches come from the model's seed, as in training
     values = evaluate(model, batch.observations, batch.actions, plasticity_probe=True)
     assert values == {key: value for key, value in monitor.latest.items() if key in values}
-    # 3 networks x (2 layers x 8 metrics + 3 pooled + penultimate + weights + plasticity probe)
-    assert len(values) == 3 * (2 * 8 + 6)
+    # 3 networks x (2 layers x 8 metrics + 3 pooled + 5 penultimate + weights + plasticity probe)
+    assert len(values) == 3 * (2 * 8 + 3 + 5 + 1 + 1)
     assert model.policy.training
     assert all(th.equal(value, state[key]) for key, value in model.policy.state_dict().items())
 
@@ -152,3 +153,18 @@ def test_a_diverged_layer_is_measured_as_nan_with_a_warning() -> None:
     assert all(math.isnan(values[f"plasticity/q_net/layer1/{name}"]) for name in layer_metrics)
     assert all(math.isnan(values[f"plasticity/q_net/all/{name}"]) for name in ["dormant_ratio", "dead_units", "fau"])
     assert values["plasticity/q_net/layer0/srank"] >= 1  # the layer before is measured as usual
+
+
+def test_batches_not_shaped_like_their_space_are_refused_with_the_expected_shape() -> None:
+    model = crl.SAC("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[8]), seed=0)
+    observations = np.zeros((3, 3), np.float32)
+    cases = [
+        (np.zeros(3, np.float32), None, r"observations must have the shape \(N, 3\) with N >= 1 .*got \(3,\)"),
+        (np.zeros((0, 3), np.float32), None, r"observations must have the shape \(N, 3\) with N >= 1 .*got \(0, 3\)"),
+        (np.zeros((3, 4), np.float32), None, r"observations must have the shape \(N, 3\) .*got \(3, 4\)"),
+        (observations, np.zeros((2, 1)), r"actions must have the shape \(N, 1\) with N = 3, the number of observ"),
+    ]
+    for obs, actions, message in cases:
+        with pytest.raises(ValueError, match=message):
+            evaluate(model, obs, actions)
+    assert "plasticity/qf0/layer0/srank" in evaluate(model, observations, np.zeros((3, 1)))

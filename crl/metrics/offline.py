@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 
 from crl.metrics.config import MetricsConfig
 from crl.metrics.monitor import plasticity_probes
@@ -48,8 +49,13 @@ def evaluate(
         training, the model's seed when ``seed`` is not given)
     :param plasticity_probe: also run the (expensive) plasticity probe; not with dict observations
         (a ``ValueError``)
+    :raises ValueError: a batch that is empty or not shaped like its space with a batch axis in front
     """
     settings = MetricsConfig.make(config) if config is not None else MetricsConfig()
+    _check_batch("observations", observations, model.observation_space)
+    if actions is not None:
+        first = next(iter(observations.values())) if isinstance(observations, Mapping) else observations
+        _check_batch("actions", actions, model.action_space, len(first))
     problem = probe_problem(model.observation_space)
     if plasticity_probe and problem is not None:
         raise ValueError(f"evaluate(plasticity_probe=True): {problem}; use plasticity_probe=False")
@@ -78,3 +84,23 @@ def evaluate(
     finally:
         policy.set_training_mode(was_training)  # type: ignore[attr-defined]
     return values
+
+
+def _check_batch(name: str, batch: Any, space: spaces.Space, size: int | None = None) -> None:
+    """Refuse a batch that is empty or not shaped ``(N, *space.shape)`` (each key of a ``Dict`` space).
+
+    Without this, an unbatched observation or a wrong width ends deep in torch with a message about
+    dimensions or matrix shapes.
+    """
+    if isinstance(space, spaces.Dict):
+        if not isinstance(batch, Mapping) or set(batch) != set(space.spaces):
+            raise ValueError(f"{name} must be a mapping with the keys {sorted(space.spaces)} of the observation space")
+        for key, subspace in space.spaces.items():
+            _check_batch(f"{name}[{key!r}]", batch[key], subspace, size)
+        return
+    shape = tuple(np.shape(batch))
+    expected = "(N, " + ", ".join(map(str, space.shape)) + ")" if space.shape else "(N,)"
+    if shape[1:] != space.shape or not shape or shape[0] == 0 or (size is not None and shape[0] != size):
+        count = "N >= 1" if size is None else f"N = {size}, the number of observations"
+        space_text = f"its {type(space).__name__} space has the shape {space.shape}"
+        raise ValueError(f"{name} must have the shape {expected} with {count} ({space_text}), got {shape}")

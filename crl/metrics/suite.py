@@ -45,7 +45,8 @@ PREFIX = "plasticity"
 WHOLE = "all"
 """Layer key of metrics of a whole network (pooled unit metrics, weights, gradients, probe, Hessian)."""
 PENULTIMATE = "penultimate"
-"""Layer key of the last hidden layer's pre-activation (PFO's feature-norm collapse indicator)."""
+"""Layer key of the last hidden layer's pre-activation (PFO's representation: its ranks and feature norm)."""
+RANKS = ("srank", "effective_rank", "pca_rank", "feature_rank")
 
 
 def metric_name(network: str, layer: str, metric: str) -> str:
@@ -63,7 +64,8 @@ def feature_metrics(
 
     Per hidden layer (post-activation): the four ranks, ``dormant_ratio``, ``dead_units``, ``fau``,
     ``feature_norm``; per network: ``dormant_ratio``, ``dead_units`` and ``fau`` pooled over its hidden
-    layers (``all``) and ``feature_norm`` of the last hidden layer's pre-activation (``penultimate``).
+    layers (``all``); the four ranks and ``feature_norm`` of the last hidden layer's pre-activation
+    (``penultimate``, SPEC.md §1's "penultimate pre-activation": PFO plots its rank and norm).
     The ranks use :func:`gram_singular_values`. A layer shared by two networks (PPO's shared CNN) is
     measured once, and a network's pooled metrics sum its layers' counts. A layer whose features are
     not all finite (a diverged network) gets NaN for each of its metrics and its network's pooled
@@ -78,6 +80,7 @@ def feature_metrics(
     features = policy.hidden_features(observations, actions)
     hidden = policy.hidden_layers(list(features))
     by_path: dict[str, _LayerUnits] = {}
+    penultimate: dict[str, dict[str, float]] = {}
     values: dict[str, float] = {}
     for network, by_layer in features.items():
         layers = [layer for layer in hidden[network] if layer.name in by_layer]
@@ -105,8 +108,19 @@ def feature_metrics(
         if not all(unit.finite for unit in units):
             whole = dict.fromkeys(whole, math.nan)
         values.update({metric_name(network, WHOLE, key): value for key, value in whole.items()})
-        values[metric_name(network, PENULTIMATE, "feature_norm")] = feature_norm(by_layer[layers[-1].name].pre)
+        last = by_layer[layers[-1].name]
+        if last.path not in penultimate:
+            penultimate[last.path] = _representation_metrics(last.pre)
+        values.update({metric_name(network, PENULTIMATE, key): value for key, value in penultimate[last.path].items()})
     return values
+
+
+def _representation_metrics(pre: th.Tensor) -> dict[str, float]:
+    """The four ranks and ``feature_norm`` of the last hidden layer's pre-activation (PFO's representation)."""
+    if not bool(th.isfinite(pre).all()):  # its post-activation's warning names the layer
+        return {**dict.fromkeys(RANKS, math.nan), "feature_norm": feature_norm(pre)}
+    ranks = rank_metrics_from_singular_values(gram_singular_values(pre), pre.shape[0])
+    return {**ranks, "feature_norm": feature_norm(pre)}
 
 
 @dataclass(frozen=True)
@@ -126,7 +140,7 @@ class _LayerUnits:
         post = features.post
         if not bool(th.isfinite(post).all()):
             # NaN would count as active and make the Gram matrix's eigendecomposition fail.
-            names = ["srank", "effective_rank", "pca_rank", "feature_rank", "dormant_ratio", "dead_units", "fau"]
+            names = [*RANKS, "dormant_ratio", "dead_units", "fau"]
             values = {**dict.fromkeys(names, math.nan), "feature_norm": feature_norm(post)}
             nothing = th.zeros(0, dtype=th.bool)
             return cls(values, nothing, nothing, 0, 0, finite=False)
