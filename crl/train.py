@@ -620,11 +620,13 @@ def run_child(
     run_id: str | None = None,
     on_task_end: TaskEndHook | None = None,
     plots: bool = True,
+    resumed: Checkpoint | None = None,
 ) -> ContinualResult:
     """One seed in its own child run (terminated as finished, failed or killed).
 
     :param model: the seed's model, or ``None`` to build it
     :param run_id: continue this child run from its latest checkpoint (from the start if it has none)
+    :param resumed: the child run's checkpoint, already loaded (e.g. to hand its model to ``on_task_end``)
     :param on_task_end: passed to :func:`crl.learn_continual` (e.g. a study's pruning)
     :param plots: write the run's plots and log them as artifacts
     """
@@ -638,8 +640,9 @@ def run_child(
     status = RunStatus.to_string(RunStatus.FAILED)
     root = checkpoint_root(client, run_id, curriculum)
     try:
-        found = latest_checkpoint(root, run_id) if resuming else None
-        resumed = load_checkpoint(found) if found is not None else None
+        if resumed is None:
+            found = latest_checkpoint(root, run_id) if resuming else None
+            resumed = load_checkpoint(found) if found is not None else None
         if resumed is not None:
             model = resumed.model
         elif model is None:

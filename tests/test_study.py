@@ -35,7 +35,16 @@ from crl.study.runs import STORAGE_TAG, STUDY_TAG, TRIAL_TAG, storage_tag
 from crl.study.sampler import TrialSeededSampler
 from crl.study.space import SearchSpace
 from crl.study.storage import FINGERPRINT_ATTR, StaleTrialHandler, open_storage, open_study
-from crl.study.trial import RUN_ATTR, SURPLUS_ATTR, WORKER_ATTR, TrialRunner, counted, queue_again
+from crl.study.trial import (
+    RUN_ATTR,
+    SURPLUS_ATTR,
+    WORKER_ATTR,
+    TrialRunner,
+    continued_run,
+    counted,
+    queue_again,
+    study_checkpoints,
+)
 from crl.study.worker import TrialCounts
 from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT
 from crl.train import main as train
@@ -726,6 +735,106 @@ def test_an_interrupted_trial_is_queued_again_whatever_max_retry(
     assert [trial.state for trial in study.trials] == [TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
 
 
+def _interrupt_seed(monkeypatch: pytest.MonkeyPatch, seed: int, task: int, steps: int) -> None:
+    """Send this process a SIGINT, once, at the first evaluation of ``seed`` after ``steps`` steps of ``task``:
+    a Ctrl-C in the middle of a task, which checkpoints at the next rollout start."""
+    import crl.train
+
+    real_show_evaluation = crl.train.TrainingProgress.show_evaluation
+    sent = []
+
+    def show_evaluation(self, column: np.ndarray) -> None:
+        real_show_evaluation(self, column)
+        model = getattr(self, "model", None)
+        mid_task = model is not None and model.current_task == task and model.num_timesteps >= steps
+        if not sent and self.seed == seed and mid_task:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(crl.train.TrainingProgress, "show_evaluation", show_evaluation)
+
+
+def test_an_interrupted_trial_continues_its_run_from_its_checkpoint(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    curriculum = CURRICULUM.replace("seeds: [0]", "seeds: [0, 1]").replace("steps_per_task: 200", "steps_per_task: 600")
+    (directory / "curriculum.yaml").write_text(curriculum)
+    path = _write(directory, n_trials=1)
+    _interrupt_seed(monkeypatch, seed=1, task=1, steps=300)
+    assert main([str(path)]) == INTERRUPTED_EXIT
+    client = MlflowClient(_mlflow(directory))
+    (interrupted, _) = _study(_optuna(directory), "study").trials
+    run_id = interrupted.user_attrs[RUN_ATTR]
+    before = {
+        run.data.tags["seed"]: run for run in _runs(directory) if run.data.tags.get("mlflow.parentRunId") == run_id
+    }
+    assert {seed: run.info.status for seed, run in before.items()} == {"0": "FINISHED", "1": "KILLED"}
+    latest = study_checkpoints(load_study(path)) / run_id / before["1"].info.run_id / "latest"
+    checkpoint_step = 600 + int(latest.read_text().split("-step")[1])  # global: task 1 starts at step 600
+    assert 600 < checkpoint_step < 1200
+
+    monkeypatch.undo()
+    monkeypatch.chdir(directory)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _mlflow(directory))
+    assert main([str(path)]) == 0
+    trials = _study(_optuna(directory), "study").trials
+    assert [trial.state for trial in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs[RUN_ATTR] == run_id  # the interrupted trial's run, continued
+    assert sorted(trials[1].intermediate_values) == [0, 1, 2, 3]  # 2 seeds x 2 tasks: earlier ones and resumed
+    after = [run for run in _runs(directory) if run.data.tags.get("mlflow.parentRunId") == run_id]
+    assert sorted((run.data.tags["seed"], run.info.run_id, run.info.status) for run in after) == [
+        ("0", before["0"].info.run_id, "FINISHED"),
+        ("1", before["1"].info.run_id, "FINISHED"),
+    ]
+    seed0 = client.get_run(before["0"].info.run_id)
+    assert seed0.info.end_time == before["0"].info.end_time  # finished: not trained again
+    seed1 = client.get_run(before["1"].info.run_id)
+    for key in seed1.data.metrics:
+        steps = [point.step for point in client.get_metric_history(seed1.info.run_id, key)]
+        assert len(steps) == len(set(steps)), key  # no step logged twice
+    evaluations = [point.step for point in client.get_metric_history(seed1.info.run_id, "continual/average")]
+    assert sorted(evaluations) == list(range(100, 1201, 100))  # before the checkpoint and after, each once
+    losses = [point.step for point in client.get_metric_history(seed1.info.run_id, "train/loss")]
+    assert min(losses) < checkpoint_step < max(losses)
+    trial_run = client.get_run(run_id)
+    assert trial_run.info.status == "FINISHED" and trial_run.data.tags["optuna.state"] == "COMPLETE"
+    assert trial_run.data.metrics["objective"] == pytest.approx(trials[1].value)
+    intermediate = [point.step for point in client.get_metric_history(run_id, "objective/intermediate")]
+    assert sorted(intermediate) == [0, 1, 2, 3]
+    assert not study_checkpoints(load_study(path)).exists()  # nothing left on disk
+
+
+def test_only_an_interrupted_trials_copy_continues_its_run() -> None:
+    study = optuna.create_study()
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={RUN_ATTR: "interrupted"}))
+    queue_again(study, study.trials[0], interrupted=True)
+    assert continued_run(study.trials[1]) == "interrupted"
+    assert continued_run(study.trials[0]) is None  # not a queued copy
+    # The copy's worker died (its user attributes still name the run it continued): retried from the start.
+    queue_again(study, study.trials[1], interrupted=False)
+    assert continued_run(study.trials[2]) is None
+
+
+def test_an_unwritable_checkpoint_directory_exits_2_before_the_study_exists(directory: Path, capsys) -> None:
+    # A Ctrl-C's checkpoint that cannot be written would fail its trial instead of stopping it.
+    (directory / "file").write_text("")
+    (directory / "curriculum.yaml").write_text(CURRICULUM + "checkpoint: {directory: file/checkpoints}\n")
+    assert main([str(_write(directory))]) == CONFIG_ERROR_EXIT
+    assert "checkpoint.directory" in capsys.readouterr().err and not (directory / "optuna.db").exists()
+
+
+def test_a_dead_workers_trial_loses_its_checkpoints(directory: Path) -> None:
+    client = MlflowClient(_mlflow(directory))
+    run_id = client.create_run(client.create_experiment("dead")).info.run_id
+    checkpoints = directory / "checkpoints" / "study"
+    (checkpoints / run_id / "seed-run" / "task0-step8").mkdir(parents=True)
+    study = optuna.create_study()
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={RUN_ATTR: run_id}))
+    StaleTrialHandler(client, max_retry=1, checkpoints=checkpoints)(study, study.trials[0])
+    assert not checkpoints.exists() and client.get_run(run_id).info.status == "FAILED"
+    assert continued_run(study.trials[1]) is None  # retried from the start
+
+
 def _launch(directory: Path, *arguments: str, new_session: bool = False) -> subprocess.Popen[bytes]:
     """``crl.study`` in a process; ``new_session``: leading its own process group, as a terminal's command."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": _mlflow(directory)}
@@ -801,13 +910,17 @@ def test_an_interrupted_study_relaunched_with_its_name_continues(directory: Path
     states = [trial.state for trial in after]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert after[0].datetime_complete == before[0].datetime_complete  # not trained again
-    assert after[2].params == before[1].params  # the interrupted trial, trained again
+    assert after[2].params == before[1].params  # the interrupted trial, continued
+    assert after[2].user_attrs[RUN_ATTR] == before[1].user_attrs[RUN_ATTR]  # in its run
     assert len(counted(after)) == 3
     runs = _runs(directory)
     (parent,) = [run for run in runs if STUDY_TAG in run.data.tags]  # the same parent run, reused
     trial_runs = {run.data.tags[TRIAL_TAG]: run.info.status for run in runs if TRIAL_TAG in run.data.tags}
     assert parent.info.status == "FINISHED"
-    assert trial_runs == {"0": "FINISHED", "1": "KILLED", "2": "FINISHED", "3": "FINISHED"}
+    assert trial_runs == {"0": "FINISHED", "2": "FINISHED", "3": "FINISHED"}
+    (continued,) = [run for run in runs if run.info.run_id == before[1].user_attrs[RUN_ATTR]]
+    assert continued.data.tags[TRIAL_TAG] == "2" and continued.data.tags["optuna.continued_trials"] == "1"
+    assert not study_checkpoints(load_study(path)).exists()
 
 
 @pytest.mark.parametrize("group", [False, True], ids=["sent to the parent alone", "Ctrl-C in a terminal"])

@@ -3,8 +3,8 @@
 Everything that can be wrong with the study file is checked before the study or any MLflow run
 exists: the file, its base curriculum, every corner of the search space as a curriculum (and its
 sequence, when it differs from the base's), the sampler and pruner options, the storage URL, the
-tracking URI and ``--best``, and the base curriculum's sequence and model are built. A problem
-prints one line and exits with code 2. Then the study is created in its storage (or joined,
+tracking URI, ``--best`` and the checkpoints' directory, and the base curriculum's sequence and
+model are built. A problem prints one line and exits with code 2. Then the study is created in its storage (or joined,
 with the same name: relaunching continues it), the study's MLflow parent run is found or created,
 and ``--workers`` processes train trials until the study has ``n_trials`` finished ones. Workers on
 other machines join by running the same command with the same ``--storage``.
@@ -40,9 +40,9 @@ from crl.study.interrupt import STOP, leave_process_group
 from crl.study.progress import StudyDisplay
 from crl.study.runs import FINISHED, KILLED, study_parent_run, tracking_client
 from crl.study.storage import StaleTrialHandler, open_storage, open_study
-from crl.study.trial import ERROR_ATTR, TrialRunner
+from crl.study.trial import ERROR_ATTR, TrialRunner, study_checkpoints
 from crl.study.worker import POLL_SECONDS, TrialCounts, run_worker, worker_name
-from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT, positive_int
+from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT, check_writable, positive_int
 
 REFRESH_PER_SECOND = 2
 
@@ -79,8 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_schedules(model, sequence, whole_training=True)
         except ValueError as error:
             raise ConfigError(f"{config.source}: the base's {error}") from None
+        # Where a Ctrl-C checkpoints a trial: found unwritable then, the trial would fail instead of stopping.
+        check_writable(study_checkpoints(config), f"{config.source}: the base's key 'checkpoint.directory'")
         client = tracking_client(config)
-        handler = StaleTrialHandler(client, config.spec.storage.max_retry)
+        handler = StaleTrialHandler(client, config.spec.storage.max_retry, study_checkpoints(config))
         study = open_study(config, open_storage(config, handler))
     except ConfigError as error:
         print_error(console, error)
@@ -112,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.set_terminated(parent_id, status)
     if code == INTERRUPTED_EXIT:
         console.print(
-            f"interrupted; the interrupted trials are queued again. Continue with the same command "
+            f"interrupted; the interrupted trials are queued again, to continue from their checkpoints. "
+            f"Continue with the same command "
             f"(study {config.name!r} in {config.storage_url}).",
             highlight=False,
             soft_wrap=True,
@@ -250,7 +253,7 @@ def _worker_process(config: StudyConfig, parent_id: str, settings: ProcessSettin
     settings.apply()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     client = MlflowClient(tracking_uri=config.tracking_uri)
-    handler = StaleTrialHandler(client, config.spec.storage.max_retry)
+    handler = StaleTrialHandler(client, config.spec.storage.max_retry, study_checkpoints(config))
     study = open_study(config, open_storage(config, handler))
     try:
         with Progress(disable=True) as progress, STOP.installed(forwarded):

@@ -26,6 +26,9 @@ STUDY_TAG = "crl.study"
 STORAGE_TAG = "crl.study.storage"
 """The parent run's tag holding the study's storage URL, without its password (:func:`storage_tag`)."""
 TRIAL_TAG = "optuna.trial_number"
+"""A trial run's tag: the number of the Optuna trial whose run it is (the last one, when trials continued it)."""
+CONTINUED_TAG = "optuna.continued_trials"
+"""A trial run's tag: the numbers of the interrupted trials it holds before the current one, comma-separated."""
 STATE_TAG = "optuna.state"
 RUNNING = RunStatus.to_string(RunStatus.RUNNING)
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
@@ -120,6 +123,16 @@ def create_trial_run(client: MlflowClient, config: StudyConfig, parent_id: str, 
         params={"trial_number": str(number)},
         parent_run_id=parent_id,
     )
+
+
+def reopen_trial_run(client: MlflowClient, run_id: str, number: int, worker: str) -> None:
+    """Set an interrupted trial's run running again, as the run of trial ``number`` that continues it."""
+    tags = client.get_run(run_id).data.tags
+    continued = [text for text in (tags.get(CONTINUED_TAG), tags.get(TRIAL_TAG)) if text]
+    client.set_tag(run_id, CONTINUED_TAG, ",".join(continued))
+    client.set_tag(run_id, TRIAL_TAG, str(number))
+    client.set_tag(run_id, "worker", worker)
+    client.update_run(run_id, status=RUNNING)
 
 
 def log_trial_params(client: MlflowClient, run_id: str, params: Mapping[str, object]) -> None:

@@ -3,10 +3,11 @@
 An :class:`optuna.storages.RDBStorage` on the study's URL (SQLite on one machine, PostgreSQL across
 machines). Each running trial sends a heartbeat every ``heartbeat_interval`` seconds; a trial without
 one for ``grace_period`` seconds is failed by the next worker that looks (before each of its trials
-and while it waits), its MLflow runs are marked failed, and a copy with the same parameters is queued
-(:func:`~crl.study.trial.queue_again`, as Optuna's ``RetryHeartbeatStaleTrialCallback``) unless the
-trial's configuration was retried ``max_retry`` times for dead workers already. The next free worker
-trains it.
+and while it waits), its MLflow runs are marked failed, its checkpoints removed, and a copy with the
+same parameters is queued (:func:`~crl.study.trial.queue_again`, as Optuna's
+``RetryHeartbeatStaleTrialCallback``) unless the trial's configuration was retried ``max_retry`` times
+for dead workers already. The next free worker trains it from its start, in a new run: unlike a
+trial stopped by Ctrl-C, a dead worker's trial has no checkpoint to continue from.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -27,7 +29,7 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 from crl.config.errors import ConfigError, one_line
 from crl.study.config import StudyConfig
 from crl.study.runs import FAILED, end_trial_run
-from crl.study.trial import RUN_ATTR, dead_worker_retries, queue_again
+from crl.study.trial import RUN_ATTR, dead_worker_retries, queue_again, remove_checkpoints
 
 FINGERPRINT_ATTR = "crl.fingerprint"
 """The study's user attribute holding :meth:`StudyConfig.fingerprint` of the file that created it."""
@@ -43,16 +45,21 @@ class StaleTrialHandler:
     :param client: the MLflow client
     :param max_retry: how often one trial is retried after its worker died (``None``: always); trials
         interrupted by Ctrl-C are always queued again, and do not count
+    :param checkpoints: the study's checkpoints (:func:`~crl.study.trial.study_checkpoints`), where the
+        trial's are removed
     """
 
-    def __init__(self, client: MlflowClient, max_retry: int | None) -> None:
+    def __init__(self, client: MlflowClient, max_retry: int | None, checkpoints: Path | None = None) -> None:
         self.client = client
         self.max_retry = max_retry
+        self.checkpoints = checkpoints
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get(RUN_ATTR)
         if run_id is not None:
             end_trial_run(self.client, run_id, "FAIL", FAILED)
+            if self.checkpoints is not None:  # those of a Ctrl-C before it continued the run; its retry starts anew
+                remove_checkpoints(self.client, self.checkpoints, run_id)
         if self.max_retry is None or dead_worker_retries(trial) < self.max_retry:
             queue_again(study, trial, interrupted=False)
 

@@ -7,18 +7,32 @@ Optuna at step ``position of the seed * number of tasks + task``, so the pruner 
 the same seed and task. A trial stops as pruned when the pruner says so, or when it diverged: its
 network's parameters or its measure are not finite. Any other exception fails the trial, and the
 study goes on.
+
+Ctrl-C: a trial writes no checkpoint while it trains, but the one a Ctrl-C writes as it stops at a
+rollout's start, under :func:`trial_checkpoints`. The queued copy of an interrupted trial
+(:func:`queue_again`) continues the interrupted trial's MLflow run: its finished seeds keep their
+values, the interrupted seed resumes from its checkpoint in its own run, and a seed without a
+checkpoint trains from its start. A trial's checkpoints are removed once it ends otherwise than
+interrupted (completed, pruned, failed, or its worker died: :class:`crl.study.storage.StaleTrialHandler`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
+import shutil
 import tempfile
 import traceback
 from collections.abc import Iterable
+from pathlib import Path
 
 import optuna
 import torch as th
 from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.exceptions import TrialPruned
 from optuna.trial import FrozenTrial, TrialState
 from rich.progress import Progress
@@ -30,9 +44,20 @@ from crl.continual import ContinualResult
 from crl.study.config import StudyConfig
 from crl.study.interrupt import STOP
 from crl.study.objective import aggregate, measure
-from crl.study.runs import FAILED, FINISHED, KILLED, create_trial_run, end_trial_run, log_trial_params, trial_name
+from crl.study.runs import (
+    FAILED,
+    FINISHED,
+    KILLED,
+    create_trial_run,
+    end_trial_run,
+    log_trial_params,
+    reopen_trial_run,
+    trial_name,
+)
 from crl.study.schema import ObjectiveSpec
-from crl.train import create_child_run, log_result, log_texts, run_child
+from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
+from crl.tracking.runs import quiet_downloads
+from crl.train import CHECKPOINT_TAG, checkpoint_root, create_child_run, log_result, log_texts, run_child
 from crl.wrappers import TaskSequence
 
 RUN_ATTR = "mlflow_run_id"
@@ -58,7 +83,8 @@ def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
 
 
 def queue_again(study: optuna.Study, trial: FrozenTrial, interrupted: bool) -> None:
-    """Queue a copy of ``trial`` with its parameters, for the next free worker to train from the start.
+    """Queue a copy of ``trial`` with its parameters, for the next free worker to train: from the start
+    after its worker died, else continuing its MLflow run (:func:`continued_run`).
 
     The copy's system attributes are those of Optuna's ``RetryHeartbeatStaleTrialCallback``
     (``failed_trial``, ``retry_history``), so :func:`retried_numbers` and Optuna's tools read it alike;
@@ -89,6 +115,55 @@ def dead_worker_retries(trial: FrozenTrial) -> int:
     """How many of the trials that ``trial`` repeats failed because their worker died (not on Ctrl-C)."""
     interrupted = set(trial.system_attrs.get(INTERRUPTED_ATTR, []))
     return sum(number not in interrupted for number in trial.system_attrs.get(RETRY_HISTORY, []))
+
+
+def continued_run(trial: FrozenTrial) -> str | None:
+    """The MLflow run that ``trial``, a queued copy, continues: its trial's run if a Ctrl-C interrupted that
+    trial; ``None`` for a new trial or the retry of a dead worker's (trained from the start, in a new run)."""
+    history = trial.system_attrs.get(RETRY_HISTORY) or []
+    if not history or history[-1] not in trial.system_attrs.get(INTERRUPTED_ATTR, []):
+        return None
+    run_id = trial.user_attrs.get(RUN_ATTR)
+    return run_id if isinstance(run_id, str) else None
+
+
+def study_checkpoints(config: StudyConfig) -> Path:
+    """The study's checkpoints: a directory named after it in the base curriculum's ``checkpoint.directory``."""
+    # The name is free text (quotes, slashes); the trial runs' ids below it keep studies apart anyway.
+    return Path(config.curriculum.checkpoint.directory).resolve() / re.sub(r"[^\w.-]", "_", config.name)
+
+
+def trial_checkpoints(config: StudyConfig, run_id: str) -> Path:
+    """The root of a trial's checkpoints (its seed runs' are in ``<root>/<seed run id>``).
+
+    :param run_id: the trial's MLflow run
+    """
+    return study_checkpoints(config) / run_id
+
+
+def remove_checkpoints(client: MlflowClient, directory: Path, run_id: str) -> None:
+    """Remove the checkpoints of the trial run ``run_id`` under the study's ``directory``, and those its seed
+    runs name elsewhere (a ``checkpoint.directory`` changed between launches); then the study's directory if empty.
+    """
+    places = [directory / run_id]
+    with contextlib.suppress(MlflowException):  # no run to name them: the study's directory only
+        tagged = [run.data.tags.get(CHECKPOINT_TAG) for run in seed_runs(client, run_id)]
+        places += [Path(tag) for tag in tagged if tag]
+    for place in places:
+        shutil.rmtree(place, ignore_errors=True)
+    with contextlib.suppress(OSError):  # others' checkpoints are in it still
+        directory.rmdir()
+
+
+def seed_runs(client: MlflowClient, run_id: str) -> list[Run]:
+    """The seed runs under the trial run ``run_id``, the latest first."""
+    experiment = client.get_run(run_id).info.experiment_id
+    return client.search_runs(
+        [experiment],
+        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
+        max_results=10_000,
+        order_by=["attributes.start_time DESC"],
+    )
 
 
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -170,29 +245,41 @@ class TrialRunner:
         self.progress = progress
 
     def __call__(self, trial: optuna.Trial) -> float:
+        frozen = next(frozen for frozen in trial.study.get_trials(deepcopy=False) if frozen.number == trial.number)
+        continued = self.continued(frozen)
         if self.is_surplus(trial):
             trial.set_user_attr(SURPLUS_ATTR, True)
+            if continued is not None:  # nobody will continue it
+                remove_checkpoints(self.client, study_checkpoints(self.config), continued)
             raise SurplusTrial(f"the study had its {self.config.n_trials} trials when trial {trial.number} started")
         try:
             # The run first: whatever fails after it (drawing, the trial's curriculum) has its error.txt.
-            run_id = create_trial_run(self.client, self.config, self.parent_id, trial.number, self.worker)
+            if continued is None:
+                run_id = create_trial_run(self.client, self.config, self.parent_id, trial.number, self.worker)
+            else:
+                run_id = continued
+                reopen_trial_run(self.client, run_id, trial.number, self.worker)
         except Exception as error:
             trial.set_user_attr(ERROR_ATTR, repr(error)[:1000])  # no run to hold the traceback
             raise
         trial.set_user_attr(RUN_ATTR, run_id)
         trial.set_user_attr(WORKER_ATTR, self.worker)
-        state, status = TrialState.FAIL, FAILED
+        state, status, interrupted = TrialState.FAIL, FAILED, False
         try:
-            value = self.train(trial, self.trial_curriculum(trial, run_id), run_id)
+            if continued is not None:
+                report_earlier(trial, frozen)
+            curriculum = self.trial_curriculum(trial, run_id)
+            value = self.train(trial, curriculum, run_id, continued is not None)
             state, status = TrialState.COMPLETE, FINISHED
             return value
         except TrialPruned:
             state, status = TrialState.PRUNED, KILLED
             raise
         except KeyboardInterrupt:
-            status = KILLED
+            status, interrupted = KILLED, True
             frozen = next(frozen for frozen in trial.study.get_trials(deepcopy=False) if frozen.number == trial.number)
-            # Always queued again, whatever storage.max_retry (which is for dead workers): the next launch trains it.
+            # Always queued again, whatever storage.max_retry (which is for dead workers): the next launch
+            # continues it from its checkpoints.
             queue_again(trial.study, frozen, interrupted=True)
             raise
         except Exception as error:
@@ -201,9 +288,25 @@ class TrialRunner:
             raise
         finally:
             end_trial_run(self.client, run_id, state.name, status)
+            if not interrupted:  # no trial will continue it: its checkpoints would only take room
+                remove_checkpoints(self.client, study_checkpoints(self.config), run_id)
+
+    def continued(self, trial: FrozenTrial) -> str | None:
+        """The run of the interrupted trial that ``trial`` continues (:func:`continued_run`), if it still exists."""
+        run_id = continued_run(trial)
+        if run_id is None:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        return run_id if run.info.lifecycle_stage == "active" else None
 
     def trial_curriculum(self, trial: optuna.Trial, run_id: str) -> Curriculum:
-        """Draw the trial's parameters, log them to its run with the curriculum they give (``config.yml``)."""
+        """Draw the trial's parameters, log them to its run with the curriculum they give (``config.yml``).
+
+        A continued trial draws its interrupted trial's parameters: the run gets the same params and file again.
+        """
         parameters = self.config.space.suggest(trial)
         log_trial_params(self.client, run_id, parameters.params)
         curriculum = self.config.trial_curriculum(parameters)
@@ -220,53 +323,143 @@ class TrialRunner:
         earlier = [frozen for frozen in counted(trial.study.get_trials(deepcopy=False)) if frozen.number < trial.number]
         return len(earlier) >= self.config.n_trials
 
-    def train(self, trial: optuna.Trial, curriculum: Curriculum, run_id: str) -> float:
-        """Train every seed of ``curriculum`` into a run under ``run_id``; the aggregate of their measures."""
-        sequence = build_sequence(curriculum, self.config.source)
-        with tempfile.TemporaryDirectory() as directory:
-            # An interrupted trial is trained again from its start: no checkpoints, but the one a Ctrl-C
-            # writes as it stops at a rollout's start (crl.study.interrupt) goes to a temporary directory.
-            checkpoint = CheckpointSpec(at_task_end=False, directory=directory)
-            return self._train_seeds(trial, curriculum.model_copy(update={"checkpoint": checkpoint}), sequence, run_id)
+    def train(self, trial: optuna.Trial, curriculum: Curriculum, run_id: str, continuing: bool = False) -> float:
+        """Train every seed of ``curriculum`` into a run under ``run_id``; the aggregate of their measures.
 
-    def _train_seeds(self, trial: optuna.Trial, curriculum: Curriculum, sequence: TaskSequence, run_id: str) -> float:
+        :param continuing: ``run_id`` is an interrupted trial's run: its finished seeds are not trained
+            again, its interrupted seed continues from its checkpoint
+        """
+        sequence = build_sequence(curriculum, self.config.source)
+        # No checkpoint while training (a study trains many trials), but the one a Ctrl-C writes as it
+        # stops at a rollout's start (crl.study.interrupt).
+        checkpoint = CheckpointSpec(at_task_end=False, directory=str(trial_checkpoints(self.config, run_id)))
+        curriculum = curriculum.model_copy(update={"checkpoint": checkpoint})
+        earlier = latest_seed_runs(self.client, run_id) if continuing else {}
+        return self._train_seeds(trial, curriculum, sequence, run_id, earlier)
+
+    def _train_seeds(
+        self, trial: optuna.Trial, curriculum: Curriculum, sequence: TaskSequence, run_id: str, earlier: dict[int, Run]
+    ) -> float:
         objective = self.config.spec.objective
-        name = trial_name(self.config, trial.number)
+        # A continued trial's new seed runs are named as its earlier ones.
+        name = trial_name(self.config, trial.number) if not earlier else self.client.get_run(run_id).info.run_name
         values = []
         for position, seed in enumerate(curriculum.seeds):
-            model = build_model(curriculum, sequence, seed, self.config.source)
-            seed_run = create_child_run(self.client, curriculum, name, seed, run_id)
-            report = TaskEndReport(trial, objective, model, self.client, seed_run, run_id, position * len(sequence))
-            try:
-                # No plots per seed: many trials; crl.plot draws any run's on demand.
-                result = run_child(
-                    curriculum, sequence, model, seed, self.client, run_id, name, self.progress,
-                    run_id=seed_run, on_task_end=report, plots=False,
-                )  # fmt: skip
-            except TrialPruned:
-                self._stopped(seed_run, report)
-                raise
-            except Exception as error:
-                if parameters_finite(model):
-                    raise
-                self._stopped(seed_run, report)
-                raise TrialPruned(f"diverged: non-finite network parameters ({error!r})") from error
-            finally:
-                for task in list(self.progress.task_ids):
-                    self.progress.remove_task(task)
-            value = measure(objective, result, self.client, seed_run)
+            value = self._finished_value(run_id, seed, earlier.get(seed))
             if value is None:
-                raise RuntimeError(f"metric {objective.key!r} was never logged in run {seed_run}")
-            self.client.log_metric(run_id, f"objective/seed_{seed}", value)
-            if not math.isfinite(value):
-                raise TrialPruned(f"diverged: objective {value} for seed {seed}")
+                value = self._train_seed(trial, curriculum, sequence, run_id, name, position, seed, earlier.get(seed))
             values.append(value)
         value = aggregate(objective, values)
         self.client.log_metric(run_id, "objective", value)
         return value
+
+    def _train_seed(
+        self,
+        trial: optuna.Trial,
+        curriculum: Curriculum,
+        sequence: TaskSequence,
+        run_id: str,
+        name: str,
+        position: int,
+        seed: int,
+        earlier: Run | None,
+    ) -> float:
+        """Train one seed, continuing its ``earlier`` run from its checkpoint if it has one; its measure.
+
+        :param position: the seed's place in the trial's seeds (for the pruner's steps)
+        :param earlier: the seed's run in the interrupted trial that this one continues
+        """
+        objective = self.config.spec.objective
+        resumed = self._checkpoint(curriculum, earlier)
+        if earlier is not None and resumed is not None:
+            seed_run, model = earlier.info.run_id, resumed.model
+        else:  # from the start, in a new run: an earlier one (killed) keeps the history it has
+            seed_run = create_child_run(self.client, curriculum, name, seed, run_id)
+            model = build_model(curriculum, sequence, seed, self.config.source)
+        report = TaskEndReport(trial, objective, model, self.client, seed_run, run_id, position * len(sequence))
+        try:
+            # No plots per seed: many trials; crl.plot draws any run's on demand.
+            result = run_child(
+                curriculum, sequence, model, seed, self.client, run_id, name, self.progress,
+                run_id=seed_run, on_task_end=report, plots=False, resumed=resumed,
+            )  # fmt: skip
+        except TrialPruned:
+            self._stopped(seed_run, report)
+            raise
+        except Exception as error:
+            if parameters_finite(model):
+                raise
+            self._stopped(seed_run, report)
+            raise TrialPruned(f"diverged: non-finite network parameters ({error!r})") from error
+        finally:
+            for task in list(self.progress.task_ids):
+                self.progress.remove_task(task)
+        return self._seed_value(run_id, seed, seed_run, result)
+
+    def _checkpoint(self, curriculum: Curriculum, earlier: Run | None) -> Checkpoint | None:
+        """The latest checkpoint of a seed's ``earlier`` run, loaded; ``None`` if there is none."""
+        if earlier is None:
+            return None
+        run_id = earlier.info.run_id
+        found = latest_checkpoint(checkpoint_root(self.client, run_id, curriculum), run_id)
+        return None if found is None else load_checkpoint(found)
+
+    def _seed_value(self, run_id: str, seed: int, seed_run: str, result: ContinualResult) -> float:
+        """Log the measure of a seed's finished run to the trial's run as ``objective/seed_<seed>``; return it.
+
+        :raises TrialPruned: the measure is not finite
+        """
+        value = measure(self.config.spec.objective, result, self.client, seed_run)
+        if value is None:
+            raise RuntimeError(f"metric {self.config.spec.objective.key!r} was never logged in run {seed_run}")
+        self.client.log_metric(run_id, f"objective/seed_{seed}", value)
+        if not math.isfinite(value):
+            raise TrialPruned(f"diverged: objective {value} for seed {seed}")
+        return value
+
+    def _finished_value(self, run_id: str, seed: int, earlier: Run | None) -> float | None:
+        """The value of a seed whose ``earlier`` run finished (not trained again); ``None`` if it has to be trained.
+
+        :param run_id: the trial's run, which holds the seed's value once measured
+        """
+        if earlier is None or earlier.info.status != FINISHED:
+            return None
+        logged = self.client.get_run(run_id).data.metrics.get(f"objective/seed_{seed}")
+        if logged is not None:
+            return float(logged)
+        # Interrupted between the seed's end and its measure: measured from the run's result.json.
+        with tempfile.TemporaryDirectory() as directory, quiet_downloads():
+            try:
+                path = self.client.download_artifacts(earlier.info.run_id, "result.json", directory)
+            except (MlflowException, OSError):
+                return None
+            result = ContinualResult.load(path)
+        return self._seed_value(run_id, seed, earlier.info.run_id, result)
 
     def _stopped(self, seed_run: str, report: TaskEndReport) -> None:
         """End a seed's run stopped by pruning, with the evaluations it made."""
         if report.result is not None:
             log_result(self.client, seed_run, report.result, final=False)
         self.client.set_terminated(seed_run, KILLED)
+
+
+def latest_seed_runs(client: MlflowClient, run_id: str) -> dict[int, Run]:
+    """``{seed: its latest run}`` under the trial run ``run_id``."""
+    latest: dict[int, Run] = {}
+    for run in seed_runs(client, run_id):
+        if "seed" in run.data.tags:
+            latest.setdefault(int(run.data.tags["seed"]), run)
+    return latest
+
+
+def report_earlier(trial: optuna.Trial, frozen: FrozenTrial) -> None:
+    """Report to ``trial`` the values the interrupted trial it continues reported, so that the pruner
+    sees its whole curve (the resumed seed reports its remaining tasks at their own steps).
+
+    :param frozen: ``trial`` as stored, a queued copy (its ``failed_trial`` the interrupted trial's number)
+    """
+    number = frozen.system_attrs.get("failed_trial")
+    interrupted = [earlier for earlier in trial.study.get_trials(deepcopy=False) if earlier.number == number]
+    for earlier in interrupted:
+        for step, value in sorted(earlier.intermediate_values.items()):
+            trial.report(value, step)
