@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -25,7 +26,14 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 import crl
-from crl.demo import ZOO_CARTPOLE_DQN
+from crl.config.build import model_arguments
+from crl.config.curriculum import load_curriculum
+
+# rl-baselines3-zoo's CartPole DQN, as the default curriculum (the README's main job) has it
+ZOO_CARTPOLE_DQN = {
+    **model_arguments(load_curriculum(Path(__file__).parents[1] / "curricula" / "default.yaml")),
+    "metrics": None,
+}
 
 HEADS: dict[str, dict[str, Any]] = {
     "scalar (SB3)": {},

@@ -40,13 +40,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    sources = list(dict.fromkeys(args.sources))  # a run given twice is one run, not two seeds
     try:
-        run_ids = [source for source in args.sources if not Path(source).is_dir()]
+        run_ids = [source for source in sources if not Path(source).is_dir()]
         for source in run_ids:
             check_run_id(source, tracking_uri)
         # Only run ids need the tracking store: plotting directories must not create an mlflow.db.
         client = MlflowClient(tracking_uri) if run_ids else None
-        runs = [run for source in args.sources for run in load_runs(source, client)]
+        runs = [run for source in sources for run in load_runs(source, client)]
         written = write_plots(runs, args.out)
     except PlotError as error:
         print(f"error: {error}", file=sys.stderr)

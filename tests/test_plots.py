@@ -217,7 +217,7 @@ def test_differing_task_boundaries_are_refused(tmp_path: Path) -> None:
 def test_cli_plots_a_launch(tmp_path: Path, store: tuple, capsys: pytest.CaptureFixture[str]) -> None:
     uri, _, parent, _ = store
     out = tmp_path / "cli"
-    assert main([parent, "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert main([parent, parent, "--tracking-uri", uri, "--out", str(out)]) == 0  # given twice: one launch
     assert_png(out / "performance_matrix.png")
     assert_png(out / f"{DORMANT}.png")
     assert "4 plots of 2 run(s)" in capsys.readouterr().out

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,3 +28,23 @@ def test_packages_import_under_crl_only(tmp_path: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "None None"
+
+
+BENCH_SCRIPTS = sorted(path.stem for path in (ROOT / "bench").glob("*.py") if path.stem != "__init__")
+VALIDATION_MODULES = sorted(
+    path.stem for path in (ROOT / "bench" / "validation").glob("*.py") if path.stem != "__main__"
+)
+
+
+@pytest.mark.parametrize("script", BENCH_SCRIPTS)
+def test_every_benchmark_script_imports_as_its_command_runs_it(script: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python bench/<script>.py`` has bench/ on the path: a stale import fails here, not in a week-long run."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    importlib.import_module(script)
+
+
+@pytest.mark.parametrize("module", VALIDATION_MODULES)
+def test_every_validation_module_imports(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    importlib.import_module(f"bench.validation.{module}")
