@@ -102,6 +102,13 @@ KEEP_FREED_MEMORY_HELP = (
 """The ``--keep-freed-memory`` option's help, shared by both command lines."""
 
 
+def leave_process_group() -> None:
+    """Move this worker process out of the terminal's process group: a Ctrl-C reaches it only from its
+    parent, once (it would otherwise get the terminal's and the parent's, and stop at once)."""
+    if hasattr(os, "setpgrp"):  # POSIX
+        os.setpgrp()
+
+
 def add_keep_freed_memory_option(parser: argparse.ArgumentParser) -> None:
     """``--keep-freed-memory`` / ``--no-keep-freed-memory`` (default on)."""
     parser.add_argument(

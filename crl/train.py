@@ -45,13 +45,11 @@ from stable_baselines3.common.logger import Logger
 from crl.algorithms import ContinualAlgorithm
 from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import (
-    EVALUATION_PREFIX,
     Curriculum,
     apply_overrides,
     check_task_names,
     load_curriculum,
     read_yaml,
-    task_metric,
     validate_curriculum,
 )
 from crl.config.errors import ConfigError, one_line, print_error
@@ -64,9 +62,16 @@ from crl.continual import (
     performance_after_training,
     performance_maintenance,
 )
-from crl.continual.loop import ContinualPosition, TaskEndHook, check_schedules, request_checkpoint
+from crl.continual.loop import (
+    EVALUATION_PREFIX,
+    ContinualPosition,
+    TaskEndHook,
+    check_schedules,
+    request_checkpoint,
+    task_metric,
+)
 from crl.plotting import PlotError, write_run_plots
-from crl.process import ProcessSettings, add_keep_freed_memory_option, release_freed_memory
+from crl.process import ProcessSettings, add_keep_freed_memory_option, leave_process_group, release_freed_memory
 from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from crl.tracking.mlflow_writer import MLflowOutputFormat
 from crl.tracking.runs import check_experiment, create_run, flatten, quiet_downloads
@@ -821,8 +826,7 @@ _STOP: Event | None = None
 def _start_worker(stop: Event, settings: ProcessSettings) -> None:
     global _STOP
     _STOP = stop
-    if hasattr(os, "setpgrp"):
-        os.setpgrp()  # out of the terminal's process group: Ctrl-C comes once, forwarded by the parent
+    leave_process_group()
     settings.apply()
 
 

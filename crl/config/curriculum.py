@@ -43,6 +43,7 @@ from crl.algorithms import DQN, PPO, SAC, ContinualAlgorithm
 from crl.config.errors import ConfigError, describe_validation_error, one_line, suggest
 from crl.config.schedules import is_schedule
 from crl.continual.continual_world import REFERENCE_PROTOCOL, ContinualWorldSAC
+from crl.continual.loop import task_metric
 from crl.interventions import InterventionError, make_interventions
 from crl.metrics import MetricsConfig, MetricsError
 from crl.policies import ACTIVATIONS
@@ -93,9 +94,6 @@ RESERVED_HYPERPARAMETERS = frozenset(
     {"policy", "env", "policy_kwargs", "seed", "tensorboard_log", "verbose", "_init_setup_model"}
 )
 """Constructor arguments the curriculum sets through its own keys (or that the runner owns)."""
-
-EVALUATION_PREFIX = "continual/"
-"""The prefix of the MLflow metrics of evaluations (:func:`task_metric` and ``continual/average``)."""
 
 _METRIC_NAME = re.compile(r"[/\w.\- ]*" if os.name == "nt" else r"[/\w.\- :]*")
 """The characters MLflow allows in a metric name (``mlflow.utils.validation``: no colon on Windows)."""
@@ -754,12 +752,6 @@ def _check_env_id(env_id: str, key: str, source: str) -> None:
             f"{source}: key {key!r} = {env_id!r}: not a registered gymnasium env{suggest(env_id, registered)} "
             f"({one_line(str(error))})"
         ) from None
-
-
-def task_metric(index: int, name: str) -> str:
-    """The MLflow metric of the evaluations of task ``index`` named ``name``: ``continual/<index>_<name>``
-    (the index keeps repeated tasks apart)."""
-    return f"{EVALUATION_PREFIX}{index}_{name}"
 
 
 def task_name_problem(index: int, name: str) -> str | None:

@@ -127,8 +127,16 @@ EvaluationHook = Callable[[int, np.ndarray], None]
 """Called after every evaluation with its global step and its column (one value per task)."""
 
 
-EVALUATION_STEP_KEY = "continual/step"
+EVALUATION_PREFIX = "continual/"
+"""The prefix of the evaluations' logged values (:func:`task_metric`, ``continual/average``, ``continual/step``)."""
+EVALUATION_STEP_KEY = f"{EVALUATION_PREFIX}step"
 """The evaluation's global step, recorded with its values for the formats without a step axis (csv, json, stdout)."""
+
+
+def task_metric(index: int, name: str) -> str:
+    """The logged name of the evaluations of task ``index`` named ``name``: ``continual/<index>_<name>``
+    (the index keeps repeated tasks, as in CW20 or game cycles, apart)."""
+    return f"{EVALUATION_PREFIX}{index}_{name}"
 
 
 def dump_evaluation(logger: Logger, step: int, values: dict[str, float]) -> None:
@@ -192,12 +200,11 @@ class TaskEvaluator:
             column = np.array([self._evaluate_task(model, env) for env in self.envs])
         self.steps.append(step)
         self.columns.append(column)
-        # The index keeps repeated tasks (CW20, game cycles) apart.
         values = {
-            f"continual/{index}_{name}": float(value)
+            task_metric(index, name): float(value)
             for index, (name, value) in enumerate(zip(self.sequence.task_names, column, strict=True))
         }
-        values["continual/average"] = float(column.mean())
+        values[f"{EVALUATION_PREFIX}average"] = float(column.mean())
         dump_evaluation(model.logger, step, values)
         if self.on_evaluation is not None:
             self.on_evaluation(step, column)

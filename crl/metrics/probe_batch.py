@@ -70,23 +70,20 @@ def probe_batch_ready(algo: BaseAlgorithm, size: int) -> bool:
     replay = getattr(algo, "replay_buffer", None)
     if not isinstance(replay, ReplayBuffer):
         return True
+    # What _replay_indices can draw from, counted rather than listed: this runs at every train() until then.
     capacity = replay.buffer_size - 1 if replay.optimize_memory_usage else replay.buffer_size
-    return len(_replay_candidates(replay)) >= min(size, capacity)
-
-
-def _replay_candidates(buffer: ReplayBuffer) -> np.ndarray:
-    """The indices ``ReplayBuffer.sample`` may return."""
-    if not buffer.full:
-        return np.arange(buffer.pos)
-    if buffer.optimize_memory_usage:
-        # The slot at `pos` holds a next observation that was overwritten (see ReplayBuffer.sample).
-        return (np.arange(1, buffer.buffer_size) + buffer.pos) % buffer.buffer_size
-    return np.arange(buffer.buffer_size)
+    return replay.full or replay.pos >= min(size, capacity)
 
 
 def _replay_indices(buffer: ReplayBuffer, size: int, rng: np.random.Generator) -> np.ndarray:
     """Distinct valid indices, as ``ReplayBuffer.sample`` would allow them."""
-    candidates = _replay_candidates(buffer)
+    if not buffer.full:
+        candidates = np.arange(buffer.pos)
+    elif buffer.optimize_memory_usage:
+        # The slot at `pos` holds a next observation that was overwritten (see ReplayBuffer.sample).
+        candidates = (np.arange(1, buffer.buffer_size) + buffer.pos) % buffer.buffer_size
+    else:
+        candidates = np.arange(buffer.buffer_size)
     if len(candidates) == 0:
         raise RuntimeError("the replay buffer is empty: no probe batch can be drawn")
     return np.sort(rng.choice(candidates, size=min(size, len(candidates)), replace=False))

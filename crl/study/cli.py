@@ -33,10 +33,10 @@ from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import check_task_names
 from crl.config.errors import ConfigError, print_error
 from crl.continual.loop import check_schedules
-from crl.process import ProcessSettings, add_keep_freed_memory_option
+from crl.process import ProcessSettings, add_keep_freed_memory_option, leave_process_group
 from crl.study.best import write_best
 from crl.study.config import StudyConfig, load_study
-from crl.study.interrupt import STOP, leave_process_group
+from crl.study.interrupt import STOP
 from crl.study.progress import StudyDisplay
 from crl.study.runs import FINISHED, KILLED, study_parent_run, tracking_client
 from crl.study.storage import StaleTrialHandler, open_storage, open_study

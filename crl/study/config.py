@@ -30,6 +30,7 @@ from sqlalchemy.exc import ArgumentError
 from crl.config.build import build_sequence
 from crl.config.curriculum import Curriculum, annotation_problem, read_yaml, set_path, validate_curriculum
 from crl.config.errors import ConfigError, describe_validation_error, suggest
+from crl.continual.loop import task_metric
 from crl.study.objective import TASK_METRIC, StudyLogs, metric_key_problem
 from crl.study.sampler import TrialSeededSampler
 from crl.study.schema import DIMENSION_TYPES, SEED_KEY, CategoricalDimension, PrunerSpec, SamplerSpec, StudySpec
@@ -285,7 +286,7 @@ def _check_metric_key(
             sequence = _sequence_key(curriculum)
             if sequence not in task_names:  # the base's: built for this check only
                 task_names[sequence] = build_sequence(curriculum, source).task_names
-            names.update(dict.fromkeys(f"continual/{index}_{name}" for index, name in enumerate(task_names[sequence])))
+            names.update(dict.fromkeys(task_metric(index, name) for index, name in enumerate(task_names[sequence])))
         task_metrics = tuple(names)
     logs = StudyLogs(
         algorithms=frozenset(curriculum.algorithm for curriculum in curricula),

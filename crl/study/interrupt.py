@@ -7,7 +7,7 @@ and otherwise the trial stops at its next task end, or the worker before its nex
 Ctrl-C stops at once.
 
 With ``--workers K`` the workers are processes out of the terminal's process group
-(:func:`leave_process_group`): their parent passes every SIGINT on (:meth:`StopRequest.forwarded`),
+(:func:`crl.process.leave_process_group`): their parent passes every SIGINT on (:meth:`StopRequest.forwarded`),
 so a Ctrl-C in the terminal and a SIGINT sent to the parent alone (``kill -INT``, a scheduler) stop
 them alike, and each gets it once.
 """
@@ -83,13 +83,6 @@ class StopRequest:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
-
-
-def leave_process_group() -> None:
-    """Move this worker process out of the terminal's process group: a Ctrl-C reaches it only from its
-    parent, once (it would otherwise get the terminal's and the parent's, and stop at once)."""
-    if hasattr(os, "setpgrp"):  # POSIX
-        os.setpgrp()
 
 
 STOP = StopRequest()

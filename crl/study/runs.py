@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunStatus
+from mlflow.entities import Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -146,11 +146,21 @@ def trial_name(config: StudyConfig, number: int) -> str:
     return f"{config.name}-trial{number}"
 
 
+def seed_runs(client: MlflowClient, run_id: str) -> list[Run]:
+    """The seed runs under the trial run ``run_id``, the latest first."""
+    experiment = client.get_run(run_id).info.experiment_id
+    return client.search_runs(
+        [experiment],
+        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
+        max_results=10_000,
+        order_by=["attributes.start_time DESC"],
+    )
+
+
 def end_trial_run(client: MlflowClient, run_id: str, state: str, status: str) -> None:
     """End a trial's run and its seeds' runs still running, tagging the Optuna state (COMPLETE, PRUNED, FAIL)."""
     client.set_tag(run_id, STATE_TAG, state)
-    experiment = client.get_run(run_id).info.experiment_id
-    for seed_run in client.search_runs([experiment], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'"):
+    for seed_run in seed_runs(client, run_id):
         if seed_run.info.status == RUNNING:
             client.set_terminated(seed_run.info.run_id, status)
     client.set_terminated(run_id, status)

@@ -32,7 +32,6 @@ import torch as th
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.exceptions import TrialPruned
 from optuna.trial import FrozenTrial, TrialState
 from rich.progress import Progress
@@ -52,6 +51,7 @@ from crl.study.runs import (
     end_trial_run,
     log_trial_params,
     reopen_trial_run,
+    seed_runs,
     trial_name,
 )
 from crl.study.schema import ObjectiveSpec
@@ -153,17 +153,6 @@ def remove_checkpoints(client: MlflowClient, directory: Path, run_id: str) -> No
         shutil.rmtree(place, ignore_errors=True)
     with contextlib.suppress(OSError):  # others' checkpoints are in it still
         directory.rmdir()
-
-
-def seed_runs(client: MlflowClient, run_id: str) -> list[Run]:
-    """The seed runs under the trial run ``run_id``, the latest first."""
-    experiment = client.get_run(run_id).info.experiment_id
-    return client.search_runs(
-        [experiment],
-        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
-        max_results=10_000,
-        order_by=["attributes.start_time DESC"],
-    )
 
 
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
