@@ -37,7 +37,7 @@ from stable_baselines3.common.vec_env import VecFrameStack
 from stable_baselines3.dqn.policies import DQNPolicy as SB3DQNPolicy
 
 import crl
-from crl.algorithms import sac as crl_sac
+from crl.algorithms import soft_actor_critic
 from crl.algorithms.base import _HookCallback, logged_mean
 from crl.algorithms.replay import sample_replay
 from crl.interventions import LayerNorm
@@ -263,7 +263,7 @@ def _dqn_training_forwards(atari: bool = False) -> tuple[Call, Call]:
         current_q_values = th.gather(model.q_net(batch.observations), dim=1, index=batch.actions.long())
         th.nn.functional.smooth_l1_loss(current_q_values, target_q_values)
 
-    return sb3s, (lambda: model._q_loss(batch, model._td_target(batch)))
+    return sb3s, (lambda: model._td_loss(batch, model._td_target(batch)))
 
 
 def _logged_loss() -> tuple[Call, Call]:
@@ -386,7 +386,10 @@ def _gradient_step(algorithm: str, env_id: str, batch_size: int) -> tuple[Call, 
 def _polyak() -> tuple[Call, Call]:
     model = crl.SAC("MlpPolicy", "Pendulum-v1", device="cpu")
     critic, target = list(model.critic.parameters()), list(model.critic_target.parameters())
-    return (lambda: polyak_update(critic, target, 0.005)), (lambda: crl_sac._polyak_update(critic, target, 0.005))
+    return (
+        (lambda: polyak_update(critic, target, 0.005)),
+        (lambda: soft_actor_critic.polyak_update(critic, target, 0.005)),
+    )
 
 
 ROWS: dict[str, tuple[Callable[[], tuple[Call, Call]], float]] = {

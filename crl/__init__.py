@@ -3,7 +3,7 @@
 Train SB3 agents on sequences of tasks, with interventions against loss of plasticity.
 """
 
-from crl.algorithms import DQN, PPO, SAC, ContinualAlgorithm
+from crl.algorithms import DQN, PPO, QRDQN, SAC, TQC, ContinualAlgorithm
 from crl.continual import learn_continual
 from crl.hooks import GradientStep, TrainingHook
 from crl.interventions import (
@@ -29,7 +29,9 @@ __all__ = [
     "DQN",
     "PFO",
     "PPO",
+    "QRDQN",
     "SAC",
+    "TQC",
     "AdaptiveReplayRatio",
     "ContinualAlgorithm",
     "ContinualBackprop",

@@ -28,12 +28,12 @@ class GradientStep:
     """What the hooks of one gradient step see.
 
     One object lives through a gradient step; ``loss_name`` and the fields after it are updated for
-    each loss optimised in that step (SAC optimises ``"critic"`` then ``"actor"``).
+    each loss optimised in that step (SAC and TQC optimise ``"critic"`` then ``"actor"``).
 
     :param index: index of the gradient step within the current ``train()`` call
     :param batch: the replay-buffer or rollout minibatch
-    :param loss_name: the loss being optimised: ``"q_net"`` (DQN), ``"policy"`` (PPO's joint
-        actor-critic loss), ``"critic"`` or ``"actor"`` (SAC)
+    :param loss_name: the loss being optimised: ``"q_net"`` (DQN), ``"quantile_net"`` (QR-DQN),
+        ``"policy"`` (PPO's joint actor-critic loss), ``"critic"`` or ``"actor"`` (SAC, TQC)
     :param features: hidden features recorded during this step's forward passes, per network (only
         when a hook asked for them through ``needs_features``)
     :param loss: the algorithm's loss for ``loss_name``, before auxiliary terms

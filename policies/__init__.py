@@ -1,8 +1,9 @@
 """Intervention-aware policies for crl's algorithms (installed as ``crl.policies``).
 
-Each policy is SB3's, plus the options ``layer_norm`` (``"pre"``/``"post"``) and ``activation``
-(including ``"crelu"``), and a uniform way to read every hidden layer's features of every trained
-network: :meth:`~crl.policies.base.ContinualPolicyMixin.hidden_features`.
+Each policy is SB3's (sb3-contrib's for QR-DQN and TQC), plus the options ``layer_norm``
+(``"pre"``/``"post"``) and ``activation`` (including ``"crelu"``), and a uniform way to read every
+hidden layer's features of every trained network:
+:meth:`~crl.policies.base.ContinualPolicyMixin.hidden_features`.
 """
 
 from crl.policies.actor_critic import ActorCriticCnnPolicy, ActorCriticPolicy, MultiInputActorCriticPolicy
@@ -13,9 +14,15 @@ from crl.policies.dqn import MultiInputPolicy as DQNMultiInputPolicy
 from crl.policies.features import FeatureRecorder, Features, HiddenLayer, LayerFeatures
 from crl.policies.layers import ACTIVATIONS, ArchitectureOptions, CReLU
 from crl.policies.multihead import MultiHeadActor, MultiHeadContinuousCritic, MultiHeadSACPolicy
+from crl.policies.qrdqn import CnnPolicy as QRDQNCnnPolicy
+from crl.policies.qrdqn import MultiInputPolicy as QRDQNMultiInputPolicy
+from crl.policies.qrdqn import QRDQNPolicy
 from crl.policies.sac import CnnPolicy as SACCnnPolicy
 from crl.policies.sac import MultiInputPolicy as SACMultiInputPolicy
 from crl.policies.sac import SACPolicy
+from crl.policies.tqc import CnnPolicy as TQCCnnPolicy
+from crl.policies.tqc import MultiInputPolicy as TQCMultiInputPolicy
+from crl.policies.tqc import TQCPolicy
 
 __all__ = [
     "ACTIVATIONS",
@@ -35,7 +42,13 @@ __all__ = [
     "MultiHeadContinuousCritic",
     "MultiHeadSACPolicy",
     "MultiInputActorCriticPolicy",
+    "QRDQNCnnPolicy",
+    "QRDQNMultiInputPolicy",
+    "QRDQNPolicy",
     "SACCnnPolicy",
     "SACMultiInputPolicy",
     "SACPolicy",
+    "TQCCnnPolicy",
+    "TQCMultiInputPolicy",
+    "TQCPolicy",
 ]

@@ -62,53 +62,53 @@ def _critic_layers(critic: nn.Module) -> _CriticLayers | None:
     return chained_layers(critic.features_extractor), [chained_layers(q_net) for q_net in critic.q_networks]
 
 
-class SACPolicyMixin(ContinualPolicyMixin):
-    """The trained networks are the ``actor`` and each critic ``qf0``, ``qf1``, ...
+class SoftActorCriticPolicyMixin(ContinualPolicyMixin):
+    """The networks of a soft actor-critic policy (SAC's, TQC's): the ``actor`` and each critic ``qf0``, ``qf1``, ...
 
-    The target critics are not trained by gradient and are not listed.
+    The architecture options apply to the actor's hidden layers and to each of the critic's
+    ``q_networks``. The target critics are not trained by gradient and are not listed.
     """
 
-    actor: sb3.Actor
-    critic: ContinuousCritic
-    critic_target: ContinuousCritic
-    _direct_critic_layers: DirectLayers[_CriticLayers] | None = None
-    """The critic's layers :meth:`q_values` calls directly (built at the first call)."""
-    _direct_target_layers: DirectLayers[_CriticLayers] | None = None
-    """The target critic's layers :meth:`q_values` calls directly (built at the first call)."""
+    algorithm_name: str
+    """The algorithm named in error messages."""
+    actor: Any
+    critic: Any
+    critic_target: Any
 
     def _validate_architecture(self, architecture: ArchitectureOptions, kwargs: dict[str, Any]) -> None:
         if architecture.crelu and kwargs.get("use_sde", False):
+            # gSDE's log_std is a (latent, action) parameter and its mu may end in a Hardtanh: neither can
+            # be widened to read a doubled last hidden layer.
             raise ValueError(
-                "policy option activation='crelu' is not supported with use_sde=True for SAC; "
+                f"policy option activation='crelu' is not supported with use_sde=True for {self.algorithm_name}; "
                 "use another activation or use_sde=False"
             )
 
-    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> sb3.Actor:
+    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
         return self._rewrite_actor(super().make_actor(features_extractor))  # type: ignore[misc]
 
-    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
-        if self.two_hot is None:
-            return self._rewrite_critic(super().make_critic(features_extractor))  # type: ignore[misc]
-        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)  # type: ignore[attr-defined]
-        critic = CategoricalContinuousCritic(**critic_kwargs, two_hot=self.two_hot).to(self.device)  # type: ignore[attr-defined]
-        return self._rewrite_critic(critic)
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
+        return self._rewrite_critic(super().make_critic(features_extractor))  # type: ignore[misc]
 
-    def _rewrite_actor(self, actor: sb3.Actor) -> sb3.Actor:
+    def _rewrite_actor(self, actor: Any) -> Any:
         """Apply the architecture options to an actor built by SB3 (or a subclass of its Actor)."""
         if self.architecture.rewrite(actor.latent_pi):
             # The Gaussian heads read the (now doubled) last hidden layer.
             actor.mu = widened(actor.mu)
-            actor.log_std = widened(actor.log_std)  # type: ignore[arg-type]
+            actor.log_std = widened(actor.log_std)
         return actor
 
-    def _rewrite_critic(self, critic: ContinuousCritic) -> ContinuousCritic:
-        """Apply the architecture options to a critic built by SB3 (or a subclass of its critic)."""
+    def _rewrite_critic(self, critic: Any) -> Any:
+        """Apply the architecture options to each Q-network (quantile network) of a critic, in place.
+
+        In place: the critic's list ``q_networks`` and its attributes ``qf<i>`` hold the same modules.
+        """
         for q_net in critic.q_networks:
-            self.architecture.rewrite(q_net)  # type: ignore[arg-type]
+            self.architecture.rewrite(q_net)
         return critic
 
     def network_prefixes(self) -> dict[str, list[str]]:
-        extractor = "actor.features_extractor" if self.share_features_extractor else "critic.features_extractor"
+        extractor = "actor.features_extractor" if self.share_features_extractor else "critic.features_extractor"  # type: ignore[attr-defined]
         critics = {f"qf{index}": [extractor, f"critic.qf{index}"] for index in range(self.critic.n_critics)}
         return {"actor": ["actor"], **critics}
 
@@ -123,6 +123,26 @@ class SACPolicyMixin(ContinualPolicyMixin):
     def run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
         actions_pi = self.actor(observations, deterministic=True)
         self.critic(observations, actions_pi if actions is None else actions)
+
+
+class SACPolicyMixin(SoftActorCriticPolicyMixin):
+    """SAC's networks (:class:`SoftActorCriticPolicyMixin`), with critics called layer by layer when exact."""
+
+    algorithm_name = "SAC"
+    actor: sb3.Actor
+    critic: ContinuousCritic
+    critic_target: ContinuousCritic
+    _direct_critic_layers: DirectLayers[_CriticLayers] | None = None
+    """The critic's layers :meth:`q_values` calls directly (built at the first call)."""
+    _direct_target_layers: DirectLayers[_CriticLayers] | None = None
+    """The target critic's layers :meth:`q_values` calls directly (built at the first call)."""
+
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
+        if self.two_hot is None:
+            return super().make_critic(features_extractor)  # type: ignore[no-any-return]
+        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)  # type: ignore[attr-defined]
+        critic = CategoricalContinuousCritic(**critic_kwargs, two_hot=self.two_hot).to(self.device)  # type: ignore[attr-defined]
+        return self._rewrite_critic(critic)  # type: ignore[no-any-return]
 
     def q_values(self, obs: th.Tensor, actions: th.Tensor, target: bool = False) -> tuple[th.Tensor, ...]:
         """``critic(obs, actions)`` (``critic_target(obs, actions)`` with ``target``), calling layers directly if exact.

@@ -382,7 +382,7 @@ def test_dqn_trains_through_the_layers_directly_and_equals_the_module_calls() ->
     batch = model.replay_buffer.sample(32)
     with patch.object(th.nn.Module, "_call_impl", side_effect=AssertionError("a module was called")):
         target = model._td_target(batch)
-        loss = model._q_loss(batch, target)
+        loss = model._td_loss(batch, target)
     with th.no_grad():
         next_q_values = model.q_net_target(batch.next_observations).max(dim=1).values.reshape(-1, 1)
     assert th.equal(target, batch.rewards + (1 - batch.dones) * model.gamma * next_q_values)

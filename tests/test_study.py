@@ -271,7 +271,7 @@ MALFORMED = {
             "objective": {"measure": "metric", "key": "rollout/exploration_rate"},
             "direction": "maximize",
         },
-        "key 'objective.key' = 'rollout/exploration_rate': only DQN logs it; the study trains PPO",
+        "key 'objective.key' = 'rollout/exploration_rate': only DQN and QRDQN log it; the study trains PPO",
     ),
     "intervention timed past the curriculum": (
         {

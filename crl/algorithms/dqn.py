@@ -10,15 +10,13 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch.nn import functional as F
 
-from crl.algorithms.base import logged_mean, with_sb3_signature
-from crl.algorithms.off_policy import ContinualOffPolicyAlgorithm
-from crl.algorithms.replay import sample_replay
+from crl.algorithms.base import with_sb3_signature
+from crl.algorithms.value_based import ValueBased
 from crl.policies import dqn as policies
 from crl.policies.dqn import CategoricalQNetwork
-from crl.policies.module_tree import listed_parameters
 
 
-class DQN(ContinualOffPolicyAlgorithm, sb3.DQN):
+class DQN(ValueBased, sb3.DQN):
     """Deep Q-Network (Mnih et al. 2015) with plasticity interventions.
 
     Takes every argument of :class:`stable_baselines3.DQN`, plus ``interventions`` and ``metrics``
@@ -29,36 +27,12 @@ class DQN(ContinualOffPolicyAlgorithm, sb3.DQN):
     """
 
     algorithm_family: ClassVar[str] = "DQN"
+    trained_network: ClassVar[str] = "q_net"
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": policies.DQNPolicy,
         "CnnPolicy": policies.CnnPolicy,
         "MultiInputPolicy": policies.MultiInputPolicy,
     }
-
-    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
-        hooks = self._hooks
-        self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer)
-        hooks("on_train_start", self)
-
-        losses = []
-        for gradient_step in range(gradient_steps):
-            replay_data = sample_replay(self.replay_buffer, batch_size, self._vec_normalize_env)  # type: ignore[arg-type]
-            replay_data = hooks.transform_batch(self, replay_data)
-            step = hooks.begin_gradient_step(self, gradient_step, replay_data)
-            target_q_values = self._td_target(replay_data)
-
-            with hooks.recording(self.policy, step, ["q_net"]):
-                loss = self._q_loss(replay_data, target_q_values)
-            losses.append(loss.item())
-            clip = (listed_parameters(self.policy), self.max_grad_norm)
-            self._optimize(step, "q_net", loss, self.policy.optimizer, clip=clip)
-
-        self._n_updates += gradient_steps
-
-        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        self.logger.record("train/loss", logged_mean(losses))
-        hooks("on_train_end", self)
 
     def _td_target(self, replay_data: ReplayBufferSamples) -> th.Tensor:
         """``y = r + gamma * (1 - done) * max_a' Q_target(s', a')``, without gradient."""
@@ -70,7 +44,7 @@ class DQN(ContinualOffPolicyAlgorithm, sb3.DQN):
             next_q_values = next_q_values.reshape(-1, 1)
             return replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
 
-    def _q_loss(self, replay_data: ReplayBufferSamples, target_q_values: th.Tensor) -> th.Tensor:
+    def _td_loss(self, replay_data: ReplayBufferSamples, target_q_values: th.Tensor) -> th.Tensor:
         """Huber loss between ``Q(s, a)`` and ``y``; with a two-hot head, cross-entropy against ``twohot(y)``."""
         two_hot = self.two_hot
         if two_hot is not None:
@@ -89,13 +63,6 @@ class DQN(ContinualOffPolicyAlgorithm, sb3.DQN):
             return self.policy.q_values(observations, target)
         q_values: th.Tensor = (self.q_net_target if target else self.q_net)(observations)
         return q_values
-
-    def training_losses(self, batch: ReplayBufferSamples) -> dict[str, tuple[th.Tensor, th.optim.Optimizer]]:
-        """The loss ``train()`` minimises, on ``batch``, with its optimizer (for the Hessian metric).
-
-        No hook fires and nothing is updated.
-        """
-        return {"q_net": (self._q_loss(batch, self._td_target(batch)), self.policy.optimizer)}
 
 
 with_sb3_signature(DQN, sb3.DQN)

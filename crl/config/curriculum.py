@@ -39,7 +39,7 @@ from pydantic import (
 )
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from crl.algorithms import DQN, PPO, SAC, ContinualAlgorithm
+from crl.algorithms import DQN, PPO, QRDQN, SAC, TQC, ContinualAlgorithm
 from crl.config.errors import ConfigError, describe_validation_error, one_line, suggest
 from crl.config.schedules import is_schedule
 from crl.continual.continual_world import REFERENCE_PROTOCOL, ContinualWorldSAC
@@ -52,7 +52,7 @@ from crl.policies.two_hot import TwoHot
 from crl.wrappers import PRESETS
 from crl.wrappers.sequence import MEASURES
 
-ALGORITHMS: dict[str, type[ContinualAlgorithm]] = {"DQN": DQN, "PPO": PPO, "SAC": SAC}
+ALGORITHMS: dict[str, type[ContinualAlgorithm]] = {"DQN": DQN, "PPO": PPO, "SAC": SAC, "QRDQN": QRDQN, "TQC": TQC}
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class TwoHotOptions(Section):
 class PolicyOptions(Section):
     """Typed ``policy_kwargs`` of crl's policies (SB3's options plus crl's architecture options).
 
-    :param net_arch: hidden layer widths, or per-network widths (PPO ``pi``/``vf``, SAC ``pi``/``qf``)
+    :param net_arch: hidden layer widths, or per-network widths (PPO ``pi``/``vf``, SAC and TQC ``pi``/``qf``)
     :param activation: hidden activation by name (``crelu`` included)
     :param layer_norm: LayerNorm in every hidden layer, before (``pre``) or after (``post``) the activation
     :param crelu_halve_width: with ``crelu``, halve the hidden widths, so each layer passes on its original width
@@ -149,7 +149,8 @@ class PolicyOptions(Section):
     :param share_features_extractor: actor and critic share the features extractor (PPO, SAC)
     :param ortho_init: orthogonal initialisation (PPO)
     :param log_std_init: initial log standard deviation of Gaussian policies (PPO, SAC)
-    :param n_critics: number of Q-networks (SAC)
+    :param n_critics: number of Q-networks (SAC), of quantile critics (TQC)
+    :param n_quantiles: quantiles per action (QR-DQN) or per critic (TQC)
     :param spectral_norm: spectrally normalised layers: ``hidden``, ``head``, ``all`` or a list of module paths
     :param two_hot: a categorical value head on this support (DQN's Q-network, SAC's critics, PPO's value)
     """
@@ -163,6 +164,7 @@ class PolicyOptions(Section):
     ortho_init: bool | None = None
     log_std_init: float | None = None
     n_critics: PositiveInt | None = None
+    n_quantiles: PositiveInt | None = None
     spectral_norm: Literal[SPECTRAL_NORM_GROUPS] | list[str] | None = None  # type: ignore[valid-type]
     two_hot: TwoHotOptions | None = None
 
@@ -269,7 +271,7 @@ class CheckpointSpec(Section):
 class Curriculum(Section):
     """A continual-learning experiment. ``docs/curricula.md`` describes every key."""
 
-    algorithm: Literal["DQN", "PPO", "SAC"]
+    algorithm: Literal["DQN", "PPO", "SAC", "QRDQN", "TQC"]
     agent: Literal["continual_world_reference"] | None = None
     """A benchmark's own agent instead of ``policy``/``policy_options`` (see :data:`AGENTS`)."""
     policy: Literal["MlpPolicy", "CnnPolicy", "MultiInputPolicy"] = "MlpPolicy"
@@ -507,11 +509,11 @@ def _check_metrics(metrics: Any, source: str) -> None:
 
 
 def sb3_class(algorithm: type[ContinualAlgorithm]) -> type[BaseAlgorithm]:
-    """The SB3 class a crl algorithm extends (whose constructor defines the hyperparameters)."""
+    """The SB3 (or sb3-contrib) class a crl algorithm extends (whose constructor defines the hyperparameters)."""
     return next(
         base
         for base in algorithm.__mro__
-        if base.__module__.startswith("stable_baselines3") and issubclass(base, BaseAlgorithm)
+        if base.__module__.startswith(("stable_baselines3", "sb3_contrib")) and issubclass(base, BaseAlgorithm)
     )
 
 

@@ -30,13 +30,15 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.type_aliases import MaybeCallback, Schedule
 from stable_baselines3.common.vec_env import VecEnv
 
-from crl.algorithms import DQN, ContinualAlgorithm
+from crl.algorithms import ContinualAlgorithm
 from crl.continual.results import ContinualResult
 from crl.optim import algorithm_optimizers, clear_optimizer_state
 from crl.wrappers.sequence import TaskSequence, check_count
 
 EVAL_SEED_OFFSET = 100_000
 """Evaluation envs are seeded apart from the training envs (``seed + EVAL_SEED_OFFSET + task``)."""
+EPSILON_GREEDY = frozenset({"DQN", "QRDQN"})
+"""Algorithm families whose epsilon is exploration, not policy: evaluated greedily by default."""
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,8 @@ class _PeriodicEvaluation(BaseCallback):
 def _check(model: BaseAlgorithm, reset_replay_buffer: bool) -> None:
     # Spaces are checked by SB3's set_env on the first task's env, before any training.
     if not isinstance(model, ContinualAlgorithm):
-        raise TypeError(f"learn_continual needs a crl algorithm (crl.DQN/PPO/SAC), got {type(model).__name__}")
+        name = type(model).__name__
+        raise TypeError(f"learn_continual needs a crl algorithm (crl.DQN/PPO/SAC/QRDQN/TQC), got {name}")
     if reset_replay_buffer and not isinstance(model, OffPolicyAlgorithm):
         raise ValueError(f"reset_replay_buffer=True needs an off-policy algorithm, got {type(model).__name__}")
 
@@ -416,10 +419,10 @@ def learn_continual(
     :param eval_every: evaluate every task every this many environment steps of the sequence (the end
         of every task is always evaluated as well); a positive integer (NumPy's integers too)
     :param n_eval_episodes: episodes per task and evaluation (CW: 10), at least 1
-    :param deterministic_eval: greedy evaluation; by default greedy for DQN (its epsilon is exploration,
-        not policy) and stochastic otherwise (CW evaluates SAC's stochastic policy)
-    :param restart_exploration: restart DQN's epsilon schedule at every task (else one schedule over
-        the sequence); other algorithms have no exploration schedule
+    :param deterministic_eval: greedy evaluation; by default greedy for DQN and QR-DQN (their epsilon is
+        exploration, not policy) and stochastic otherwise (CW evaluates SAC's stochastic policy)
+    :param restart_exploration: restart DQN's and QR-DQN's epsilon schedule at every task (else one
+        schedule over the sequence); other algorithms have no exploration schedule
     :param restart_learning_rate: restart the learning-rate schedule at every task (else one schedule
         over the sequence)
     :param reset_replay_buffer: empty the replay buffer at every task switch (CW's reference SAC)
@@ -452,7 +455,7 @@ def learn_continual(
     if checkpoint_every is not None:
         checkpoint_every = check_count("checkpoint_every", checkpoint_every, counts="environment steps, or None")
     seed = model.seed if seed is None else check_count("seed", seed, minimum=0, counts="or None for the model's seed")
-    deterministic = isinstance(model, DQN) if deterministic_eval is None else deterministic_eval
+    deterministic = model.algorithm_family in EPSILON_GREEDY if deterministic_eval is None else deterministic_eval
     position = position if position is not None else ContinualPosition()
     _check_position(position, sequence)
     check_schedules(model, sequence)

@@ -17,7 +17,7 @@ from crl.metrics.functions import activation_kind, fau
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
 
-_CRITIC_LOSSES = ("q_net", "critic")
+_CRITIC_LOSSES = ("q_net", "quantile_net", "critic")
 
 
 def replay_schedule(ratio: float, n_envs: int) -> tuple[int, int]:
@@ -51,7 +51,7 @@ class AdaptiveReplayRatio(Intervention):
     """
 
     name = "adaptive_replay_ratio"
-    algorithms: ClassVar[frozenset[str] | None] = frozenset({"DQN", "SAC"})
+    algorithms: ClassVar[frozenset[str] | None] = frozenset({"DQN", "SAC", "QRDQN", "TQC"})
     needs_features: ClassVar[bool] = True
 
     low: float = Field(default=0.5, gt=0.0)

@@ -19,7 +19,7 @@ class LayerNorm(Intervention):
     Linear features are normalised over units; convolutional features over (C, H, W).
 
     Works through the crl policies' ``layer_norm`` option, so it needs a crl policy (the default
-    ``"MlpPolicy"``/``"CnnPolicy"`` of ``crl.DQN``/``PPO``/``SAC``).
+    ``"MlpPolicy"``/``"CnnPolicy"`` of ``crl.DQN``/``PPO``/``SAC``/``QRDQN``/``TQC``).
 
     :param placement: ``"pre"``: LayerNorm between the linear map and the activation (the papers'
         placement); ``"post"``: after the activation.

@@ -270,12 +270,23 @@ def put_head(policy: nn.Module, path: str, length: int, module: nn.Module) -> No
     parent.add_module(name, module)
 
 
+def target_networks(policy: nn.Module) -> dict[str, str]:
+    """Attribute of a trained network -> attribute of its target copy, as the policy declares them.
+
+    A crl policy names its own (``q_net_target``, ``critic_target``, sb3-contrib's
+    ``quantile_net_target``); another policy gets SB3's two names where it has them.
+    """
+    declared = getattr(policy, "target_networks", None)
+    if callable(declared):
+        return cast("dict[str, str]", declared())
+    return {"q_net": "q_net_target", "critic": "critic_target"}
+
+
 def target_parameters(algo: BaseAlgorithm) -> dict[th.Tensor, th.Tensor]:
-    """Online parameter -> the target network's parameter at the same place (DQN, SAC)."""
+    """Online parameter -> the target network's parameter at the same place (DQN, SAC, QR-DQN, TQC)."""
     policy = algo.policy
-    pairs = [("q_net", "q_net_target"), ("critic", "critic_target")]
     mapping: dict[th.Tensor, th.Tensor] = {}
-    for online_name, target_name in pairs:
+    for online_name, target_name in target_networks(policy).items():
         online, target = getattr(policy, online_name, None), getattr(policy, target_name, None)
         if isinstance(online, nn.Module) and isinstance(target, nn.Module):
             targets = dict(target.named_parameters())

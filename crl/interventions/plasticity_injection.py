@@ -15,6 +15,7 @@ from crl.interventions.network import (
     fresh_policy,
     put_head,
     take_head,
+    target_networks,
     unit_layers,
 )
 from crl.interventions.redo import check_networks
@@ -23,9 +24,6 @@ from crl.policies.layers import InjectedHead
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
-
-# Online network attribute -> its target network attribute
-_TARGETS = {"q_net": "q_net_target", "critic": "critic_target"}
 
 
 class PlasticityInjection(Intervention):
@@ -132,7 +130,8 @@ class PlasticityInjection(Intervention):
             if owner is not None:
                 add_parameters(owner, new.parameters())
             root, _, rest = path.partition(".")
-            if root in _TARGETS and hasattr(policy, _TARGETS[root]):
-                target_path = f"{_TARGETS[root]}.{rest}"
+            targets = target_networks(policy)
+            if root in targets and hasattr(policy, targets[root]):
+                target_path = f"{targets[root]}.{rest}"
                 target_old = take_head(policy, target_path, length)
                 put_head(policy, target_path, length, InjectedHead(target_old, copy.deepcopy(new)))

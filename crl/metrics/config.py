@@ -1,4 +1,4 @@
-"""The settings of plasticity monitoring: what ``metrics=`` of ``crl.DQN/PPO/SAC`` accepts."""
+"""The settings of plasticity monitoring: what ``metrics=`` of ``crl.DQN/PPO/SAC/QRDQN/TQC`` accepts."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The metrics monitor: the plasticity suite computed during training and logged through SB3's logger.
 
-:class:`MetricsMonitor` is a :class:`~crl.hooks.TrainingHook` that ``crl.DQN/PPO/SAC`` add after the
+:class:`MetricsMonitor` is a :class:`~crl.hooks.TrainingHook` that ``crl.DQN/PPO/SAC/QRDQN/TQC`` add after the
 interventions when given ``metrics=``. It acts only at the ``train()`` calls that start once
 ``every`` environment steps have passed since the last measurement; at every other call its hooks
 return after one comparison, and nothing of it runs in the per-environment-step path.

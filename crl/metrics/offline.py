@@ -11,7 +11,7 @@ from gymnasium import spaces
 
 from crl.metrics.config import MetricsConfig
 from crl.metrics.monitor import plasticity_probes
-from crl.metrics.probe import probe_problem
+from crl.metrics.probe import ACTION_VALUE_FAMILIES, probe_problem
 from crl.metrics.suite import feature_metrics, network_parameters, weight_metrics
 
 if TYPE_CHECKING:
@@ -40,10 +40,11 @@ def evaluate(
     >>> values = crl.metrics.evaluate(model, observations)
     >>> values["plasticity/q_net/all/dormant_ratio"]
 
-    :param model: a ``crl.DQN``, ``crl.PPO`` or ``crl.SAC`` (trained, or loaded from a checkpoint)
+    :param model: a ``crl.DQN``, ``crl.PPO``, ``crl.SAC``, ``crl.QRDQN`` or ``crl.TQC`` (trained, or loaded
+        from a checkpoint)
     :param observations: a batch of observations, shaped like the observation space with a batch axis
         in front (images as stored, e.g. uint8)
-    :param actions: actions for SAC's critics (in the buffer's scaled form, cast to float32); by
+    :param actions: actions for SAC's and TQC's critics (in the buffer's scaled form, cast to float32); by
         default the actor's deterministic actions
     :param config: metric settings (``dormant_tau``, the plasticity probe's budget and ``seed``; as in
         training, the model's seed when ``seed`` is not given)
@@ -69,7 +70,7 @@ def evaluate(
             # The networks compute in float32; numpy gives float64, which SAC's critics cannot
             # concatenate with their float32 features (observations are cast by preprocess_obs).
             act = act.float()
-        if act is None and model.algorithm_family == "SAC":  # type: ignore[attr-defined]
+        if act is None and model.algorithm_family in ACTION_VALUE_FAMILIES:  # type: ignore[attr-defined]
             with th.no_grad():
                 act = policy.actor(obs, deterministic=True)  # type: ignore[attr-defined]
         values = feature_metrics(policy, obs, act, settings.dormant_tau)

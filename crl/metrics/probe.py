@@ -29,6 +29,9 @@ from crl.metrics.suite import network_parameters
 from crl.optim import optimizer_of, policy_optimizers
 from crl.policies.base import ContinualPolicyMixin
 
+ACTION_VALUE_FAMILIES = frozenset({"SAC", "TQC"})
+"""Algorithm families whose critics take actions as well as observations (the actor's, by default)."""
+
 # (policy, observations, actions) -> the network's output on them
 OutputFn = Callable[[ContinualPolicyMixin, th.Tensor, th.Tensor | None], object]
 
@@ -78,18 +81,34 @@ def _sac_critic(index: int) -> OutputFn:
     return output
 
 
+def _tqc_critic(index: int) -> OutputFn:
+    def output(policy: ContinualPolicyMixin, observations: th.Tensor, actions: th.Tensor | None) -> object:
+        assert actions is not None, "TQC's critics need actions"
+        # (batch, n_critics, n_quantiles): network `qf<index>`'s quantiles
+        return policy.critic(observations, actions)[:, index, :]  # type: ignore[attr-defined]
+
+    return output
+
+
 def network_output(algorithm_family: str, network: str) -> NetworkOutput:
-    """The output and divergence of ``network`` of a ``"DQN"``, ``"PPO"`` or ``"SAC"`` policy."""
+    """The output and divergence of ``network`` of a ``"DQN"``, ``"PPO"``, ``"SAC"``, ``"QRDQN"`` or ``"TQC"`` policy.
+
+    Quantile networks (QR-DQN's, TQC's critics) are compared by the mean squared error of their
+    quantiles, as scalar values are.
+    """
     outputs: dict[str, dict[str, NetworkOutput]] = {
         "DQN": {"q_net": NetworkOutput(lambda policy, obs, _: policy.q_net(obs), mse)},  # type: ignore[attr-defined]
+        "QRDQN": {"quantile_net": NetworkOutput(lambda policy, obs, _: policy.quantile_net(obs), mse)},  # type: ignore[attr-defined]
         "PPO": {
             "actor": NetworkOutput(lambda policy, obs, _: policy.get_distribution(obs), kl_divergence),  # type: ignore[attr-defined]
             "critic": NetworkOutput(lambda policy, obs, _: policy.predict_values(obs), mse),  # type: ignore[attr-defined]
         },
         "SAC": {"actor": NetworkOutput(_sac_actor, kl_divergence)},
+        "TQC": {"actor": NetworkOutput(_sac_actor, kl_divergence)},
     }
-    if algorithm_family == "SAC" and network.startswith("qf"):
-        return NetworkOutput(_sac_critic(int(network[2:])), mse)
+    critics = {"SAC": _sac_critic, "TQC": _tqc_critic}
+    if algorithm_family in ACTION_VALUE_FAMILIES and network.startswith("qf"):
+        return NetworkOutput(critics[algorithm_family](int(network[2:])), mse)
     try:
         return outputs[algorithm_family][network]
     except KeyError:

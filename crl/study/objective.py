@@ -48,9 +48,9 @@ FIXED_METRICS = (
 )
 """Metrics a run logs under fixed names (by :mod:`crl.train` and SB3's algorithms), if it logs them at all."""
 ALGORITHM_METRICS: dict[str, frozenset[str]] = {
-    "time/episodes": frozenset({"DQN", "SAC"}),  # SB3's off-policy algorithms count episodes,
+    "time/episodes": frozenset({"DQN", "SAC", "QRDQN", "TQC"}),  # SB3's off-policy algorithms count episodes,
     "time/iterations": frozenset({"PPO"}),  # its on-policy ones rollouts
-    "rollout/exploration_rate": frozenset({"DQN"}),  # epsilon-greedy exploration
+    "rollout/exploration_rate": frozenset({"DQN", "QRDQN"}),  # epsilon-greedy exploration
 }
 """Fixed metrics that only some algorithms log -> those algorithms (the others of :data:`FIXED_METRICS`: any)."""
 TASK_METRIC = re.compile(r"continual/\d+_.+")
