@@ -3,7 +3,7 @@
 Train SB3 agents on sequences of tasks, with interventions against loss of plasticity.
 """
 
-from crl.algorithms import DQN, PPO, QRDQN, SAC, TQC, ContinualAlgorithm
+from crl.algorithms import DQN, PPO, QRDQN, SAC, TQC, ContinualAlgorithm, CrossQ
 from crl.continual import learn_continual
 from crl.hooks import GradientStep, TrainingHook
 from crl.interventions import (
@@ -35,6 +35,7 @@ __all__ = [
     "AdaptiveReplayRatio",
     "ContinualAlgorithm",
     "ContinualBackprop",
+    "CrossQ",
     "GradientStep",
     "Intervention",
     "InterventionError",

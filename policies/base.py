@@ -340,6 +340,14 @@ class ContinualPolicyMixin:
         ``log_std``). Networks not listed end in the last layer found under their prefixes."""
         return {}
 
+    def unit_recycling_problem(self) -> str | None:
+        """Why recycling single units (ReDo, continual backprop) would change this policy's outputs, or ``None``.
+
+        Recycling zeroes a unit's outgoing weights so that the outputs stay as they are; a policy whose
+        layers turn a silent unit into a non-zero signal says so here.
+        """
+        return None
+
     def task_heads(self) -> dict[str, int]:
         """Path of an output layer -> the number of task heads stacked along its outputs (multi-head
         policies, :mod:`crl.policies.multihead`); ``spectral_norm`` normalises each head on its own."""

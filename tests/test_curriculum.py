@@ -132,7 +132,7 @@ MALFORMED: dict[str, tuple[str, str]] = {
     ),
     "unknown algorithm": (
         _edit(algorithm="DDPG"),
-        "c.yaml: key 'algorithm' = 'DDPG': Input should be 'DQN', 'PPO', 'SAC', 'QRDQN' or 'TQC'",
+        "c.yaml: key 'algorithm' = 'DDPG': Input should be 'DQN', 'PPO', 'SAC', 'QRDQN', 'TQC' or 'CrossQ'",
     ),
     "unknown env": (
         _edit(sequence={"tasks": [{"env": "CartPol-v1", "budget": 100}]}),

@@ -55,6 +55,29 @@ class _Recorder(KVWriter):
         self.dumps.append(dict(key_values))
 
 
+def expected_metric_keys(networks: list[str], losses: list[str]) -> set[str]:
+    """The keys a run with every metric on logs for its two-hidden-layer ``networks`` and its ``losses``."""
+    expected = {
+        f"plasticity/{network}/{layer}/{metric}"
+        for network in networks
+        for layer in ("layer0", "layer1")
+        for metric in LAYER_METRICS
+    }
+    expected |= {
+        f"plasticity/{network}/all/{metric}"
+        for network in networks
+        for metric in ("dormant_ratio", "dead_units", "fau", "weight_magnitude", "plasticity_probe")
+    }
+    expected |= {
+        f"plasticity/{network}/penultimate/{metric}"
+        for network in networks
+        for metric in ("srank", "effective_rank", "pca_rank", "feature_rank", "feature_norm")
+    }
+    return expected | {
+        f"plasticity/{loss}/all/{metric}" for loss in losses for metric in ("grad_norm", "hessian_top_eig")
+    }
+
+
 def _train(name: str, **extra: Any) -> tuple[Any, _Recorder]:
     env_id, steps, kwargs = CASES[name]
     model = getattr(crl, name)("MlpPolicy", env_id, seed=3, device="cpu", **kwargs, **extra)
@@ -71,25 +94,7 @@ def test_metrics_do_not_change_training_and_reach_the_logger(name: str) -> None:
     assert_same_training(reference, monitored)
 
     logged = {key for dump in recorder.dumps for key in dump}
-    expected = {
-        f"plasticity/{net}/{layer}/{metric}"
-        for net in NETWORKS[name]
-        for layer in ("layer0", "layer1")
-        for metric in LAYER_METRICS
-    }
-    expected |= {
-        f"plasticity/{net}/all/{metric}"
-        for net in NETWORKS[name]
-        for metric in ("dormant_ratio", "dead_units", "fau", "weight_magnitude", "plasticity_probe")
-    }
-    expected |= {
-        f"plasticity/{net}/penultimate/{metric}"
-        for net in NETWORKS[name]
-        for metric in ("srank", "effective_rank", "pca_rank", "feature_rank", "feature_norm")
-    }
-    expected |= {
-        f"plasticity/{loss}/all/{metric}" for loss in LOSSES[name] for metric in ("grad_norm", "hessian_top_eig")
-    }
+    expected = expected_metric_keys(NETWORKS[name], LOSSES[name])
     assert expected <= logged, sorted(expected - logged)
     # weight_change needs a previous measurement: PPO's 2048 steps of 256-step rollouts measure several times
     assert all(f"plasticity/{net}/all/weight_change" in logged for net in NETWORKS[name])

@@ -52,8 +52,8 @@ class ContinualAlgorithm:
     """
 
     algorithm_family: ClassVar[str]
-    """``"DQN"``, ``"PPO"``, ``"SAC"``, ``"QRDQN"`` or ``"TQC"``: what interventions check their applicability
-    against."""
+    """``"DQN"``, ``"PPO"``, ``"SAC"``, ``"QRDQN"``, ``"TQC"`` or ``"CrossQ"``: what interventions check their
+    applicability against."""
 
     interventions: list[Intervention]
     current_task: int | None

@@ -39,7 +39,7 @@ from pydantic import (
 )
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from crl.algorithms import DQN, PPO, QRDQN, SAC, TQC, ContinualAlgorithm
+from crl.algorithms import DQN, PPO, QRDQN, SAC, TQC, ContinualAlgorithm, CrossQ
 from crl.config.errors import ConfigError, describe_validation_error, one_line, suggest
 from crl.config.schedules import is_schedule
 from crl.continual.continual_world import REFERENCE_PROTOCOL, ContinualWorldSAC
@@ -52,7 +52,14 @@ from crl.policies.two_hot import TwoHot
 from crl.wrappers import PRESETS
 from crl.wrappers.sequence import MEASURES
 
-ALGORITHMS: dict[str, type[ContinualAlgorithm]] = {"DQN": DQN, "PPO": PPO, "SAC": SAC, "QRDQN": QRDQN, "TQC": TQC}
+ALGORITHMS: dict[str, type[ContinualAlgorithm]] = {
+    "DQN": DQN,
+    "PPO": PPO,
+    "SAC": SAC,
+    "QRDQN": QRDQN,
+    "TQC": TQC,
+    "CrossQ": CrossQ,
+}
 
 
 @dataclass(frozen=True)
@@ -271,7 +278,7 @@ class CheckpointSpec(Section):
 class Curriculum(Section):
     """A continual-learning experiment. ``docs/curricula.md`` describes every key."""
 
-    algorithm: Literal["DQN", "PPO", "SAC", "QRDQN", "TQC"]
+    algorithm: Literal["DQN", "PPO", "SAC", "QRDQN", "TQC", "CrossQ"]
     agent: Literal["continual_world_reference"] | None = None
     """A benchmark's own agent instead of ``policy``/``policy_options`` (see :data:`AGENTS`)."""
     policy: Literal["MlpPolicy", "CnnPolicy", "MultiInputPolicy"] = "MlpPolicy"

@@ -304,7 +304,7 @@ def _check(model: BaseAlgorithm, reset_replay_buffer: bool) -> None:
     # Spaces are checked by SB3's set_env on the first task's env, before any training.
     if not isinstance(model, ContinualAlgorithm):
         name = type(model).__name__
-        raise TypeError(f"learn_continual needs a crl algorithm (crl.DQN/PPO/SAC/QRDQN/TQC), got {name}")
+        raise TypeError(f"learn_continual needs a crl algorithm (crl.DQN/PPO/SAC/QRDQN/TQC/CrossQ), got {name}")
     if reset_replay_buffer and not isinstance(model, OffPolicyAlgorithm):
         raise ValueError(f"reset_replay_buffer=True needs an off-policy algorithm, got {type(model).__name__}")
 

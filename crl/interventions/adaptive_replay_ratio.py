@@ -51,7 +51,7 @@ class AdaptiveReplayRatio(Intervention):
     """
 
     name = "adaptive_replay_ratio"
-    algorithms: ClassVar[frozenset[str] | None] = frozenset({"DQN", "SAC", "QRDQN", "TQC"})
+    algorithms: ClassVar[frozenset[str] | None] = frozenset({"DQN", "SAC", "QRDQN", "TQC", "CrossQ"})
     needs_features: ClassVar[bool] = True
 
     low: float = Field(default=0.5, gt=0.0)

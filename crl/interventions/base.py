@@ -40,8 +40,8 @@ class Intervention(BaseModel, TrainingHook):
     name: ClassVar[str]
     """Registry key, e.g. ``"layer_norm"``."""
     algorithms: ClassVar[frozenset[str] | None] = None
-    """Algorithm families the intervention supports (``"DQN"``, ``"PPO"``, ``"SAC"``, ``"QRDQN"``, ``"TQC"``);
-    ``None``: all."""
+    """Algorithm families the intervention supports (``"DQN"``, ``"PPO"``, ``"SAC"``, ``"QRDQN"``, ``"TQC"``,
+    ``"CrossQ"``); ``None``: all."""
     transient: ClassVar[tuple[str, ...]] = ()
     """Private attributes that are caches (e.g. of modules): reset to their default when pickled."""
     needs_crl_policy: ClassVar[bool] = False

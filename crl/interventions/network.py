@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch as th
+from sb3_contrib.common.torch_layers import BatchRenorm
 from stable_baselines3.common.torch_layers import CombinedExtractor
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch import nn
@@ -270,6 +271,17 @@ def put_head(policy: nn.Module, path: str, length: int, module: nn.Module) -> No
     parent.add_module(name, module)
 
 
+RUNNING_STATISTICS_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, BatchRenorm)
+"""Layers that keep running statistics in buffers: torch's batch and instance norms, sb3-contrib's BatchRenorm."""
+
+
+def check_unit_recycling(name: str, policy: nn.Module) -> None:
+    """Refuse an intervention that recycles units on a policy where that would change its outputs."""
+    problem = getattr(policy, "unit_recycling_problem", lambda: None)()
+    if problem is not None:
+        raise InterventionError(f"intervention {name!r} cannot recycle units of {type(policy).__name__}: {problem}")
+
+
 def target_networks(policy: nn.Module) -> dict[str, str]:
     """Attribute of a trained network -> attribute of its target copy, as the policy declares them.
 
@@ -310,6 +322,7 @@ class Reinitializer:
         self.optimizers = algorithm_optimizers(algo)
         self.targets = target_parameters(algo)
         self._names: dict[th.Tensor, str] = {param: name for name, param in self.policy.named_parameters()}
+        self._fresh_policy: nn.Module | None = None
         self._fresh: dict[str, th.Tensor] | None = None
 
     def owns(self, parameter: th.Tensor) -> bool:
@@ -319,8 +332,33 @@ class Reinitializer:
     def fresh(self, parameter: th.Tensor) -> th.Tensor:
         """A fresh initial value for ``parameter`` (one fresh policy per :class:`Reinitializer`)."""
         if self._fresh is None:
-            self._fresh = dict(fresh_policy(self.policy).named_parameters())
+            self._fresh = dict(self._fresh_network().named_parameters())
         return self._fresh[self._names[parameter]].detach()
+
+    def _fresh_network(self) -> nn.Module:
+        if self._fresh_policy is None:
+            self._fresh_policy = fresh_policy(self.policy)
+        return self._fresh_policy
+
+    @th.no_grad()
+    def reset_running_statistics(self) -> int:
+        """Give every normalisation layer's running statistics (BatchNorm's, BatchRenorm's) their fresh values.
+
+        They are buffers, not parameters: a full reset must reset them too, or the fresh weights would be
+        normalised with the old network's statistics (and a BatchRenorm's warm-up count kept).
+
+        :return: the number of layers reset
+        """
+        fresh = dict(self._fresh_network().named_modules())
+        layers = [
+            (name, module)
+            for name, module in self.policy.named_modules()
+            if isinstance(module, RUNNING_STATISTICS_LAYERS) and name in fresh
+        ]
+        for name, module in layers:
+            for buffer_name, buffer in module.named_buffers(recurse=False):
+                buffer.copy_(fresh[name].get_buffer(buffer_name))
+        return len(layers)
 
     @th.no_grad()
     def set_rows(self, parameter: th.Tensor, rows: th.Tensor, values: th.Tensor | float) -> None:

@@ -36,9 +36,10 @@ class Reset(ScheduledIntervention):
 
     Fresh values come from a newly built policy of the same class and arguments, so every layer gets
     the algorithm's own initialisation. The replay buffer is kept. Reset tensors lose their optimizer
-    state (moments and step); a ``"full"`` reset clears every optimizer and, for SAC with a learned
-    temperature, restores the initial entropy coefficient. Target networks are re-synchronised with the
-    reset parameters.
+    state (moments and step); a ``"full"`` reset clears every optimizer, gives the normalisation layers'
+    running statistics (BatchNorm's, CrossQ's BatchRenorm's) their fresh values and, for SAC with a
+    learned temperature, restores the initial entropy coefficient. Target networks are re-synchronised
+    with the reset parameters.
 
     :param parts: ``"full"`` (the whole agent), ``"head"`` (the last ``head_layers`` layers of every
         trained network, output layer included) or a list of module paths in the policy
@@ -102,6 +103,7 @@ class Reset(ScheduledIntervention):
         for param in parameters:
             reinit.set_tensor(param, reinit.fresh(param))
         if self.parts == "full":
+            reinit.reset_running_statistics()
             for optimizer in reinit.optimizers:
                 clear_optimizer_state(optimizer)
             log_ent_coef = getattr(algo, "log_ent_coef", None)

@@ -29,7 +29,7 @@ from crl.metrics.suite import network_parameters
 from crl.optim import optimizer_of, policy_optimizers
 from crl.policies.base import ContinualPolicyMixin
 
-ACTION_VALUE_FAMILIES = frozenset({"SAC", "TQC"})
+ACTION_VALUE_FAMILIES = frozenset({"SAC", "TQC", "CrossQ"})
 """Algorithm families whose critics take actions as well as observations (the actor's, by default)."""
 
 # (policy, observations, actions) -> the network's output on them
@@ -91,7 +91,7 @@ def _tqc_critic(index: int) -> OutputFn:
 
 
 def network_output(algorithm_family: str, network: str) -> NetworkOutput:
-    """The output and divergence of ``network`` of a ``"DQN"``, ``"PPO"``, ``"SAC"``, ``"QRDQN"`` or ``"TQC"`` policy.
+    """The output and divergence of ``network`` of a DQN, PPO, SAC, QR-DQN, TQC or CrossQ policy (by family).
 
     Quantile networks (QR-DQN's, TQC's critics) are compared by the mean squared error of their
     quantiles, as scalar values are.
@@ -105,8 +105,9 @@ def network_output(algorithm_family: str, network: str) -> NetworkOutput:
         },
         "SAC": {"actor": NetworkOutput(_sac_actor, kl_divergence)},
         "TQC": {"actor": NetworkOutput(_sac_actor, kl_divergence)},
+        "CrossQ": {"actor": NetworkOutput(_sac_actor, kl_divergence)},
     }
-    critics = {"SAC": _sac_critic, "TQC": _tqc_critic}
+    critics = {"SAC": _sac_critic, "TQC": _tqc_critic, "CrossQ": _sac_critic}
     if algorithm_family in ACTION_VALUE_FAMILIES and network.startswith("qf"):
         return NetworkOutput(critics[algorithm_family](int(network[2:])), mse)
     try:

@@ -3,7 +3,7 @@
 Names are ``plasticity/<network>/<layer>/<metric>``:
 
 - ``<network>`` is a network the algorithm trains (``policy.network_prefixes()``: DQN ``q_net``; PPO
-  ``actor``, ``critic``; SAC and TQC ``actor``, ``qf0``, ``qf1``, ...; QR-DQN ``quantile_net``), or,
+  ``actor``, ``critic``; SAC, TQC and CrossQ ``actor``, ``qf0``, ``qf1``, ...; QR-DQN ``quantile_net``), or,
   for the metrics of a loss (``grad_norm``, ``hessian_top_eig``), the loss's name (DQN ``q_net``,
   PPO ``policy``, SAC and TQC ``critic``, ``actor``, QR-DQN ``quantile_net``);
 - ``<layer>`` is a hidden layer ``layer<k>`` (k from the input), ``penultimate`` (the last hidden

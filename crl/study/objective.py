@@ -48,7 +48,7 @@ FIXED_METRICS = (
 )
 """Metrics a run logs under fixed names (by :mod:`crl.train` and SB3's algorithms), if it logs them at all."""
 ALGORITHM_METRICS: dict[str, frozenset[str]] = {
-    "time/episodes": frozenset({"DQN", "SAC", "QRDQN", "TQC"}),  # SB3's off-policy algorithms count episodes,
+    "time/episodes": frozenset({"DQN", "SAC", "QRDQN", "TQC", "CrossQ"}),  # SB3's off-policy algorithms count episodes,
     "time/iterations": frozenset({"PPO"}),  # its on-policy ones rollouts
     "rollout/exploration_rate": frozenset({"DQN", "QRDQN"}),  # epsilon-greedy exploration
 }
