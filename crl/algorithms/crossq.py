@@ -11,15 +11,13 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch.nn import functional as F
 
 from crl.algorithms.base import logged_mean, with_sb3_signature
-from crl.algorithms.off_policy import ContinualOffPolicyAlgorithm
 from crl.algorithms.replay import sample_replay
-from crl.algorithms.soft_actor_critic import left_out_of_graph
-from crl.optim import compute_gradients, optimizer_step
+from crl.algorithms.soft_actor_critic import EntropyRegularized
 from crl.policies import crossq as policies
 from crl.policies.crossq import kept_batch_norm_state
 
 
-class CrossQ(ContinualOffPolicyAlgorithm, sb3_contrib.CrossQ):
+class CrossQ(EntropyRegularized, sb3_contrib.CrossQ):
     """CrossQ (Bhatt et al. 2024, "CrossQ: Batch Normalization in Deep Reinforcement Learning for Greater
     Sample Efficiency and Simplicity") with plasticity interventions.
 
@@ -44,10 +42,6 @@ class CrossQ(ContinualOffPolicyAlgorithm, sb3_contrib.CrossQ):
     use_sde: bool
     policy_delay: int
     _n_updates: int
-    log_ent_coef: th.Tensor | None
-    ent_coef_optimizer: th.optim.Adam | None
-    ent_coef_tensor: th.Tensor
-    target_entropy: Any
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         hooks = self._hooks
@@ -123,12 +117,6 @@ class CrossQ(ContinualOffPolicyAlgorithm, sb3_contrib.CrossQ):
             actor_loss = self._actor_loss(batch, actions_pi, log_prob, ent_coef)
         return {"critic": (critic_loss, self.critic.optimizer), "actor": (actor_loss, self.actor.optimizer)}
 
-    def _temperature(self) -> th.Tensor:
-        """``alpha``: ``exp(log alpha)`` detached when it is learned (the other losses must not move it), else fixed."""
-        if self.log_ent_coef is not None:
-            return th.exp(self.log_ent_coef.detach())
-        return self.ent_coef_tensor
-
     def _next_actions(self, replay_data: ReplayBufferSamples) -> tuple[th.Tensor, th.Tensor]:
         """``a' ~ pi(.|s')`` and ``log pi(a'|s')``, without gradient, the actor's batch norms on running statistics."""
         with th.no_grad():
@@ -183,19 +171,6 @@ class CrossQ(ContinualOffPolicyAlgorithm, sb3_contrib.CrossQ):
         self.actor.set_bn_training_mode(False)
         return actions_pi, log_prob
 
-    def _temperature_step(self, log_prob: th.Tensor, ent_coef_losses: list[float]) -> None:
-        """When ``alpha`` is learned, one step on ``J(alpha) = -log alpha (log pi(a~|s) + H)``.
-
-        ``H`` is the target entropy. The loss is appended to the list ``train()`` logs.
-        """
-        if self.ent_coef_optimizer is None or self.log_ent_coef is None:
-            return
-        # (log_prob + H) detached: only log(alpha) learns from this loss (softlearning issue #60).
-        ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
-        ent_coef_losses.append(ent_coef_loss.item())
-        compute_gradients(self.ent_coef_optimizer, ent_coef_loss)
-        optimizer_step(self.ent_coef_optimizer)
-
     def _actor_loss(
         self, replay_data: ReplayBufferSamples, actions_pi: th.Tensor, log_prob: th.Tensor, ent_coef: th.Tensor
     ) -> th.Tensor:
@@ -206,8 +181,7 @@ class CrossQ(ContinualOffPolicyAlgorithm, sb3_contrib.CrossQ):
         which sb3-contrib computes and its next critic step discards (``zero_grad``). Same actor
         update, less work.
         """
-        critic_parameters = (p for group in self.critic.optimizer.param_groups for p in group["params"])
-        with left_out_of_graph(critic_parameters):
+        with self._critic_left_out_of_graph():
             self.critic.set_bn_training_mode(False)
             q_values_pi = th.cat(self.critic(replay_data.observations, actions_pi), dim=1)
         min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)

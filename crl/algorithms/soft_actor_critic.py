@@ -22,7 +22,49 @@ from crl.optim import compute_gradients, optimizer_step
 from crl.policies.module_tree import listed_parameters
 
 
-class SoftActorCritic(ContinualOffPolicyAlgorithm):
+class EntropyRegularized(ContinualOffPolicyAlgorithm):
+    """The temperature of the soft actor-critics (``crl.SAC``, ``crl.TQC``, ``crl.CrossQ``), and their actor's graph.
+
+    Mixed in before the SB3 / sb3-contrib class, which provides the attributes.
+    """
+
+    critic: Any
+    log_ent_coef: th.Tensor | None
+    ent_coef_optimizer: th.optim.Adam | None
+    ent_coef_tensor: th.Tensor
+    target_entropy: Any
+
+    def _temperature(self) -> th.Tensor:
+        """``alpha``: ``exp(log alpha)`` detached when it is learned (the other losses must not move it), else fixed."""
+        if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+            return th.exp(self.log_ent_coef.detach())
+        return self.ent_coef_tensor
+
+    def _temperature_step(self, log_prob: th.Tensor, ent_coef_losses: list[float]) -> None:
+        """When ``alpha`` is learned, one step on ``J(alpha) = -log alpha (log pi(a~|s) + H)``.
+
+        ``H`` is the target entropy. The loss is appended to the list ``train()`` logs.
+        """
+        if self.ent_coef_optimizer is None or self.log_ent_coef is None:
+            return
+        # (log_prob + H) detached: only log(alpha) learns from this loss (softlearning issue #60).
+        # sb3-contrib keeps an automatic target entropy as a NumPy float32, SB3 as a float.
+        ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
+        ent_coef_losses.append(ent_coef_loss.item())
+        compute_gradients(self.ent_coef_optimizer, ent_coef_loss)
+        optimizer_step(self.ent_coef_optimizer)
+
+    def _critic_left_out_of_graph(self) -> Any:
+        """A block whose operations record no gradient path to the critic's trained parameters.
+
+        The actor loss runs the critic on the actor's actions: backward then computes ``dQ/da~``
+        through the critic but not the critic's own gradients, which SB3 computes and its next critic
+        step discards (``zero_grad``). Same actor update, less work.
+        """
+        return left_out_of_graph(p for group in self.critic.optimizer.param_groups for p in group["params"])
+
+
+class SoftActorCritic(EntropyRegularized):
     """The training loop of ``crl.SAC`` and ``crl.TQC``, mixed in before their SB3 / sb3-contrib class.
 
     Each gradient step optimises the temperature, the loss ``"critic"`` and then ``"actor"``; the
@@ -39,10 +81,6 @@ class SoftActorCritic(ContinualOffPolicyAlgorithm):
     target_update_interval: int
     _n_updates: int
     _update_learning_rate: Callable[[Any], None]
-    log_ent_coef: th.Tensor | None
-    ent_coef_optimizer: th.optim.Adam | None
-    ent_coef_tensor: th.Tensor
-    target_entropy: Any
     tau: float
     batch_norm_stats: list[th.Tensor]
     batch_norm_stats_target: list[th.Tensor]
@@ -76,7 +114,10 @@ class SoftActorCritic(ContinualOffPolicyAlgorithm):
                 actions_pi, log_prob = self.actor.action_log_prob(replay_data.observations)
             log_prob = log_prob.reshape(-1, 1)
 
-            ent_coef = self._temperature_step(log_prob, ent_coefs, ent_coef_losses)
+            # alpha before its own step, as SB3 uses it for this gradient step
+            ent_coef = self._temperature()
+            ent_coefs.append(ent_coef.item())
+            self._temperature_step(log_prob, ent_coef_losses)
 
             target_values = self._td_target(replay_data, ent_coef)
 
@@ -129,45 +170,12 @@ class SoftActorCritic(ContinualOffPolicyAlgorithm):
         """The actor's loss for its actions ``actions_pi`` and their log-probabilities ``log_prob``."""
         raise NotImplementedError
 
-    def _temperature(self) -> th.Tensor:
-        """``alpha``: ``exp(log alpha)`` detached when it is learned (the other losses must not move it), else fixed."""
-        if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
-            return th.exp(self.log_ent_coef.detach())
-        return self.ent_coef_tensor
-
-    def _temperature_step(self, log_prob: th.Tensor, ent_coefs: list[float], ent_coef_losses: list[float]) -> th.Tensor:
-        """``alpha`` for this gradient step; when learned, one step on ``J(alpha) = -log alpha (log pi(a~|s) + H)``.
-
-        ``H`` is the target entropy. The returned ``alpha`` is the value before the step, as in SB3. The
-        values are appended to the lists ``train()`` logs.
-        """
-        ent_coef = self._temperature()
-        ent_coefs.append(ent_coef.item())
-        if self.ent_coef_optimizer is None or self.log_ent_coef is None:
-            return ent_coef
-        # (log_prob + H) detached: only log(alpha) learns from this loss (softlearning issue #60).
-        # sb3-contrib keeps an automatic target entropy as a NumPy float32, SB3 as a float.
-        ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
-        ent_coef_losses.append(ent_coef_loss.item())
-        compute_gradients(self.ent_coef_optimizer, ent_coef_loss)
-        optimizer_step(self.ent_coef_optimizer)
-        return ent_coef
-
     def _update_target_critic(self) -> None:
         """``theta_target <- (1 - tau) theta_target + tau theta``, and the batch norms' running statistics copied."""
         # Listed once per module tree rather than walked twice per gradient step
         polyak_update(listed_parameters(self.critic), listed_parameters(self.critic_target), self.tau)
         # Copy running stats, see SB3 GH issue #996
         polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
-
-    def _critic_left_out_of_graph(self) -> Any:
-        """A block whose operations record no gradient path to the critic's trained parameters.
-
-        The actor loss runs the critic on the actor's actions: backward then computes ``dQ/da~``
-        through the critic but not the critic's own gradients, which SB3 computes and its next critic
-        step discards (``zero_grad``). Same actor update, less work.
-        """
-        return left_out_of_graph(p for group in self.critic.optimizer.param_groups for p in group["params"])
 
 
 @contextmanager
