@@ -1,9 +1,11 @@
-"""What ``crl.SAC`` and ``crl.TQC`` share: the training loop, the temperature, the target critic's update.
+"""What ``crl.SAC`` and ``crl.TQC`` share (the training loop, the target critic's update), and ``crl.CrossQ`` too.
 
-Both follow Haarnoja et al. 2018's soft actor-critic: a temperature ``alpha`` tuned towards a target
-entropy, Polyak-averaged target critics, and an actor loss through the critics. Their critics differ
-(one value per Q-network for SAC, quantiles for TQC): each algorithm writes its TD target, critic loss
-and actor loss, and :class:`SoftActorCritic` runs them in SB3's order with crl's hooks.
+All follow Haarnoja et al. 2018's soft actor-critic: a temperature ``alpha`` tuned towards a target
+entropy and an actor loss through the critics (:class:`EntropyRegularized`, shared by the three).
+SAC's and TQC's critics differ (one value per Q-network, quantiles) but are trained the same way,
+with Polyak-averaged target critics: each writes its TD target, critic loss and actor loss, and
+:class:`SoftActorCritic` runs them in SB3's order with crl's hooks. CrossQ, without target critics
+and with a joint forward pass, keeps its own loop.
 """
 
 from __future__ import annotations
