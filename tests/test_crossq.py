@@ -13,12 +13,12 @@ from sb3_contrib.common.torch_layers import BatchRenorm
 from stable_baselines3.common.logger import Logger
 from test_metrics_monitor import _Recorder, expected_metric_keys
 from test_sb3_equivalence import _Observer, assert_same_training
+from test_tqc import _fresh_with_seed, _probe, _snapshot
 from torch import nn
 
 from crl.algorithms.crossq import CrossQ
 from crl.hooks import GradientStep
 from crl.interventions import AdaptiveReplayRatio, InterventionError, ReDo, Reset, ShrinkPerturb, WeightDecay
-from crl.interventions.network import fresh_policy
 from crl.metrics import evaluate
 from crl.metrics.functions import unit_scores
 from crl.policies.crossq import batch_renorm_layers
@@ -45,21 +45,8 @@ def _small(steps: int = 300, **extra: Any) -> CrossQ:
     return model
 
 
-def _snapshot(module: nn.Module) -> dict[str, th.Tensor]:
-    return {name: p.detach().clone() for name, p in module.named_parameters()}
-
-
 def _state(module: nn.Module) -> dict[str, th.Tensor]:
     return {name: value.detach().clone() for name, value in module.state_dict().items()}
-
-
-def _fresh_with_seed(policy: Any, seed: int) -> dict[str, th.Tensor]:
-    th.manual_seed(seed)
-    return dict(fresh_policy(policy).named_parameters())
-
-
-def _probe(model: CrossQ, size: int = 128) -> tuple[th.Tensor, th.Tensor]:
-    return th.as_tensor(model.replay_buffer.observations[:size, 0]), th.as_tensor(model.replay_buffer.actions[:size, 0])
 
 
 @pytest.fixture(scope="module")

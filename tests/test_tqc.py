@@ -56,7 +56,8 @@ def _fresh_with_seed(policy: Any, seed: int) -> dict[str, th.Tensor]:
     return dict(fresh_policy(policy).named_parameters())
 
 
-def _probe(model: TQC, size: int = 128) -> tuple[th.Tensor, th.Tensor]:
+def _probe(model: Any, size: int = 128) -> tuple[th.Tensor, th.Tensor]:
+    """The first ``size`` observations and actions of an off-policy model's replay buffer."""
     return th.as_tensor(model.replay_buffer.observations[:size, 0]), th.as_tensor(model.replay_buffer.actions[:size, 0])
 
 

@@ -35,9 +35,6 @@ class CrossQ(EntropyRegularized, sb3_contrib.CrossQ):
     algorithm_family: ClassVar[str] = "CrossQ"
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": policies.CrossQPolicy}
 
-    policy: Any
-    actor: Any
-    critic: Any
     replay_buffer: Any
     use_sde: bool
     policy_delay: int
@@ -45,13 +42,7 @@ class CrossQ(EntropyRegularized, sb3_contrib.CrossQ):
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         hooks = self._hooks
-        self.policy.set_training_mode(True)
-        optimizers = [self.actor.optimizer, self.critic.optimizer]
-        if self.ent_coef_optimizer is not None:
-            optimizers += [self.ent_coef_optimizer]
-        self._update_learning_rate(optimizers)
-        critic_networks = [f"qf{index}" for index in range(self.critic.n_critics)]
-        hooks("on_train_start", self._algo)
+        critic_networks = self._begin_train()
 
         ent_coef_losses: list[float] = []
         ent_coefs: list[float] = []

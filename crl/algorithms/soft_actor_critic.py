@@ -30,11 +30,30 @@ class EntropyRegularized(ContinualOffPolicyAlgorithm):
     Mixed in before the SB3 / sb3-contrib class, which provides the attributes.
     """
 
+    policy: Any
+    actor: Any
     critic: Any
     log_ent_coef: th.Tensor | None
     ent_coef_optimizer: th.optim.Adam | None
     ent_coef_tensor: th.Tensor
     target_entropy: Any
+    _update_learning_rate: Callable[[Any], None]
+
+    def _begin_train(self) -> list[str]:
+        """SB3's start of a soft actor-critic's ``train()``, then the hook ``on_train_start``.
+
+        Training mode on, and the learning rates of the actor, the critic and the temperature set from
+        their schedule.
+
+        :return: the names of the critic's networks (``qf0``, ``qf1``, ...), which the loop records
+        """
+        self.policy.set_training_mode(True)
+        optimizers = [self.actor.optimizer, self.critic.optimizer]
+        if self.ent_coef_optimizer is not None:
+            optimizers += [self.ent_coef_optimizer]
+        self._update_learning_rate(optimizers)
+        self._hooks("on_train_start", self._algo)
+        return [f"qf{index}" for index in range(self.critic.n_critics)]
 
     def _temperature(self) -> th.Tensor:
         """``alpha``: ``exp(log alpha)`` detached when it is learned (the other losses must not move it), else fixed."""
@@ -74,28 +93,18 @@ class SoftActorCritic(EntropyRegularized):
     :meth:`_critic_loss` and :meth:`_actor_loss`.
     """
 
-    policy: Any
-    actor: Any
-    critic: Any
     critic_target: Any
     replay_buffer: Any
     use_sde: bool
     target_update_interval: int
     _n_updates: int
-    _update_learning_rate: Callable[[Any], None]
     tau: float
     batch_norm_stats: list[th.Tensor]
     batch_norm_stats_target: list[th.Tensor]
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         hooks = self._hooks
-        self.policy.set_training_mode(True)
-        optimizers = [self.actor.optimizer, self.critic.optimizer]
-        if self.ent_coef_optimizer is not None:
-            optimizers += [self.ent_coef_optimizer]
-        self._update_learning_rate(optimizers)
-        critic_networks = [f"qf{index}" for index in range(self.critic.n_critics)]
-        hooks("on_train_start", self._algo)
+        critic_networks = self._begin_train()
 
         ent_coef_losses: list[float] = []
         ent_coefs: list[float] = []
