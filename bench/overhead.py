@@ -23,6 +23,9 @@ Two tables, each from its own run:
   own (``crl_train``: glibc keeps freed memory, :func:`crl.process.keep_freed_memory`) and plain SB3
   with the same allocator setting (``sb3_kept_memory``), with the row ``crl_train against
   sb3_kept_memory``: what a crl job gains over a plain SB3 script, and how much of it is the allocator.
+- ``contrib``: crl's sb3-contrib algorithms against sb3-contrib's own (QR-DQN on ``dqn_cartpole``'s
+  configuration, TQC and CrossQ on Pendulum); the agent ``sb3`` is sb3-contrib's class, ``crl`` and
+  ``crl_metrics`` as above. The ratio is the throughput table's; crl's target is 1.0 (no slower).
 
 Every repetition runs the agents of a configuration back to back, in an order that rotates between
 repetitions, with the same seed and fresh environments, on one torch thread; only ``learn()`` is
@@ -46,7 +49,7 @@ Python-heavy code, so a share is larger than its wall-time weight, but the two c
 on a loaded machine; ``--write`` puts that table between ``<!-- profile:begin -->`` and ``<!-- profile:end -->``.
 
 ``--write FILE`` replaces the table's block in ``FILE`` (between ``<!-- overhead:begin -->`` and
-``<!-- overhead:end -->``, or the ``throughput`` markers) with the machine description and the table.
+``<!-- overhead:end -->``, or the ``throughput`` or ``contrib`` markers) with the machine description and the table.
 ``--save`` keeps the measured times in a JSON file; ``--load`` makes the table from saved files instead
 of measuring (e.g. two runs of different ``--only`` subsets, one after the other); a configuration in
 several files gets the repetitions of all of them.
@@ -72,6 +75,7 @@ from typing import Any, TypeVar
 
 import ale_py
 import gymnasium as gym
+import sb3_contrib
 import stable_baselines3 as sb3
 import torch as th
 from rich.console import Console
@@ -105,7 +109,7 @@ Result = TypeVar("Result")
 class Config:
     """One training configuration: the algorithm, its env, its hyperparameters and the run length.
 
-    :param algorithm: the SB3 class name (crl has a subclass of the same name)
+    :param algorithm: the SB3 or sb3-contrib class name (crl has a subclass of the same name)
     :param policy: the policy name
     :param make_env: builds the training ``VecEnv`` from a seed and the ``DummyVecEnv`` class to use
     :param steps: environment steps of ``learn()``
@@ -209,6 +213,44 @@ CONFIGS: dict[str, Config] = {
         "SAC, Pendulum, 256x256 MLPs, updates from step 100",
         dict(learning_starts=100),
     ),
+    "qrdqn_cartpole": Config(
+        "QRDQN",
+        "MlpPolicy",
+        _cartpole_1,
+        50_000,
+        "QR-DQN, CartPole, rl-baselines3-zoo's tuned hyperparameters (256x256 MLP, 10 quantiles, 128 gradient "
+        "steps of 64 every 256 steps from step 1k, target sync every 10 updates)",
+        dict(
+            learning_rate=2.3e-3,
+            batch_size=64,
+            buffer_size=100_000,
+            learning_starts=1_000,
+            gamma=0.99,
+            target_update_interval=10,
+            train_freq=256,
+            gradient_steps=128,
+            exploration_fraction=0.16,
+            exploration_final_eps=0.04,
+            policy_kwargs=dict(net_arch=[256, 256], n_quantiles=10),
+        ),
+    ),
+    "tqc_pendulum": Config(
+        "TQC",
+        "MlpPolicy",
+        _pendulum,
+        1_500,
+        "TQC, Pendulum, 256x256 MLPs (2 critics of 25 quantiles, 2 dropped per critic), updates from step 100",
+        dict(learning_starts=100),
+    ),
+    "crossq_pendulum": Config(
+        "CrossQ",
+        "MlpPolicy",
+        _pendulum,
+        500,
+        "CrossQ, Pendulum, sb3-contrib's networks (actor 256x256, critics 1024x1024 with BatchRenorm), updates "
+        "from step 100",
+        dict(learning_starts=100),
+    ),
     "sac_cw": Config(
         "SAC",
         "MlpPolicy",
@@ -233,6 +275,7 @@ class TableSpec:
     :param targets: the target of each row, by agent (overhead) or by configuration (throughput)
     :param baselines: agent -> the reference that does the same arithmetic (e.g. ``crl_ln_redo`` ->
         ``sb3_ln``): a row more gives the agent's ratio against it, with the configuration's target
+    :param library: what the agent ``sb3`` is, as the table's header names it
     """
 
     agents: tuple[str, ...]
@@ -241,6 +284,7 @@ class TableSpec:
     targets: dict[str, float]
     references: dict[str, tuple[str, ...]] = field(default_factory=dict)
     baselines: dict[str, str] = field(default_factory=dict)
+    library: str = "SB3"
 
     def target(self, name: str, agent: str) -> float:
         return self.targets[name] if self.speedup else self.targets[agent]
@@ -293,6 +337,13 @@ TABLES: dict[str, TableSpec] = {
         },
         baselines={"crl_ln_redo": "sb3_ln", "crl_train": "sb3_kept_memory"},
     ),
+    "contrib": TableSpec(
+        agents=("sb3", "crl", "crl_metrics"),
+        runs={"qrdqn_cartpole": 50_000, "tqc_pendulum": 1_500, "crossq_pendulum": 500},
+        speedup=True,
+        targets={"qrdqn_cartpole": 1.0, "tqc_pendulum": 1.0, "crossq_pendulum": 1.0},
+        library="sb3-contrib",
+    ),
 }
 Times = dict[str, dict[str, list[float]]]
 """configuration -> agent -> wall time in seconds of each repetition"""
@@ -324,7 +375,8 @@ def build(config: Config, agent: str, seed: int) -> BaseAlgorithm:
     agent = KEPT_MEMORY_AGENTS.get(agent, agent)
     arguments = dict(config.hyperparameters, seed=seed, device="cpu")
     if agent in ("sb3", "sb3_ln"):
-        model = getattr(sb3, config.algorithm)(config.policy, config.make_env(seed, SB3DummyVecEnv), **arguments)
+        library = sb3 if hasattr(sb3, config.algorithm) else sb3_contrib
+        model = getattr(library, config.algorithm)(config.policy, config.make_env(seed, SB3DummyVecEnv), **arguments)
         return with_layer_norm(model) if agent == "sb3_ln" else model
     metrics = MetricsConfig() if agent == "crl_metrics" else None
     interventions = [LayerNorm(), ReDo()] if agent == "crl_ln_redo" else None
@@ -487,7 +539,7 @@ def measured_on() -> str:
 
 
 def markers(table: str) -> tuple[str, str]:
-    """The comments around ``table``'s generated block (``overhead``, ``throughput`` or ``profile``)."""
+    """The comments around ``table``'s generated block (``overhead``, ``throughput``, ``contrib`` or ``profile``)."""
     return f"<!-- {table}:begin -->", f"<!-- {table}:end -->"
 
 
@@ -501,7 +553,7 @@ def markdown(table: str, times: Times, command: str, scale: float, where: str) -
     """
     spec = TABLES[table]
     begin, end = markers(table)
-    ratio = "steps/s against SB3's" if spec.speedup else "wall time against SB3's"
+    ratio = f"{'steps/s' if spec.speedup else 'wall time'} against {spec.library}'s"
     header = f"| configuration | agent | median wall time (s) | steps/s | {ratio}: median [min, max] | target |"
     lines = [begin, "", f"Measured on: {where}.", "", f"Command: `{command}` ({repetitions(times)}).", ""]
     lines += [header, "|---|---|---|---|---|---|"]

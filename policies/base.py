@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -18,6 +18,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from torch import nn
 
 from crl.optim import policy_optimizers
+from crl.policies.direct_forward import Step, kept_direct_layers, run_layers
 from crl.policies.features import FeatureRecorder, Features, HiddenLayer, hidden_layers
 from crl.policies.layers import ArchitectureOptions
 from crl.policies.module_tree import SubmoduleRegistrations
@@ -300,6 +301,24 @@ class ContinualPolicyMixin:
         if kind == "image" and model.normalize_images:
             return normalized_images(obs)
         return obs.float()
+
+    def direct_pass(
+        self, obs: PyTorchObs, network: BaseModel, kept_in: str, layers_of: Callable[[nn.Module], list[Step] | None]
+    ) -> Any | None:
+        """``network``'s forward pass on ``obs`` through its layers' ``forward``; ``None`` when that is not exact.
+
+        For a network whose forward pass is its layers in turn on :meth:`preprocessed` (DQN's Q-network,
+        QR-DQN's quantile network). Not exact: a network ``layers_of`` does not know (``None``), hooks on
+        its modules or globally, compilation or tracing (see :class:`~crl.policies.direct_forward.DirectLayers`).
+
+        :param kept_in: the policy attribute that keeps the network's :class:`~crl.policies.direct_forward.DirectLayers`
+        :param layers_of: the layers that compute the network's forward pass (``None`` if it has another)
+        """
+        layers = kept_direct_layers(self, kept_in, layers_of)(network)
+        if layers is None:
+            return None
+        # A dict for MultiInputPolicy: its CombinedExtractor is the first layer
+        return run_layers(layers, self.preprocessed(obs, network))
 
     def _box_kind(self, space: spaces.Space) -> BoxKind:
         """``"image"`` or ``"box"`` for a ``Box`` space (SB3's ``is_image_space``), ``None`` for another space.

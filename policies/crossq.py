@@ -61,10 +61,13 @@ class CrossQPolicyMixin(SoftActorCriticPolicyMixin):
 
     Of the architecture options, ``activation`` works as for SAC; with ``batch_norm=True`` (CrossQ's
     default) ``layer_norm`` and CReLU without ``crelu_halve_width`` are refused (see
-    :meth:`_validate_architecture`), and ``two_hot`` is always refused.
+    :meth:`_validate_architecture`), and ``two_hot`` is always refused. The critics' layers are called
+    directly where that is exact (:meth:`critic_outputs`), each ``BatchRenorm1d`` through its own
+    ``forward``, so that its running statistics move as in the module call.
     """
 
     algorithm_name = "CrossQ"
+    critic_class = sb3_contrib.CrossQCritic
     actor: sb3_contrib.Actor
     critic: sb3_contrib.CrossQCritic
     _batch_renorms: list[BatchRenorm] | None = None

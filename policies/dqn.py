@@ -11,14 +11,7 @@ from stable_baselines3.dqn import policies as sb3
 from torch import nn
 
 from crl.policies.base import ContinualPolicyMixin
-from crl.policies.direct_forward import (
-    DirectLayers,
-    Step,
-    chained_layers,
-    has_call_hooks,
-    kept_direct_layers,
-    run_layers,
-)
+from crl.policies.direct_forward import DirectLayers, Step, chained_layers, has_call_hooks
 from crl.policies.two_hot import TwoHot
 
 
@@ -126,17 +119,11 @@ class DQNPolicyMixin(ContinualPolicyMixin):
         """The network's forward pass through its layers' ``forward``; ``None`` when that would not be exact.
 
         Not exact: a network that is not SB3's ``QNetwork`` (e.g. the two-hot head), hooks on its
-        modules or globally, compilation or tracing (see :class:`DirectLayers`).
+        modules or globally, compilation or tracing (see :meth:`direct_pass`).
         """
-        network = self.q_net_target if target else self.q_net
-        kept_in = "_direct_target_layers" if target else "_direct_q_layers"
-        layers = kept_direct_layers(self, kept_in, _q_network_layers)(network)
-        if layers is None:
-            return None
-        # A dict for MultiInputPolicy: its CombinedExtractor is the first layer
-        observations = self.preprocessed(obs, network)
-        q_values: th.Tensor = run_layers(layers, observations)
-        return q_values
+        if target:
+            return self.direct_pass(obs, self.q_net_target, "_direct_target_layers", _q_network_layers)
+        return self.direct_pass(obs, self.q_net, "_direct_q_layers", _q_network_layers)
 
 
 class DQNPolicy(DQNPolicyMixin, sb3.DQNPolicy):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, ClassVar
 
 import torch as th
 from stable_baselines3.common.policies import BaseModel, ContinuousCritic
@@ -49,31 +50,42 @@ _CriticLayers = tuple[list[Step], list[list[Step]]]
 """Layers of a critic's features extractor, and of each of its Q-networks."""
 
 
-def _critic_layers(critic: nn.Module) -> _CriticLayers | None:
-    """The layers of SB3's ``ContinuousCritic.forward`` after ``preprocess_obs``; ``None`` for another forward."""
-    if not isinstance(critic, ContinuousCritic):
+def _critic_layers(critic_class: type[BaseModel], critic: nn.Module) -> _CriticLayers | None:
+    """The layers of ``critic_class.forward`` after ``preprocess_obs``; ``None`` for a critic with another forward.
+
+    :param critic_class: SB3's ``ContinuousCritic`` or a critic class whose ``forward`` runs its extractor
+        (without gradient when shared) and then each of its ``q_networks`` on the features and actions
+    """
+    if not isinstance(critic, critic_class):
         return None
-    critic_class = type(critic)
-    if (
-        critic_class.forward is not ContinuousCritic.forward
-        or critic_class.extract_features is not BaseModel.extract_features
-    ):
+    own_class = type(critic)
+    if own_class.forward is not critic_class.forward or own_class.extract_features is not BaseModel.extract_features:
         return None
-    return chained_layers(critic.features_extractor), [chained_layers(q_net) for q_net in critic.q_networks]
+    q_networks: list[nn.Module] = critic.q_networks  # type: ignore[assignment]  # both critic classes have them
+    return chained_layers(critic.features_extractor), [chained_layers(q_net) for q_net in q_networks]
 
 
 class SoftActorCriticPolicyMixin(ContinualPolicyMixin):
-    """The networks of a soft actor-critic policy (SAC's, TQC's): the ``actor`` and each critic ``qf0``, ``qf1``, ...
+    """The networks of a soft actor-critic policy (SAC's, TQC's, CrossQ's): the ``actor`` and each critic
+    ``qf0``, ``qf1``, ...
 
     The architecture options apply to the actor's hidden layers and to each of the critic's
-    ``q_networks``. The target critics are not trained by gradient and are not listed.
+    ``q_networks``. The target critics are not trained by gradient and are not listed. The critics'
+    layers are called directly where that is exact (:meth:`critic_outputs`).
     """
 
     algorithm_name: str
     """The algorithm named in error messages."""
+    critic_class: ClassVar[type[BaseModel] | None] = None
+    """The critic class whose ``forward`` :meth:`critic_outputs` computes layer by layer (see
+    :func:`_critic_layers`); ``None``: the critic is always called as a module."""
     actor: Any
     critic: Any
     critic_target: Any
+    _direct_critic_layers: DirectLayers[_CriticLayers] | None = None
+    """The critic's layers :meth:`critic_outputs` calls directly (built at the first call)."""
+    _direct_target_layers: DirectLayers[_CriticLayers] | None = None
+    """The target critic's layers :meth:`critic_outputs` calls directly (built at the first call)."""
 
     def _validate_architecture(self, architecture: ArchitectureOptions, kwargs: dict[str, Any]) -> None:
         if architecture.crelu and kwargs.get("use_sde", False):
@@ -124,18 +136,40 @@ class SoftActorCriticPolicyMixin(ContinualPolicyMixin):
         actions_pi = self.actor(observations, deterministic=True)
         self.critic(observations, actions_pi if actions is None else actions)
 
+    def critic_outputs(self, obs: th.Tensor, actions: th.Tensor, target: bool = False) -> tuple[th.Tensor, ...] | None:
+        """Each Q-network's output on ``(obs, actions)``, the critic's (the target critic's with ``target``)
+        layers called directly; ``None`` when that would not be exact.
+
+        A soft actor-critic's ``train()`` runs a critic three times per gradient step (the TD target,
+        the critic loss, the actor loss), each through 15 modules for two 256x256 MLPs (see
+        :mod:`crl.policies.direct_forward`). Not exact: a critic that is not :attr:`critic_class` with
+        its ``forward`` (e.g. the two-hot head), hooks or compilation.
+        """
+        critic_class = self.critic_class
+        if critic_class is None:
+            return None
+        critic = self.critic_target if target else self.critic
+        kept_in = "_direct_target_layers" if target else "_direct_critic_layers"
+        layers = kept_direct_layers(self, kept_in, partial(_critic_layers, critic_class))(critic)
+        if layers is None:
+            return None
+        extractor_layers, q_network_layers = layers
+        # The critic's forward: a shared extractor is trained by the actor's loss only
+        with th.set_grad_enabled(not critic.share_features_extractor):
+            observations = self.preprocessed(obs, critic)
+            features = run_layers(extractor_layers, observations)
+        q_input = th.cat([features, actions], dim=1)
+        return tuple(run_layers(q_layers, q_input) for q_layers in q_network_layers)
+
 
 class SACPolicyMixin(SoftActorCriticPolicyMixin):
     """SAC's networks (:class:`SoftActorCriticPolicyMixin`), with critics called layer by layer when exact."""
 
     algorithm_name = "SAC"
+    critic_class = ContinuousCritic
     actor: sb3.Actor
     critic: ContinuousCritic
     critic_target: ContinuousCritic
-    _direct_critic_layers: DirectLayers[_CriticLayers] | None = None
-    """The critic's layers :meth:`q_values` calls directly (built at the first call)."""
-    _direct_target_layers: DirectLayers[_CriticLayers] | None = None
-    """The target critic's layers :meth:`q_values` calls directly (built at the first call)."""
 
     def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
         if self.two_hot is None:
@@ -145,26 +179,12 @@ class SACPolicyMixin(SoftActorCriticPolicyMixin):
         return self._rewrite_critic(critic)  # type: ignore[no-any-return]
 
     def q_values(self, obs: th.Tensor, actions: th.Tensor, target: bool = False) -> tuple[th.Tensor, ...]:
-        """``critic(obs, actions)`` (``critic_target(obs, actions)`` with ``target``), calling layers directly if exact.
-
-        SAC's ``train()`` runs a critic three times per gradient step (the TD target, the critic loss,
-        the actor loss), each through 15 modules for the 256x256 MLPs (see
-        :mod:`crl.policies.direct_forward`). A critic that is not SB3's ``ContinuousCritic`` (e.g. the
-        two-hot head), hooks or compilation take the module call.
-        """
-        critic = self.critic_target if target else self.critic
-        kept_in = "_direct_target_layers" if target else "_direct_critic_layers"
-        layers = kept_direct_layers(self, kept_in, _critic_layers)(critic)
-        if layers is None:
-            q_values: tuple[th.Tensor, ...] = critic(obs, actions)
-            return q_values
-        extractor_layers, q_network_layers = layers
-        # SB3's ContinuousCritic.forward: a shared extractor is trained by the actor's loss only
-        with th.set_grad_enabled(not critic.share_features_extractor):
-            observations = self.preprocessed(obs, critic)
-            features = run_layers(extractor_layers, observations)
-        q_input = th.cat([features, actions], dim=1)
-        return tuple(run_layers(q_layers, q_input) for q_layers in q_network_layers)
+        """``critic(obs, actions)`` (``critic_target(obs, actions)`` with ``target``), through :meth:`critic_outputs`
+        when exact."""
+        q_values = self.critic_outputs(obs, actions, target)
+        if q_values is None:
+            q_values = (self.critic_target if target else self.critic)(obs, actions)
+        return q_values
 
 
 class SACPolicy(SACPolicyMixin, sb3.SACPolicy):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch as th
 from sb3_contrib.tqc import policies as sb3_contrib
 
 from crl.policies.layers import ArchitectureOptions
@@ -14,11 +15,12 @@ class TQCPolicyMixin(SoftActorCriticPolicyMixin):
     """The trained networks are the ``actor`` and each quantile critic ``qf0``, ``qf1``, ...
 
     Each critic ``qf<i>`` is one MLP ending in ``n_quantiles`` outputs. The target critics are not
-    trained by gradient and are not listed. Networks are called as sb3-contrib builds them (no direct
-    layer calls as in :class:`~crl.policies.sac.SACPolicyMixin`).
+    trained by gradient and are not listed. As SAC's, the critics' layers are called directly when that
+    is exact (:meth:`quantiles`); the actor is called as sb3-contrib builds it.
     """
 
     algorithm_name = "TQC"
+    critic_class = sb3_contrib.Critic
     actor: sb3_contrib.Actor
     critic: sb3_contrib.Critic
     critic_target: sb3_contrib.Critic
@@ -31,6 +33,19 @@ class TQCPolicyMixin(SoftActorCriticPolicyMixin):
                 "regression); leave two_hot out"
             )
         super()._validate_architecture(architecture, kwargs)
+
+    def quantiles(self, obs: th.Tensor, actions: th.Tensor, target: bool = False) -> th.Tensor:
+        """``critic(obs, actions)`` (``critic_target(obs, actions)`` with ``target``), through :meth:`critic_outputs`
+        when exact.
+
+        :return: every critic's quantiles, shape ``(batch, n_critics, n_quantiles)``
+        """
+        outputs = self.critic_outputs(obs, actions, target)
+        if outputs is None:
+            quantiles: th.Tensor = (self.critic_target if target else self.critic)(obs, actions)
+            return quantiles
+        # sb3-contrib's Critic.forward stacks its quantile networks' outputs
+        return th.stack(outputs, dim=1)
 
 
 class TQCPolicy(TQCPolicyMixin, sb3_contrib.TQCPolicy):

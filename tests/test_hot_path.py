@@ -423,13 +423,21 @@ def test_sac_critic_direct_pass_has_sb3s_gradients(share_features_extractor: boo
     policy, batch = _sac_batch(
         net_arch=[32, 32], features_extractor_class=_LinearExtractor, share_features_extractor=share_features_extractor
     )
+    assert_critic_gradients_are_the_module_calls(policy, policy.q_values, batch, share_features_extractor)
 
-    def gradients(q_values) -> list[th.Tensor | None]:
+
+def assert_critic_gradients_are_the_module_calls(
+    policy: BasePolicy, direct_pass: Callable, batch, share_features_extractor: bool
+) -> None:
+    """``direct_pass(observations, actions)`` gives the gradients of ``policy.critic``'s module call, and
+    the critic's features extractor (a :class:`_LinearExtractor`) gets none from either when it is shared."""
+
+    def gradients(outputs: th.Tensor | tuple[th.Tensor, ...]) -> list[th.Tensor | None]:
         policy.zero_grad()
-        sum(q.sum() for q in q_values).backward()
+        sum(output.square().sum() for output in (outputs if isinstance(outputs, tuple) else (outputs,))).backward()
         return [None if p.grad is None else p.grad.clone() for p in policy.parameters()]
 
-    direct = gradients(policy.q_values(batch.observations, batch.actions))
+    direct = gradients(direct_pass(batch.observations, batch.actions))
     extractor_gradient = policy.critic.features_extractor.linear.weight.grad
     module = gradients(policy.critic(batch.observations, batch.actions))
     assert sum(g is not None for g in direct) >= 6

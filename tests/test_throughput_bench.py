@@ -9,6 +9,7 @@ from pathlib import Path
 from unittest.mock import patch
 
 import pytest
+import sb3_contrib
 import stable_baselines3 as sb3
 import torch as th
 from rich.console import Console
@@ -256,3 +257,21 @@ def test_the_kept_memory_agents_are_not_timed_in_the_measuring_process() -> None
                      references={"dqn_atari": ("crl_train",)})  # fmt: skip
     with pytest.raises(SystemExit, match=r"--in-process: \['crl_train'\]"):
         measure(spec, ["dqn_atari"], 1, 0, 1.0, Console(quiet=True), fresh_processes=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "contrib_class"),
+    [("qrdqn_cartpole", sb3_contrib.QRDQN), ("tqc_pendulum", sb3_contrib.TQC), ("crossq_pendulum", sb3_contrib.CrossQ)],
+)
+def test_the_contrib_table_times_crl_against_sb3_contribs_own_class(name: str, contrib_class: type) -> None:
+    models = {agent: build(CONFIGS[name], agent, seed=0) for agent in ("sb3", "crl", "crl_metrics")}
+    assert type(models["sb3"]) is contrib_class
+    crl_class = getattr(crl, contrib_class.__name__)
+    assert type(models["crl"]) is crl_class and type(models["crl_metrics"]) is crl_class
+    assert models["crl"].metrics_monitor is None and models["crl_metrics"].metrics_monitor is not None
+    times = {name: {"sb3": [10.0, 10.0], "crl": [8.0, 12.5], "crl_metrics": [10.0, 10.0]}}
+    rows = {row[1]: row for row in ratio_rows(times, table="contrib")}
+    assert rows["crl"][4:] == ["1.025 [0.800, 1.250]", ">= 1.0 met"]
+    block = markdown("contrib", times, "command", 1.0, "here")
+    assert "| steps/s against sb3-contrib's: median [min, max] |" in block
+    assert block.startswith("<!-- contrib:begin -->") and block.endswith("<!-- contrib:end -->")

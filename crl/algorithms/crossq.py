@@ -127,7 +127,7 @@ class CrossQ(EntropyRegularized, sb3_contrib.CrossQ):
         all_obs = th.cat([replay_data.observations, replay_data.next_observations], dim=0)
         all_actions = th.cat([replay_data.actions, next_actions], dim=0)
         self.critic.set_bn_training_mode(True)
-        all_q_values = th.cat(self.critic(all_obs, all_actions), dim=1)
+        all_q_values = th.cat(self._q_values(all_obs, all_actions), dim=1)
         self.critic.set_bn_training_mode(False)
         # A batch transformed by a hook may differ from the batch_size asked for: split at its own size
         current_q_values, next_q_values = th.split(all_q_values, replay_data.rewards.shape[0], dim=0)
@@ -174,9 +174,18 @@ class CrossQ(EntropyRegularized, sb3_contrib.CrossQ):
         """
         with self._critic_left_out_of_graph():
             self.critic.set_bn_training_mode(False)
-            q_values_pi = th.cat(self.critic(replay_data.observations, actions_pi), dim=1)
+            q_values_pi = th.cat(self._q_values(replay_data.observations, actions_pi), dim=1)
         min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)
         return (ent_coef * log_prob.reshape(-1, 1) - min_qf_pi).mean()
+
+    def _q_values(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, ...]:
+        """``critic(obs, actions)``: each Q-network's output, through crl's direct pass when exact."""
+        q_values = None
+        if isinstance(self.policy, policies.CrossQPolicyMixin):
+            q_values = self.policy.critic_outputs(obs, actions)
+        if q_values is None:
+            q_values = self.critic(obs, actions)
+        return q_values
 
 
 with_sb3_signature(CrossQ, sb3_contrib.CrossQ)

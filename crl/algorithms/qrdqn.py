@@ -51,7 +51,7 @@ class QRDQN(ValueBased, sb3_contrib.QRDQN):
         # For n-step replay the discount is gamma**n (when the episode did not end early)
         discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
         with th.no_grad():
-            next_quantiles = self.quantile_net_target(replay_data.next_observations)
+            next_quantiles = self._quantiles(replay_data.next_observations, target=True)
             # The greedy action maximises the Q-value, the mean of the quantiles (dimension 1)
             greedy_actions = next_quantiles.mean(dim=1, keepdim=True).argmax(dim=2, keepdim=True)
             next_quantiles = self._quantiles_of(next_quantiles, greedy_actions)
@@ -63,8 +63,15 @@ class QRDQN(ValueBased, sb3_contrib.QRDQN):
         ``sum_i mean_j |tau_i - 1{T theta_j - theta_i < 0}| * huber_1(T theta_j - theta_i)``, averaged over the
         batch, with the quantile midpoints ``tau_i = (2i + 1) / (2 n_quantiles)``.
         """
-        quantiles = self._quantiles_of(self.quantile_net(replay_data.observations), replay_data.actions[..., None])
+        quantiles = self._quantiles_of(self._quantiles(replay_data.observations), replay_data.actions[..., None])
         return quantile_huber_loss(quantiles, target_quantiles, sum_over_quantiles=True)
+
+    def _quantiles(self, observations: th.Tensor, target: bool = False) -> th.Tensor:
+        """``quantile_net(observations)`` (``quantile_net_target`` with ``target``), through crl's direct pass."""
+        if isinstance(self.policy, policies.QRDQNPolicyMixin):
+            return self.policy.quantiles(observations, target)
+        quantiles: th.Tensor = (self.quantile_net_target if target else self.quantile_net)(observations)
+        return quantiles
 
     def _quantiles_of(self, quantiles: th.Tensor, actions: th.Tensor) -> th.Tensor:
         """``theta(s, a)``: each row's quantiles of its action.

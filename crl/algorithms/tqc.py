@@ -50,7 +50,7 @@ class TQC(SoftActorCritic, sb3_contrib.TQC):
         with th.no_grad():
             next_actions, next_log_prob = self.actor.action_log_prob(replay_data.next_observations)
             # (batch, N, M)
-            next_quantiles = self.critic_target(replay_data.next_observations, next_actions)
+            next_quantiles = self._quantiles(replay_data.next_observations, next_actions, target=True)
             kept = self.critic.quantiles_total - self.top_quantiles_to_drop_per_net * self.critic.n_critics
             next_quantiles, _ = th.sort(next_quantiles.flatten(start_dim=1))
             next_quantiles = next_quantiles[:, :kept]
@@ -65,7 +65,7 @@ class TQC(SoftActorCritic, sb3_contrib.TQC):
         over the batch, the ``N`` critics, their ``M`` quantiles and the target atoms ``y_i``: sb3-contrib
         takes the mean over the quantiles where the paper sums them (a constant factor ``M``).
         """
-        current_quantiles = self.critic(replay_data.observations, replay_data.actions)
+        current_quantiles = self._quantiles(replay_data.observations, replay_data.actions)
         return quantile_huber_loss(current_quantiles, target_quantiles, sum_over_quantiles=False)
 
     def _actor_loss(
@@ -78,9 +78,16 @@ class TQC(SoftActorCritic, sb3_contrib.TQC):
         sb3-contrib computes and its next critic step discards (``zero_grad``). Same actor update, less work.
         """
         with self._critic_left_out_of_graph():
-            quantiles_pi = self.critic(replay_data.observations, actions_pi)
+            quantiles_pi = self._quantiles(replay_data.observations, actions_pi)
         mean_q_pi = quantiles_pi.mean(dim=2).mean(dim=1, keepdim=True)
         return (ent_coef * log_prob - mean_q_pi).mean()
+
+    def _quantiles(self, obs: th.Tensor, actions: th.Tensor, target: bool = False) -> th.Tensor:
+        """``critic(obs, actions)`` (``critic_target`` with ``target``), through crl's direct pass."""
+        if isinstance(self.policy, policies.TQCPolicyMixin):
+            return self.policy.quantiles(obs, actions, target)
+        quantiles: th.Tensor = (self.critic_target if target else self.critic)(obs, actions)
+        return quantiles
 
 
 with_sb3_signature(TQC, sb3_contrib.TQC)
