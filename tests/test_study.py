@@ -31,7 +31,7 @@ from crl.continual import ContinualResult, forgetting
 from crl.study.cli import main
 from crl.study.config import OWN_OPTIONS, PRUNERS, SAMPLERS, _annotations, load_study
 from crl.study.objective import area_under_evaluation_curve, mean_forgetting, metric_key_problem
-from crl.study.runs import STORAGE_TAG, STUDY_TAG, TRIAL_TAG, storage_tag
+from crl.study.runs import CONTINUED_TAG, STORAGE_TAG, STUDY_TAG, TRIAL_TAG, storage_tag
 from crl.study.sampler import TrialSeededSampler
 from crl.study.space import SearchSpace
 from crl.study.storage import FINGERPRINT_ATTR, StaleTrialHandler, open_storage, open_study
@@ -804,15 +804,49 @@ def test_an_interrupted_trial_continues_its_run_from_its_checkpoint(
     assert not study_checkpoints(load_study(path)).exists()  # nothing left on disk
 
 
-def test_only_an_interrupted_trials_copy_continues_its_run() -> None:
+def test_a_trial_stopped_between_a_task_end_checkpoint_and_its_report_reports_it_when_continued(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crl.study.trial
+
+    real_report = crl.study.trial.TaskEndReport.__call__
+
+    def stop_at_the_first_task_end(self, task: int, result: ContinualResult) -> None:
+        raise KeyboardInterrupt  # as STOP.check() does for a Ctrl-C: after the task-end checkpoint, before the report
+
+    monkeypatch.setattr(crl.study.trial.TaskEndReport, "__call__", stop_at_the_first_task_end)
+    path = _write(directory, n_trials=1)
+    assert main([str(path)]) == INTERRUPTED_EXIT
+    (stopped, _) = _study(_optuna(directory), "study").trials
+    assert stopped.intermediate_values == {}
+    monkeypatch.setattr(crl.study.trial.TaskEndReport, "__call__", real_report)
+    assert main([str(path)]) == 0
+    trials = _study(_optuna(directory), "study").trials
+    run_id = stopped.user_attrs[RUN_ATTR]
+    assert trials[1].state == TrialState.COMPLETE and trials[1].user_attrs[RUN_ATTR] == run_id
+    # Task 0's report, made from the checkpoint's evaluations, is the one the trial would have made
+    assert main([str(_write(directory, name="reference", n_trials=1))]) == 0
+    (reference,) = _study(_optuna(directory), "reference").trials
+    assert trials[1].intermediate_values == reference.intermediate_values and len(reference.intermediate_values) == 2
+    history = MlflowClient(_mlflow(directory)).get_metric_history(run_id, "objective/intermediate")
+    assert sorted(point.step for point in history) == [0, 1]
+    (seed_run,) = [run for run in _runs(directory) if run.data.tags.get("mlflow.parentRunId") == run_id]
+    assert seed_run.info.status == "FINISHED"
+
+
+def test_every_queued_copy_continues_its_trials_run() -> None:
     study = optuna.create_study()
-    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={RUN_ATTR: "interrupted"}))
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={RUN_ATTR: "stopped"}))
     queue_again(study, study.trials[0], interrupted=True)
-    assert continued_run(study.trials[1]) == "interrupted"
+    assert continued_run(study.trials[1]) == "stopped"
     assert continued_run(study.trials[0]) is None  # not a queued copy
-    # The copy's worker died (its user attributes still name the run it continued): retried from the start.
+    # The copy's worker died: its copy continues the same run
     queue_again(study, study.trials[1], interrupted=False)
-    assert continued_run(study.trials[2]) is None
+    assert continued_run(study.trials[2]) == "stopped"
+    # A trial whose worker died before it had a run: its copy starts one
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL))
+    queue_again(study, study.trials[3], interrupted=False)
+    assert continued_run(study.trials[4]) is None
 
 
 def test_an_unwritable_checkpoint_directory_exits_2_before_the_study_exists(directory: Path, capsys) -> None:
@@ -823,16 +857,20 @@ def test_an_unwritable_checkpoint_directory_exits_2_before_the_study_exists(dire
     assert "checkpoint.directory" in capsys.readouterr().err and not (directory / "optuna.db").exists()
 
 
-def test_a_dead_workers_trial_loses_its_checkpoints(directory: Path) -> None:
+def test_a_dead_workers_trial_keeps_its_checkpoints_for_its_copy_and_loses_them_without_one(directory: Path) -> None:
     client = MlflowClient(_mlflow(directory))
-    run_id = client.create_run(client.create_experiment("dead")).info.run_id
+    experiment = client.create_experiment("dead")
     checkpoints = directory / "checkpoints" / "study"
-    (checkpoints / run_id / "seed-run" / "task0-step8").mkdir(parents=True)
     study = optuna.create_study()
-    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={RUN_ATTR: run_id}))
-    StaleTrialHandler(client, max_retry=1, checkpoints=checkpoints)(study, study.trials[0])
-    assert not checkpoints.exists() and client.get_run(run_id).info.status == "FAILED"
-    assert continued_run(study.trials[1]) is None  # retried from the start
+    for max_retry in (1, 0):
+        run_id = client.create_run(experiment).info.run_id
+        (checkpoints / run_id / "seed-run" / "task0-step8").mkdir(parents=True)
+        study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={RUN_ATTR: run_id}))
+        StaleTrialHandler(client, max_retry=max_retry, checkpoints=checkpoints)(study, study.trials[-1])
+        assert client.get_run(run_id).info.status == "FAILED"
+        retried = max_retry == 1
+        assert (checkpoints / run_id).exists() == retried
+        assert (continued_run(study.trials[-1]) == run_id) == retried  # the copy continues the run
 
 
 def _launch(directory: Path, *arguments: str, new_session: bool = False) -> subprocess.Popen[bytes]:
@@ -888,6 +926,59 @@ def _stop_in_a_trial(process: subprocess.Popen[bytes], url: str, name: str, cond
             return trial
         finished.add(trial.number)
         process.send_signal(signal.SIGCONT)
+
+
+def _kill_mid_task(process: subprocess.Popen[bytes], checkpoints: Path, task: int) -> Path:
+    """SIGKILL ``process`` while it trains ``task`` of a seed, after that task's first checkpoint.
+
+    The process is stopped (SIGSTOP) first and the seed's checkpoint looked at again: a seed that
+    finished in between has removed its checkpoints, and a kill then would not be mid-task.
+
+    :return: the seed's ``latest`` file (naming its latest checkpoint)
+    """
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = [latest for latest in checkpoints.glob("*/*/latest") if latest.read_text().startswith(f"task{task}-")]
+        if found:
+            process.send_signal(signal.SIGSTOP)
+            if found[0].exists():
+                process.kill()
+                process.wait()
+                return found[0]
+            process.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+    raise TimeoutError(f"no checkpoint of task {task} under {checkpoints}")
+
+
+def test_a_dead_workers_trial_continues_from_its_checkpoint_as_if_never_stopped(directory: Path) -> None:
+    checkpointed = CURRICULUM.replace("steps_per_task: 200", "steps_per_task: 3000") + "checkpoint: {every: 500}\n"
+    (directory / "curriculum.yaml").write_text(checkpointed)
+    storage = {"heartbeat_interval": 1, "grace_period": 2}
+    path = _write(directory, n_trials=1, storage=storage)
+    latest = _kill_mid_task(_launch(directory, str(path)), study_checkpoints(load_study(path)), task=1)
+    checkpoint_step = 3000 + int(latest.read_text().split("-step")[1])  # global: task 1 starts at step 3000
+    seed_run_id = latest.parent.name
+    time.sleep(2.5)  # past the grace period: the next worker takes the trial for dead
+
+    _finish(_launch(directory, str(path)))
+    trials = _study(_optuna(directory), "study").trials
+    assert [trial.state for trial in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    run_id = trials[0].user_attrs[RUN_ATTR]
+    assert trials[1].user_attrs[RUN_ATTR] == run_id  # the dead worker's trial run, continued
+    assert sorted(trials[1].intermediate_values) == [0, 1]
+    client = MlflowClient(_mlflow(directory))
+    (seed_run,) = [run for run in _runs(directory) if run.data.tags.get("mlflow.parentRunId") == run_id]
+    assert seed_run.info.run_id == seed_run_id and seed_run.info.status == "FINISHED"  # resumed, not restarted
+    evaluations = [point.step for point in client.get_metric_history(seed_run_id, "continual/average")]
+    assert sorted(evaluations) == list(range(100, 6001, 100))  # before the checkpoint and after, each once
+    losses = [point.step for point in client.get_metric_history(seed_run_id, "train/loss")]
+    assert min(losses) < checkpoint_step < max(losses) and len(losses) == len(set(losses))
+    assert not study_checkpoints(load_study(path)).exists()  # nothing left on disk
+
+    # The same trial never stopped (trial 0 of a study with the same seed draws the same parameters)
+    _finish(_launch(directory, str(_write(directory, name="reference", n_trials=1, storage=storage))))
+    (reference,) = _study(_optuna(directory), "reference").trials
+    assert reference.params == trials[1].params and reference.value == trials[1].value
 
 
 def test_an_interrupted_study_relaunched_with_its_name_continues(directory: Path) -> None:
@@ -1036,5 +1127,9 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_the_other(directory: Pa
     assert retry.user_attrs[WORKER_ATTR].endswith(f":{survivor.pid}")
     done = counted(trials)
     assert len(done) == 3 and all(trial.state == TrialState.COMPLETE for trial in done)
-    run = MlflowClient(_mlflow(directory)).get_run(trials[killed.number].user_attrs[RUN_ATTR])
-    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"  # ended by the survivor
+    # The retry continued the killed trial's run (ended FAILED by the survivor, then reopened)
+    run_id = trials[killed.number].user_attrs[RUN_ATTR]
+    assert retry.user_attrs[RUN_ATTR] == run_id
+    run = MlflowClient(_mlflow(directory)).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
+    assert run.data.tags[CONTINUED_TAG] == str(killed.number) and run.data.tags[TRIAL_TAG] == str(retry.number)

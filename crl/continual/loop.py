@@ -234,19 +234,30 @@ class TaskEvaluator:
         return float(np.mean(returns))
 
     def result(self, seed: int | None) -> ContinualResult:
-        return ContinualResult(
-            sequence=self.sequence.name,
-            task_names=tuple(self.sequence.task_names),
-            budgets=tuple(self.sequence.budgets),
-            measure=self.sequence.measure,
-            eval_steps=np.asarray(self.steps),
-            performance=np.stack(self.columns, axis=1),
-            seed=seed,
-        )
+        return evaluations_result(self.sequence, self.steps, self.columns, seed)
 
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+def evaluations_result(
+    sequence: TaskSequence, steps: list[int], columns: list[np.ndarray], seed: int | None
+) -> ContinualResult:
+    """The result of the evaluations made so far on ``sequence``: one column of performances per step.
+
+    :param steps: the global steps of the evaluations (e.g. a :class:`ContinualPosition`'s ``eval_steps``)
+    :param columns: their performance columns, one value per task
+    """
+    return ContinualResult(
+        sequence=sequence.name,
+        task_names=tuple(sequence.task_names),
+        budgets=tuple(sequence.budgets),
+        measure=sequence.measure,
+        eval_steps=np.asarray(steps),
+        performance=np.stack(columns, axis=1),
+        seed=seed,
+    )
 
 
 class _PeriodicCheckpoint(BaseCallback):

@@ -124,8 +124,9 @@ class StudyConfig:
         The base curriculum is hashed as validated (its overrides and the study's ``seeds`` applied,
         every default filled in), not as the file spells it: overrides that give the same curriculum
         (``tracking.experiment: x`` or ``tracking: {experiment: x}``) are the same study. Its tracking
-        and checkpoint settings are left out (trials are not checkpointed), so are the number of
-        trials, the name and the storage: they may change between launches.
+        and checkpoint settings are left out (where runs are recorded and how often trials checkpoint
+        change no result), so are the number of trials, the name and the storage: they may change
+        between launches.
         """
         study = self.spec.model_dump(mode="json", exclude=set(LAUNCH_KEYS))
         # A direction or pruner left to its default is the same as the default spelt out.
@@ -143,8 +144,8 @@ class StudyConfig:
 LAUNCH_KEYS = frozenset({"n_trials", "study_name", "storage", "base", "seeds"})
 """Study keys out of the fingerprint: what a launch may change, and what the resolved base curriculum holds."""
 LAUNCH_CURRICULUM_KEYS = frozenset({"tracking", "checkpoint"})
-"""Base curriculum keys out of the fingerprint: where runs are recorded, and checkpoints no trial writes
-(:meth:`crl.study.trial.TrialRunner.train` sets its own)."""
+"""Base curriculum keys out of the fingerprint: where runs are recorded, and when and where trials checkpoint
+(a resumed seed trains as an uninterrupted one, bitwise where its envs pickle: :mod:`crl.study.trial`)."""
 
 
 def _hash(study: dict[str, Any], base: dict[str, Any]) -> str:

@@ -126,7 +126,8 @@ def create_trial_run(client: MlflowClient, config: StudyConfig, parent_id: str, 
 
 
 def reopen_trial_run(client: MlflowClient, run_id: str, number: int, worker: str) -> None:
-    """Set an interrupted trial's run running again, as the run of trial ``number`` that continues it."""
+    """Set a stopped trial's run (Ctrl-C, a dead worker) running again, as the run of trial ``number``,
+    which continues it."""
     tags = client.get_run(run_id).data.tags
     continued = [text for text in (tags.get(CONTINUED_TAG), tags.get(TRIAL_TAG)) if text]
     client.set_tag(run_id, CONTINUED_TAG, ",".join(continued))

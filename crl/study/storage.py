@@ -3,11 +3,12 @@
 An :class:`optuna.storages.RDBStorage` on the study's URL (SQLite on one machine, PostgreSQL across
 machines). Each running trial sends a heartbeat every ``heartbeat_interval`` seconds; a trial without
 one for ``grace_period`` seconds is failed by the next worker that looks (before each of its trials
-and while it waits), its MLflow runs are marked failed, its checkpoints removed, and a copy with the
-same parameters is queued (:func:`~crl.study.trial.queue_again`, as Optuna's
-``RetryHeartbeatStaleTrialCallback``) unless the trial's configuration was retried ``max_retry`` times
-for dead workers already. The next free worker trains it from its start, in a new run: unlike a
-trial stopped by Ctrl-C, a dead worker's trial has no checkpoint to continue from.
+and while it waits), its MLflow runs are marked failed, and a copy with the same parameters is
+queued (:func:`~crl.study.trial.queue_again`, as Optuna's ``RetryHeartbeatStaleTrialCallback``)
+unless the trial's configuration was retried ``max_retry`` times for dead workers already. The next
+free worker continues it as it continues a trial stopped by Ctrl-C: in the same MLflow run, each
+unfinished seed from its latest checkpoint (see :mod:`crl.study.trial`). A trial not retried loses
+its checkpoints.
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ CREATE_ATTEMPTS = 5
 
 
 class StaleTrialHandler:
-    """Called by the storage for each trial failed for a missing heartbeat: ends its MLflow runs, retries it.
+    """Called by the storage for each trial failed for a missing heartbeat: ends its MLflow runs, queues it again.
 
     :param client: the MLflow client
     :param max_retry: how often one trial is retried after its worker died (``None``: always); trials
         interrupted by Ctrl-C are always queued again, and do not count
     :param checkpoints: the study's checkpoints (:func:`~crl.study.trial.study_checkpoints`), where the
-        trial's are removed
+        trial's are removed when it is not retried
     """
 
     def __init__(self, client: MlflowClient, max_retry: int | None, checkpoints: Path | None = None) -> None:
@@ -58,10 +59,10 @@ class StaleTrialHandler:
         run_id = trial.user_attrs.get(RUN_ATTR)
         if run_id is not None:
             end_trial_run(self.client, run_id, "FAIL", FAILED)
-            if self.checkpoints is not None:  # those of a Ctrl-C before it continued the run; its retry starts anew
-                remove_checkpoints(self.client, self.checkpoints, run_id)
         if self.max_retry is None or dead_worker_retries(trial) < self.max_retry:
-            queue_again(study, trial, interrupted=False)
+            queue_again(study, trial, interrupted=False)  # the copy continues from the trial's checkpoints
+        elif run_id is not None and self.checkpoints is not None:
+            remove_checkpoints(self.client, self.checkpoints, run_id)
 
 
 def open_storage(config: StudyConfig, handler: StaleTrialHandler) -> RDBStorage:

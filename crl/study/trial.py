@@ -8,12 +8,15 @@ the same seed and task. A trial stops as pruned when the pruner says so, or when
 network's parameters or its measure are not finite. Any other exception fails the trial, and the
 study goes on.
 
-Ctrl-C: a trial writes no checkpoint while it trains, but the one a Ctrl-C writes as it stops at a
-rollout's start, under :func:`trial_checkpoints`. The queued copy of an interrupted trial
-(:func:`queue_again`) continues the interrupted trial's MLflow run: its finished seeds keep their
-values, the interrupted seed resumes from its checkpoint in its own run, and a seed without a
-checkpoint trains from its start. A trial's checkpoints are removed once it ends otherwise than
-interrupted (completed, pruned, failed, or its worker died: :class:`crl.study.storage.StaleTrialHandler`).
+Interruptions: a trial checkpoints as the base curriculum's ``checkpoint`` says (``every`` so many
+steps, ``at_task_end``), under :func:`trial_checkpoints`, and a Ctrl-C also writes one as it stops at
+a rollout's start. A trial stopped by Ctrl-C, or whose worker died (killed, out of memory, a lost
+machine: :class:`crl.study.storage.StaleTrialHandler`), is queued again (:func:`queue_again`), and the
+copy continues the stopped trial's MLflow run: its finished seeds keep their values, the stopped
+seed resumes in its own run from its latest checkpoint (the steps since the checkpoint are trained
+again), and a seed without a checkpoint (none written yet, or on a disk the new worker does not
+see) trains from its start in a new run. A trial's checkpoints are removed once it ends and no copy
+will continue it (completed, pruned, failed, not retried).
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from rich.progress import Progress
 
 from crl.algorithms import ContinualAlgorithm
 from crl.config.build import build_model, build_sequence
-from crl.config.curriculum import CheckpointSpec, Curriculum
+from crl.config.curriculum import Curriculum
 from crl.continual import ContinualResult
+from crl.continual.loop import ContinualPosition, evaluations_result
 from crl.study.config import StudyConfig
 from crl.study.interrupt import STOP
 from crl.study.objective import aggregate, measure
@@ -83,8 +87,8 @@ def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
 
 
 def queue_again(study: optuna.Study, trial: FrozenTrial, interrupted: bool) -> None:
-    """Queue a copy of ``trial`` with its parameters, for the next free worker to train: from the start
-    after its worker died, else continuing its MLflow run (:func:`continued_run`).
+    """Queue a copy of ``trial`` with its parameters, for the next free worker to train, continuing the
+    trial's MLflow run (:func:`continued_run`).
 
     The copy's system attributes are those of Optuna's ``RetryHeartbeatStaleTrialCallback``
     (``failed_trial``, ``retry_history``), so :func:`retried_numbers` and Optuna's tools read it alike;
@@ -118,10 +122,9 @@ def dead_worker_retries(trial: FrozenTrial) -> int:
 
 
 def continued_run(trial: FrozenTrial) -> str | None:
-    """The MLflow run that ``trial``, a queued copy, continues: its trial's run if a Ctrl-C interrupted that
-    trial; ``None`` for a new trial or the retry of a dead worker's (trained from the start, in a new run)."""
-    history = trial.system_attrs.get(RETRY_HISTORY) or []
-    if not history or history[-1] not in trial.system_attrs.get(INTERRUPTED_ATTR, []):
+    """The MLflow run that ``trial``, a queued copy, continues: the run of the trial it repeats (stopped by
+    Ctrl-C, or its worker died); ``None`` for a new trial, or a copy of a trial that had no run yet."""
+    if not trial.system_attrs.get(RETRY_HISTORY):
         return None
     run_id = trial.user_attrs.get(RUN_ATTR)
     return run_id if isinstance(run_id, str) else None
@@ -196,6 +199,22 @@ class TaskEndReport:
         self.first_step = first_step
         self.result: ContinualResult | None = None
         """The evaluations so far."""
+
+    def report_missed(self, position: ContinualPosition, sequence: TaskSequence, seed: int) -> None:
+        """At a resume from a task's end checkpoint: the report of that task, if the stopped trial did not make it.
+
+        The checkpoint is written before the task's report, so a stop between the two (a Ctrl-C at the
+        task's end, a dead worker) leaves the report unmade, and the resumed seed starts at the next task.
+
+        :param position: where the resumed seed starts (its checkpoint's)
+        """
+        if position.task == 0 or position.steps_done or position.task_started:
+            return  # a mid-task checkpoint: the task's end, and its report, are still ahead
+        step = self.first_step + position.task - 1
+        running = self.trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if any(trial.number == self.trial.number and step in trial.intermediate_values for trial in running):
+            return
+        self(position.task - 1, evaluations_result(sequence, position.eval_steps, position.eval_columns, seed))
 
     def __call__(self, task: int, result: ContinualResult) -> None:
         STOP.check()
@@ -281,7 +300,7 @@ class TrialRunner:
                 remove_checkpoints(self.client, study_checkpoints(self.config), run_id)
 
     def continued(self, trial: FrozenTrial) -> str | None:
-        """The run of the interrupted trial that ``trial`` continues (:func:`continued_run`), if it still exists."""
+        """The run of the stopped trial that ``trial`` continues (:func:`continued_run`), if it still exists."""
         run_id = continued_run(trial)
         if run_id is None:
             return None
@@ -294,7 +313,7 @@ class TrialRunner:
     def trial_curriculum(self, trial: optuna.Trial, run_id: str) -> Curriculum:
         """Draw the trial's parameters, log them to its run with the curriculum they give (``config.yml``).
 
-        A continued trial draws its interrupted trial's parameters: the run gets the same params and file again.
+        A continued trial draws its stopped trial's parameters: the run gets the same params and file again.
         """
         parameters = self.config.space.suggest(trial)
         log_trial_params(self.client, run_id, parameters.params)
@@ -315,14 +334,16 @@ class TrialRunner:
     def train(self, trial: optuna.Trial, curriculum: Curriculum, run_id: str, continuing: bool = False) -> float:
         """Train every seed of ``curriculum`` into a run under ``run_id``; the aggregate of their measures.
 
-        :param continuing: ``run_id`` is an interrupted trial's run: its finished seeds are not trained
-            again, its interrupted seed continues from its checkpoint
+        :param continuing: ``run_id`` is a stopped trial's run: its finished seeds are not trained
+            again, its stopped seed continues from its latest checkpoint
         """
         sequence = build_sequence(curriculum, self.config.source)
-        # No checkpoint while training (a study trains many trials), but the one a Ctrl-C writes as it
-        # stops at a rollout's start (crl.study.interrupt).
-        checkpoint = CheckpointSpec(at_task_end=False, directory=str(trial_checkpoints(self.config, run_id)))
-        curriculum = curriculum.model_copy(update={"checkpoint": checkpoint})
+        # Checkpoints as the base curriculum says, in the trial's own directory: a copy of the trial,
+        # after a Ctrl-C or a dead worker, continues from them (crl.study.interrupt: a Ctrl-C writes one too).
+        directory = str(trial_checkpoints(self.config, run_id))
+        curriculum = curriculum.model_copy(
+            update={"checkpoint": curriculum.checkpoint.model_copy(update={"directory": directory})}
+        )
         earlier = latest_seed_runs(self.client, run_id) if continuing else {}
         return self._train_seeds(trial, curriculum, sequence, run_id, earlier)
 
@@ -356,7 +377,7 @@ class TrialRunner:
         """Train one seed, continuing its ``earlier`` run from its checkpoint if it has one; its measure.
 
         :param position: the seed's place in the trial's seeds (for the pruner's steps)
-        :param earlier: the seed's run in the interrupted trial that this one continues
+        :param earlier: the seed's run in the stopped trial that this one continues
         """
         objective = self.config.spec.objective
         resumed = self._checkpoint(curriculum, earlier)
@@ -367,6 +388,8 @@ class TrialRunner:
             model = build_model(curriculum, sequence, seed, self.config.source)
         report = TaskEndReport(trial, objective, model, self.client, seed_run, run_id, position * len(sequence))
         try:
+            if resumed is not None:
+                report.report_missed(resumed.position, sequence, seed)
             # No plots per seed: many trials; crl.plot draws any run's on demand.
             result = run_child(
                 curriculum, sequence, model, seed, self.client, run_id, name, self.progress,
@@ -442,13 +465,13 @@ def latest_seed_runs(client: MlflowClient, run_id: str) -> dict[int, Run]:
 
 
 def report_earlier(trial: optuna.Trial, frozen: FrozenTrial) -> None:
-    """Report to ``trial`` the values the interrupted trial it continues reported, so that the pruner
+    """Report to ``trial`` the values the stopped trial it continues reported, so that the pruner
     sees its whole curve (the resumed seed reports its remaining tasks at their own steps).
 
-    :param frozen: ``trial`` as stored, a queued copy (its ``failed_trial`` the interrupted trial's number)
+    :param frozen: ``trial`` as stored, a queued copy (its ``failed_trial`` the stopped trial's number)
     """
     number = frozen.system_attrs.get("failed_trial")
-    interrupted = [earlier for earlier in trial.study.get_trials(deepcopy=False) if earlier.number == number]
-    for earlier in interrupted:
+    stopped = [earlier for earlier in trial.study.get_trials(deepcopy=False) if earlier.number == number]
+    for earlier in stopped:
         for step, value in sorted(earlier.intermediate_values.items()):
             trial.report(value, step)
