@@ -25,13 +25,25 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+from rich.progress import Progress
 
 from crl.config.curriculum import load_curriculum, set_path
 from crl.continual import ContinualResult, forgetting
 from crl.study.cli import main
 from crl.study.config import OWN_OPTIONS, PRUNERS, SAMPLERS, _annotations, load_study
 from crl.study.objective import area_under_evaluation_curve, mean_forgetting, metric_key_problem
-from crl.study.runs import CONTINUED_TAG, STORAGE_TAG, STUDY_TAG, TRIAL_TAG, storage_tag
+from crl.study.runs import (
+    CONTINUED_TAG,
+    FAILED,
+    FINISHED,
+    STORAGE_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    create_trial_run,
+    experiment_id,
+    reopen_trial_run,
+    storage_tag,
+)
 from crl.study.sampler import TrialSeededSampler
 from crl.study.space import SearchSpace
 from crl.study.storage import FINGERPRINT_ATTR, StaleTrialHandler, open_storage, open_study
@@ -44,6 +56,7 @@ from crl.study.trial import (
     counted,
     queue_again,
     study_checkpoints,
+    trial_checkpoints,
 )
 from crl.study.worker import TrialCounts
 from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT
@@ -832,6 +845,24 @@ def test_a_trial_stopped_between_a_task_end_checkpoint_and_its_report_reports_it
     assert sorted(point.step for point in history) == [0, 1]
     (seed_run,) = [run for run in _runs(directory) if run.data.tags.get("mlflow.parentRunId") == run_id]
     assert seed_run.info.status == "FINISHED"
+
+
+def test_a_worker_taken_for_dead_leaves_the_run_that_its_trials_copy_continues(directory: Path) -> None:
+    """A paused worker (longer than the grace period) wakes after its trial's copy took the run over."""
+    config = load_study(_write(directory, n_trials=1))
+    client = MlflowClient(_mlflow(directory))
+    parent = client.create_run(experiment_id(client, "studies")).info.run_id
+    run_id = create_trial_run(client, config, parent, 0, "host:1")
+    checkpoint = trial_checkpoints(config, run_id) / "seed-run" / "task0-step8"
+    checkpoint.mkdir(parents=True)
+    reopen_trial_run(client, run_id, 1, "host:2")  # trial 1, the copy queued for trial 0, continues the run
+    runner = TrialRunner(config, client, parent, "host:1", Progress())
+    assert not runner.owns_run(run_id, 0) and runner.owns_run(run_id, 1)
+    runner.end_run(run_id, 0, TrialState.FAIL, FAILED, keep_checkpoints=False)  # trial 0's worker, awake again
+    assert client.get_run(run_id).info.status == "RUNNING" and checkpoint.exists()
+    runner.end_run(run_id, 1, TrialState.COMPLETE, FINISHED, keep_checkpoints=False)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE" and not checkpoint.exists()
 
 
 def test_every_queued_copy_continues_its_trials_run() -> None:

@@ -51,6 +51,7 @@ from crl.study.runs import (
     FAILED,
     FINISHED,
     KILLED,
+    TRIAL_TAG,
     create_trial_run,
     end_trial_run,
     log_trial_params,
@@ -287,17 +288,38 @@ class TrialRunner:
             status, interrupted = KILLED, True
             frozen = next(frozen for frozen in trial.study.get_trials(deepcopy=False) if frozen.number == trial.number)
             # Always queued again, whatever storage.max_retry (which is for dead workers): the next launch
-            # continues it from its checkpoints.
-            queue_again(trial.study, frozen, interrupted=True)
+            # continues it from its checkpoints. Unless it was taken for dead already, and queued then.
+            if frozen.state == TrialState.RUNNING:
+                queue_again(trial.study, frozen, interrupted=True)
             raise
         except Exception as error:
-            trial.set_user_attr(ERROR_ATTR, repr(error)[:1000])
-            log_texts(self.client, run_id, {"error.txt": traceback.format_exc()})
+            if self.owns_run(run_id, trial.number):
+                trial.set_user_attr(ERROR_ATTR, repr(error)[:1000])
+                log_texts(self.client, run_id, {"error.txt": traceback.format_exc()})
             raise
         finally:
-            end_trial_run(self.client, run_id, state.name, status)
-            if not interrupted:  # no trial will continue it: its checkpoints would only take room
-                remove_checkpoints(self.client, study_checkpoints(self.config), run_id)
+            self.end_run(run_id, trial.number, state, status, keep_checkpoints=interrupted)
+
+    def owns_run(self, run_id: str, number: int) -> bool:
+        """Whether trial ``number`` still holds its run ``run_id``.
+
+        It does not once another worker took it for dead (no heartbeat for the grace period: a paused
+        process, a database out of reach) and the copy queued for it continues the run: that copy's
+        worker tags the run with its own trial number (:func:`~crl.study.runs.reopen_trial_run`).
+        """
+        return self.client.get_run(run_id).data.tags.get(TRIAL_TAG) == str(number)
+
+    def end_run(self, run_id: str, number: int, state: TrialState, status: str, keep_checkpoints: bool) -> None:
+        """End trial ``number``'s run and, unless ``keep_checkpoints`` (a copy will continue them), its checkpoints.
+
+        Nothing when the run is no longer the trial's (:meth:`owns_run`): the copy that continues it
+        ends it, and uses its checkpoints.
+        """
+        if not self.owns_run(run_id, number):
+            return
+        end_trial_run(self.client, run_id, state.name, status)
+        if not keep_checkpoints:  # no trial will continue it: its checkpoints would only take room
+            remove_checkpoints(self.client, study_checkpoints(self.config), run_id)
 
     def continued(self, trial: FrozenTrial) -> str | None:
         """The run of the stopped trial that ``trial`` continues (:func:`continued_run`), if it still exists."""
