@@ -22,7 +22,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.synchronize import Event
@@ -144,6 +144,11 @@ def resolve(args: argparse.Namespace) -> Curriculum:
     return validate_curriculum(data, source=str(args.curriculum))
 
 
+class RunTakenOver(Exception):
+    """Raised by a hook when another process continues the run (a study trial's copy, after this
+    worker was taken for dead): training stops, and the run and its checkpoints are left as they are."""
+
+
 class TrainingProgress(BaseCallback):
     """Shows task i/n, steps, steps/s and the last evaluation; points the MLflow writer at global steps.
 
@@ -216,6 +221,7 @@ def train_seed(
     resumed: Checkpoint | None = None,
     resuming: bool = False,
     on_task_end: TaskEndHook | None = None,
+    before_checkpoint: Callable[[], None] | None = None,
 ) -> ContinualResult:
     """Train one seed through the sequence, logging into the child run ``run_id``.
 
@@ -223,6 +229,7 @@ def train_seed(
     :param resumed: continue from this checkpoint (its model is ``model``)
     :param resuming: the run exists already: log only the steps it does not have yet
     :param on_task_end: passed to :func:`crl.learn_continual` (e.g. a study's pruning)
+    :param before_checkpoint: called before each checkpoint is written (e.g. raising :class:`RunTakenOver`)
     """
     # The loop records the evaluations in SB3's logger too; they are logged here, at their exact steps.
     writer = MLflowOutputFormat(run_id, client, exclude_prefixes=(EVALUATION_PREFIX,))
@@ -235,6 +242,8 @@ def train_seed(
     client.set_tag(run_id, CHECKPOINT_TAG, str(root / run_id))
 
     def checkpoint(position: ContinualPosition) -> None:
+        if before_checkpoint is not None:
+            before_checkpoint()
         save_checkpoint(root, model, position, run_id, seed)
 
     def evaluated(step: int, column: np.ndarray) -> None:
@@ -626,14 +635,17 @@ def run_child(
     on_task_end: TaskEndHook | None = None,
     plots: bool = True,
     resumed: Checkpoint | None = None,
+    before_checkpoint: Callable[[], None] | None = None,
 ) -> ContinualResult:
-    """One seed in its own child run (terminated as finished, failed or killed).
+    """One seed in its own child run (terminated as finished, failed or killed; left as it is when a hook
+    raises :class:`RunTakenOver`).
 
     :param model: the seed's model, or ``None`` to build it
     :param run_id: continue this child run from its latest checkpoint (from the start if it has none)
     :param resumed: the child run's checkpoint, already loaded (e.g. to hand its model to ``on_task_end``)
     :param on_task_end: passed to :func:`crl.learn_continual` (e.g. a study's pruning)
     :param plots: write the run's plots and log them as artifacts
+    :param before_checkpoint: passed to :func:`train_seed`
     """
     # A process that keeps freed memory would otherwise also keep the buffers of the runs it finished
     release_freed_memory()
@@ -642,7 +654,7 @@ def run_child(
         run_id = create_child_run(client, curriculum, name, seed, parent_id)
     else:
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-    status = RunStatus.to_string(RunStatus.FAILED)
+    status: str | None = RunStatus.to_string(RunStatus.FAILED)
     root = checkpoint_root(client, run_id, curriculum)
     try:
         if resumed is None:
@@ -653,8 +665,9 @@ def run_child(
         elif model is None:
             model = build_model(curriculum, sequence, seed)
         result = train_seed(
-            curriculum, sequence, model, seed, client, run_id, progress, root, resumed, resuming, on_task_end
-        )
+            curriculum, sequence, model, seed, client, run_id, progress, root, resumed, resuming, on_task_end,
+            before_checkpoint,
+        )  # fmt: skip
         with tempfile.TemporaryDirectory() as directory:
             model.save(Path(directory) / "model.zip")  # type: ignore[attr-defined]
             result.save(Path(directory) / "result.json")
@@ -669,8 +682,12 @@ def run_child(
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
         raise
+    except RunTakenOver:
+        status = None  # the process that continues the run ends it
+        raise
     finally:
-        client.set_terminated(run_id, status)
+        if status is not None:
+            client.set_terminated(run_id, status)
 
 
 def checkpoint_root(client: MlflowClient, run_id: str, curriculum: Curriculum) -> Path:

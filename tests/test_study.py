@@ -58,8 +58,8 @@ from crl.study.trial import (
     study_checkpoints,
     trial_checkpoints,
 )
-from crl.study.worker import TrialCounts
-from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT
+from crl.study.worker import TrialCounts, run_worker
+from crl.train import CONFIG_ERROR_EXIT, FAILED_EXIT, INTERRUPTED_EXIT, RunTakenOver
 from crl.train import main as train
 
 POSTGRES_URL = os.environ.get("CRL_TEST_POSTGRES_URL")
@@ -863,6 +863,61 @@ def test_a_worker_taken_for_dead_leaves_the_run_that_its_trials_copy_continues(d
     runner.end_run(run_id, 1, TrialState.COMPLETE, FINISHED, keep_checkpoints=False)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE" and not checkpoint.exists()
+
+
+def test_a_worker_taken_for_dead_stops_before_it_writes_over_the_copys_checkpoints(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crl.train
+
+    checkpointed = CURRICULUM.replace("steps_per_task: 200", "steps_per_task: 400") + "checkpoint: {every: 100}\n"
+    (directory / "curriculum.yaml").write_text(checkpointed)
+    client = MlflowClient(_mlflow(directory))
+    real_save = crl.train.save_checkpoint
+    saved: list[Path] = []
+
+    def save_then_taken_over(root: Path, model, position, run_id: str, seed: int) -> None:
+        real_save(root, model, position, run_id, seed)
+        saved.append(root / run_id)
+        if len(saved) == 1:  # meanwhile another worker took this one for dead, and the trial's copy took the run
+            reopen_trial_run(client, client.get_run(run_id).data.tags["mlflow.parentRunId"], 7, "host:2")
+
+    monkeypatch.setattr(crl.train, "save_checkpoint", save_then_taken_over)
+    main([str(_write(directory, n_trials=1))])
+    assert len(saved) == 1 and saved[0].exists()  # no checkpoint written over the copy's, none removed
+    (trial,) = _study(_optuna(directory), "study").trials
+    trial_run = client.get_run(trial.user_attrs[RUN_ATTR])
+    assert trial_run.info.status == "RUNNING" and trial_run.data.tags[TRIAL_TAG] == "7"  # left to the copy
+    assert not client.list_artifacts(trial_run.info.run_id, "error.txt")
+    (seed_run,) = [run for run in _runs(directory) if run.data.tags.get("mlflow.parentRunId") == trial_run.info.run_id]
+    assert seed_run.info.status == "RUNNING"
+
+
+class _TakenForDeadOnce:
+    """A trial runner whose first trial is failed by another worker meanwhile, and stops on RunTakenOver.
+
+    :param noticed: whether it sets ``taken_over`` as :class:`TrialRunner` does
+    """
+
+    def __init__(self, noticed: bool) -> None:
+        self.noticed = noticed
+        self.taken_over = False
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if trial.number == 0:
+            trial.study.tell(trial, state=TrialState.FAIL)  # the other worker, which found no heartbeat
+            self.taken_over = self.noticed
+            raise RunTakenOver("trial 0's run is continued by trial 2")
+        return 1.0
+
+
+def test_a_worker_whose_trial_another_failed_goes_on_with_the_next() -> None:
+    study = optuna.create_study()
+    run_worker(study, _TakenForDeadOnce(noticed=True), n_trials=2, poll_seconds=0.01)  # type: ignore[arg-type]
+    assert [trial.state for trial in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    # Any other failure to record a trial's end still stops the worker
+    with pytest.raises(ValueError, match="Cannot tell a FAIL trial"):
+        run_worker(optuna.create_study(), _TakenForDeadOnce(noticed=False), n_trials=2)  # type: ignore[arg-type]
 
 
 def test_every_queued_copy_continues_its_trials_run() -> None:

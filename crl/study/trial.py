@@ -27,7 +27,8 @@ import re
 import shutil
 import tempfile
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -62,7 +63,15 @@ from crl.study.runs import (
 from crl.study.schema import ObjectiveSpec
 from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
 from crl.tracking.runs import quiet_downloads
-from crl.train import CHECKPOINT_TAG, checkpoint_root, create_child_run, log_result, log_texts, run_child
+from crl.train import (
+    CHECKPOINT_TAG,
+    RunTakenOver,
+    checkpoint_root,
+    create_child_run,
+    log_result,
+    log_texts,
+    run_child,
+)
 from crl.wrappers import TaskSequence
 
 RUN_ATTR = "mlflow_run_id"
@@ -179,6 +188,7 @@ class TaskEndReport:
     :param seed_run_id: the seed's run (for a logged metric's value)
     :param trial_run_id: the trial's run, which gets the reported values as ``objective/intermediate``
     :param first_step: the report step of the seed's first task
+    :param still_owner: raises :class:`~crl.train.RunTakenOver` when another trial continues the run
     """
 
     def __init__(
@@ -190,6 +200,7 @@ class TaskEndReport:
         seed_run_id: str,
         trial_run_id: str,
         first_step: int,
+        still_owner: Callable[[], None] = lambda: None,
     ) -> None:
         self.trial = trial
         self.objective = objective
@@ -198,6 +209,7 @@ class TaskEndReport:
         self.seed_run_id = seed_run_id
         self.trial_run_id = trial_run_id
         self.first_step = first_step
+        self.still_owner = still_owner
         self.result: ContinualResult | None = None
         """The evaluations so far."""
 
@@ -219,6 +231,7 @@ class TaskEndReport:
 
     def __call__(self, task: int, result: ContinualResult) -> None:
         STOP.check()
+        self.still_owner()
         self.result = result
         if not parameters_finite(self.model):
             raise TrialPruned(f"diverged: non-finite network parameters after task {task}")
@@ -252,6 +265,8 @@ class TrialRunner:
         self.parent_id = parent_id
         self.worker = worker
         self.progress = progress
+        self.taken_over = False
+        """Whether the last trial stopped because another trial continues its run (:meth:`check_owner`)."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         frozen = next(frozen for frozen in trial.study.get_trials(deepcopy=False) if frozen.number == trial.number)
@@ -292,6 +307,9 @@ class TrialRunner:
             if frozen.state == TrialState.RUNNING:
                 queue_again(trial.study, frozen, interrupted=True)
             raise
+        except RunTakenOver:
+            self.taken_over = True
+            raise
         except Exception as error:
             if self.owns_run(run_id, trial.number):
                 trial.set_user_attr(ERROR_ATTR, repr(error)[:1000])
@@ -308,6 +326,19 @@ class TrialRunner:
         worker tags the run with its own trial number (:func:`~crl.study.runs.reopen_trial_run`).
         """
         return self.client.get_run(run_id).data.tags.get(TRIAL_TAG) == str(number)
+
+    def check_owner(self, run_id: str, number: int) -> None:
+        """Raise :class:`~crl.train.RunTakenOver` when trial ``number`` no longer holds its run (:meth:`owns_run`).
+
+        Checked at each task end and before each checkpoint: a worker taken for dead stops there,
+        before it writes over the checkpoints of the copy that continues its run.
+        """
+        if not self.owns_run(run_id, number):
+            holder = self.client.get_run(run_id).data.tags.get(TRIAL_TAG)
+            raise RunTakenOver(
+                f"trial {number}'s run {run_id} is continued by trial {holder}: this worker was taken for dead "
+                "(no heartbeat for storage.grace_period)"
+            )
 
     def end_run(self, run_id: str, number: int, state: TrialState, status: str, keep_checkpoints: bool) -> None:
         """End trial ``number``'s run and, unless ``keep_checkpoints`` (a copy will continue them), its checkpoints.
@@ -408,17 +439,21 @@ class TrialRunner:
         else:  # from the start, in a new run: an earlier one (killed) keeps the history it has
             seed_run = create_child_run(self.client, curriculum, name, seed, run_id)
             model = build_model(curriculum, sequence, seed, self.config.source)
-        report = TaskEndReport(trial, objective, model, self.client, seed_run, run_id, position * len(sequence))
+        still_owner = partial(self.check_owner, run_id, trial.number)
+        first_step = position * len(sequence)
+        report = TaskEndReport(trial, objective, model, self.client, seed_run, run_id, first_step, still_owner)
         try:
             if resumed is not None:
                 report.report_missed(resumed.position, sequence, seed)
             # No plots per seed: many trials; crl.plot draws any run's on demand.
             result = run_child(
                 curriculum, sequence, model, seed, self.client, run_id, name, self.progress,
-                run_id=seed_run, on_task_end=report, plots=False, resumed=resumed,
+                run_id=seed_run, on_task_end=report, plots=False, resumed=resumed, before_checkpoint=still_owner,
             )  # fmt: skip
         except TrialPruned:
             self._stopped(seed_run, report)
+            raise
+        except RunTakenOver:
             raise
         except Exception as error:
             if parameters_finite(model):

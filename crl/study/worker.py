@@ -94,4 +94,12 @@ def run_worker(
             time.sleep(poll_seconds)  # the trials left run elsewhere: wait for them, or for their retries
             continue
         # catch=(Exception,): a crashed trial is recorded as failed and the study goes on.
-        study.optimize(runner, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
+        try:
+            study.optimize(runner, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
+        except Exception:
+            # This worker was taken for dead (a pause longer than the grace period) and its trial failed
+            # by another, which queued a copy: the trial stopped on RunTakenOver, Optuna refuses to record
+            # its end ("Cannot tell a FAIL trial"), and the worker goes on with the next.
+            if not runner.taken_over:
+                raise
+            runner.taken_over = False
