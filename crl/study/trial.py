@@ -325,7 +325,11 @@ class TrialRunner:
         process, a database out of reach) and the copy queued for it continues the run: that copy's
         worker tags the run with its own trial number (:func:`~crl.study.runs.reopen_trial_run`).
         """
-        return self.client.get_run(run_id).data.tags.get(TRIAL_TAG) == str(number)
+        return self._holder(run_id) == str(number)
+
+    def _holder(self, run_id: str) -> str | None:
+        """The number of the trial that holds the run ``run_id`` (its tag :data:`~crl.study.runs.TRIAL_TAG`)."""
+        return self.client.get_run(run_id).data.tags.get(TRIAL_TAG)
 
     def check_owner(self, run_id: str, number: int) -> None:
         """Raise :class:`~crl.train.RunTakenOver` when trial ``number`` no longer holds its run (:meth:`owns_run`).
@@ -333,8 +337,8 @@ class TrialRunner:
         Checked at each task end and before each checkpoint: a worker taken for dead stops there,
         before it writes over the checkpoints of the copy that continues its run.
         """
-        if not self.owns_run(run_id, number):
-            holder = self.client.get_run(run_id).data.tags.get(TRIAL_TAG)
+        holder = self._holder(run_id)
+        if holder != str(number):
             raise RunTakenOver(
                 f"trial {number}'s run {run_id} is continued by trial {holder}: this worker was taken for dead "
                 "(no heartbeat for storage.grace_period)"
