@@ -11,7 +11,6 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch.nn import functional as F
 
 from crl.algorithms.base import logged_mean, with_sb3_signature
-from crl.algorithms.replay import sample_replay
 from crl.algorithms.soft_actor_critic import EntropyRegularized
 from crl.policies import crossq as policies
 from crl.policies.crossq import kept_batch_norm_state
@@ -52,9 +51,7 @@ class CrossQ(EntropyRegularized, sb3_contrib.CrossQ):
         for gradient_step in range(gradient_steps):
             # Counted first: the policy delay reads the count of this update
             self._n_updates += 1
-            replay_data = sample_replay(self.replay_buffer, batch_size, self._vec_normalize_env)  # type: ignore[arg-type]
-            replay_data = hooks.transform_batch(self._algo, replay_data)
-            step = hooks.begin_gradient_step(self._algo, gradient_step, replay_data)
+            replay_data, step = self._begin_gradient_step(gradient_step, batch_size)
 
             # log_std may have changed since the last gradient step
             if self.use_sde:

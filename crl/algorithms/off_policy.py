@@ -1,4 +1,5 @@
-"""What ``crl.DQN`` and ``crl.SAC`` share beyond :class:`ContinualAlgorithm`: storing a transition cheaply."""
+"""What crl's off-policy algorithms share beyond :class:`ContinualAlgorithm`: storing a transition cheaply,
+and the start of a gradient step."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from crl.algorithms.base import ContinualAlgorithm
-from crl.algorithms.replay import add_transition
+from crl.algorithms.replay import add_transition, sample_replay
+from crl.hooks import GradientStep
 
 
 class ContinualOffPolicyAlgorithm(ContinualAlgorithm):
@@ -17,6 +20,18 @@ class ContinualOffPolicyAlgorithm(ContinualAlgorithm):
     _last_obs: Any
     _last_original_obs: Any
     _vec_normalize_env: Any
+    replay_buffer: Any
+
+    def _begin_gradient_step(
+        self, gradient_step: int, batch_size: int
+    ) -> tuple[ReplayBufferSamples, GradientStep | None]:
+        """A gradient step's minibatch (SB3's draw, then the hooks' ``transform_batch``) and its hook record.
+
+        :param gradient_step: the step's index in this ``train()`` call
+        """
+        replay_data = sample_replay(self.replay_buffer, batch_size, self._vec_normalize_env)
+        replay_data = self._hooks.transform_batch(self._algo, replay_data)
+        return replay_data, self._hooks.begin_gradient_step(self._algo, gradient_step, replay_data)
 
     def _store_transition(
         self,

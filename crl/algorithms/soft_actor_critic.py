@@ -19,7 +19,6 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from crl.algorithms.base import logged_mean
 from crl.algorithms.off_policy import ContinualOffPolicyAlgorithm
-from crl.algorithms.replay import sample_replay
 from crl.optim import compute_gradients, optimizer_step
 from crl.policies.module_tree import listed_parameters
 
@@ -112,9 +111,7 @@ class SoftActorCritic(EntropyRegularized):
         critic_losses: list[float] = []
 
         for gradient_step in range(gradient_steps):
-            replay_data = sample_replay(self.replay_buffer, batch_size, self._vec_normalize_env)  # type: ignore[arg-type]
-            replay_data = hooks.transform_batch(self._algo, replay_data)
-            step = hooks.begin_gradient_step(self._algo, gradient_step, replay_data)
+            replay_data, step = self._begin_gradient_step(gradient_step, batch_size)
 
             # log_std may have changed since the last gradient step
             if self.use_sde:
