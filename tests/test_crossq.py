@@ -12,12 +12,11 @@ import torch as th
 from sb3_contrib.common.torch_layers import BatchRenorm
 from stable_baselines3.common.logger import Logger
 from test_metrics_monitor import _Recorder, expected_metric_keys
-from test_sb3_equivalence import _Observer, assert_same_training
-from test_tqc import _fresh_with_seed, _probe, _snapshot
+from test_sb3_equivalence import assert_same_training
+from test_tqc import _fresh_with_seed, _LayerObserver, _probe, _snapshot
 from torch import nn
 
 from crl.algorithms.crossq import CrossQ
-from crl.hooks import GradientStep
 from crl.interventions import AdaptiveReplayRatio, InterventionError, ReDo, Reset, ShrinkPerturb, WeightDecay
 from crl.metrics import evaluate
 from crl.metrics.functions import unit_scores
@@ -85,18 +84,6 @@ def test_identical_to_sb3_contrib_with_other_settings(extra: dict[str, Any]) -> 
     if "policy_kwargs" in extra:
         assert int(candidate.critic.qf0[0].steps) > 100
     assert_same_training(reference, candidate)
-
-
-class _LayerObserver(_Observer):
-    """The observer of the SB3 equivalence tests, also keeping ``network/layer`` of every recorded feature."""
-
-    def model_post_init(self, context: Any) -> None:
-        super().model_post_init(context)
-        self._layer_keys: set[str] = set()
-
-    def auxiliary_loss(self, algo: Any, step: GradientStep) -> None:
-        self._layer_keys.update(f"{network}/{layer}" for network, layers in step.features.items() for layer in layers)
-        return super().auxiliary_loss(algo, step)
 
 
 def test_observing_hooks_change_nothing(reference: sb3_contrib.CrossQ) -> None:
