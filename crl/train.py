@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
@@ -149,6 +150,20 @@ class RunTakenOver(Exception):
     worker was taken for dead): training stops, and the run and its checkpoints are left as they are."""
 
 
+@dataclass(frozen=True)
+class OwnershipChecks:
+    """Checks of a process that may lose its run to another (a study trial's copy, once the worker is
+    taken for dead); each raises :class:`RunTakenOver` when the run is no longer this process's.
+
+    :param before_saving: called before each checkpoint is written, and before a finished seed logs its
+        model and result and removes its checkpoints
+    :param before_write: called before each batch of metrics is logged (often: it may skip checks to stay cheap)
+    """
+
+    before_saving: Callable[[], None]
+    before_write: Callable[[], None]
+
+
 class TrainingProgress(BaseCallback):
     """Shows task i/n, steps, steps/s and the last evaluation; points the MLflow writer at global steps.
 
@@ -221,7 +236,7 @@ def train_seed(
     resumed: Checkpoint | None = None,
     resuming: bool = False,
     on_task_end: TaskEndHook | None = None,
-    before_checkpoint: Callable[[], None] | None = None,
+    ownership: OwnershipChecks | None = None,
 ) -> ContinualResult:
     """Train one seed through the sequence, logging into the child run ``run_id``.
 
@@ -229,10 +244,11 @@ def train_seed(
     :param resumed: continue from this checkpoint (its model is ``model``)
     :param resuming: the run exists already: log only the steps it does not have yet
     :param on_task_end: passed to :func:`crl.learn_continual` (e.g. a study's pruning)
-    :param before_checkpoint: called before each checkpoint is written (e.g. raising :class:`RunTakenOver`)
+    :param ownership: checks that stop training with :class:`RunTakenOver` once another process continues the run
     """
     # The loop records the evaluations in SB3's logger too; they are logged here, at their exact steps.
-    writer = MLflowOutputFormat(run_id, client, exclude_prefixes=(EVALUATION_PREFIX,))
+    before_write = None if ownership is None else ownership.before_write
+    writer = MLflowOutputFormat(run_id, client, exclude_prefixes=(EVALUATION_PREFIX,), before_write=before_write)
     if resuming:
         writer.skip_logged()
     model.set_logger(Logger(folder=None, output_formats=[writer]))  # type: ignore[attr-defined]
@@ -242,8 +258,8 @@ def train_seed(
     client.set_tag(run_id, CHECKPOINT_TAG, str(root / run_id))
 
     def checkpoint(position: ContinualPosition) -> None:
-        if before_checkpoint is not None:
-            before_checkpoint()
+        if ownership is not None:
+            ownership.before_saving()
         save_checkpoint(root, model, position, run_id, seed)
 
     def evaluated(step: int, column: np.ndarray) -> None:
@@ -635,7 +651,7 @@ def run_child(
     on_task_end: TaskEndHook | None = None,
     plots: bool = True,
     resumed: Checkpoint | None = None,
-    before_checkpoint: Callable[[], None] | None = None,
+    ownership: OwnershipChecks | None = None,
 ) -> ContinualResult:
     """One seed in its own child run (terminated as finished, failed or killed; left as it is when a hook
     raises :class:`RunTakenOver`).
@@ -645,7 +661,8 @@ def run_child(
     :param resumed: the child run's checkpoint, already loaded (e.g. to hand its model to ``on_task_end``)
     :param on_task_end: passed to :func:`crl.learn_continual` (e.g. a study's pruning)
     :param plots: write the run's plots and log them as artifacts
-    :param before_checkpoint: passed to :func:`train_seed`
+    :param ownership: passed to :func:`train_seed`; its ``before_saving`` is also called before the finished
+        seed logs its model and result and removes its checkpoints
     """
     # A process that keeps freed memory would otherwise also keep the buffers of the runs it finished
     release_freed_memory()
@@ -665,9 +682,10 @@ def run_child(
         elif model is None:
             model = build_model(curriculum, sequence, seed)
         result = train_seed(
-            curriculum, sequence, model, seed, client, run_id, progress, root, resumed, resuming, on_task_end,
-            before_checkpoint,
+            curriculum, sequence, model, seed, client, run_id, progress, root, resumed, resuming, on_task_end, ownership
         )  # fmt: skip
+        if ownership is not None:
+            ownership.before_saving()
         with tempfile.TemporaryDirectory() as directory:
             model.save(Path(directory) / "model.zip")  # type: ignore[attr-defined]
             result.save(Path(directory) / "result.json")

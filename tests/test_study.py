@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import optuna
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
@@ -51,6 +52,8 @@ from crl.study.trial import (
     RUN_ATTR,
     SURPLUS_ATTR,
     WORKER_ATTR,
+    TaskEndReport,
+    Throttled,
     TrialRunner,
     continued_run,
     counted,
@@ -865,6 +868,45 @@ def test_a_worker_taken_for_dead_leaves_the_run_that_its_trials_copy_continues(d
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE" and not checkpoint.exists()
 
 
+def test_a_trial_is_taken_for_dead_once_its_run_is_failed_or_continued_by_its_copy(directory: Path) -> None:
+    config = load_study(_write(directory, n_trials=1))
+    client = MlflowClient(_mlflow(directory))
+    parent = client.create_run(experiment_id(client, "studies")).info.run_id
+    run_id = create_trial_run(client, config, parent, 0, "host:1")
+    runner = TrialRunner(config, client, parent, "host:1", Progress())
+    runner.check_owner(run_id, 0)  # its own, running
+    # Another worker failed trial 0 (StaleTrialHandler), its copy has not started yet
+    failed = optuna.create_trial(state=TrialState.FAIL, user_attrs={RUN_ATTR: run_id})
+    StaleTrialHandler(client, max_retry=None)(optuna.create_study(), failed)
+    with pytest.raises(RunTakenOver, match=f"trial 0's run {run_id} was ended FAILED"):
+        runner.check_owner(run_id, 0)
+    reopen_trial_run(client, run_id, 1, "host:2")  # the copy started
+    with pytest.raises(RunTakenOver, match="is continued by trial 1"):
+        runner.check_owner(run_id, 0)
+    runner.check_owner(run_id, 1)
+
+
+def test_a_task_end_report_on_a_trial_failed_since_its_check_stops_it_as_taken_over() -> None:
+    study = optuna.create_study()
+    trial = study.ask()
+    study.tell(trial, state=TrialState.FAIL)  # another worker took it for dead after the ownership check passed
+    model = SimpleNamespace(policy=torch.nn.Linear(2, 1))
+    objective = SimpleNamespace(measure="auc")
+    report = TaskEndReport(trial, objective, model, None, "seed-run", "trial-run", 0)  # type: ignore[arg-type]
+    result = ContinualResult("s", ("a", "b"), (100, 100), "mean_return", np.array([50, 100]), np.ones((2, 2)))
+    with pytest.raises(RunTakenOver, match="trial 0 was failed by another worker"):
+        report(0, result)
+
+
+def test_a_throttled_check_runs_at_most_once_per_interval() -> None:
+    now = [0.0]
+    checks: list[float] = []
+    throttled = Throttled(lambda: checks.append(now[0]), seconds=5.0, clock=lambda: now[0])
+    for now[0] in (100.0, 101.0, 104.9, 105.0, 107.0, 200.0):  # 200: the first call after a pause
+        throttled()
+    assert checks == [100.0, 105.0, 200.0]
+
+
 def test_a_worker_taken_for_dead_stops_before_it_writes_over_the_copys_checkpoints(
     directory: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -893,6 +935,30 @@ def test_a_worker_taken_for_dead_stops_before_it_writes_over_the_copys_checkpoin
     assert seed_run.info.status == "RUNNING"
 
 
+def test_a_worker_taken_for_dead_after_its_seeds_last_task_leaves_the_seeds_checkpoints_and_run(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crl.study.trial
+
+    client = MlflowClient(_mlflow(directory))
+    real_report = crl.study.trial.TaskEndReport.__call__
+
+    def report_then_taken_over(self, task: int, result: ContinualResult) -> None:
+        real_report(self, task, result)
+        if task == 1:  # meanwhile another worker took this one for dead, and the trial's copy took the run
+            reopen_trial_run(client, self.trial_run_id, 7, "host:2")
+
+    monkeypatch.setattr(crl.study.trial.TaskEndReport, "__call__", report_then_taken_over)
+    path = _write(directory, n_trials=1)
+    main([str(path)])
+    (trial,) = _study(_optuna(directory), "study").trials
+    run_id = trial.user_attrs[RUN_ATTR]
+    (seed_run,) = [run for run in _runs(directory) if run.data.tags.get("mlflow.parentRunId") == run_id]
+    assert seed_run.info.status == "RUNNING" and not client.list_artifacts(seed_run.info.run_id)  # no model.zip
+    checkpoints = trial_checkpoints(load_study(path), run_id) / seed_run.info.run_id
+    assert (checkpoints / "latest").read_text() == "task2-step0"  # the last task's, left to the copy
+
+
 class _TakenForDeadOnce:
     """A trial runner whose first trial is failed by another worker meanwhile, and stops on RunTakenOver.
 
@@ -909,6 +975,36 @@ class _TakenForDeadOnce:
             self.taken_over = self.noticed
             raise RunTakenOver("trial 0's run is continued by trial 2")
         return 1.0
+
+
+def test_a_trial_failed_by_another_worker_after_its_last_check_is_left_to_its_copy(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_study(_write(directory, n_trials=1))
+    client = MlflowClient(_mlflow(directory))
+    parent = client.create_run(experiment_id(client, "studies")).info.run_id
+    study = optuna.create_study()
+
+    def trained_then_failed_elsewhere(self, trial: optuna.Trial, *args) -> float:
+        if trial.number == 0:  # a pause after the trial's last check: another worker took it for dead
+            study.tell(trial.number, state=TrialState.FAIL)
+            StaleTrialHandler(client, max_retry=None)(study, study.trials[0])
+        return 1.0
+
+    ended: list[int] = []
+    real_end_run = TrialRunner.end_run
+
+    def recorded_end_run(self, run_id: str, number: int, *args, **kwargs) -> None:
+        ended.append(number)
+        real_end_run(self, run_id, number, *args, **kwargs)
+
+    monkeypatch.setattr(TrialRunner, "train", trained_then_failed_elsewhere)
+    monkeypatch.setattr(TrialRunner, "end_run", recorded_end_run)
+    run_worker(study, TrialRunner(config, client, parent, "host:1", Progress()), n_trials=1, poll_seconds=0.01)
+    assert [trial.state for trial in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert ended == [1]  # trial 0's worker left the run to the copy, which ended it
+    run = client.get_run(study.trials[0].user_attrs[RUN_ATTR])
+    assert run.info.status == "FINISHED" and run.data.tags[TRIAL_TAG] == "1"
 
 
 def test_a_worker_whose_trial_another_failed_goes_on_with_the_next() -> None:
@@ -1062,6 +1158,80 @@ def test_a_dead_workers_trial_continues_from_its_checkpoint_as_if_never_stopped(
     assert not study_checkpoints(load_study(path)).exists()  # nothing left on disk
 
     # The same trial never stopped (trial 0 of a study with the same seed draws the same parameters)
+    _finish(_launch(directory, str(_write(directory, name="reference", n_trials=1, storage=storage))))
+    (reference,) = _study(_optuna(directory), "reference").trials
+    assert reference.params == trials[1].params and reference.value == trials[1].value
+
+
+def _unlocked(database: Path) -> bool:
+    """Whether no process holds a lock on the SQLite file ``database`` (one stopped inside a transaction would)."""
+    connection = sqlite3.connect(database, timeout=0, isolation_level=None)
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+        connection.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        connection.close()
+
+
+def _pause_mid_task(process: subprocess.Popen[bytes], checkpoints: Path, task: int, databases: list[Path]) -> None:
+    """SIGSTOP ``process`` while it trains ``task`` of a seed, after that task's first checkpoint, holding no
+    lock on ``databases`` (else the other workers would wait for it)."""
+    deadline, into_training = time.monotonic() + 120, False
+    while time.monotonic() < deadline:
+        found = [latest for latest in checkpoints.glob("*/*/latest") if latest.read_text().startswith(f"task{task}-")]
+        if found and not into_training:
+            time.sleep(0.3)  # past the previous task's report, which follows its checkpoint
+            into_training = True
+        if found:
+            process.send_signal(signal.SIGSTOP)
+            mid_task = found[0].exists() and found[0].read_text().startswith(f"task{task}-")
+            if mid_task and all(_unlocked(database) for database in databases):
+                return
+            process.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+    raise TimeoutError(f"no checkpoint of task {task} under {checkpoints}")
+
+
+def test_a_worker_taken_for_dead_stops_at_its_next_log_and_its_trials_copy_trains_as_if_never_stopped(
+    directory: Path,
+) -> None:
+    """A worker paused past the grace period (a suspended machine) wakes while its trial's copy continues
+    the run: it stops at its first log, not at its task's end, and leaves the copy alone."""
+    # Checkpoints at task ends only: before this, a worker woke mid-task trained until the task's end
+    (directory / "curriculum.yaml").write_text(CURRICULUM.replace("steps_per_task: 200", "steps_per_task: 3000"))
+    storage = {"heartbeat_interval": 1, "grace_period": 2}
+    path = _write(directory, n_trials=1, storage=storage)
+    paused = _launch(directory, str(path))
+    try:
+        databases = [directory / "mlflow.db", directory / "optuna.db"]
+        _pause_mid_task(paused, study_checkpoints(load_study(path)), task=1, databases=databases)
+        time.sleep(2.5)  # past the grace period: the next worker takes the trial for dead
+        copy = _launch(directory, str(path))
+        _wait_for_trial(_optuna(directory), "study", lambda trial: trial.number == 1 and RUN_ATTR in trial.user_attrs)
+        run_id = _study(_optuna(directory), "study").trials[0].user_attrs[RUN_ATTR]
+        client = MlflowClient(_mlflow(directory))
+        deadline = time.monotonic() + 60
+        while client.get_run(run_id).info.status != "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.05)  # the copy reopens the run
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    _finish(copy)
+    _finish(paused)  # it went on, and found the study finished
+    trials = _study(_optuna(directory), "study").trials
+    assert [trial.state for trial in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs[RUN_ATTR] == run_id
+    (seed_run,) = [run for run in _runs(directory) if run.data.tags.get("mlflow.parentRunId") == run_id]
+    evaluations = [point.step for point in client.get_metric_history(seed_run.info.run_id, "continual/average")]
+    losses = [point.step for point in client.get_metric_history(seed_run.info.run_id, "train/loss")]
+    # The woken worker logged at most the one batch it had checked for before its pause
+    assert len(evaluations) - len(set(evaluations)) + len(losses) - len(set(losses)) <= 1
+    assert sorted(set(evaluations)) == list(range(100, 6001, 100))
+    assert client.get_run(run_id).info.status == "FINISHED" and not study_checkpoints(load_study(path)).exists()
+
+    # The same trial never paused (trial 0 of a study with the same seed draws the same parameters)
     _finish(_launch(directory, str(_write(directory, name="reference", n_trials=1, storage=storage))))
     (reference,) = _study(_optuna(directory), "reference").trials
     assert reference.params == trials[1].params and reference.value == trials[1].value

@@ -16,7 +16,9 @@ copy continues the stopped trial's MLflow run: its finished seeds keep their val
 seed resumes in its own run from its latest checkpoint (the steps since the checkpoint are trained
 again), and a seed without a checkpoint (none written yet, or on a disk the new worker does not
 see) trains from its start in a new run. A trial's checkpoints are removed once it ends and no copy
-will continue it (completed, pruned, failed, not retried).
+will continue it (completed, pruned, failed, not retried). A worker taken for dead while alive (paused
+past the grace period) stops its trial as soon as it sees it (:meth:`TrialRunner.check_owner`) and
+leaves the run and the checkpoints to the copy.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import math
 import re
 import shutil
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -36,7 +39,7 @@ import torch as th
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
-from optuna.exceptions import TrialPruned
+from optuna.exceptions import TrialPruned, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from rich.progress import Progress
 
@@ -52,6 +55,7 @@ from crl.study.runs import (
     FAILED,
     FINISHED,
     KILLED,
+    RUNNING,
     TRIAL_TAG,
     create_trial_run,
     end_trial_run,
@@ -65,6 +69,7 @@ from crl.tracking.checkpoint import Checkpoint, latest_checkpoint, load_checkpoi
 from crl.tracking.runs import quiet_downloads
 from crl.train import (
     CHECKPOINT_TAG,
+    OwnershipChecks,
     RunTakenOver,
     checkpoint_root,
     create_child_run,
@@ -85,6 +90,9 @@ RETRY_HISTORY = "retry_history"
 """A queued copy's system attribute (Optuna's): the numbers of the trials it repeats, the first first."""
 INTERRUPTED_ATTR = "crl.interrupted"
 """A queued copy's system attribute: the numbers in its retry history whose trial a Ctrl-C interrupted."""
+OWNER_CHECK_SECONDS = 5.0
+"""At most this many seconds (or ``storage.heartbeat_interval``, if shorter) between two checks, before
+metrics are logged, that a trial still holds its run; a check is one MLflow read."""
 
 
 class SurplusTrial(Exception):
@@ -241,10 +249,37 @@ class TaskEndReport:
         if not math.isfinite(value):
             raise TrialPruned(f"diverged: objective {value} after task {task}")
         step = self.first_step + task
-        self.trial.report(value, step)
+        try:
+            self.trial.report(value, step)
+        except UpdateFinishedTrialError as error:  # failed by another worker since the check above (a pause)
+            raise RunTakenOver(f"trial {self.trial.number} was failed by another worker: {error}") from error
         self.client.log_metric(self.trial_run_id, "objective/intermediate", value, step=step)
         if self.trial.should_prune():
             raise TrialPruned(f"pruned at step {step} (value {value:.4g})")
+
+
+class Throttled:
+    """Calls ``check`` at most once per ``seconds``: when called sooner after the last check, does nothing.
+
+    The first call after a pause of the process always checks, since the pause counts toward ``seconds``.
+
+    :param check: the check (e.g. one that raises)
+    :param seconds: the least time between two checks
+    :param clock: seconds of a monotonic clock
+    """
+
+    def __init__(self, check: Callable[[], None], seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.check = check
+        self.seconds = seconds
+        self.clock = clock
+        self.last: float | None = None
+
+    def __call__(self) -> None:
+        now = self.clock()
+        if self.last is not None and now - self.last < self.seconds:
+            return
+        self.last = now
+        self.check()
 
 
 class TrialRunner:
@@ -266,7 +301,8 @@ class TrialRunner:
         self.worker = worker
         self.progress = progress
         self.taken_over = False
-        """Whether the last trial stopped because another trial continues its run (:meth:`check_owner`)."""
+        """Whether another worker failed the last trial while this one ran it (took this worker for dead):
+        the trial stopped on :meth:`check_owner`, or ended just after its last check."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         frozen = next(frozen for frozen in trial.study.get_trials(deepcopy=False) if frozen.number == trial.number)
@@ -288,7 +324,7 @@ class TrialRunner:
             raise
         trial.set_user_attr(RUN_ATTR, run_id)
         trial.set_user_attr(WORKER_ATTR, self.worker)
-        state, status, interrupted = TrialState.FAIL, FAILED, False
+        state, status, interrupted, taken_over = TrialState.FAIL, FAILED, False, False
         try:
             if continued is not None:
                 report_earlier(trial, frozen)
@@ -308,7 +344,7 @@ class TrialRunner:
                 queue_again(trial.study, frozen, interrupted=True)
             raise
         except RunTakenOver:
-            self.taken_over = True
+            taken_over = True
             raise
         except Exception as error:
             if self.owns_run(run_id, trial.number):
@@ -316,7 +352,16 @@ class TrialRunner:
                 log_texts(self.client, run_id, {"error.txt": traceback.format_exc()})
             raise
         finally:
-            self.end_run(run_id, trial.number, state, status, keep_checkpoints=interrupted)
+            # Also taken for dead when failed after its last check: Optuna will refuse to record its end.
+            self.taken_over = taken_over or self.failed_elsewhere(trial)
+            if not self.taken_over:  # else the run and its checkpoints are the copy's, queued or started
+                self.end_run(run_id, trial.number, state, status, keep_checkpoints=interrupted)
+
+    @staticmethod
+    def failed_elsewhere(trial: optuna.Trial) -> bool:
+        """Whether another worker failed ``trial`` while this one ran it (it took this worker for dead)."""
+        states = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return all(running.number != trial.number for running in states)
 
     def owns_run(self, run_id: str, number: int) -> bool:
         """Whether trial ``number`` still holds its run ``run_id``.
@@ -332,17 +377,28 @@ class TrialRunner:
         return self.client.get_run(run_id).data.tags.get(TRIAL_TAG)
 
     def check_owner(self, run_id: str, number: int) -> None:
-        """Raise :class:`~crl.train.RunTakenOver` when trial ``number`` no longer holds its run (:meth:`owns_run`).
+        """Raise :class:`~crl.train.RunTakenOver` once trial ``number`` was taken for dead: its run is ended
+        (by the worker that failed the trial, :class:`~crl.study.storage.StaleTrialHandler`) or continued by
+        the trial's copy (:meth:`owns_run`).
 
-        Checked at each task end and before each checkpoint: a worker taken for dead stops there,
-        before it writes over the checkpoints of the copy that continues its run.
+        Checked at each task end, before each checkpoint and, at most every :data:`OWNER_CHECK_SECONDS`,
+        before metrics are logged: a worker taken for dead stops there, before it logs steps that the copy
+        trains again or writes over the copy's checkpoints.
         """
-        holder = self._holder(run_id)
-        if holder != str(number):
+        run = self.client.get_run(run_id)
+        holder = run.data.tags.get(TRIAL_TAG)
+        if holder != str(number) or run.info.status != RUNNING:
+            continued = f"is continued by trial {holder}" if holder != str(number) else f"was ended {run.info.status}"
             raise RunTakenOver(
-                f"trial {number}'s run {run_id} is continued by trial {holder}: this worker was taken for dead "
+                f"trial {number}'s run {run_id} {continued}: this worker was taken for dead "
                 "(no heartbeat for storage.grace_period)"
             )
+
+    def ownership_checks(self, run_id: str, number: int) -> OwnershipChecks:
+        """The checks that trial ``number`` still holds its run ``run_id`` (:meth:`check_owner`)."""
+        check = partial(self.check_owner, run_id, number)
+        seconds = min(OWNER_CHECK_SECONDS, self.config.spec.storage.heartbeat_interval)
+        return OwnershipChecks(before_saving=check, before_write=Throttled(check, seconds))
 
     def end_run(self, run_id: str, number: int, state: TrialState, status: str, keep_checkpoints: bool) -> None:
         """End trial ``number``'s run and, unless ``keep_checkpoints`` (a copy will continue them), its checkpoints.
@@ -443,16 +499,18 @@ class TrialRunner:
         else:  # from the start, in a new run: an earlier one (killed) keeps the history it has
             seed_run = create_child_run(self.client, curriculum, name, seed, run_id)
             model = build_model(curriculum, sequence, seed, self.config.source)
-        still_owner = partial(self.check_owner, run_id, trial.number)
+        ownership = self.ownership_checks(run_id, trial.number)
         first_step = position * len(sequence)
-        report = TaskEndReport(trial, objective, model, self.client, seed_run, run_id, first_step, still_owner)
+        report = TaskEndReport(
+            trial, objective, model, self.client, seed_run, run_id, first_step, ownership.before_saving
+        )
         try:
             if resumed is not None:
                 report.report_missed(resumed.position, sequence, seed)
             # No plots per seed: many trials; crl.plot draws any run's on demand.
             result = run_child(
                 curriculum, sequence, model, seed, self.client, run_id, name, self.progress,
-                run_id=seed_run, on_task_end=report, plots=False, resumed=resumed, before_checkpoint=still_owner,
+                run_id=seed_run, on_task_end=report, plots=False, resumed=resumed, ownership=ownership,
             )  # fmt: skip
         except TrialPruned:
             self._stopped(seed_run, report)

@@ -98,8 +98,9 @@ def run_worker(
             study.optimize(runner, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
         except Exception:
             # This worker was taken for dead (a pause longer than the grace period) and its trial failed
-            # by another, which queued a copy: the trial stopped on RunTakenOver, Optuna refuses to record
-            # its end ("Cannot tell a FAIL trial"), and the worker goes on with the next.
+            # by another, which queued a copy: the trial stopped on RunTakenOver (or ended just after its
+            # last check), Optuna refuses to record its end ("Cannot tell a FAIL trial"), and the worker
+            # goes on with the next.
             if not runner.taken_over:
                 raise
             runner.taken_over = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from numbers import Real
 from typing import Any
 
@@ -31,12 +32,21 @@ class MLflowOutputFormat(KVWriter):
     :param client: the MLflow client to use (by default one for the current tracking URI)
     :param exclude_prefixes: keys starting with one of these are not logged (e.g. values the caller
         logs itself at their exact steps)
+    :param before_write: called before each batch is logged; an exception it raises (e.g.
+        :class:`crl.train.RunTakenOver`) stops the batch from being logged
     """
 
-    def __init__(self, run_id: str, client: MlflowClient | None = None, exclude_prefixes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        client: MlflowClient | None = None,
+        exclude_prefixes: tuple[str, ...] = (),
+        before_write: Callable[[], None] | None = None,
+    ) -> None:
         self.run_id = run_id
         self.client = client if client is not None else MlflowClient()
         self.exclude_prefixes = exclude_prefixes
+        self.before_write = before_write
         self.step_offset = 0
         """Added to SB3's step: env steps before the current ``learn()`` call (earlier tasks of a sequence)."""
         self.logged_through: dict[str, int] = {}
@@ -72,6 +82,8 @@ class MLflowOutputFormat(KVWriter):
             if step > self.logged_through.get(key, -1)
         ]
         if metrics:
+            if self.before_write is not None:
+                self.before_write()
             self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
             self.logged_through.update({metric.key: step for metric in metrics})
 
