@@ -13,7 +13,13 @@ from crl.policies.dqn import DQNPolicy
 from crl.policies.dqn import MultiInputPolicy as DQNMultiInputPolicy
 from crl.policies.features import FeatureRecorder, Features, HiddenLayer, LayerFeatures
 from crl.policies.layers import ACTIVATIONS, ArchitectureOptions, CReLU
-from crl.policies.multihead import MultiHeadActor, MultiHeadContinuousCritic, MultiHeadSACPolicy
+from crl.policies.multihead import (
+    MultiHeadActor,
+    MultiHeadContinuousCritic,
+    MultiHeadCrossQPolicy,
+    MultiHeadSACPolicy,
+    MultiHeadTQCPolicy,
+)
 from crl.policies.qrdqn import CnnPolicy as QRDQNCnnPolicy
 from crl.policies.qrdqn import MultiInputPolicy as QRDQNMultiInputPolicy
 from crl.policies.qrdqn import QRDQNPolicy
@@ -40,7 +46,9 @@ __all__ = [
     "LayerFeatures",
     "MultiHeadActor",
     "MultiHeadContinuousCritic",
+    "MultiHeadCrossQPolicy",
     "MultiHeadSACPolicy",
+    "MultiHeadTQCPolicy",
     "MultiInputActorCriticPolicy",
     "QRDQNCnnPolicy",
     "QRDQNMultiInputPolicy",

@@ -6,21 +6,30 @@ sequence appends to the observation (:class:`crl.wrappers.TaskIdObservation`). O
 head receives gradients, so learning a task leaves the other tasks' heads untouched; with
 ``spectral_norm`` on the output layers, each head is normalised on its own for the same reason
 (:class:`~crl.policies.spectral_norm.HeadwiseSpectralNorm`).
+
+The same heads are on TQC's quantile critics (one ``n_quantiles`` block per task) and on CrossQ's
+critics (:class:`MultiHeadTQCPolicy`, :class:`MultiHeadCrossQPolicy`); each algorithm takes its
+multi-head policy by the name ``"MultiHeadPolicy"``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.policies import ContinuousCritic
+from sb3_contrib.crossq import policies as crossq
+from sb3_contrib.tqc import policies as tqc
+from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.sac import policies as sb3
 from torch import nn
 
+from crl.policies.crossq import CrossQPolicy
 from crl.policies.layers import ACTIVATION_TYPES, ArchitectureOptions
 from crl.policies.sac import SACPolicy
+from crl.policies.tqc import TQCPolicy
 
 FIRST_LAYERS = ("layer_norm_tanh",)
 
@@ -31,39 +40,59 @@ def task_index(observations: th.Tensor, n_heads: int) -> th.Tensor:
 
 
 def select_head(outputs: th.Tensor, task: th.Tensor, n_heads: int) -> th.Tensor:
-    """Pick each sample's head: ``outputs`` is ``(batch, n_heads * k)``, the result ``(batch, k)``."""
-    per_head = outputs.view(outputs.shape[0], n_heads, -1)
-    return per_head[th.arange(outputs.shape[0], device=outputs.device), task]
+    """Pick each sample's head: ``outputs`` is ``(batch, ..., n_heads * k)``, the result ``(batch, ..., k)``."""
+    per_head = outputs.unflatten(-1, (n_heads, -1))
+    # The sample's task for every middle position and output: gather along the head axis.
+    index = task.view(-1, *([1] * (per_head.dim() - 1))).expand(*per_head.shape[:-2], 1, per_head.shape[-1])
+    return per_head.gather(-2, index).squeeze(-2)
 
 
-class MultiHeadActor(sb3.Actor):
-    """SB3's SAC actor whose mean and log-std layers have one head per task.
+class MultiHeadActorMixin:
+    """An actor (SAC's, TQC's or CrossQ's) whose mean and log-std layers have one head per task.
 
     :param n_heads: number of heads (= length of the one-hot task id at the end of the observation)
     """
+
+    use_sde: bool
+    mu: Any
+    log_std: Any  # the actors': a layer without gSDE
 
     def __init__(self, *args: Any, n_heads: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.use_sde:
-            raise ValueError("MultiHeadSACPolicy does not support use_sde=True; use use_sde=False")
+            raise ValueError("MultiHeadPolicy does not support use_sde=True; use use_sde=False")
         self.n_heads = n_heads
         assert isinstance(self.mu, nn.Linear) and isinstance(self.log_std, nn.Linear)  # without use_sde
         action_dim = self.mu.out_features
         self.mu = nn.Linear(self.mu.in_features, n_heads * action_dim)
-        self.log_std = nn.Linear(self.log_std.in_features, n_heads * action_dim)  # type: ignore[assignment]
+        self.log_std = nn.Linear(self.log_std.in_features, n_heads * action_dim)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), "n_heads": self.n_heads}
+        return {**super()._get_constructor_parameters(), "n_heads": self.n_heads}  # type: ignore[misc]
 
-    def get_action_dist_params(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]:  # type: ignore[override]
-        # SB3 clamps log_std element-wise, so clamping all heads and then selecting one is the same.
-        mean_actions, log_std, kwargs = super().get_action_dist_params(obs)
+    def get_action_dist_params(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]:
+        # The actors clamp log_std element-wise, so clamping all heads and then selecting one is the same.
+        mean_actions, log_std, kwargs = super().get_action_dist_params(obs)  # type: ignore[misc]
+        assert isinstance(obs, th.Tensor)  # a flat Box observation
         task = task_index(obs, self.n_heads)
         return select_head(mean_actions, task, self.n_heads), select_head(log_std, task, self.n_heads), kwargs
 
 
-class MultiHeadContinuousCritic(ContinuousCritic):
-    """SB3's SAC critic whose Q-networks output one value per task head.
+class MultiHeadActor(MultiHeadActorMixin, sb3.Actor):
+    """SB3's SAC actor whose mean and log-std layers have one head per task (:class:`MultiHeadActorMixin`)."""
+
+
+class MultiHeadTQCActor(MultiHeadActorMixin, tqc.Actor):
+    """sb3-contrib's TQC actor whose mean and log-std layers have one head per task."""
+
+
+class MultiHeadCrossQActor(MultiHeadActorMixin, crossq.Actor):
+    """sb3-contrib's CrossQ actor whose mean and log-std layers have one head per task."""
+
+
+class MultiHeadCriticMixin:
+    """A critic (SAC's, TQC's or CrossQ's) whose Q-networks output one head per task: their last layer's
+    ``k`` outputs (1 Q-value, or TQC's ``n_quantiles``) become ``n_heads * k``.
 
     :param n_heads: number of heads (= length of the one-hot task id at the end of the observation)
     """
@@ -71,20 +100,35 @@ class MultiHeadContinuousCritic(ContinuousCritic):
     def __init__(self, *args: Any, n_heads: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.n_heads = n_heads
-        for q_net in self.q_networks:
+        for q_net in self.q_networks:  # type: ignore[attr-defined]
             assert isinstance(q_net, nn.Sequential) and isinstance(q_net[-1], nn.Linear)
-            q_net[-1] = nn.Linear(q_net[-1].in_features, n_heads)
+            q_net[-1] = nn.Linear(q_net[-1].in_features, n_heads * q_net[-1].out_features)
 
-    def forward(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, ...]:
+    def forward(self, obs: Any, actions: th.Tensor) -> Any:
+        outputs = super().forward(obs, actions)  # type: ignore[misc]
         task = task_index(obs, self.n_heads)
-        return tuple(select_head(q_values, task, self.n_heads) for q_values in super().forward(obs, actions))
+        if isinstance(outputs, th.Tensor):  # TQC's quantiles, (batch, n_critics, n_heads * n_quantiles)
+            return select_head(outputs, task, self.n_heads)
+        return tuple(select_head(values, task, self.n_heads) for values in outputs)
+
+
+class MultiHeadContinuousCritic(MultiHeadCriticMixin, ContinuousCritic):
+    """SB3's SAC critic whose Q-networks output one value per task head."""
 
     def q1_forward(self, obs: th.Tensor, actions: th.Tensor) -> th.Tensor:
         return select_head(super().q1_forward(obs, actions), task_index(obs, self.n_heads), self.n_heads)
 
 
-class MultiHeadSACPolicy(SACPolicy):
-    """crl's SAC ``MlpPolicy`` with one actor head and one critic head per task.
+class MultiHeadTQCCritic(MultiHeadCriticMixin, tqc.Critic):
+    """sb3-contrib's TQC critic whose quantile networks output ``n_quantiles`` quantiles per task head."""
+
+
+class MultiHeadCrossQCritic(MultiHeadCriticMixin, crossq.CrossQCritic):
+    """sb3-contrib's CrossQ critic whose Q-networks output one value per task head."""
+
+
+class MultiHeadPolicyMixin:
+    """A soft actor-critic policy with one actor head and one critic head per task.
 
     Needs a flat ``Box`` observation ending with the one-hot task id (a :class:`~crl.wrappers.TaskSequence`
     built with ``task_id_in_obs=True``).
@@ -94,6 +138,16 @@ class MultiHeadSACPolicy(SACPolicy):
         Linear -> LayerNorm -> tanh, the others keep ``activation_fn`` (Continual World's networks);
         ``None``: all layers use ``activation_fn``
     """
+
+    multi_head_actor: ClassVar[type[BasePolicy]]
+    multi_head_critic: ClassVar[type[nn.Module]]
+    n_heads: int
+    first_layer: str | None
+    two_hot: Any
+    device: th.device
+    actor_kwargs: dict[str, Any]
+    critic_kwargs: dict[str, Any]
+    critic: Any
 
     def __init__(
         self,
@@ -107,7 +161,7 @@ class MultiHeadSACPolicy(SACPolicy):
         if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
             raise ValueError(f"policy option n_heads must be a positive int, got {n_heads!r}")
         if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
-            raise ValueError(f"MultiHeadSACPolicy needs a flat Box observation space, got {observation_space}")
+            raise ValueError(f"MultiHeadPolicy needs a flat Box observation space, got {observation_space}")
         if observation_space.shape[0] <= n_heads:
             raise ValueError(
                 f"policy option n_heads={n_heads} leaves no observation before the task id "
@@ -122,12 +176,12 @@ class MultiHeadSACPolicy(SACPolicy):
         # Set before SB3's constructor, which builds the networks through make_actor / make_critic.
         object.__setattr__(self, "n_heads", n_heads)
         object.__setattr__(self, "first_layer", first_layer)
-        super().__init__(observation_space, action_space, *args, **kwargs)
+        super().__init__(observation_space, action_space, *args, **kwargs)  # type: ignore[call-arg]
 
     def _validate_architecture(self, architecture: ArchitectureOptions, kwargs: dict[str, Any]) -> None:
-        super()._validate_architecture(architecture, kwargs)
+        super()._validate_architecture(architecture, kwargs)  # type: ignore[misc]
         if self.two_hot is not None:
-            raise ValueError("policy option two_hot is not supported by MultiHeadSACPolicy; use two_hot=None")
+            raise ValueError("policy option two_hot is not supported by MultiHeadPolicy; use two_hot=None")
         if self.first_layer is not None and not architecture.is_default:
             raise ValueError(
                 f"policy option first_layer={self.first_layer!r} sets the first layer's normalisation and "
@@ -135,28 +189,64 @@ class MultiHeadSACPolicy(SACPolicy):
             )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), "n_heads": self.n_heads, "first_layer": self.first_layer}
+        parameters = super()._get_constructor_parameters()  # type: ignore[misc]
+        return {**parameters, "n_heads": self.n_heads, "first_layer": self.first_layer}
 
     def task_heads(self) -> dict[str, int]:
         heads = ["actor.mu", "actor.log_std"]
         for index, q_net in enumerate(self.critic.q_networks):
-            heads.append(f"critic.qf{index}.{len(q_net) - 1}")  # type: ignore[arg-type]
+            heads.append(f"critic.qf{index}.{len(q_net) - 1}")
         return {path: self.n_heads for path in heads}
 
-    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> sb3.Actor:
-        actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
-        actor = self._rewrite_actor(MultiHeadActor(**actor_kwargs, n_heads=self.n_heads).to(self.device))
+    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
+        actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)  # type: ignore[attr-defined]
+        actor = self.multi_head_actor(**actor_kwargs, n_heads=self.n_heads).to(self.device)
+        actor = self._rewrite_actor(actor)  # type: ignore[attr-defined]
         if self.first_layer is not None:
             _layer_norm_tanh_first(actor.latent_pi)
         return actor
 
-    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
-        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
-        critic = self._rewrite_critic(MultiHeadContinuousCritic(**critic_kwargs, n_heads=self.n_heads).to(self.device))
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
+        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)  # type: ignore[attr-defined]
+        critic = self.multi_head_critic(**critic_kwargs, n_heads=self.n_heads).to(self.device)
+        critic = self._rewrite_critic(critic)  # type: ignore[attr-defined]
         if self.first_layer is not None:
             for q_net in critic.q_networks:
-                _layer_norm_tanh_first(q_net)  # type: ignore[arg-type]
+                _layer_norm_tanh_first(q_net)
         return critic
+
+
+class MultiHeadSACPolicy(MultiHeadPolicyMixin, SACPolicy):
+    """crl's SAC ``MlpPolicy`` with one actor head and one critic head per task (:class:`MultiHeadPolicyMixin`)."""
+
+    multi_head_actor = MultiHeadActor
+    multi_head_critic = MultiHeadContinuousCritic
+
+
+class MultiHeadTQCPolicy(MultiHeadPolicyMixin, TQCPolicy):
+    """crl's TQC ``MlpPolicy`` with one actor head per task, and per task one block of ``n_quantiles``
+    outputs in each quantile critic (:class:`MultiHeadPolicyMixin`)."""
+
+    multi_head_actor = MultiHeadTQCActor
+    multi_head_critic = MultiHeadTQCCritic
+
+
+class MultiHeadCrossQPolicy(MultiHeadPolicyMixin, CrossQPolicy):
+    """crl's CrossQ ``MlpPolicy`` with one actor head and one critic head per task (:class:`MultiHeadPolicyMixin`).
+
+    ``first_layer="layer_norm_tanh"`` needs ``batch_norm=False``, as CrossQ's ``layer_norm`` does.
+    """
+
+    multi_head_actor = MultiHeadCrossQActor
+    multi_head_critic = MultiHeadCrossQCritic
+
+    def _validate_architecture(self, architecture: ArchitectureOptions, kwargs: dict[str, Any]) -> None:
+        super()._validate_architecture(architecture, kwargs)
+        if self.first_layer is not None and kwargs.get("batch_norm", True):
+            raise ValueError(
+                f"policy option first_layer={self.first_layer!r} is not supported by CrossQ with batch_norm=True: "
+                "its BatchRenorm layers already normalise the input of every Linear layer; pass batch_norm=False"
+            )
 
 
 def _check_first_layer_fits(first_layer: str, net_arch: object) -> None:

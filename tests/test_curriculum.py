@@ -431,3 +431,79 @@ def test_only_a_name_that_several_items_share_is_sent_to_their_positions() -> No
     assert str(info.value) == "'interventions.redo': no item named 'redo' in []"
     with pytest.raises(ValueError, match=r"2 items named 'redo' in \['redo', 'redo'\]; address it by position instead"):
         set_path({"interventions": ["redo", "redo"]}, "interventions.redo.tau", 0.1)
+
+
+MULTI_HEAD = {
+    "policy": "MultiHeadPolicy",
+    "policy_options": {"net_arch": [16], "n_quantiles": 5},
+    "hyperparameters": {"learning_starts": 50, "batch_size": 16},
+    "interventions": [],
+    "metrics": None,
+    "sequence": {
+        "tasks": [{"env": "Pendulum-v1"}, {"env": "Pendulum-v1", "kwargs": {"g": 5.0}}, {"env": "Pendulum-v1"}],
+        "task_id_in_obs": True,
+        "steps_per_task": 100,
+    },
+}
+"""A TQC curriculum with one head per task id (three tasks)."""
+
+
+def test_a_multi_head_policy_gets_one_head_per_task_id_unless_set(tmp_path: Path) -> None:
+    for algorithm, policy_class in (
+        ("TQC", crl.policies.MultiHeadTQCPolicy),
+        ("CrossQ", crl.policies.MultiHeadCrossQPolicy),
+    ):
+        options = MULTI_HEAD["policy_options"] if algorithm == "TQC" else {"net_arch": [16]}
+        curriculum = load_curriculum(
+            _write(tmp_path, _edit(**{**MULTI_HEAD, "policy_options": options}, algorithm=algorithm))
+        )
+        model = build_model(curriculum, build_sequence(curriculum), seed=0)
+        assert type(model.policy) is policy_class and model.policy.n_heads == 3
+        assert model.policy.actor.mu.out_features == 3
+    text = _edit(**{**MULTI_HEAD, "policy_options": {"n_heads": 5, "first_layer": "layer_norm_tanh"}}, algorithm="SAC")
+    curriculum = load_curriculum(_write(tmp_path, text))
+    model = build_model(curriculum, build_sequence(curriculum), seed=0)
+    assert model.policy.n_heads == 5 and model.policy.first_layer == "layer_norm_tanh"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            dict(policy="MultiHeadPolicy"),
+            "key 'policy' = 'MultiHeadPolicy' is not a policy of DQN; allowed: MlpPolicy, CnnPolicy, MultiInputPolicy",
+        ),
+        (
+            dict(algorithm="CrossQ", policy="CnnPolicy", interventions=[]),
+            "key 'policy' = 'CnnPolicy' is not a policy of CrossQ; allowed: MlpPolicy, MultiHeadPolicy",
+        ),
+        (
+            dict(policy_options={"n_heads": 2}),
+            "key 'policy_options.n_heads' is an option of 'policy: MultiHeadPolicy' (SAC, TQC, CrossQ), "
+            "not of 'MlpPolicy'; remove it or set the policy",
+        ),
+        (
+            dict(algorithm="SAC", policy_options={"first_layer": "layer_norm_tanh"}, interventions=[]),
+            "key 'policy_options.first_layer' is an option of 'policy: MultiHeadPolicy'",
+        ),
+    ],
+)
+def test_a_policy_the_algorithm_has_not_or_its_options_elsewhere_are_refused(
+    tmp_path: Path, edit: dict, expected: str
+) -> None:
+    path = _write(tmp_path, _edit(**edit))
+    with pytest.raises(ConfigError) as info:
+        load_curriculum(path)
+    assert str(info.value).startswith(f"{path}: {expected}"), str(info.value)
+
+
+def test_a_multi_head_policy_on_a_sequence_without_task_ids_fails_when_the_model_is_built(tmp_path: Path) -> None:
+    sequence = {**MULTI_HEAD["sequence"], "task_id_in_obs": False}
+    curriculum = load_curriculum(_write(tmp_path, _edit(**{**MULTI_HEAD, "sequence": sequence}, algorithm="SAC")))
+    with pytest.raises(ConfigError) as info:
+        build_model(curriculum, build_sequence(curriculum), seed=0, source="c.yaml")
+    assert str(info.value) == (
+        "c.yaml: key 'policy' = 'MultiHeadPolicy' chooses a head by the one-hot task id at the end of each "
+        "observation, which sequence 'curriculum' does not append; set 'sequence.task_id_in_obs: true' (explicit "
+        "task lists) or use a preset that appends it (cw10, cw20)"
+    )

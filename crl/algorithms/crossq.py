@@ -14,6 +14,7 @@ from crl.algorithms.base import logged_mean, with_sb3_signature
 from crl.algorithms.soft_actor_critic import EntropyRegularized
 from crl.policies import crossq as policies
 from crl.policies.crossq import kept_batch_norm_state
+from crl.policies.multihead import MultiHeadCrossQPolicy
 
 
 class CrossQ(EntropyRegularized, sb3_contrib.CrossQ):
@@ -32,7 +33,10 @@ class CrossQ(EntropyRegularized, sb3_contrib.CrossQ):
     """
 
     algorithm_family: ClassVar[str] = "CrossQ"
-    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": policies.CrossQPolicy}
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": policies.CrossQPolicy,
+        "MultiHeadPolicy": MultiHeadCrossQPolicy,
+    }
 
     replay_buffer: Any
     use_sde: bool

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from crl.algorithms.base import with_sb3_signature
 from crl.algorithms.soft_actor_critic import SoftActorCritic
 from crl.policies import sac as policies
+from crl.policies.multihead import MultiHeadSACPolicy
 from crl.policies.sac import CategoricalContinuousCritic
 
 
@@ -32,6 +33,7 @@ class SAC(SoftActorCritic, sb3.SAC):
         "MlpPolicy": policies.SACPolicy,
         "CnnPolicy": policies.CnnPolicy,
         "MultiInputPolicy": policies.MultiInputPolicy,
+        "MultiHeadPolicy": MultiHeadSACPolicy,
     }
 
     def _td_target(self, replay_data: ReplayBufferSamples, ent_coef: th.Tensor) -> th.Tensor:

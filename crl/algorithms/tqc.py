@@ -13,6 +13,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from crl.algorithms.base import with_sb3_signature
 from crl.algorithms.soft_actor_critic import SoftActorCritic
 from crl.policies import tqc as policies
+from crl.policies.multihead import MultiHeadTQCPolicy
 
 
 class TQC(SoftActorCritic, sb3_contrib.TQC):
@@ -35,6 +36,7 @@ class TQC(SoftActorCritic, sb3_contrib.TQC):
         "MlpPolicy": policies.TQCPolicy,
         "CnnPolicy": policies.CnnPolicy,
         "MultiInputPolicy": policies.MultiInputPolicy,
+        "MultiHeadPolicy": MultiHeadTQCPolicy,
     }
 
     def _td_target(self, replay_data: ReplayBufferSamples, ent_coef: th.Tensor) -> th.Tensor:

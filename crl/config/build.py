@@ -86,6 +86,20 @@ def model_arguments(curriculum: Curriculum) -> dict[str, Any]:
     )
 
 
+def multi_head_options(policy_kwargs: dict[str, Any], sequence: TaskSequence, source: str) -> dict[str, Any]:
+    """``MultiHeadPolicy``'s options: by default one head per task id of the sequence, which must show the ids.
+
+    :raises ConfigError: the sequence does not append the one-hot task id the heads are chosen by
+    """
+    if not sequence.task_id_in_obs:
+        raise ConfigError(
+            f"{source}: key 'policy' = 'MultiHeadPolicy' chooses a head by the one-hot task id at the end of "
+            f"each observation, which sequence {sequence.name!r} does not append; set "
+            "'sequence.task_id_in_obs: true' (explicit task lists) or use a preset that appends it (cw10, cw20)"
+        )
+    return {"n_heads": sequence.n_task_ids, **policy_kwargs}
+
+
 def build_model(
     curriculum: Curriculum, sequence: TaskSequence, seed: int, source: str = "curriculum", verbose: int = 0
 ) -> ContinualAlgorithm:
@@ -95,13 +109,17 @@ def build_model(
         wrong kind, an intervention that does not fit the network
     """
     try:
+        arguments = model_arguments(curriculum)
+        if curriculum.policy == "MultiHeadPolicy":
+            arguments["policy_kwargs"] = multi_head_options(arguments["policy_kwargs"], sequence, source)
         if curriculum.agent == "continual_world_reference":
-            arguments = model_arguments(curriculum)
             del arguments["policy_kwargs"]  # the agent's own architecture
             return reference_sac(sequence, seed=seed, verbose=verbose, **arguments)
         env = sequence.make_vec_env(0, n_envs=curriculum.n_envs, seed=seed)
         return curriculum.algorithm_class(  # type: ignore[call-arg]
-            curriculum.policy, env, seed=seed, verbose=verbose, **model_arguments(curriculum)
+            curriculum.policy, env, seed=seed, verbose=verbose, **arguments
         )
+    except ConfigError:
+        raise
     except BUILD_ERRORS as error:
         raise ConfigError(f"{source}: {curriculum.algorithm}: {one_line(str(error) or type(error).__name__)}") from None

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import gymnasium as gym
 import yaml
@@ -160,6 +160,8 @@ class PolicyOptions(Section):
     :param n_quantiles: quantiles per action (QR-DQN) or per critic (TQC)
     :param spectral_norm: spectrally normalised layers: ``hidden``, ``head``, ``all`` or a list of module paths
     :param two_hot: a categorical value head on this support (DQN's Q-network, SAC's critics, PPO's value)
+    :param n_heads: task heads of ``MultiHeadPolicy`` (default: the sequence's number of task ids)
+    :param first_layer: ``layer_norm_tanh``: ``MultiHeadPolicy``'s first hidden layers are Continual World's
     """
 
     net_arch: list[PositiveInt] | dict[Literal["pi", "vf", "qf"], list[PositiveInt]] | None = None
@@ -174,6 +176,8 @@ class PolicyOptions(Section):
     n_quantiles: PositiveInt | None = None
     spectral_norm: Literal[SPECTRAL_NORM_GROUPS] | list[str] | None = None  # type: ignore[valid-type]
     two_hot: TwoHotOptions | None = None
+    n_heads: PositiveInt | None = None
+    first_layer: Literal["layer_norm_tanh"] | None = None
 
     def policy_kwargs(self) -> dict[str, Any]:
         """The options that are set, as SB3 ``policy_kwargs``."""
@@ -281,7 +285,7 @@ class Curriculum(Section):
     algorithm: Literal["DQN", "PPO", "SAC", "QRDQN", "TQC", "CrossQ"]
     agent: Literal["continual_world_reference"] | None = None
     """A benchmark's own agent instead of ``policy``/``policy_options`` (see :data:`AGENTS`)."""
-    policy: Literal["MlpPolicy", "CnnPolicy", "MultiInputPolicy"] = "MlpPolicy"
+    policy: Literal["MlpPolicy", "CnnPolicy", "MultiInputPolicy", "MultiHeadPolicy"] = "MlpPolicy"
     policy_options: PolicyOptions = PolicyOptions()
     hyperparameters: dict[str, HyperparameterValue] = Field(default_factory=dict)
     interventions: list[str | dict[str, Any]] = Field(default_factory=list)
@@ -468,7 +472,30 @@ def validate_curriculum(data: Mapping[str, Any], source: str = "curriculum") -> 
     _check_continual(curriculum, source)
     curriculum = _with_resolved_interventions(curriculum, source)
     check_sequence(curriculum.sequence, source)
+    _check_policy(curriculum, source)
     return _with_agent_protocol(curriculum, source)
+
+
+MULTI_HEAD_OPTIONS = ("n_heads", "first_layer")
+"""``policy_options`` of ``MultiHeadPolicy`` only."""
+
+
+def _check_policy(curriculum: Curriculum, source: str) -> None:
+    """The policy is one the algorithm has, and options of the multi-head policy come with it."""
+    algorithm = cast("type[BaseAlgorithm]", curriculum.algorithm_class)  # crl's classes are SB3's subclasses
+    allowed = list(algorithm.policy_aliases)
+    if curriculum.policy not in allowed:
+        raise ConfigError(
+            f"{source}: key 'policy' = {curriculum.policy!r} is not a policy of {curriculum.algorithm}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+    if curriculum.policy != "MultiHeadPolicy":
+        for option in MULTI_HEAD_OPTIONS:
+            if getattr(curriculum.policy_options, option) is not None:
+                raise ConfigError(
+                    f"{source}: key 'policy_options.{option}' is an option of 'policy: MultiHeadPolicy' "
+                    f"(SAC, TQC, CrossQ), not of {curriculum.policy!r}; remove it or set the policy"
+                )
 
 
 _DEFAULTS = {name: field.default for name, field in Curriculum.model_fields.items()}
