@@ -42,9 +42,9 @@ def task_index(observations: th.Tensor, n_heads: int) -> th.Tensor:
 def select_head(outputs: th.Tensor, task: th.Tensor, n_heads: int) -> th.Tensor:
     """Pick each sample's head: ``outputs`` is ``(batch, ..., n_heads * k)``, the result ``(batch, ..., k)``."""
     per_head = outputs.unflatten(-1, (n_heads, -1))
-    # The sample's task for every middle position and output: gather along the head axis.
-    index = task.view(-1, *([1] * (per_head.dim() - 1))).expand(*per_head.shape[:-2], 1, per_head.shape[-1])
-    return per_head.gather(-2, index).squeeze(-2)
+    middle = (slice(None),) * (per_head.dim() - 3)  # e.g. TQC's critics: each gets the sample's head
+    # Indexing puts the batch axis first both when the two index tensors are adjacent and when apart.
+    return per_head[(th.arange(outputs.shape[0], device=outputs.device), *middle, task)]
 
 
 class MultiHeadActorMixin:
