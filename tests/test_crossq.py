@@ -17,6 +17,7 @@ from test_tqc import _fresh_with_seed, _LayerObserver, _probe, _snapshot
 from torch import nn
 
 from crl.algorithms.crossq import CrossQ
+from crl.hooks import GradientStep
 from crl.interventions import AdaptiveReplayRatio, InterventionError, ReDo, Reset, ShrinkPerturb, WeightDecay
 from crl.metrics import evaluate
 from crl.metrics.functions import unit_scores
@@ -327,6 +328,42 @@ def test_metrics_do_not_change_training_and_reach_the_logger(reference: sb3_cont
     assert expected <= logged, sorted(expected - logged)
     values = monitored.metrics_monitor.latest
     assert all(np.isfinite(value) for value in values.values())
+
+
+class _NormsByStep(_LayerObserver):
+    """Also keeps each gradient step's norm with its loss and timestep."""
+
+    def model_post_init(self, context: Any) -> None:
+        super().model_post_init(context)
+        self._norms: list[tuple[str, int, float]] = []
+
+    def after_backward(self, algo: Any, step: GradientStep) -> None:
+        self._norms.append((step.loss_name, algo.num_timesteps, step.grad_norm))
+
+
+def test_a_measurement_without_an_actor_step_takes_the_actors_next_gradient_norm() -> None:
+    """At t = 250 train() is update 50, without an actor step (every third update); t = 500 (update 300) has one."""
+    observer = _NormsByStep()
+    metrics = dict(every=250, probe_batch_size=128)
+    monitored = CrossQ(
+        "MlpPolicy", "Pendulum-v1", seed=3, device="cpu", metrics=metrics, interventions=[observer], **KWARGS
+    )
+    recorder = _Recorder()
+    monitored.set_logger(Logger(folder=None, output_formats=[recorder]))
+    monitored.learn(STEPS, log_interval=1)  # a dump at every episode's end: 200, 400, 600
+
+    def logged(loss: str) -> list[float]:
+        key = f"plasticity/{loss}/all/grad_norm"
+        return [dump[key] for dump in recorder.dumps if key in dump]
+
+    def norms(loss: str, timesteps: int) -> list[float]:
+        return [norm for name, t, norm in observer._norms if name == loss and t == timesteps]
+
+    assert norms("actor", 250) == [] and len(norms("actor", 500)) == 1
+    assert logged("critic") == [*norms("critic", 250), *norms("critic", 500)]
+    next_actor_step = min(t for name, t, _ in observer._norms if name == "actor" and t > 250)  # update 51
+    assert next_actor_step == 251
+    assert logged("actor") == [*norms("actor", next_actor_step), *norms("actor", 500)]
 
 
 def test_batch_renorm_is_what_the_layers_are() -> None:

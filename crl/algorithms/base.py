@@ -54,6 +54,8 @@ class ContinualAlgorithm:
     algorithm_family: ClassVar[str]
     """``"DQN"``, ``"PPO"``, ``"SAC"``, ``"QRDQN"``, ``"TQC"`` or ``"CrossQ"``: what interventions check their
     applicability against."""
+    loss_names: ClassVar[tuple[str, ...]]
+    """The losses ``train()`` optimises, as :attr:`crl.hooks.GradientStep.loss_name` names them."""
 
     interventions: list[Intervention]
     current_task: int | None

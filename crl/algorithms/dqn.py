@@ -28,6 +28,7 @@ class DQN(ValueBased, sb3.DQN):
 
     algorithm_family: ClassVar[str] = "DQN"
     trained_network: ClassVar[str] = "q_net"
+    loss_names: ClassVar[tuple[str, ...]] = ("q_net",)
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": policies.DQNPolicy,
         "CnnPolicy": policies.CnnPolicy,

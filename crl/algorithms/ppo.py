@@ -30,6 +30,7 @@ class PPO(ContinualAlgorithm, sb3.PPO):
     """
 
     algorithm_family: ClassVar[str] = "PPO"
+    loss_names: ClassVar[tuple[str, ...]] = ("policy",)
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": policies.ActorCriticPolicy,
         "CnnPolicy": policies.ActorCriticCnnPolicy,

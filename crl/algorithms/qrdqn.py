@@ -36,6 +36,7 @@ class QRDQN(ValueBased, sb3_contrib.QRDQN):
 
     algorithm_family: ClassVar[str] = "QRDQN"
     trained_network: ClassVar[str] = "quantile_net"
+    loss_names: ClassVar[tuple[str, ...]] = ("quantile_net",)
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": policies.QRDQNPolicy,
         "CnnPolicy": policies.CnnPolicy,

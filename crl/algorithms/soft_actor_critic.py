@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import torch as th
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
@@ -29,6 +29,7 @@ class EntropyRegularized(ContinualOffPolicyAlgorithm):
     Mixed in before the SB3 / sb3-contrib class, which provides the attributes.
     """
 
+    loss_names: ClassVar[tuple[str, ...]] = ("critic", "actor")
     policy: Any
     actor: Any
     critic: Any

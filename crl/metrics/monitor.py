@@ -9,7 +9,9 @@ At a measurement:
 
 - during ``train()``, the gradient norm of every gradient step is read from the real update
   (``step.grad_norm``: the value returned by the clipping where the algorithm clips, else one
-  total-norm computation) and averaged per loss;
+  total-norm computation) and averaged per loss; a loss that ``train()`` did not optimise (CrossQ's
+  actor, updated every ``policy_delay``-th gradient step) is read at its next gradient step in the
+  same ``learn()`` call, and recorded then;
 - after ``train()``, the fixed probe batch (drawn at the first measurement, see
   :func:`~crl.metrics.probe_batch.draw_probe_batch`) goes through the networks in eval mode for the
   feature metrics, the weights are compared with the previous measurement's, and, on their own
@@ -87,6 +89,9 @@ class MetricsMonitor(TrainingHook):
         self._hessian = _Cadence(self.config.hessian_every)
         self._measuring = False
         self._grad_norms: dict[str, list[float]] = defaultdict(list)
+        self._awaited: set[str] = set()
+        """Losses whose ``grad_norm`` the last measurement waits for: its ``train()`` did not optimise them
+        (CrossQ's actor, updated every ``policy_delay``-th gradient step)."""
         self._previous_weights: dict[str, list[th.Tensor]] | None = None
 
     def on_setup(self, algo: BaseAlgorithm) -> None:
@@ -106,16 +111,25 @@ class MetricsMonitor(TrainingHook):
     def after_backward(self, algo: BaseAlgorithm, step: GradientStep) -> None:
         if self._measuring:
             self._grad_norms[step.loss_name].append(step.grad_norm)
+        elif self._awaited and step.loss_name in self._awaited:
+            # The measurement's norm of a loss its train() did not optimise: this step's, the next one that does.
+            self._awaited.remove(step.loss_name)
+            name = metric_name(step.loss_name, WHOLE, "grad_norm")
+            self.latest[name] = step.grad_norm
+            algo.logger.record(name, self.latest[name])
 
     def on_train_end(self, algo: BaseAlgorithm) -> None:
         if not self._measuring:
             return
         self._measuring = False
+        optimised = {loss for loss, norms in self._grad_norms.items() if norms}
         values = self.measure(algo)
         for name, value in values.items():
             algo.logger.record(name, value)
+        self._awaited = set(algo.loss_names) - optimised  # type: ignore[attr-defined]
 
     def on_training_end(self, algo: BaseAlgorithm) -> None:
+        self._awaited.clear()  # a norm of the next learn() call would not be this measurement's
         # A measurement after SB3's last dump of this learn() would otherwise never be written.
         if any(name.startswith(f"{PREFIX}/") for name in algo.logger.name_to_value):
             algo.logger.dump(algo.num_timesteps)
