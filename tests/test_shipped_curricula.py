@@ -7,6 +7,7 @@ import pytest
 from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import load_curriculum
 from crl.continual.continual_world import ContinualWorldSAC
+from crl.policies import MultiHeadTQCPolicy
 
 CURRICULA = sorted((Path(__file__).parents[1] / "curricula").glob("*.yaml"))
 
@@ -39,3 +40,11 @@ def test_cw10_smoke_builds_the_reference_agent() -> None:
     assert model.random_steps == 500 and model.learning_starts == 500 and model.buffer_size == 20_000
     assert model.policy.actor.n_heads == 10 and model.gradient_steps == 50  # the agent's, not SB3's defaults
     assert list(sequence.budgets) == [2000] * 10 and sequence.measure == "success_rate"
+
+
+def test_cw10_tqc_builds_a_multi_head_tqc_with_cws_first_layer() -> None:
+    curriculum = load_curriculum(Path(__file__).parents[1] / "curricula" / "cw10_tqc.yaml")
+    model = build_model(curriculum, build_sequence(curriculum), seed=0)
+    assert isinstance(model.policy, MultiHeadTQCPolicy) and model.policy.n_heads == 10
+    assert model.policy.first_layer == "layer_norm_tanh" and model.policy.critic.qf0[-1].out_features == 10 * 25
+    assert curriculum.continual.reset_replay_buffer and curriculum.continual.reset_optimizers
