@@ -347,7 +347,7 @@ class TrialRunner:
             taken_over = True
             raise
         except Exception as error:
-            if self.owns_run(run_id, trial.number):
+            if self.owns_run(run_id, trial.number) and not self.failed_elsewhere(trial):
                 trial.set_user_attr(ERROR_ATTR, repr(error)[:1000])
                 log_texts(self.client, run_id, {"error.txt": traceback.format_exc()})
             raise
