@@ -17,6 +17,8 @@ from crl.policies.multihead import (
     MultiHeadActor,
     MultiHeadContinuousCritic,
     MultiHeadCrossQPolicy,
+    MultiHeadDQNPolicy,
+    MultiHeadQRDQNPolicy,
     MultiHeadSACPolicy,
     MultiHeadTQCPolicy,
 )
@@ -47,6 +49,8 @@ __all__ = [
     "MultiHeadActor",
     "MultiHeadContinuousCritic",
     "MultiHeadCrossQPolicy",
+    "MultiHeadDQNPolicy",
+    "MultiHeadQRDQNPolicy",
     "MultiHeadSACPolicy",
     "MultiHeadTQCPolicy",
     "MultiInputActorCriticPolicy",

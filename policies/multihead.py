@@ -19,15 +19,19 @@ from typing import Any, ClassVar, Literal
 import torch as th
 from gymnasium import spaces
 from sb3_contrib.crossq import policies as crossq
+from sb3_contrib.qrdqn import policies as qrdqn
 from sb3_contrib.tqc import policies as tqc
 from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs
+from stable_baselines3.dqn import policies as sb3_dqn
 from stable_baselines3.sac import policies as sb3
 from torch import nn
 
 from crl.policies.crossq import CrossQPolicy
+from crl.policies.dqn import DQNPolicy
 from crl.policies.layers import ACTIVATION_TYPES, ArchitectureOptions
+from crl.policies.qrdqn import QRDQNPolicy
 from crl.policies.sac import SACPolicy
 from crl.policies.tqc import TQCPolicy
 
@@ -127,8 +131,60 @@ class MultiHeadCrossQCritic(MultiHeadCriticMixin, crossq.CrossQCritic):
     """sb3-contrib's CrossQ critic whose Q-networks output one value per task head."""
 
 
-class MultiHeadPolicyMixin:
-    """A soft actor-critic policy with one actor head and one critic head per task.
+class MultiHeadValueNetworkMixin:
+    """A value network (DQN's Q-network, QR-DQN's quantile network) whose output layer has one head per task.
+
+    :param n_heads: number of heads (= length of the one-hot task id at the end of the observation)
+    """
+
+    output_stack: ClassVar[str]
+    """The attribute holding the network's layers after the features extractor."""
+
+    def __init__(self, *args: Any, n_heads: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.n_heads = n_heads
+        _widen_output(getattr(self, self.output_stack), n_heads)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "n_heads": self.n_heads}  # type: ignore[misc]
+
+    def head_outputs(self, obs: PyTorchObs) -> th.Tensor:
+        """The output layer's values of each sample's task head."""
+        assert isinstance(obs, th.Tensor)  # a flat Box observation
+        stack = getattr(self, self.output_stack)
+        outputs = stack(self.extract_features(obs, self.features_extractor))  # type: ignore[attr-defined]
+        return select_head(outputs, task_index(obs, self.n_heads), self.n_heads)
+
+
+class MultiHeadQNetwork(MultiHeadValueNetworkMixin, sb3_dqn.QNetwork):
+    """SB3's DQN Q-network whose output layer has one head of ``n_actions`` Q-values per task."""
+
+    output_stack = "q_net"
+
+    def forward(self, obs: PyTorchObs) -> th.Tensor:
+        return self.head_outputs(obs)
+
+
+class MultiHeadQuantileNetwork(MultiHeadValueNetworkMixin, qrdqn.QuantileNetwork):
+    """sb3-contrib's QR-DQN quantile network whose output layer has one head of ``n_quantiles x n_actions``
+    quantiles per task."""
+
+    output_stack = "quantile_net"
+
+    def forward(self, obs: PyTorchObs) -> th.Tensor:
+        # sb3-contrib's layout within the head: the quantiles of every action
+        return self.head_outputs(obs).view(-1, self.n_quantiles, int(self.action_space.n))  # type: ignore[attr-defined]
+
+
+def _widen_output(stack: nn.Sequential, n_heads: int) -> None:
+    """Give the last Linear layer of ``stack`` ``n_heads`` times its outputs (a fresh layer), in place."""
+    output = stack[-1]
+    assert isinstance(output, nn.Linear)
+    stack[-1] = nn.Linear(output.in_features, n_heads * output.out_features)
+
+
+class TaskHeadsPolicyMixin:
+    """A policy whose output layers have one head per task: the options ``n_heads`` and ``first_layer``.
 
     Needs a flat ``Box`` observation ending with the one-hot task id (a :class:`~crl.wrappers.TaskSequence`
     built with ``task_id_in_obs=True``).
@@ -139,20 +195,15 @@ class MultiHeadPolicyMixin:
         ``None``: all layers use ``activation_fn``
     """
 
-    multi_head_actor: ClassVar[type[BasePolicy]]
-    multi_head_critic: ClassVar[type[nn.Module]]
     n_heads: int
     first_layer: str | None
     two_hot: Any
     device: th.device
-    actor_kwargs: dict[str, Any]
-    critic_kwargs: dict[str, Any]
-    critic: Any
 
     def __init__(
         self,
         observation_space: spaces.Space,
-        action_space: spaces.Box,
+        action_space: spaces.Space,
         *args: Any,
         n_heads: int,
         first_layer: Literal["layer_norm_tanh"] | None = None,
@@ -191,6 +242,16 @@ class MultiHeadPolicyMixin:
     def _get_constructor_parameters(self) -> dict[str, Any]:
         parameters = super()._get_constructor_parameters()  # type: ignore[misc]
         return {**parameters, "n_heads": self.n_heads, "first_layer": self.first_layer}
+
+
+class MultiHeadPolicyMixin(TaskHeadsPolicyMixin):
+    """A soft actor-critic policy with one actor head and one critic head per task (:class:`TaskHeadsPolicyMixin`)."""
+
+    multi_head_actor: ClassVar[type[BasePolicy]]
+    multi_head_critic: ClassVar[type[nn.Module]]
+    actor_kwargs: dict[str, Any]
+    critic_kwargs: dict[str, Any]
+    critic: Any
 
     def task_heads(self) -> dict[str, int]:
         heads = ["actor.mu", "actor.log_std"]
@@ -249,10 +310,53 @@ class MultiHeadCrossQPolicy(MultiHeadPolicyMixin, CrossQPolicy):
             )
 
 
-def _check_first_layer_fits(first_layer: str, net_arch: object) -> None:
-    """Reject a ``net_arch`` with no hidden layer in the actor or the critics: there is no first layer to change.
+class MultiHeadValuePolicyMixin(TaskHeadsPolicyMixin):
+    """A value-based policy (DQN's, QR-DQN's) whose network has one output head per task
+    (:class:`TaskHeadsPolicyMixin`)."""
 
-    :param net_arch: SAC's ``net_arch``: ``None`` (SB3's 256 x 256), a list, or ``{"pi": ..., "qf": ...}``
+    value_network: ClassVar[type[MultiHeadValueNetworkMixin]]
+    """The multi-head network class; the policy holds it under its ``output_stack`` name, as SB3 names them
+    (``policy.q_net.q_net``, ``policy.quantile_net.quantile_net``)."""
+    net_args: dict[str, Any]
+
+    def task_heads(self) -> dict[str, int]:
+        name = self.value_network.output_stack
+        stack = getattr(getattr(self, name), name)
+        return {f"{name}.{name}.{len(stack) - 1}": self.n_heads}
+
+    def _make_value_network(self) -> Any:
+        net_args = self._update_features_extractor(self.net_args, features_extractor=None)  # type: ignore[attr-defined]
+        network = self.value_network(**net_args, n_heads=self.n_heads).to(self.device)  # type: ignore[call-arg,attr-defined]
+        stack = getattr(network, self.value_network.output_stack)
+        self.architecture.rewrite(stack)  # type: ignore[attr-defined]
+        if self.first_layer is not None:
+            _layer_norm_tanh_first(stack)
+        return network
+
+
+class MultiHeadDQNPolicy(MultiHeadValuePolicyMixin, DQNPolicy):
+    """crl's DQN ``MlpPolicy`` whose Q-network has one head of Q-values per task (:class:`TaskHeadsPolicyMixin`)."""
+
+    value_network = MultiHeadQNetwork
+
+    def make_q_net(self) -> sb3_dqn.QNetwork:
+        return self._make_value_network()  # type: ignore[no-any-return]
+
+
+class MultiHeadQRDQNPolicy(MultiHeadValuePolicyMixin, QRDQNPolicy):
+    """crl's QR-DQN ``MlpPolicy`` whose quantile network has one head of quantiles per task
+    (:class:`TaskHeadsPolicyMixin`)."""
+
+    value_network = MultiHeadQuantileNetwork
+
+    def make_quantile_net(self) -> qrdqn.QuantileNetwork:
+        return self._make_value_network()  # type: ignore[no-any-return]
+
+
+def _check_first_layer_fits(first_layer: str, net_arch: object) -> None:
+    """Reject a ``net_arch`` with no hidden layer in some network: there is no first layer to change.
+
+    :param net_arch: ``None`` (the algorithm's default), a list, or SAC's ``{"pi": ..., "qf": ...}``
     """
     if net_arch is None:
         return
@@ -261,8 +365,8 @@ def _check_first_layer_fits(first_layer: str, net_arch: object) -> None:
     )
     if any(len(arch) == 0 for arch in archs):  # type: ignore[arg-type]
         raise ValueError(
-            f"policy option first_layer={first_layer!r} needs at least one hidden layer in the actor and the "
-            f"critics, got net_arch={net_arch!r}; use a non-empty net_arch or first_layer=None"
+            f"policy option first_layer={first_layer!r} needs at least one hidden layer in every network, "
+            f"got net_arch={net_arch!r}; use a non-empty net_arch or first_layer=None"
         )
 
 

@@ -460,6 +460,14 @@ def test_a_multi_head_policy_gets_one_head_per_task_id_unless_set(tmp_path: Path
         model = build_model(curriculum, build_sequence(curriculum), seed=0)
         assert type(model.policy) is policy_class and model.policy.n_heads == 3
         assert model.policy.actor.mu.out_features == 3
+    cartpoles = {
+        "tasks": [{"env": "CartPole-v1"}, {"env": "CartPole-v1"}],
+        "task_id_in_obs": True,
+        "steps_per_task": 100,
+    }
+    curriculum = load_curriculum(_write(tmp_path, _edit(policy="MultiHeadPolicy", sequence=cartpoles)))  # DQN
+    model = build_model(curriculum, build_sequence(curriculum), seed=0)
+    assert type(model.policy) is crl.policies.MultiHeadDQNPolicy and model.policy.n_heads == 2
     text = _edit(**{**MULTI_HEAD, "policy_options": {"n_heads": 5, "first_layer": "layer_norm_tanh"}}, algorithm="SAC")
     curriculum = load_curriculum(_write(tmp_path, text))
     model = build_model(curriculum, build_sequence(curriculum), seed=0)
@@ -470,8 +478,8 @@ def test_a_multi_head_policy_gets_one_head_per_task_id_unless_set(tmp_path: Path
     ("edit", "expected"),
     [
         (
-            dict(policy="MultiHeadPolicy"),
-            "key 'policy' = 'MultiHeadPolicy' is not a policy of DQN; allowed: MlpPolicy, CnnPolicy, MultiInputPolicy",
+            dict(algorithm="PPO", policy="MultiHeadPolicy", hyperparameters={}, interventions=[]),
+            "key 'policy' = 'MultiHeadPolicy' is not a policy of PPO; allowed: MlpPolicy, CnnPolicy, MultiInputPolicy",
         ),
         (
             dict(algorithm="CrossQ", policy="CnnPolicy", interventions=[]),
@@ -479,7 +487,7 @@ def test_a_multi_head_policy_gets_one_head_per_task_id_unless_set(tmp_path: Path
         ),
         (
             dict(policy_options={"n_heads": 2}),
-            "key 'policy_options.n_heads' is an option of 'policy: MultiHeadPolicy' (SAC, TQC, CrossQ), "
+            "key 'policy_options.n_heads' is an option of 'policy: MultiHeadPolicy' (every algorithm but PPO), "
             "not of 'MlpPolicy'; remove it or set the policy",
         ),
         (

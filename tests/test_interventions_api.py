@@ -98,7 +98,7 @@ def test_layer_norm_needs_a_policy_with_the_option() -> None:
         crl.DQN(SB3DQNPolicy, "CartPole-v1", interventions=[LayerNorm()])
     message = str(error.value)
     assert "policy=stable_baselines3.dqn.policies.DQNPolicy has none" in message
-    assert "['CnnPolicy', 'MlpPolicy', 'MultiInputPolicy']" in message
+    assert "['CnnPolicy', 'MlpPolicy', 'MultiHeadPolicy', 'MultiInputPolicy']" in message
 
 
 def test_layer_norm_conflicting_with_policy_kwargs_is_rejected() -> None:

@@ -1,4 +1,4 @@
-"""Multi-head policies (SAC, TQC, CrossQ): the task id in the observation selects the output head."""
+"""Multi-head policies (SAC, TQC, CrossQ, DQN, QR-DQN): the task id in the observation selects the output head."""
 
 from __future__ import annotations
 
@@ -178,8 +178,7 @@ def test_multi_head_policy_survives_save_and_load(sequence, tmp_path, algorithm:
         (
             "SAC",
             dict(n_heads=2, first_layer="layer_norm_tanh", net_arch=[]),
-            r"first_layer='layer_norm_tanh' needs at least one hidden layer in the actor and the critics, "
-            r"got net_arch=\[\]",
+            r"first_layer='layer_norm_tanh' needs at least one hidden layer in every network, got net_arch=\[\]",
         ),
         (
             "TQC",
@@ -231,3 +230,79 @@ def test_a_plasticity_injection_keeps_every_tasks_outputs(sequence, algorithm: s
     assert isinstance(policy.critic.qf1[-1], InjectedHead) and isinstance(policy.actor.mu, InjectedHead)
     for expected, now in zip(before, outputs(), strict=True):
         assert th.equal(now, expected)
+
+
+VALUE_BASED = {"DQN": crl.DQN, "QRDQN": crl.QRDQN}
+
+
+@pytest.fixture(scope="module")
+def cartpoles() -> TaskSequence:
+    return TaskSequence(permuted_observations("CartPole-v1", n_tasks=2, steps_per_task=10).tasks, task_id_in_obs=True)
+
+
+def _value_model(sequence: TaskSequence, algorithm: str, task: int = 0, **policy_kwargs) -> crl.DQN:
+    kwargs = dict(n_heads=2, net_arch=[16], **policy_kwargs)
+    if algorithm == "QRDQN":
+        kwargs.setdefault("n_quantiles", 5)
+    env = sequence.make_vec_env(task, seed=0)
+    return VALUE_BASED[algorithm](
+        "MultiHeadPolicy", env, policy_kwargs=kwargs, seed=0, learning_starts=50, batch_size=16, train_freq=4
+    )
+
+
+def _cartpole_observations(task: int) -> th.Tensor:
+    base = th.tensor([[0.03, -0.2, 0.05, 0.3], [-0.1, 0.4, -0.02, -0.6]])
+    return th.cat([base, nn.functional.one_hot(th.tensor([task, task]), 2).float()], dim=1)
+
+
+def _network(model: crl.DQN) -> nn.Module:
+    """The trained network: DQN's ``q_net``, QR-DQN's ``quantile_net``."""
+    return model.q_net if isinstance(model, crl.DQN) else model.quantile_net
+
+
+@pytest.mark.parametrize("algorithm", VALUE_BASED)
+def test_value_based_heads_are_chosen_by_the_task_id_and_act_greedily(cartpoles, algorithm: str) -> None:
+    model = _value_model(cartpoles, algorithm)
+    policy_class = crl.policies.MultiHeadDQNPolicy if algorithm == "DQN" else crl.policies.MultiHeadQRDQNPolicy
+    assert type(model.policy) is policy_class
+    network = _network(model)
+    output = network.q_net[-1] if algorithm == "DQN" else network.quantile_net[-1]
+    assert output.out_features == 2 * 2 * (5 if algorithm == "QRDQN" else 1)  # heads x actions (x quantiles)
+    before = {task: network(_cartpole_observations(task)) for task in (0, 1)}
+    with th.no_grad():
+        _heads(output)[1][1].add_(1.0)  # every output of head 1
+    th.testing.assert_close(network(_cartpole_observations(0)), before[0])
+    th.testing.assert_close(network(_cartpole_observations(1)), before[1] + 1.0)
+    with th.no_grad():  # head 1 prefers action 1, head 0 action 0
+        _heads(output)[0][1].view(-1, 2)[:, 0] += 100.0
+        _heads(output)[1][1].view(-1, 2)[:, 1] += 100.0
+    for task in (0, 1):
+        actions, _ = model.predict(_cartpole_observations(task).numpy(), deterministic=True)
+        assert list(actions) == [task, task]
+
+
+@pytest.mark.parametrize("algorithm", VALUE_BASED)
+def test_value_based_learning_a_task_leaves_the_other_tasks_head_as_it_was(cartpoles, algorithm: str) -> None:
+    model = _value_model(cartpoles, algorithm, task=1)
+    network = _network(model)
+    output = network.q_net[-1] if algorithm == "DQN" else network.quantile_net[-1]
+    before = [th.cat([weight.flatten(), bias]).clone() for weight, bias in _heads(output)]
+    model.learn(200)
+    now = [th.cat([weight.flatten(), bias]) for weight, bias in _heads(output)]
+    assert th.equal(now[0], before[0]) and not th.equal(now[1], before[1])
+
+
+@pytest.mark.parametrize("algorithm", VALUE_BASED)
+def test_value_based_multi_head_policy_survives_save_load_and_an_injection(cartpoles, tmp_path, algorithm: str) -> None:
+    model = _value_model(cartpoles, algorithm, first_layer="layer_norm_tanh", spectral_norm="head")
+    model.learn(100)
+    observations = th.cat([_cartpole_observations(0), _cartpole_observations(1)])
+    model.policy.set_training_mode(False)
+    expected = _network(model)(observations)
+    model.save(tmp_path / "model")
+    loaded = VALUE_BASED[algorithm].load(tmp_path / "model")
+    assert type(loaded.policy) is type(model.policy) and loaded.policy.n_heads == 2
+    loaded.policy.set_training_mode(False)
+    th.testing.assert_close(_network(loaded)(observations), expected)
+    PlasticityInjection(at_step=1).inject(model)
+    assert th.equal(_network(model)(observations), expected)

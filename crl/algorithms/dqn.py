@@ -14,6 +14,7 @@ from crl.algorithms.base import with_sb3_signature
 from crl.algorithms.value_based import ValueBased
 from crl.policies import dqn as policies
 from crl.policies.dqn import CategoricalQNetwork
+from crl.policies.multihead import MultiHeadDQNPolicy
 
 
 class DQN(ValueBased, sb3.DQN):
@@ -33,6 +34,7 @@ class DQN(ValueBased, sb3.DQN):
         "MlpPolicy": policies.DQNPolicy,
         "CnnPolicy": policies.CnnPolicy,
         "MultiInputPolicy": policies.MultiInputPolicy,
+        "MultiHeadPolicy": MultiHeadDQNPolicy,
     }
 
     def _td_target(self, replay_data: ReplayBufferSamples) -> th.Tensor:

@@ -13,6 +13,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from crl.algorithms.base import with_sb3_signature
 from crl.algorithms.value_based import ValueBased
 from crl.policies import qrdqn as policies
+from crl.policies.multihead import MultiHeadQRDQNPolicy
 
 
 class QRDQN(ValueBased, sb3_contrib.QRDQN):
@@ -41,6 +42,7 @@ class QRDQN(ValueBased, sb3_contrib.QRDQN):
         "MlpPolicy": policies.QRDQNPolicy,
         "CnnPolicy": policies.CnnPolicy,
         "MultiInputPolicy": policies.MultiInputPolicy,
+        "MultiHeadPolicy": MultiHeadQRDQNPolicy,
     }
 
     def _td_target(self, replay_data: ReplayBufferSamples) -> th.Tensor:

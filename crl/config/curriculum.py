@@ -494,7 +494,7 @@ def _check_policy(curriculum: Curriculum, source: str) -> None:
             if getattr(curriculum.policy_options, option) is not None:
                 raise ConfigError(
                     f"{source}: key 'policy_options.{option}' is an option of 'policy: MultiHeadPolicy' "
-                    f"(SAC, TQC, CrossQ), not of {curriculum.policy!r}; remove it or set the policy"
+                    f"(every algorithm but PPO), not of {curriculum.policy!r}; remove it or set the policy"
                 )
 
 
