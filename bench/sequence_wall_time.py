@@ -25,7 +25,7 @@ from rich.table import Table
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 import crl
-from crl.config.build import model_arguments
+from crl.config.build import build_model, model_arguments
 from crl.config.curriculum import load_curriculum
 from crl.continual.continual_world import reference_sac
 from crl.wrappers import TaskSequence, make_sequence
@@ -62,6 +62,15 @@ def _reference_sac(sequence: TaskSequence) -> BaseAlgorithm:
     return reference_sac(sequence, seed=0, learning_starts=0, random_steps=0, buffer_size=100_000)
 
 
+CW10_TQC = load_curriculum(Path(__file__).parents[1] / "curricula" / "cw10_tqc.yaml")
+
+
+def _cw10_tqc(sequence: TaskSequence) -> BaseAlgorithm:
+    """``curricula/cw10_tqc.yaml``'s multi-head TQC, updating from the start, without metrics."""
+    hyperparameters = {**CW10_TQC.hyperparameters, "learning_starts": 0, "buffer_size": 100_000}
+    return build_model(CW10_TQC.model_copy(update={"hyperparameters": hyperparameters, "metrics": None}), sequence, 0)
+
+
 PRESETS = (
     Preset("cartpole_permuted", "DQN, zoo CartPole", _dqn_cartpole),
     Preset("cartpole_physics", "DQN, zoo CartPole", _dqn_cartpole),
@@ -71,6 +80,7 @@ PRESETS = (
     Preset("breakout_modes", "PPO, zoo Atari, 8 envs", _ppo_atari),
     Preset("atari_cycle", "PPO, zoo Atari, 8 envs", _ppo_atari),
     Preset("cw10", "CW reference SAC", _reference_sac),
+    Preset("cw10", "multi-head TQC, cw10_tqc.yaml", _cw10_tqc),
     Preset("cw20", "CW reference SAC", _reference_sac),
 )
 
