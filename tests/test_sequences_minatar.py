@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gymnasium import spaces
+from gymnasium.wrappers import TimeLimit
 
 from crl.wrappers import make_sequence
-from crl.wrappers.minatar import MINATAR_GAMES, minatar_env, n_channels
+from crl.wrappers.minatar import MAX_EPISODE_STEPS, MINATAR_GAMES, minatar_env, n_channels
 
 
 @pytest.mark.parametrize("game", MINATAR_GAMES)
@@ -40,3 +41,24 @@ def test_cycle_shares_one_space_and_keeps_game_ids() -> None:
     assert all(observation.shape == (1, 10, 10, 10) for observation in observations)
     # the games differ: no two first frames are the same
     assert len({observation.tobytes() for observation in observations}) == 5
+
+
+def test_episodes_are_truncated_after_max_episode_steps() -> None:
+    """MinAtar ends no episode but Freeway's by time: an agent that stops losing plays, and is evaluated, forever."""
+    env = minatar_env("Freeway", max_episode_steps=7)
+    env.reset(seed=0)
+    # Freeway's own end is its 2,500-step timer: nothing else ends these 7 steps
+    outcomes = [env.step(0)[2:4] for _ in range(7)]
+    assert outcomes == [(False, False)] * 6 + [(False, True)]
+    sequence = make_sequence("minatar_cycle", steps_per_task=100, games=["Freeway"], max_episode_steps=3)
+    vec_env = sequence.make_vec_env(0, seed=0)
+    vec_env.reset()
+    dones = [bool(vec_env.step(np.array([0]))[2][0]) for _ in range(3)]
+    assert dones == [False, False, True]  # SB3's Monitor ends the episode at the truncation
+    assert (
+        make_sequence("minatar_cycle", steps_per_task=100).tasks[0].make_env()._max_episode_steps == MAX_EPISODE_STEPS
+    )
+    unlimited = make_sequence("minatar_cycle", steps_per_task=100, max_episode_steps=None).tasks[0].make_env()
+    assert not isinstance(unlimited, TimeLimit)
+    with pytest.raises(ValueError, match=r"max_episode_steps=0: must be an int >= 1 \(environment steps per episode\)"):
+        make_sequence("minatar_cycle", steps_per_task=100, max_episode_steps=0)

@@ -6,6 +6,10 @@ extra channels up to the largest count. Every MinAtar game allocates its observa
 ``np.zeros((10, 10, len(self.channels)))``: registering unused channel names makes the game emit the
 padded grid itself, at no cost per step (a padding wrapper would add half of MinAtar's step time).
 All games use MinAtar's full action set of 6 actions (``MinAtar/<Game>-v0``), so the action spaces agree.
+
+MinAtar ends only Freeway's episodes by time (2,500 steps); in the other games an agent that no longer
+loses plays on forever, and an evaluation of it would never end. Episodes are therefore truncated
+after :data:`MAX_EPISODE_STEPS` steps (gymnasium's ``TimeLimit``; SB3 bootstraps a truncated step).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import functools
 from collections.abc import Sequence
 
 import gymnasium as gym
+from gymnasium.wrappers import TimeLimit
 
 from crl.wrappers.sequence import Task, TaskSequence, check_count
 
@@ -21,13 +26,17 @@ from crl.wrappers.sequence import Task, TaskSequence, check_count
 _GAME_IDS = {"Asterix": "asterix", "Breakout": "breakout", "Freeway": "freeway", "Seaquest": "seaquest"}
 _GAME_IDS["SpaceInvaders"] = "space_invaders"
 MINATAR_GAMES: tuple[str, ...] = tuple(_GAME_IDS)
+MAX_EPISODE_STEPS = 10_000
+"""Steps after which a MinAtar episode is truncated by default: far beyond what learning agents play
+(Freeway's 2,500 are its own limit), short enough that an evaluation of 5 episodes per game ends."""
 
 
-def minatar_env(game: str, channels: int | None = None) -> gym.Env:
+def minatar_env(game: str, channels: int | None = None, max_episode_steps: int | None = MAX_EPISODE_STEPS) -> gym.Env:
     """MinAtar's gymnasium env for ``game`` with the full action set (what ``MinAtar/<game>-v0`` builds).
 
     :param game: one of :data:`MINATAR_GAMES`
     :param channels: pad the observation with all-zero channels up to this many (default: the game's own)
+    :param max_episode_steps: truncate episodes after this many steps (``None``: only the game ends them)
 
     Built directly rather than through ``gymnasium.make``: minatar 1.0.15 registers its ids only on
     request and marks ``-v0`` (the full action set every game shares) as outdated. MinAtar's defaults
@@ -40,7 +49,7 @@ def minatar_env(game: str, channels: int | None = None) -> gym.Env:
     env = BaseEnv(game=_GAME_IDS[game], use_minimal_action_set=False)
     if channels is not None:
         _pad_channels(env, game, channels)
-    return env
+    return env if max_episode_steps is None else TimeLimit(env, max_episode_steps)
 
 
 def _pad_channels(env: gym.Env, game: str, channels: int) -> None:
@@ -58,14 +67,21 @@ def n_channels(game: str) -> int:
 
 
 def minatar_cycle(
-    games: Sequence[str] = MINATAR_GAMES, cycles: int = 1, steps_per_task: int = 1_000_000, name: str = "minatar_cycle"
+    games: Sequence[str] = MINATAR_GAMES,
+    cycles: int = 1,
+    steps_per_task: int = 1_000_000,
+    name: str = "minatar_cycle",
+    max_episode_steps: int | None = MAX_EPISODE_STEPS,
 ) -> TaskSequence:
     """MinAtar games in turn, ``cycles`` times; a game keeps its task id across cycles.
 
     :param games: MinAtar game names (default: all five)
     :param steps_per_task: environment steps per game
+    :param max_episode_steps: truncate episodes after this many steps (``None``: only the games end them)
     """
     check_count("cycles", cycles)
+    if max_episode_steps is not None:
+        check_count("max_episode_steps", max_episode_steps, counts="environment steps per episode")
     if isinstance(games, str) or not isinstance(games, Sequence):
         raise ValueError(f"games={games!r}: must be a list of MinAtar game names, e.g. {list(MINATAR_GAMES)}")
     if not games:
@@ -75,7 +91,7 @@ def minatar_cycle(
             raise ValueError(f"game={game!r} is not a MinAtar game; available: {list(MINATAR_GAMES)}")
     channels = max(n_channels(game) for game in games)
     tasks = [
-        Task(game, functools.partial(minatar_env, game, channels), steps_per_task, task_id=index)
+        Task(game, functools.partial(minatar_env, game, channels, max_episode_steps), steps_per_task, task_id=index)
         for _ in range(cycles)
         for index, game in enumerate(games)
     ]

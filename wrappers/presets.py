@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from crl.wrappers import synthetic
+from crl.wrappers.minatar import MAX_EPISODE_STEPS as MINATAR_EPISODE_STEPS
 from crl.wrappers.sequence import TaskSequence, check_count
 
 
@@ -49,10 +50,16 @@ def _cw(name: str, steps_per_task: int = 1_000_000) -> TaskSequence:
     return continual_world.cw10(steps_per_task) if name == "cw10" else continual_world.cw20(steps_per_task)
 
 
-def _minatar_cycle(steps_per_task: int = 1_000_000, cycles: int = 1, games: list[str] | None = None) -> TaskSequence:
+def _minatar_cycle(
+    steps_per_task: int = 1_000_000,
+    cycles: int = 1,
+    games: list[str] | None = None,
+    max_episode_steps: int | None = MINATAR_EPISODE_STEPS,
+) -> TaskSequence:
     from crl.wrappers.minatar import MINATAR_GAMES, minatar_cycle
 
-    return minatar_cycle(games=MINATAR_GAMES if games is None else games, cycles=cycles, steps_per_task=steps_per_task)
+    games = MINATAR_GAMES if games is None else games
+    return minatar_cycle(games, cycles, steps_per_task, max_episode_steps=max_episode_steps)
 
 
 PRESETS: dict[str, Callable[..., TaskSequence]] = {
