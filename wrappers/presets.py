@@ -14,6 +14,7 @@ from typing import Any
 
 from crl.wrappers import synthetic
 from crl.wrappers.minatar import MAX_EPISODE_STEPS as MINATAR_EPISODE_STEPS
+from crl.wrappers.minatar import MINATAR_GAMES, minatar_cycle
 from crl.wrappers.sequence import TaskSequence, check_count
 
 
@@ -56,8 +57,6 @@ def _minatar_cycle(
     games: list[str] | None = None,
     max_episode_steps: int | None = MINATAR_EPISODE_STEPS,
 ) -> TaskSequence:
-    from crl.wrappers.minatar import MINATAR_GAMES, minatar_cycle
-
     games = MINATAR_GAMES if games is None else games
     return minatar_cycle(games, cycles, steps_per_task, max_episode_steps=max_episode_steps)
 
