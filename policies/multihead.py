@@ -105,8 +105,7 @@ class MultiHeadCriticMixin:
         super().__init__(*args, **kwargs)
         self.n_heads = n_heads
         for q_net in self.q_networks:  # type: ignore[attr-defined]
-            assert isinstance(q_net, nn.Sequential) and isinstance(q_net[-1], nn.Linear)
-            q_net[-1] = nn.Linear(q_net[-1].in_features, n_heads * q_net[-1].out_features)
+            _widen_output(q_net, n_heads)
 
     def forward(self, obs: Any, actions: th.Tensor) -> Any:
         outputs = super().forward(obs, actions)  # type: ignore[misc]
