@@ -15,6 +15,7 @@ from crl.policies.features import FeatureRecorder, Features, HiddenLayer, LayerF
 from crl.policies.layers import ACTIVATIONS, ArchitectureOptions, CReLU
 from crl.policies.multihead import (
     MultiHeadActor,
+    MultiHeadActorCriticPolicy,
     MultiHeadContinuousCritic,
     MultiHeadCrossQPolicy,
     MultiHeadDQNPolicy,
@@ -47,6 +48,7 @@ __all__ = [
     "HiddenLayer",
     "LayerFeatures",
     "MultiHeadActor",
+    "MultiHeadActorCriticPolicy",
     "MultiHeadContinuousCritic",
     "MultiHeadCrossQPolicy",
     "MultiHeadDQNPolicy",

@@ -113,6 +113,17 @@ class _ActorCriticMixin(ContinualPolicyMixin):
         values = layers.value_head(latent_vf)
         return values, log_prob, distribution.entropy()
 
+    def latents(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """The actor's and the critic's latents of SB3's ``forward``, through the direct layers when exact."""
+        layers = kept_direct_layers(self, "_direct_layers", _actor_critic_layers)(self)  # type: ignore[arg-type]
+        if layers is not None:
+            return self._direct_latents(layers, obs)
+        features = self.extract_features(obs)  # type: ignore[attr-defined]
+        if self.share_features_extractor:  # type: ignore[attr-defined]
+            return self.mlp_extractor(features)  # type: ignore[attr-defined,no-any-return]
+        pi_features, vf_features = features
+        return self.mlp_extractor.forward_actor(pi_features), self.mlp_extractor.forward_critic(vf_features)  # type: ignore[attr-defined]
+
     def _direct_latents(self, layers: _ActorCriticLayers, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
         """The actor's and the critic's latents through the direct layers (the shared extractor once)."""
         features = run_layers(layers.features, self.preprocessed(obs, self))  # type: ignore[arg-type]

@@ -468,6 +468,9 @@ def test_a_multi_head_policy_gets_one_head_per_task_id_unless_set(tmp_path: Path
     curriculum = load_curriculum(_write(tmp_path, _edit(policy="MultiHeadPolicy", sequence=cartpoles)))  # DQN
     model = build_model(curriculum, build_sequence(curriculum), seed=0)
     assert type(model.policy) is crl.policies.MultiHeadDQNPolicy and model.policy.n_heads == 2
+    ppo = _edit(policy="MultiHeadPolicy", algorithm="PPO", hyperparameters={"n_steps": 64}, sequence=cartpoles)
+    model = build_model(load_curriculum(_write(tmp_path, ppo)), build_sequence(curriculum), seed=0)
+    assert type(model.policy) is crl.policies.MultiHeadActorCriticPolicy and model.policy.value_net.out_features == 2
     text = _edit(**{**MULTI_HEAD, "policy_options": {"n_heads": 5, "first_layer": "layer_norm_tanh"}}, algorithm="SAC")
     curriculum = load_curriculum(_write(tmp_path, text))
     model = build_model(curriculum, build_sequence(curriculum), seed=0)
@@ -478,16 +481,12 @@ def test_a_multi_head_policy_gets_one_head_per_task_id_unless_set(tmp_path: Path
     ("edit", "expected"),
     [
         (
-            dict(algorithm="PPO", policy="MultiHeadPolicy", hyperparameters={}, interventions=[]),
-            "key 'policy' = 'MultiHeadPolicy' is not a policy of PPO; allowed: MlpPolicy, CnnPolicy, MultiInputPolicy",
-        ),
-        (
             dict(algorithm="CrossQ", policy="CnnPolicy", interventions=[]),
             "key 'policy' = 'CnnPolicy' is not a policy of CrossQ; allowed: MlpPolicy, MultiHeadPolicy",
         ),
         (
             dict(policy_options={"n_heads": 2}),
-            "key 'policy_options.n_heads' is an option of 'policy: MultiHeadPolicy' (every algorithm but PPO), "
+            "key 'policy_options.n_heads' is an option of 'policy: MultiHeadPolicy', "
             "not of 'MlpPolicy'; remove it or set the policy",
         ),
         (

@@ -1,9 +1,16 @@
-"""Multi-head policies (SAC, TQC, CrossQ, DQN, QR-DQN): the task id in the observation selects the output head."""
+"""Multi-head policies (SAC, TQC, CrossQ, DQN, QR-DQN, PPO): the task id in the observation selects the output head."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.logger import Logger
+from test_metrics_monitor import _Recorder, expected_metric_keys
 from torch import nn
 
 import crl
@@ -306,3 +313,259 @@ def test_value_based_multi_head_policy_survives_save_load_and_an_injection(cartp
     th.testing.assert_close(_network(loaded)(observations), expected)
     PlasticityInjection(at_step=1).inject(model)
     assert th.equal(_network(model)(observations), expected)
+
+
+PPO_SPACES = ("box", "discrete")
+"""PPO's multi-head policy on Pendulum (a Gaussian with one ``log_std`` block per task) and on CartPole."""
+
+
+def _ppo_case(request: pytest.FixtureRequest, space: str) -> tuple[TaskSequence, Callable[[int], th.Tensor]]:
+    """The two-task sequence of ``space`` and its observations of a task."""
+    if space == "box":
+        return request.getfixturevalue("sequence"), _observations
+    return request.getfixturevalue("cartpoles"), _cartpole_observations
+
+
+def _ppo(sequence: TaskSequence, task: int = 0, **kwargs: Any) -> crl.PPO:
+    policy_kwargs = dict(n_heads=2, net_arch=[16, 16], **kwargs.pop("policy_kwargs", {}))
+    env = sequence.make_vec_env(task, seed=0)
+    options = dict(n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu")
+    return crl.PPO("MultiHeadPolicy", env, policy_kwargs=policy_kwargs, **{**options, **kwargs})
+
+
+def _ppo_heads(policy: nn.Module) -> dict[str, tuple[th.Tensor, th.Tensor]]:
+    """Each per-task output of a multi-head PPO policy, as (head 0, head 1) copies of its parameters."""
+    layers = {"action_net": policy.action_net, "value_net": policy.value_net}
+    heads = {name: tuple(th.cat([w.flatten(), b]).clone() for w, b in _heads(layer)) for name, layer in layers.items()}
+    if hasattr(policy, "log_std"):
+        heads["log_std"] = tuple(policy.log_std.detach().view(2, -1).clone())
+    return heads
+
+
+def _evaluated(policy: nn.Module, observations: th.Tensor, actions: th.Tensor) -> list[th.Tensor]:
+    values, log_prob, entropy = policy.evaluate_actions(observations, actions)
+    return [values, log_prob, entropy]
+
+
+def _actions(space: str) -> th.Tensor:
+    return th.tensor([[0.5], [-0.5]]) if space == "box" else th.tensor([0, 1])
+
+
+@pytest.mark.parametrize("space", PPO_SPACES)
+def test_ppo_heads_give_what_a_single_head_policy_holding_the_tasks_head_gives(request, space: str) -> None:
+    sequence, observations = _ppo_case(request, space)
+    multi = _ppo(sequence).policy
+    with th.no_grad():  # heads that differ, so that choosing the wrong one shows
+        multi.action_net.bias.copy_(th.arange(multi.action_net.out_features, dtype=th.float32))
+        multi.value_net.bias.copy_(th.tensor([-1.0, 2.0]))
+        if space == "box":
+            multi.log_std.copy_(th.tensor([-1.0, 0.5]))
+    single = crl.PPO("MlpPolicy", sequence.make_vec_env(0), policy_kwargs=dict(net_arch=[16, 16]), n_steps=64).policy
+    single.mlp_extractor.load_state_dict(multi.mlp_extractor.state_dict())
+    for task in (0, 1):
+        with th.no_grad():
+            for name in ("action_net", "value_net"):
+                (weight, bias), layer = _heads(getattr(multi, name))[task], getattr(single, name)
+                layer.weight.copy_(weight)
+                layer.bias.copy_(bias)
+            if space == "box":
+                single.log_std.copy_(multi.log_std.view(2, -1)[task])
+        obs, actions = observations(task), _actions(space)
+        for expected, got in zip(_evaluated(single, obs, actions), _evaluated(multi, obs, actions), strict=True):
+            th.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+        th.testing.assert_close(multi.predict_values(obs), single.predict_values(obs), rtol=1e-6, atol=1e-7)
+        th.testing.assert_close(multi(obs, deterministic=True)[0], single(obs, deterministic=True)[0])
+        expected = single.get_distribution(obs).distribution
+        got = multi.get_distribution(obs).distribution
+        if space == "box":
+            th.testing.assert_close(got.stddev, expected.stddev)
+            th.testing.assert_close(got.mean, expected.mean, rtol=1e-6, atol=1e-7)
+        else:
+            th.testing.assert_close(got.logits, expected.logits, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("space", PPO_SPACES)
+def test_ppo_direct_pass_matches_the_module_calls_and_every_entry_point(request, space: str) -> None:
+    sequence, observations = _ppo_case(request, space)
+    policy = _ppo(sequence).policy
+    obs = th.cat([observations(0), observations(1)])
+    actions, values, log_prob = policy(obs, deterministic=True)
+    handle = th.nn.modules.module.register_module_forward_hook(lambda *_: None)  # any hook: module calls
+    try:
+        module_actions, module_values, module_log_prob = policy(obs, deterministic=True)
+    finally:
+        handle.remove()
+    assert th.equal(module_actions, actions) and th.equal(module_values, values)
+    assert th.equal(module_log_prob, log_prob)
+    evaluated_values, evaluated_log_prob, _ = policy.evaluate_actions(obs, actions)
+    assert th.equal(evaluated_values, values) and th.equal(evaluated_log_prob, log_prob)
+    assert th.equal(policy.predict_values(obs), values)
+
+
+@pytest.mark.parametrize("space", PPO_SPACES)
+def test_ppo_only_the_selected_head_gets_gradients_and_learns(request, space: str) -> None:
+    sequence, observations = _ppo_case(request, space)
+    model = _ppo(sequence, task=1)
+    policy = model.policy
+    values, log_prob, entropy = policy.evaluate_actions(observations(1), _actions(space))
+    (values.sum() + log_prob.sum() + entropy.sum()).backward()
+    gradients = [policy.action_net.weight.grad, policy.action_net.bias.grad, policy.value_net.bias.grad]
+    if space == "box":
+        gradients.append(policy.log_std.grad)
+    for gradient in gradients:
+        head0, head1 = gradient.view(2, -1, *gradient.shape[1:])
+        assert th.count_nonzero(head0) == 0 and th.count_nonzero(head1) > 0
+    policy.zero_grad()
+
+    before = _ppo_heads(policy)
+    model.learn(128)
+    for name, (head0, head1) in _ppo_heads(policy).items():
+        assert th.equal(head0, before[name][0]), name
+        assert not th.equal(head1, before[name][1]), name
+
+
+def test_ppo_multi_head_options_first_layer_spectral_norm_save_load_and_injection(cartpoles, tmp_path) -> None:
+    options = dict(first_layer="layer_norm_tanh", spectral_norm="head", activation_fn=nn.ReLU)
+    model = _ppo(cartpoles, task=1, policy_kwargs=options)
+    policy = model.policy
+    for stack in (policy.mlp_extractor.policy_net, policy.mlp_extractor.value_net):
+        assert [type(module) for module in stack] == [nn.Linear, nn.LayerNorm, nn.Tanh, nn.Linear, nn.ReLU]
+    assert type(policy.action_net.parametrizations.weight[0]).__name__ == "HeadwiseSpectralNorm"
+    heads = [policy.action_net, policy.value_net]
+    before = [(_head_rows(layer, 0), _head_rows(layer, 1)) for layer in heads]
+    model.learn(128)
+    for layer, (head0, head1) in zip(heads, before, strict=True):
+        assert th.equal(_head_rows(layer, 0), head0) and not th.equal(_head_rows(layer, 1), head1)
+
+    obs = th.cat([_cartpole_observations(0), _cartpole_observations(1)])
+    policy.set_training_mode(False)
+    expected = _evaluated(policy, obs, th.tensor([0, 1, 1, 0]))
+    model.save(tmp_path / "model")
+    loaded = crl.PPO.load(tmp_path / "model")
+    assert type(loaded.policy) is crl.policies.MultiHeadActorCriticPolicy and loaded.policy.n_heads == 2
+    loaded.policy.set_training_mode(False)
+    for got, value in zip(_evaluated(loaded.policy, obs, th.tensor([0, 1, 1, 0])), expected, strict=True):
+        assert th.equal(got, value)
+    PlasticityInjection(at_step=1).inject(model)
+    assert isinstance(policy.action_net, InjectedHead) and isinstance(policy.value_net, InjectedHead)
+    for got, value in zip(_evaluated(policy, obs, th.tensor([0, 1, 1, 0])), expected, strict=True):
+        assert th.equal(got, value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(n_heads=0), "n_heads must be a positive int, got 0"),
+        (dict(n_heads=2, use_sde=True), "does not support use_sde=True"),
+        (dict(n_heads=2, two_hot=dict(low=-1, high=1, bins=11)), "two_hot"),
+        (dict(n_heads=5), r"n_heads=5 leaves no observation before the task id \(observation size 5\)"),
+        (
+            dict(n_heads=2, first_layer="layer_norm_tanh", net_arch=dict(pi=[8], vf=[])),
+            "needs at least one hidden layer in every network",
+        ),
+    ],
+)
+def test_ppo_bad_multi_head_options_are_rejected(sequence, kwargs, message) -> None:
+    use_sde = kwargs.pop("use_sde", False)
+    with pytest.raises(ValueError, match=message):
+        crl.PPO("MultiHeadPolicy", sequence.make_vec_env(0), policy_kwargs=kwargs, use_sde=use_sde, n_steps=64)
+
+
+def test_ppo_multi_head_policy_needs_a_flat_observation() -> None:
+    with pytest.raises(ValueError, match="MultiHeadPolicy needs a flat Box observation space"):
+        crl.PPO("MultiHeadPolicy", "FrozenLake-v1", policy_kwargs=dict(n_heads=2), n_steps=64)
+
+
+PPO_INTERVENTIONS: dict[str, dict[str, Any]] = {
+    "layer_norm": {"name": "layer_norm"},
+    "weight_decay": {"name": "weight_decay", "weight_decay": 0.1},
+    "l2_init": {"name": "l2_init", "l2_init": 0.1},
+    "reset": {"name": "reset", "at_steps": [128], "parts": "full"},
+    "reset_head": {"name": "reset", "at_steps": [128], "parts": "head"},
+    "shrink_perturb": {"name": "shrink_perturb", "at_steps": [128]},
+    "redo": {"name": "redo", "every": 64, "tau": 0.5, "probe_size": 32},
+    "continual_backprop": {"name": "continual_backprop", "replacement_rate": 0.1, "maturity": 4},
+    "plasticity_injection": {"name": "plasticity_injection", "at_step": 128},
+    "reset_optimizer": {"name": "reset_optimizer", "at_steps": [128]},
+    "pfo": {"name": "pfo", "coef": 10.0},
+}
+"""Each intervention PPO takes, set to act inside a 256-step run on task 1."""
+
+
+@functools.cache
+def _ppo_reference() -> dict[str, th.Tensor]:
+    """The multi-head policy's parameters after the same run without interventions."""
+    tasks = permuted_observations("Pendulum-v1", n_tasks=2, steps_per_task=10).tasks
+    model = _ppo(TaskSequence(tasks, task_id_in_obs=True), task=1)
+    model.learn(256)
+    return {key: value.clone() for key, value in model.policy.state_dict().items()}
+
+
+@pytest.mark.parametrize("intervention", list(PPO_INTERVENTIONS))
+def test_every_ppo_intervention_acts_on_the_multi_head_policy(sequence, intervention: str) -> None:
+    model = _ppo(sequence, task=1, interventions=[PPO_INTERVENTIONS[intervention]])
+    model.learn(256)
+    trained = {key: value.clone() for key, value in model.policy.state_dict().items()}
+    reference = _ppo_reference()
+    if set(trained) == set(reference):
+        assert any(not th.equal(trained[key], reference[key]) for key in reference), f"{intervention} did nothing"
+    else:  # new modules: LayerNorm's, an injected head's
+        assert intervention in ("layer_norm", "plasticity_injection"), sorted(set(trained) ^ set(reference))
+    assert all(th.isfinite(value).all() for value in trained.values() if value.is_floating_point())
+    for task in (0, 1):  # both heads still act
+        actions, _ = model.predict(_observations(task).numpy(), deterministic=True)
+        assert actions.shape == (2, 1) and np.isfinite(actions).all()
+
+
+def test_ppo_multi_head_policy_gets_every_metric(sequence) -> None:
+    every_metric = dict(every=64, plasticity_probe_every=128, hessian_every=128, probe_batch_size=32)
+    model = _ppo(sequence, task=1, metrics=every_metric)
+    recorder = _Recorder()
+    model.set_logger(Logger(folder=None, output_formats=[recorder]))
+    model.learn(256)
+    logged = {key for dump in recorder.dumps for key in dump}
+    expected = expected_metric_keys(["actor", "critic"], ["policy"])
+    assert expected <= logged, sorted(expected - logged)
+    values = model.metrics_monitor.latest
+    assert all(np.isfinite(value) for value in values.values())
+
+
+@pytest.mark.parametrize("algorithm", VALUE_BASED)
+def test_value_based_direct_passes_match_the_module_calls(cartpoles, algorithm: str, monkeypatch) -> None:
+    """Acting and both passes of a gradient step call the layers directly, with the module calls' results."""
+    model = _value_model(cartpoles, algorithm)
+    model.learn(100)
+    policy = model.policy
+    observations = th.cat([_cartpole_observations(0), _cartpole_observations(1)])
+    passes = policy.q_values if algorithm == "DQN" else policy.quantiles
+    networks = {False: _network(model), True: policy.q_net_target if algorithm == "DQN" else policy.quantile_net_target}
+    expected = {target: network(observations) for target, network in networks.items()}
+    calls = []
+    for network in networks.values():  # a module call runs forward; the direct pass does not
+        monkeypatch.setattr(network, "forward", lambda *args, **kwargs: calls.append(args))
+    for target in (False, True):
+        assert th.equal(passes(observations, target=target), expected[target])
+    actions, _ = model.predict(observations.numpy(), deterministic=True)
+    assert calls == []
+    values = expected[False] if algorithm == "DQN" else expected[False].mean(dim=1)
+    assert list(actions) == values.argmax(dim=1).tolist()
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_critic_direct_passes_match_the_module_calls(sequence, algorithm: str, monkeypatch) -> None:
+    """The critics' passes of a gradient step call the layers directly, with the module calls' results."""
+    model = _model(sequence, algorithm, learning_starts=50, batch_size=32)
+    model.learn(100)
+    policy = model.policy
+    policy.set_training_mode(False)  # CrossQ: BatchRenorm with its running statistics, unchanged by the passes
+    observations = th.cat([_observations(0), _observations(1)])
+    actions = th.tensor([[0.5], [-0.5], [0.1], [-0.9]])
+    critics = {False: policy.critic} if algorithm == "CrossQ" else {False: policy.critic, True: policy.critic_target}
+    expected = {target: _critic_values(critic, observations, actions) for target, critic in critics.items()}
+    calls = []
+    for critic in critics.values():  # a module call runs forward; the direct pass does not
+        monkeypatch.setattr(critic, "forward", lambda *args, **kwargs: calls.append(args))
+    for target in critics:
+        outputs = policy.critic_outputs(observations, actions, target=target)
+        assert all(th.equal(got, value) for got, value in zip(outputs, expected[target], strict=True))
+    assert calls == []

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from crl.algorithms.base import ContinualAlgorithm, with_sb3_signature
 from crl.policies import actor_critic as policies
 from crl.policies.module_tree import listed_parameters
+from crl.policies.multihead import MultiHeadActorCriticPolicy
 
 
 class PPO(ContinualAlgorithm, sb3.PPO):
@@ -35,6 +36,7 @@ class PPO(ContinualAlgorithm, sb3.PPO):
         "MlpPolicy": policies.ActorCriticPolicy,
         "CnnPolicy": policies.ActorCriticCnnPolicy,
         "MultiInputPolicy": policies.MultiInputActorCriticPolicy,
+        "MultiHeadPolicy": MultiHeadActorCriticPolicy,
     }
 
     def _setup_model(self) -> None:

@@ -493,8 +493,8 @@ def _check_policy(curriculum: Curriculum, source: str) -> None:
         for option in MULTI_HEAD_OPTIONS:
             if getattr(curriculum.policy_options, option) is not None:
                 raise ConfigError(
-                    f"{source}: key 'policy_options.{option}' is an option of 'policy: MultiHeadPolicy' "
-                    f"(every algorithm but PPO), not of {curriculum.policy!r}; remove it or set the policy"
+                    f"{source}: key 'policy_options.{option}' is an option of 'policy: MultiHeadPolicy', "
+                    f"not of {curriculum.policy!r}; remove it or set the policy"
                 )
 
 
