@@ -210,7 +210,7 @@ MALFORMED: dict[str, tuple[str, str]] = {
     ),
     "repeated seeds": (
         _edit(seeds=[0, 0]),
-        "c.yaml: key 'seeds' = [0, 0]: Value error, seeds must be distinct",
+        "c.yaml: key 'seeds' = [0, 0]: seeds must be distinct",
     ),
     "YAML syntax error": (
         VALID + "evaluation: {every: 100\n",

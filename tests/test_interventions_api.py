@@ -281,3 +281,28 @@ def test_a_refused_instance_leaves_the_others_given_with_it_free() -> None:
         crl.DQN("MlpPolicy", "CartPole-v1", interventions=[l2_init, redo])
     assert l2_init._owner is None and redo._owner is not None
     crl.DQN("MlpPolicy", "CartPole-v1", interventions=[l2_init])
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (
+            {"name": "plasticity_injection"},
+            "intervention 'plasticity_injection': give exactly one of at_step, at_task "
+            "(got at_step=None, at_task=None)",
+        ),
+        (
+            {"name": "adaptive_replay_ratio", "low": 2.0, "high": 1.0},
+            "intervention 'adaptive_replay_ratio': high=1.0 must be larger than low=2.0",
+        ),
+        (
+            {"name": "redo", "tau": -1},
+            "intervention 'redo': parameter tau=-1: Input should be greater than or equal to 0",
+        ),
+    ],
+)
+def test_invalid_parameters_are_reported_in_one_line_naming_them(spec: dict, expected: str) -> None:
+    """A check of several parameters together has no single parameter to name: its own message says it all."""
+    with pytest.raises(InterventionError) as info:
+        make_interventions([spec])
+    assert str(info.value) == f"interventions[0]: {expected}"

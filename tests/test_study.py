@@ -256,11 +256,11 @@ MALFORMED = {
     ),
     "window of a measure that takes none": (
         {"objective": {"measure": "auc", "window": 5}},
-        "key 'objective.window' = 5: Value error, measure 'auc' takes no window; only 'average_performance' averages",
+        "key 'objective.window' = 5: measure 'auc' takes no window; only 'average_performance' averages",
     ),
     "window of forgetting": (
         {"objective": {"measure": "forgetting", "window": 3}},
-        "key 'objective.window' = 3: Value error, measure 'forgetting' takes no window",
+        "key 'objective.window' = 3: measure 'forgetting' takes no window",
     ),
     "metric of an intervention no trial has": (
         {

@@ -40,7 +40,7 @@ from pydantic import (
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from crl.algorithms import DQN, PPO, QRDQN, SAC, TQC, ContinualAlgorithm, CrossQ
-from crl.config.errors import ConfigError, describe_validation_error, one_line, suggest
+from crl.config.errors import ConfigError, describe_validation_error, one_line, suggest, validation_message
 from crl.config.schedules import is_schedule
 from crl.continual.continual_world import REFERENCE_PROTOCOL, ContinualWorldSAC
 from crl.continual.loop import task_metric
@@ -613,7 +613,7 @@ def annotation_problem(annotation: Any, value: Any) -> str | None:
     except (PydanticUserError, PydanticUndefinedAnnotation):
         return None
     except ValidationError as error:
-        message = error.errors()[0]["msg"]
+        message = validation_message(error.errors()[0])
         if "isinstance" in message:  # a class such as ActionNoise: no YAML value is one
             message = "an object of that class, which a YAML file cannot give"
         elif "callable" in message:  # a function such as TPE's gamma: a YAML string is not code
@@ -690,7 +690,8 @@ def _check_parameter_kinds(kind: type[BaseModel], spec: Mapping[str, Any], key: 
         try:
             validate_strictly(TypeAdapter(annotation), value)
         except ValidationError as error:
-            raise ConfigError(f"{source}: key '{key}.{name}' = {value!r}: {error.errors()[0]['msg']}") from None
+            message = validation_message(error.errors()[0])
+            raise ConfigError(f"{source}: key '{key}.{name}' = {value!r}: {message}") from None
 
 
 def check_sequence(sequence: SequenceSpec, source: str) -> None:
@@ -751,9 +752,8 @@ def _check_option_type(parameter: inspect.Parameter, value: Any, key: str, sourc
         validate_strictly(TypeAdapter(parameter.annotation), value)
     except ValidationError as error:
         allowed = getattr(parameter.annotation, "__name__", str(parameter.annotation))
-        raise ConfigError(
-            f"{source}: key {key!r} = {value!r}: {one_line(error.errors()[0]['msg'])} (the preset takes {allowed})"
-        ) from None
+        message = one_line(validation_message(error.errors()[0]))
+        raise ConfigError(f"{source}: key {key!r} = {value!r}: {message} (the preset takes {allowed})") from None
 
 
 def _check_task(task: TaskSpec, index: int, steps_per_task: int | None, source: str) -> None:

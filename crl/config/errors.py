@@ -87,9 +87,17 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel], so
     if first["type"] == "missing":
         return f"{source}: missing required key {path!r}"
     # Each alternative of a union of scalars fails at the same key: say every one that was allowed.
-    messages = list(dict.fromkeys(e["msg"] for e in errors if _located(e) == location and e["type"] != "missing"))
+    messages = list(
+        dict.fromkeys(validation_message(e) for e in errors if _located(e) == location and e["type"] != "missing")
+    )
     value = first.get("input")
     return f"{source}: key {path!r} = {value!r}: {_either(messages)}"
+
+
+def validation_message(error: Any) -> str:
+    """The message of one of a ``ValidationError``'s ``errors()``, without the ``Value error,`` pydantic puts
+    before a validator's own (crl's validators say what is wrong and name the values)."""
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def _located(error: Any) -> list[str | int]:

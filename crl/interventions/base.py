@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
+from crl.config.errors import validation_message
 from crl.hooks import TrainingHook
 from crl.policies.base import ContinualPolicyMixin
 
@@ -171,11 +172,15 @@ def _type_name(annotation: Any) -> str:
 
 
 def _describe(name: str, error: ValidationError) -> str:
-    problems = [
-        f"parameter {'.'.join(str(part) for part in item['loc'])}={item.get('input')!r}: {item['msg']}"
-        for item in error.errors()
-    ]
-    return f"intervention {name!r}: " + "; ".join(problems)
+    return f"intervention {name!r}: " + "; ".join(_problem(item) for item in error.errors())
+
+
+def _problem(item: Any) -> str:
+    """One problem of a validation error: the parameter and its value, or a check of several together."""
+    message = validation_message(item)
+    if not item["loc"]:  # a check of several parameters together (e.g. at_step with at_task)
+        return message
+    return f"parameter {'.'.join(str(part) for part in item['loc'])}={item.get('input')!r}: {message}"
 
 
 def registered_interventions() -> dict[str, type[Intervention]]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
+from crl.config.errors import validation_message
 from crl.metrics.functions import DORMANT_TAU
 
 
@@ -66,9 +67,8 @@ class MetricsConfig(BaseModel):
             problems = []
             for item in error.errors():
                 key = str(item["loc"][0])
-                problems.append(
-                    f"metrics key {key}={item.get('input')!r}: {item['msg']} (allowed: {self.allowed()[key]})"
-                )
+                message = validation_message(item)
+                problems.append(f"metrics key {key}={item.get('input')!r}: {message} (allowed: {self.allowed()[key]})")
             raise MetricsError("; ".join(problems)) from None
 
     @classmethod
