@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -220,6 +221,23 @@ def test_bad_calls_are_rejected_before_training() -> None:
     with pytest.raises(ValueError, match="Observation spaces do not match"):
         learn_continual(other, sequence, eval_every=10)
     assert other.num_timesteps == 0
+
+
+def test_a_multi_head_policy_the_sequence_cannot_choose_heads_for_is_rejected_before_training() -> None:
+    with_ids = TaskSequence(permuted_observations(n_tasks=3, steps_per_task=100).tasks, task_id_in_obs=True)
+    two_heads = crl.DQN("MultiHeadPolicy", with_ids.make_vec_env(0), policy_kwargs=dict(n_heads=2))
+    message = (
+        "policy option n_heads=2: the heads are chosen by the last n_heads entries of each observation, and "
+        f"sequence {with_ids.name!r} appends a one-hot task id of 3; use n_heads=3"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        learn_continual(two_heads, with_ids, eval_every=10)
+    assert two_heads.num_timesteps == 0
+    without_ids = permuted_observations(n_tasks=2, steps_per_task=100)
+    # CartPole's 4 observations pass for 2 features and a 2-entry id: the policy cannot tell
+    no_ids = crl.DQN("MultiHeadPolicy", without_ids.make_vec_env(0), policy_kwargs=dict(n_heads=2))
+    with pytest.raises(ValueError, match="which sequence 'permuted_CartPole-v1' does not append; build it with"):
+        learn_continual(no_ids, without_ids, eval_every=10)
 
 
 def test_reference_sac_through_the_first_two_cw10_tasks() -> None:

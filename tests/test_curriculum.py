@@ -471,10 +471,10 @@ def test_a_multi_head_policy_gets_one_head_per_task_id_unless_set(tmp_path: Path
     ppo = _edit(policy="MultiHeadPolicy", algorithm="PPO", hyperparameters={"n_steps": 64}, sequence=cartpoles)
     model = build_model(load_curriculum(_write(tmp_path, ppo)), build_sequence(curriculum), seed=0)
     assert type(model.policy) is crl.policies.MultiHeadActorCriticPolicy and model.policy.value_net.out_features == 2
-    text = _edit(**{**MULTI_HEAD, "policy_options": {"n_heads": 5, "first_layer": "layer_norm_tanh"}}, algorithm="SAC")
+    text = _edit(**{**MULTI_HEAD, "policy_options": {"n_heads": 3, "first_layer": "layer_norm_tanh"}}, algorithm="SAC")
     curriculum = load_curriculum(_write(tmp_path, text))
     model = build_model(curriculum, build_sequence(curriculum), seed=0)
-    assert model.policy.n_heads == 5 and model.policy.first_layer == "layer_norm_tanh"
+    assert model.policy.n_heads == 3 and model.policy.first_layer == "layer_norm_tanh"
 
 
 @pytest.mark.parametrize(
@@ -513,4 +513,20 @@ def test_a_multi_head_policy_on_a_sequence_without_task_ids_fails_when_the_model
         "c.yaml: key 'policy' = 'MultiHeadPolicy' chooses a head by the one-hot task id at the end of each "
         "observation, which sequence 'curriculum' does not append; set 'sequence.task_id_in_obs: true' (explicit "
         "task lists) or use a preset that appends it (cw10, cw20)"
+    )
+
+
+@pytest.mark.parametrize("n_heads", [1, 5])
+def test_multi_head_policy_options_with_another_number_of_heads_than_task_ids_are_refused(
+    tmp_path: Path, n_heads: int
+) -> None:
+    """The heads are chosen by the last n_heads entries: with 1 every task would train head 0, with 5 the
+    choice would read two of Pendulum's observations as task ids."""
+    text = _edit(**{**MULTI_HEAD, "policy_options": {"n_heads": n_heads}}, algorithm="SAC")
+    curriculum = load_curriculum(_write(tmp_path, text))
+    with pytest.raises(ConfigError) as info:
+        build_model(curriculum, build_sequence(curriculum), seed=0, source="c.yaml")
+    assert str(info.value) == (
+        f"c.yaml: key 'policy_options.n_heads' = {n_heads}: the heads are chosen by the last n_heads entries of "
+        "each observation, and sequence 'curriculum' appends a one-hot task id of 3; leave n_heads out or set it to 3"
     )

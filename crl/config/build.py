@@ -89,7 +89,8 @@ def model_arguments(curriculum: Curriculum) -> dict[str, Any]:
 def multi_head_options(policy_kwargs: dict[str, Any], sequence: TaskSequence, source: str) -> dict[str, Any]:
     """``MultiHeadPolicy``'s options: by default one head per task id of the sequence, which must show the ids.
 
-    :raises ConfigError: the sequence does not append the one-hot task id the heads are chosen by
+    :raises ConfigError: the sequence does not append the one-hot task id the heads are chosen by, or
+        ``n_heads`` is not its length
     """
     if not sequence.task_id_in_obs:
         raise ConfigError(
@@ -97,7 +98,14 @@ def multi_head_options(policy_kwargs: dict[str, Any], sequence: TaskSequence, so
             f"each observation, which sequence {sequence.name!r} does not append; set "
             "'sequence.task_id_in_obs: true' (explicit task lists) or use a preset that appends it (cw10, cw20)"
         )
-    return {"n_heads": sequence.n_task_ids, **policy_kwargs}
+    n_heads = policy_kwargs.get("n_heads", sequence.n_task_ids)
+    if n_heads != sequence.n_task_ids:
+        raise ConfigError(
+            f"{source}: key 'policy_options.n_heads' = {n_heads}: the heads are chosen by the last n_heads entries "
+            f"of each observation, and sequence {sequence.name!r} appends a one-hot task id of "
+            f"{sequence.n_task_ids}; leave n_heads out or set it to {sequence.n_task_ids}"
+        )
+    return {**policy_kwargs, "n_heads": n_heads}
 
 
 def build_model(

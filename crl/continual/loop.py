@@ -320,6 +320,32 @@ def _check(model: BaseAlgorithm, reset_replay_buffer: bool) -> None:
         raise ValueError(f"reset_replay_buffer=True needs an off-policy algorithm, got {type(model).__name__}")
 
 
+def check_task_heads(model: BaseAlgorithm, sequence: TaskSequence) -> None:
+    """Refuse a multi-head policy (:mod:`crl.policies.multihead`) whose heads the sequence cannot choose.
+
+    The policy reads the last ``n_heads`` entries of each observation as the one-hot task id: without
+    the id, or with one of another length, it would read observation features as task ids and train
+    the wrong heads, and nothing would say so.
+
+    :raises ValueError: naming the policy option, its value and the sequence's task id
+    """
+    n_heads = getattr(model.policy, "n_heads", None)
+    if n_heads is None:
+        return
+    if not sequence.task_id_in_obs:
+        raise ValueError(
+            f"policy option n_heads={n_heads}: the multi-head policy chooses a head by the one-hot task id at the "
+            f"end of each observation, which sequence {sequence.name!r} does not append; build it with "
+            "task_id_in_obs=True"
+        )
+    if n_heads != sequence.n_task_ids:
+        raise ValueError(
+            f"policy option n_heads={n_heads}: the heads are chosen by the last n_heads entries of each "
+            f"observation, and sequence {sequence.name!r} appends a one-hot task id of {sequence.n_task_ids}; "
+            f"use n_heads={sequence.n_task_ids}"
+        )
+
+
 def check_schedules(model: object, sequence: TaskSequence, whole_training: bool = False) -> None:
     """Refuse interventions timed at a task, or (``whole_training``) a step, that ``sequence`` never reaches.
 
@@ -470,6 +496,7 @@ def learn_continual(
     position = position if position is not None else ContinualPosition()
     _check_position(position, sequence)
     check_schedules(model, sequence)
+    check_task_heads(model, sequence)
     eval_seed = None if seed is None else seed + EVAL_SEED_OFFSET
     evaluator = TaskEvaluator(sequence, n_eval_episodes, deterministic, eval_seed, position.eval_envs, on_evaluation)
     lr_schedule = model.lr_schedule
