@@ -89,7 +89,17 @@ def test_overrides_are_yaml_scalars_at_a_key_path(tmp_path: Path) -> None:
     assert curriculum.interventions[1]["tau"] == 0.2
     assert curriculum.seeds == [3]
     assert load_curriculum(path, ["interventions.redo.tau=0.3"]).interventions[1]["tau"] == 0.3  # by name
+    # a list index as error messages spell it
+    assert load_curriculum(path, ["interventions[1].tau=0.4"]).interventions[1]["tau"] == 0.4
+    assert load_curriculum(path, ["seeds[0]=7"]).seeds == [7, 1]  # the file has [0, 1]
     assert apply_overrides({}, ["a.b.c=yes"]) == {"a": {"b": {"c": True}}}
+    assert apply_overrides({"a": [{"b": [1, 2]}]}, ["a[0].b[1]=5"]) == {"a": [{"b": [1, 5]}]}
+
+
+def test_an_unknown_key_that_looks_indexed_is_named_as_written(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_curriculum(_write(tmp_path, _edit(sequence={"steps_per_task": 100, "tasks[0]": {"env": "CartPole-v1"}})))
+    assert "unknown key 'sequence.tasks[0]' (did you mean 'tasks'?)" in str(info.value)
 
 
 MALFORMED: dict[str, tuple[str, str]] = {
@@ -408,7 +418,7 @@ def test_a_policy_that_does_not_fit_fails_when_the_model_is_built(tmp_path: Path
     [
         ("seeds", "--set 'seeds': write key.path=value"),
         ("evaluation.every=[1", "--set 'evaluation.every=[1': the value is not valid YAML"),
-        ("interventions.5.tau=1", "--set 'interventions.5.tau=1': 'interventions.5' needs a list index in [0, 2)"),
+        ("interventions.5.tau=1", "--set 'interventions.5.tau=1': 'interventions[5]' needs a list index in [0, 2)"),
         ("evaluation.evry=5", "c.yaml: unknown key 'evaluation.evry' (did you mean 'every'?)"),
     ],
 )

@@ -455,7 +455,7 @@ def test_paths_address_keys_list_items_and_interventions_by_name() -> None:
         "hyperparameters": {"learning_rate": 1e-3},
         "evaluation": {"n_episodes": 2},
     }
-    with pytest.raises(ValueError, match=r"'interventions.5' needs a list index in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"'interventions\[5\]' needs a list index in \[0, 2\)"):
         set_path(data, "interventions.5.tau", 0.1)
     with pytest.raises(ValueError, match="not a mapping or a list"):
         set_path(data, "hyperparameters.learning_rate.x", 1)
@@ -475,6 +475,23 @@ def test_a_named_set_is_applied_before_its_parameters(tmp_path: Path) -> None:
     assert [item["name"] for item in curriculum.interventions] == ["layer_norm", "redo"]
     assert curriculum.interventions[1]["tau"] == 0.25 and curriculum.seeds == [4]
     assert len(list(config.space.corner_combinations())) == 2 * 2 * 2  # every combination is validated
+
+
+def test_a_list_index_in_brackets_names_the_same_dotted_parameter(tmp_path: Path) -> None:
+    """A path names the trial's Optuna parameter and MLflow param: MLflow refuses brackets in names."""
+    (tmp_path / "curriculum.yaml").write_text(CURRICULUM)
+    space = {"interventions[1].tau": {"type": "float", "low": 0.0, "high": 0.5}}
+    config = load_study(_write(tmp_path, search_space=space))
+    assert list(config.space.dimensions) == ["interventions.1.tau"]
+    parameters = config.space.from_params({"interventions.1.tau": 0.25})
+    assert config.trial_curriculum(parameters).interventions[1]["tau"] == 0.25
+    twice = {**space, "interventions.1.tau": {"type": "float", "low": 0.0, "high": 0.5}}
+    with pytest.raises(ValueError) as info:
+        load_study(_write(tmp_path, search_space=twice))
+    # the file's keys in YAML's order
+    assert "keys 'interventions.1.tau' and 'interventions[1].tau' name the same path 'interventions.1.tau'" in str(
+        info.value
+    )
 
 
 def test_measures_on_a_constructed_result() -> None:

@@ -40,7 +40,14 @@ from pydantic import (
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from crl.algorithms import DQN, PPO, QRDQN, SAC, TQC, ContinualAlgorithm, CrossQ
-from crl.config.errors import ConfigError, describe_validation_error, one_line, suggest, validation_message
+from crl.config.errors import (
+    ConfigError,
+    describe_validation_error,
+    key_path,
+    one_line,
+    suggest,
+    validation_message,
+)
 from crl.config.schedules import is_schedule
 from crl.continual.continual_world import REFERENCE_PROTOCOL, ContinualWorldSAC
 from crl.continual.loop import task_metric
@@ -404,7 +411,8 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
 
 
 def set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``path`` (``a.b.0.c``; a list of interventions also by name: ``interventions.redo.tau``) in ``data``.
+    """Set ``path`` (``a.b.0.c`` or ``a.b[0].c``, as error messages spell it; a list of interventions also
+    by name: ``interventions.redo.tau``) in ``data``.
 
     A missing mapping key is created, so that a misspelled one is reported by the curriculum's
     validation with a suggestion. A list item in short form (``redo``) that a path goes through, by
@@ -412,10 +420,10 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
 
     :raises ValueError: a path through something that is not a mapping or list, or a missing item
     """
-    *parents, last = path.split(".")
+    *parents, last = path_parts(path)
     node: Any = data
     for depth, part in enumerate(parents):
-        where = ".".join(parents[: depth + 1])
+        where = _spelt(parents[: depth + 1])
         if isinstance(node, dict):
             if node.get(part) is None:
                 node[part] = {}
@@ -430,9 +438,23 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
     if isinstance(node, dict):
         node[last] = value
     elif isinstance(node, list):
-        node[_item(node, last, path)] = value
+        node[_item(node, last, _spelt([*parents, last]))] = value
     else:
         raise ValueError(f"{'.'.join(parents)!r} is not a mapping or a list")
+
+
+def path_parts(path: str) -> list[str]:
+    """``"sequence.tasks[0].budget"`` -> ``["sequence", "tasks", "0", "budget"]`` (``tasks.0`` is the same)."""
+    return [part for dotted in path.split(".") for part in _INDEXED.sub(r".\1", dotted).split(".")]
+
+
+_INDEXED = re.compile(r"\[(\d+)\]")
+"""A list index in brackets, ``[0]``."""
+
+
+def _spelt(parts: list[str]) -> str:
+    """Path parts as error messages spell a key: ``["tasks", "2", "budget"]`` -> ``tasks[2].budget``."""
+    return key_path([int(part) if part.isdigit() else part for part in parts])
 
 
 def _item(items: list[Any], part: str, where: str) -> int:

@@ -101,8 +101,16 @@ def validation_message(error: Any) -> str:
 
 
 def _located(error: Any) -> list[str | int]:
-    """An error's location without the names pydantic gives a union's alternatives."""
-    return [part for part in error["loc"] if not _is_union_tag(part)]
+    """An error's location without the names pydantic gives a union's alternatives.
+
+    The last part of an unknown key's location is the key as written, whatever it looks like
+    (``tasks[0]`` is a key there, not a union's alternative).
+    """
+    if not error["loc"]:  # a check of the whole model
+        return []
+    *path, last = error["loc"]
+    kept = [part for part in path if not _is_union_tag(part)]
+    return [*kept, last] if error["type"] == "extra_forbidden" or not _is_union_tag(last) else kept
 
 
 def _either(messages: list[str]) -> str:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import optuna
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationInfo, field_validator, model_validator
 
-from crl.config.curriculum import Section
+from crl.config.curriculum import Section, path_parts
 
 Scalar = bool | int | float | str | None
 """What Optuna stores as a categorical choice (and MLflow logs as a param)."""
@@ -292,6 +292,22 @@ class StudySpec(Section):
 
     _shorthand_sampler = field_validator("sampler", mode="before")(_shorthand)
     _shorthand_pruner = field_validator("pruner", mode="before")(_shorthand)
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _dotted_paths(cls, space: Any) -> Any:
+        """Keys with a list index in brackets (``interventions[0].tau``) as dotted paths (``interventions.0.tau``):
+        a path names the trial's Optuna parameter and MLflow param, and MLflow refuses brackets in names."""
+        if not isinstance(space, dict):
+            return space
+        dotted: dict[Any, Any] = {}
+        written: dict[Any, Any] = {}
+        for path, dimension in space.items():
+            key = ".".join(path_parts(path)) if isinstance(path, str) else path
+            if key in dotted:
+                raise ValueError(f"keys {written[key]!r} and {path!r} name the same path {key!r}; give it once")
+            dotted[key], written[key] = dimension, path
+        return dotted
 
     @field_validator("seeds")
     @classmethod
