@@ -299,6 +299,10 @@ def test_a_refused_instance_leaves_the_others_given_with_it_free() -> None:
             {"name": "redo", "tau": -1},
             "intervention 'redo': parameter tau=-1: Input should be greater than or equal to 0",
         ),
+        (  # one problem for the union (a name or a list of module paths), not one per alternative
+            {"name": "reset", "parts": "bogus"},
+            "intervention 'reset': parameter parts='bogus': Input should be 'full' or 'head' or a valid list",
+        ),
     ],
 )
 def test_invalid_parameters_are_reported_in_one_line_naming_them(spec: dict, expected: str) -> None:

@@ -94,6 +94,20 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel], so
     return f"{source}: key {path!r} = {value!r}: {_either(messages)}"
 
 
+def key_problems(error: ValidationError) -> list[tuple[str, Any, str]]:
+    """Each key's problem: its path as :func:`key_path` spells it (``""`` for a check of the whole model),
+    the value given and the message, the alternatives of a union said once (``Input should be 'full' or
+    'head' or a valid list``) rather than one problem per alternative under pydantic's names for them."""
+    grouped: dict[tuple[str | int, ...], list[Any]] = {}
+    for item in error.errors():
+        grouped.setdefault(tuple(_located(item)), []).append(item)
+    problems = []
+    for location, items in grouped.items():
+        messages = list(dict.fromkeys(validation_message(item) for item in items))
+        problems.append((key_path(location), items[0].get("input"), _either(messages)))
+    return problems
+
+
 def validation_message(error: Any) -> str:
     """The message of one of a ``ValidationError``'s ``errors()``, without the ``Value error,`` pydantic puts
     before a validator's own (crl's validators say what is wrong and name the values)."""

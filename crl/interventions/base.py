@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
-from crl.config.errors import validation_message
+from crl.config.errors import key_problems
 from crl.hooks import TrainingHook
 from crl.policies.base import ContinualPolicyMixin
 
@@ -172,15 +172,12 @@ def _type_name(annotation: Any) -> str:
 
 
 def _describe(name: str, error: ValidationError) -> str:
-    return f"intervention {name!r}: " + "; ".join(_problem(item) for item in error.errors())
-
-
-def _problem(item: Any) -> str:
-    """One problem of a validation error: the parameter and its value, or a check of several together."""
-    message = validation_message(item)
-    if not item["loc"]:  # a check of several parameters together (e.g. at_step with at_task)
-        return message
-    return f"parameter {'.'.join(str(part) for part in item['loc'])}={item.get('input')!r}: {message}"
+    problems = [
+        # A check of several parameters together (e.g. at_step with at_task) names them in its message.
+        f"parameter {path}={value!r}: {message}" if path else message
+        for path, value, message in key_problems(error)
+    ]
+    return f"intervention {name!r}: " + "; ".join(problems)
 
 
 def registered_interventions() -> dict[str, type[Intervention]]:
