@@ -220,10 +220,15 @@ class TaskHeadsPolicyMixin:
         observation_space: spaces.Space,
         action_space: spaces.Space,
         *args: Any,
-        n_heads: int,
+        n_heads: int | None = None,
         first_layer: Literal["layer_norm_tanh"] | None = None,
         **kwargs: Any,
     ) -> None:
+        if n_heads is None:
+            raise ValueError(
+                "MultiHeadPolicy needs policy_kwargs={'n_heads': N}: N is the length of the one-hot task id at the "
+                "end of each observation (a TaskSequence built with task_id_in_obs=True: its n_task_ids)"
+            )
         if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
             raise ValueError(f"policy option n_heads must be a positive int, got {n_heads!r}")
         if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:

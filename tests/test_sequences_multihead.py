@@ -180,6 +180,7 @@ def test_multi_head_policy_survives_save_and_load(sequence, tmp_path, algorithm:
 @pytest.mark.parametrize(
     ("algorithm", "kwargs", "message"),
     [
+        ("SAC", dict(), r"MultiHeadPolicy needs policy_kwargs=\{'n_heads': N\}: N is the length of the one-hot"),
         ("SAC", dict(n_heads=0), "n_heads must be a positive int, got 0"),
         ("TQC", dict(n_heads=True), "n_heads must be a positive int, got True"),
         (
@@ -455,6 +456,7 @@ def test_ppo_multi_head_options_first_layer_spectral_norm_save_load_and_injectio
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        (dict(), r"MultiHeadPolicy needs policy_kwargs=\{'n_heads': N\}"),
         (dict(n_heads=0), "n_heads must be a positive int, got 0"),
         (dict(n_heads=2, use_sde=True), "does not support use_sde=True"),
         (dict(n_heads=2, two_hot=dict(low=-1, high=1, bins=11)), "two_hot"),
