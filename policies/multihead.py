@@ -63,14 +63,11 @@ class MultiHeadActorMixin:
     :param n_heads: number of heads (= length of the one-hot task id at the end of the observation)
     """
 
-    use_sde: bool
     mu: Any
-    log_std: Any  # the actors': a layer without gSDE
+    log_std: Any  # the actors': a layer (the policy refuses gSDE, see TaskHeadsPolicyMixin)
 
     def __init__(self, *args: Any, n_heads: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.use_sde:
-            raise ValueError("MultiHeadPolicy does not support use_sde=True; use use_sde=False")
         self.n_heads = n_heads
         assert isinstance(self.mu, nn.Linear) and isinstance(self.log_std, nn.Linear)  # without use_sde
         action_dim = self.mu.out_features
@@ -229,6 +226,8 @@ class TaskHeadsPolicyMixin:
                 "MultiHeadPolicy needs policy_kwargs={'n_heads': N}: N is the length of the one-hot task id at the "
                 "end of each observation (a TaskSequence built with task_id_in_obs=True: its n_task_ids)"
             )
+        if kwargs.get("use_sde"):  # gSDE's noise matrix and PPO's gSDE log_std are not per task
+            raise ValueError("MultiHeadPolicy does not support use_sde=True; use use_sde=False")
         if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
             raise ValueError(f"policy option n_heads must be a positive int, got {n_heads!r}")
         if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
@@ -353,8 +352,6 @@ class MultiHeadValuePolicyMixin(TaskHeadsPolicyMixin):
     value_network: ClassVar[type[MultiHeadValueNetworkMixin]]
     """The multi-head network class; the policy holds it under its ``output_stack`` name, as SB3 names them
     (``policy.q_net.q_net``, ``policy.quantile_net.quantile_net``)."""
-    direct_layers_name: ClassVar[str]
-    """The policy keeps the network's direct layers in ``_direct_<this>_layers`` (crl's single-head policy's)."""
     net_args: dict[str, Any]
 
     def task_heads(self) -> dict[str, int]:
@@ -362,18 +359,15 @@ class MultiHeadValuePolicyMixin(TaskHeadsPolicyMixin):
         stack = getattr(getattr(self, name), name)
         return {f"{name}.{name}.{len(stack) - 1}": self.n_heads}
 
-    def _direct_head_outputs(self, obs: PyTorchObs, target: bool) -> th.Tensor | None:
-        """:meth:`MultiHeadValueNetworkMixin.head_outputs` of the network (of its target copy with ``target``)
-        through its layers' ``forward`` (:meth:`~crl.policies.base.ContinualPolicyMixin.direct_pass`);
+    def _direct_head_outputs(self, obs: PyTorchObs, network: nn.Module, kept_in: str) -> th.Tensor | None:
+        """:meth:`MultiHeadValueNetworkMixin.head_outputs` of ``network`` through its layers' ``forward``, kept in
+        the policy's attribute ``kept_in`` (:meth:`~crl.policies.base.ContinualPolicyMixin.direct_pass`);
         ``None`` when that would not be exact.
 
         The policies' acting pass and both passes of every gradient step take it, as the single-head
         policies' do: through the module calls, DQN with two heads ran CartPole at 0.74 of the
         single-head policy's steps/s (``bench/multi_head_cost.py``).
         """
-        name = self.value_network.output_stack
-        network = getattr(self, f"{name}_target" if target else name)
-        kept_in = "_direct_target_layers" if target else f"_direct_{self.direct_layers_name}_layers"
         outputs = self.direct_pass(obs, network, kept_in, _multi_head_layers)  # type: ignore[attr-defined]
         if outputs is None:
             return None
@@ -394,13 +388,14 @@ class MultiHeadDQNPolicy(MultiHeadValuePolicyMixin, DQNPolicy):
     """crl's DQN ``MlpPolicy`` whose Q-network has one head of Q-values per task (:class:`TaskHeadsPolicyMixin`)."""
 
     value_network = MultiHeadQNetwork
-    direct_layers_name = "q"
 
     def make_q_net(self) -> sb3_dqn.QNetwork:
         return self._make_value_network()  # type: ignore[no-any-return]
 
     def _direct_q_values(self, obs: PyTorchObs, target: bool) -> th.Tensor | None:
-        return self._direct_head_outputs(obs, target)
+        if target:
+            return self._direct_head_outputs(obs, self.q_net_target, "_direct_target_layers")
+        return self._direct_head_outputs(obs, self.q_net, "_direct_q_layers")
 
 
 class MultiHeadQRDQNPolicy(MultiHeadValuePolicyMixin, QRDQNPolicy):
@@ -408,16 +403,17 @@ class MultiHeadQRDQNPolicy(MultiHeadValuePolicyMixin, QRDQNPolicy):
     (:class:`TaskHeadsPolicyMixin`)."""
 
     value_network = MultiHeadQuantileNetwork
-    direct_layers_name = "quantile"
 
     def make_quantile_net(self) -> qrdqn.QuantileNetwork:
         return self._make_value_network()  # type: ignore[no-any-return]
 
     def _direct_quantiles(self, obs: PyTorchObs, target: bool) -> th.Tensor | None:
-        outputs = self._direct_head_outputs(obs, target)
+        network = self.quantile_net_target if target else self.quantile_net
+        kept_in = "_direct_target_layers" if target else "_direct_quantile_layers"
+        outputs = self._direct_head_outputs(obs, network, kept_in)
         if outputs is None:
             return None
-        return outputs.view(-1, self.quantile_net.n_quantiles, int(self.action_space.n))  # type: ignore[attr-defined]
+        return outputs.view(-1, network.n_quantiles, int(self.action_space.n))  # type: ignore[attr-defined]
 
 
 class MultiHeadActorCriticPolicy(TaskHeadsPolicyMixin, ActorCriticPolicy):
@@ -435,11 +431,6 @@ class MultiHeadActorCriticPolicy(TaskHeadsPolicyMixin, ActorCriticPolicy):
     value_net: nn.Module
     log_std: nn.Parameter
     action_dist: Distribution
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if kwargs.get("use_sde"):
-            raise ValueError("MultiHeadPolicy does not support use_sde=True; use use_sde=False")
-        super().__init__(*args, **kwargs)
 
     def task_heads(self) -> dict[str, int]:
         return {"action_net": self.n_heads, "value_net": self.n_heads}
@@ -465,20 +456,16 @@ class MultiHeadActorCriticPolicy(TaskHeadsPolicyMixin, ActorCriticPolicy):
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        latent_pi, latent_vf = self.latents(obs)
-        task = task_index(obs, self.n_heads)
-        distribution = self._task_distribution(latent_pi, task)
+        distribution, values = self._task_outputs(obs)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
         actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
-        return actions, self._task_values(latent_vf, task), log_prob
+        return actions, values, log_prob
 
     def evaluate_actions(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         assert isinstance(obs, th.Tensor)  # a flat Box observation
-        latent_pi, latent_vf = self.latents(obs)
-        task = task_index(obs, self.n_heads)
-        distribution = self._task_distribution(latent_pi, task)
-        return self._task_values(latent_vf, task), distribution.log_prob(actions), distribution.entropy()
+        distribution, values = self._task_outputs(obs)
+        return values, distribution.log_prob(actions), distribution.entropy()
 
     def get_distribution(self, obs: PyTorchObs) -> Distribution:
         assert isinstance(obs, th.Tensor)
@@ -491,10 +478,13 @@ class MultiHeadActorCriticPolicy(TaskHeadsPolicyMixin, ActorCriticPolicy):
         return self._task_values(self.mlp_extractor.forward_critic(features), task_index(obs, self.n_heads))
 
     def run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
-        latent_pi, latent_vf = self.latents(observations)
-        task = task_index(observations, self.n_heads)
-        self._task_distribution(latent_pi, task)
-        self._task_values(latent_vf, task)
+        self._task_outputs(observations)
+
+    def _task_outputs(self, obs: th.Tensor) -> tuple[Distribution, th.Tensor]:
+        """The action distribution and the value of each sample's task head, the shared extractor run once."""
+        latent_pi, latent_vf = self.latents(obs)
+        task = task_index(obs, self.n_heads)
+        return self._task_distribution(latent_pi, task), self._task_values(latent_vf, task)
 
     def _task_distribution(self, latent_pi: th.Tensor, task: th.Tensor) -> Distribution:
         """The action distribution of each sample's task head (SB3's ``_get_action_dist_from_latent``)."""
