@@ -12,7 +12,7 @@ from gymnasium import spaces
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import BaseModel
 from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.utils import obs_as_tensor
 from torch import nn
@@ -334,20 +334,33 @@ class ContinualPolicyMixin:
         return checked[1]
 
     def make_features_extractor(self) -> BaseFeaturesExtractor:
-        """SB3's features extractor, rewritten for the architecture options when it is a NatureCNN.
+        """SB3's features extractor, with each NatureCNN in it rewritten for the architecture options.
 
-        Other extractors (e.g. a flatten layer or a user's own) are returned unchanged.
+        That is the extractor itself, or each image key's branch of a ``CombinedExtractor`` (dict
+        observations), whose output width then follows its branches'. Other extractors (a flatten
+        layer, a user's own) are returned unchanged.
         """
         extractor: BaseFeaturesExtractor = super().make_features_extractor()  # type: ignore[misc]
-        if self.architecture.is_default or not isinstance(extractor, NatureCNN):
+        if self.architecture.is_default:
             return extractor
-        example = th.zeros((1, *self.observation_space.shape))  # type: ignore[attr-defined]
+        if isinstance(extractor, NatureCNN):
+            self._rewrite_nature_cnn(extractor, self.observation_space)  # type: ignore[attr-defined]
+        elif isinstance(extractor, CombinedExtractor):
+            for key, branch in extractor.extractors.items():
+                if isinstance(branch, NatureCNN):
+                    width = branch.features_dim
+                    self._rewrite_nature_cnn(branch, self.observation_space[key])  # type: ignore[attr-defined]
+                    extractor._features_dim += branch.features_dim - width
+        return extractor
+
+    def _rewrite_nature_cnn(self, extractor: NatureCNN, space: spaces.Space) -> None:
+        """Apply the architecture options to a NatureCNN for ``space`` (its features double behind a CReLU)."""
+        example = th.zeros((1, *space.shape))  # type: ignore[misc]
         doubled = self.architecture.rewrite(extractor.cnn, example)
         with th.no_grad():
             flat = extractor.cnn(example)
         if self.architecture.rewrite(extractor.linear, flat, doubled_input=doubled):
             extractor._features_dim *= 2
-        return extractor
 
     def network_prefixes(self) -> dict[str, list[str]]:
         """Network name -> dotted paths of the submodules it is made of, input side first."""

@@ -15,16 +15,16 @@ def _one_torch_thread():
     th.set_num_threads(threads)
 
 
-class ImageEnv(gym.Env):
-    """Random uint8 frames of a given shape (channels last, as Atari's stacked frames), two actions, no end.
+class SpacesEnv(gym.Env):
+    """Random observations of a given space, no reward, no end; two actions unless told.
 
-    :param shape: the observation's shape
+    :param observation_space: the observation space (seeded by ``reset(seed=...)``)
+    :param action_space: the action space (default ``Discrete(2)``)
     """
 
-    action_space = gym.spaces.Discrete(2)
-
-    def __init__(self, shape: tuple[int, int, int]) -> None:
-        self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space | None = None) -> None:
+        self.observation_space = observation_space
+        self.action_space = action_space if action_space is not None else gym.spaces.Discrete(2)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -33,6 +33,16 @@ class ImageEnv(gym.Env):
 
     def step(self, action):
         return self.observation_space.sample(), 0.0, False, False, {}
+
+
+class ImageEnv(SpacesEnv):
+    """Random uint8 frames of a given shape (channels last, as Atari's stacked frames), two actions, no end.
+
+    :param shape: the observation's shape
+    """
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        super().__init__(gym.spaces.Box(0, 255, shape, np.uint8))
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -393,42 +392,6 @@ def test_a_full_reset_of_ppo_with_its_own_critic_extractor_reinitialises_it(imag
     after = _snapshot(model.policy)
     critic_extractor = [name for name in before if name.startswith("vf_features_extractor.")]
     assert critic_extractor and all(not th.equal(before[name], after[name]) for name in critic_extractor)
-
-
-class _FramesAndPositionEnv(gym.Env):
-    """Dict observations: an image key (a NatureCNN branch of SB3's CombinedExtractor) and a vector key."""
-
-    action_space = gym.spaces.Discrete(2)
-
-    def __init__(self, frames: bool = True) -> None:
-        keys = {"position": gym.spaces.Box(-1, 1, (2,), np.float32)}
-        if frames:
-            keys["frames"] = gym.spaces.Box(0, 255, (36, 36, 1), np.uint8)
-        self.observation_space = gym.spaces.Dict(keys)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return self.observation_space.sample(), {}
-
-    def step(self, action):
-        return self.observation_space.sample(), 0.0, False, False, {}
-
-
-@pytest.mark.parametrize("intervention", [ReDo(), ContinualBackprop(), Reset(parts="head", head_layers=4)])
-def test_units_inside_a_combined_extractors_branches_are_refused(intervention) -> None:
-    with pytest.raises(InterventionError, match=r"would edit hidden units \['actor/layer.*CombinedExtractor"):
-        crl.PPO("MultiInputPolicy", _FramesAndPositionEnv(), interventions=[intervention])
-
-
-def test_interventions_outside_the_branches_take_dict_observations() -> None:
-    head = crl.PPO("MultiInputPolicy", _FramesAndPositionEnv(), n_steps=32, batch_size=32, n_epochs=1,
-                   interventions=[Reset(parts="head"), PlasticityInjection(at_step=32)])  # fmt: skip
-    head.learn(64)
-    assert isinstance(head.policy.action_net, InjectedHead)
-    vectors = crl.PPO("MultiInputPolicy", _FramesAndPositionEnv(frames=False), n_steps=32, batch_size=32,
-                      n_epochs=1, interventions=[ReDo(tau=1.0, every=32, probe_size=32)])  # fmt: skip
-    vectors.learn(64)
-    assert vectors.logger.name_to_value["interventions/redo/recycled"] > 0
 
 
 @pytest.mark.parametrize(

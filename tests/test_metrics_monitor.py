@@ -221,7 +221,7 @@ def test_bad_settings_fail_at_construction() -> None:
 
 
 class _DictEnv(gym.Env):
-    """Dict observations: the feature metrics run on them, the plasticity probe does not."""
+    """Dict observations: SB3's CombinedExtractor flattens and concatenates them."""
 
     observation_space = spaces.Dict(
         {"a": spaces.Box(-1, 1, (3,), np.float32), "b": spaces.Box(-1, 1, (2,), np.float32)}
@@ -236,16 +236,12 @@ class _DictEnv(gym.Env):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
-def test_a_probe_on_dict_observations_fails_at_construction() -> None:
-    with pytest.raises(
-        MetricsError,
-        match=r"metrics key plasticity_probe_every=32: the plasticity probe does not support dict observations "
-        r"\(observation space Dict.*; use plasticity_probe_every=None",
-    ):
-        crl.DQN("MultiInputPolicy", _DictEnv(), buffer_size=100, metrics={"every": 32, "plasticity_probe_every": 32})
-    model = crl.DQN("MultiInputPolicy", _DictEnv(), buffer_size=100, learning_starts=16, metrics={"every": 32})
-    model.learn(128)  # the rest of the suite measures dict observations (from step 100: a full buffer)
-    assert "plasticity/q_net/layer0/srank" in model.metrics_monitor.latest
+def test_the_whole_suite_measures_dict_observations() -> None:
+    every = {"every": 32, "plasticity_probe_every": 32, "hessian_every": 32, "hessian_iterations": 2}
+    model = crl.DQN("MultiInputPolicy", _DictEnv(), buffer_size=100, learning_starts=16, metrics=every)
+    model.learn(128)  # from step 100: a full buffer
+    for metric in ("layer0/srank", "all/plasticity_probe", "all/hessian_top_eig"):
+        assert np.isfinite(model.metrics_monitor.latest[f"plasticity/q_net/{metric}"])
 
 
 def _metrics_one_network_at_a_time(policy: Any, obs: th.Tensor, tau: float) -> dict[str, float]:

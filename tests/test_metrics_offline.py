@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from gymnasium import spaces
 
 import crl
 from crl.metrics import evaluate
@@ -113,33 +111,6 @@ def test_float64_actions_are_cast_like_observations() -> None:
     actions = rng.uniform(-1, 1, (16, 1))
     values = evaluate(model, obs, actions, plasticity_probe=True)
     assert values == evaluate(model, obs, actions.astype(np.float32), plasticity_probe=True)
-
-
-@pytest.mark.parametrize(("name", "action_space"), [("DQN", spaces.Discrete(2)), ("SAC", spaces.Box(-1, 1, (2,)))])
-def test_the_probe_refuses_dict_observations(name: str, action_space: spaces.Space) -> None:
-    space = spaces.Dict({"a": spaces.Box(-1, 1, (3,), np.float32), "b": spaces.Box(-1, 1, (2,), np.float32)})
-    env = _SpacesEnv(space, action_space)
-    model = getattr(crl, name)("MultiInputPolicy", env, buffer_size=100, seed=0)
-    obs = {key: np.stack([space[key].sample() for _ in range(8)]) for key in space.spaces}
-    assert evaluate(model, obs)  # the rest of the suite takes them
-    with pytest.raises(
-        ValueError, match=r"evaluate\(plasticity_probe=True\): the plasticity probe does not support dict"
-    ):
-        evaluate(model, obs, plasticity_probe=True)
-
-
-class _SpacesEnv(gym.Env):
-    """An environment with the given spaces, for building models only."""
-
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space) -> None:
-        self.observation_space, self.action_space = observation_space, action_space
-
-    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[object, dict]:
-        super().reset(seed=seed)
-        return self.observation_space.sample(), {}
-
-    def step(self, action: object) -> tuple[object, float, bool, bool, dict]:
-        return self.observation_space.sample(), 0.0, False, False, {}
 
 
 def test_a_diverged_layer_is_measured_as_nan_with_a_warning() -> None:

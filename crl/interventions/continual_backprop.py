@@ -10,7 +10,7 @@ from pydantic import Field, PrivateAttr
 
 from crl.hooks import GradientStep
 from crl.interventions.base import Intervention
-from crl.interventions.network import Reinitializer, UnitLayer, check_single_chain, check_unit_recycling, unit_layers
+from crl.interventions.network import Reinitializer, UnitLayer, check_unit_recycling, unit_layers
 from crl.interventions.redo import check_networks
 
 if TYPE_CHECKING:
@@ -67,7 +67,6 @@ class ContinualBackprop(Intervention):
     def on_setup(self, algo: BaseAlgorithm) -> None:
         check_networks(self.name, self.networks, algo)
         check_unit_recycling(self.name, algo.policy)
-        check_single_chain(self.name, algo.policy, unit_layers(algo.policy, self.networks))  # type: ignore[arg-type]
         self._layers = None
 
     def on_train_start(self, algo: BaseAlgorithm) -> None:

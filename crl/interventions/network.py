@@ -4,7 +4,9 @@ A hidden unit (ReDo, continual backprop) owns a row of its incoming Linear/Conv2
 bias), its LayerNorm affine entries when a LayerNorm sits next to its activation, and the columns of
 every layer that reads it (its outgoing weights). Across a conv -> linear boundary a channel's
 outgoing weights are the columns at every spatial position of that channel in the flattened input
-(SPEC.md §6); behind a CReLU a unit feeds two halves, channels ``i`` and ``i + D``.
+(SPEC.md §6); behind a CReLU a unit feeds two halves, channels ``i`` and ``i + D``. The last layer of
+a branch of SB3's ``CombinedExtractor`` (dict observations: a NatureCNN per image key) is read at its
+branch's place in the concatenation of all branches, after the branches before it.
 
 :class:`Reinitializer` performs the edits and keeps the algorithm consistent (SPEC.md §2): edited
 entries get their optimizer moments zeroed (the whole state, step included, for whole tensors) and
@@ -15,13 +17,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch as th
 from sb3_contrib.common.torch_layers import BatchRenorm
-from stable_baselines3.common.torch_layers import CombinedExtractor
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch import nn
 from torch.nn.utils import parametrize
@@ -32,6 +35,7 @@ from crl.optim import algorithm_optimizers, reset_parameter_columns_state, reset
 from crl.policies.layers import ACTIVATION_TYPES, CReLU, InjectedHead
 
 if TYPE_CHECKING:
+    from gymnasium import spaces
     from stable_baselines3.common.base_class import BaseAlgorithm
     from stable_baselines3.common.policies import BasePolicy
 
@@ -51,6 +55,8 @@ class UnitLayer:
     :param incoming: the Linear/Conv2d layer computing the units
     :param norm: the LayerNorm next to the activation, if any
     :param outgoing: every Linear/Conv2d layer reading the layer's output
+    :param offset: the first input of each outgoing layer that reads this layer: 0, or the layer's
+        place in a ``CombinedExtractor``'s concatenation when it ends a branch
     """
 
     network: str
@@ -59,6 +65,7 @@ class UnitLayer:
     incoming: WeightLayer
     norm: nn.LayerNorm | None
     outgoing: tuple[WeightLayer, ...]
+    offset: int = 0
 
     @property
     def n_units(self) -> int:
@@ -69,28 +76,36 @@ class UnitLayer:
         """How many output channels each unit feeds: 2 behind a CReLU, else 1."""
         return 2 if isinstance(self.activation, CReLU) else 1
 
+    def _block(self, layer: WeightLayer) -> int:
+        """How many of ``layer``'s input columns one output channel feeds.
+
+        A linear layer's unit is one column even where the reader takes more inputs after it (SAC's
+        critics append the actions); a conv channel flattened into a linear layer is one column per
+        spatial position, and the flattened map is all that layer reads.
+        """
+        if isinstance(self.incoming, nn.Linear):
+            return 1
+        return int(weight_of(layer).shape[1]) // (self.n_units * self.halves)
+
     def columns(self, layer: WeightLayer, units: th.Tensor) -> th.Tensor:
         """Indices of ``layer``'s input dimension that read the given unit indices."""
-        n_inputs = int(weight_of(layer).shape[1])
-        block = n_inputs // (self.n_units * self.halves)  # spatial positions per channel after a flatten
+        block = self._block(layer)
         channels = units[:, None] + self.n_units * th.arange(self.halves, device=units.device)[None, :]
-        return (channels[..., None] * block + th.arange(block, device=units.device)).flatten()
+        return self.offset + (channels[..., None] * block + th.arange(block, device=units.device)).flatten()
 
     def unit_view(self, per_channel: th.Tensor) -> th.Tensor:
         """``halves x n_units`` view of a per-output-channel quantity (CReLU: both halves of each unit)."""
         return per_channel.reshape(self.halves, self.n_units)
 
+    def outgoing_weights(self, layer: WeightLayer) -> th.Tensor:
+        """The part of ``layer``'s weight that reads this layer, as ``out x halves x units x rest``."""
+        width = self.n_units * self.halves * self._block(layer)
+        weight = weight_of(layer).detach()[:, self.offset : self.offset + width]
+        return weight.reshape(weight.shape[0], self.halves, self.n_units, -1)
+
     def outgoing_magnitude(self) -> th.Tensor:
         """Mean ``|W_out|`` of each unit over all its outgoing weights."""
-        per_layer = [
-            # out x (halves, units, block[, kh, kw]) -> mean over everything but the unit
-            weight_of(layer)
-            .detach()
-            .abs()
-            .reshape(weight_of(layer).shape[0], self.halves, self.n_units, -1)
-            .mean(dim=(0, 1, 3))
-            for layer in self.outgoing
-        ]
+        per_layer = [self.outgoing_weights(layer).abs().mean(dim=(0, 1, 3)) for layer in self.outgoing]
         return per_layer[0] if len(per_layer) == 1 else th.stack(per_layer).mean(dim=0)
 
 
@@ -105,16 +120,17 @@ def weight_of(layer: WeightLayer) -> th.Tensor:
     return layer.weight
 
 
-def _leaf_layers(policy: nn.Module, prefixes: Sequence[str], skip: set[nn.Module]) -> list[nn.Module]:
-    """Weight layers, LayerNorms and activations under ``prefixes``, in forward order."""
+def _leaf_layers(roots: Iterable[nn.Module], skip: set[nn.Module]) -> list[nn.Module]:
+    """Weight layers, LayerNorms, activations, injected heads and ``CombinedExtractor``s under ``roots``,
+    in forward order (an injected head's and a ``CombinedExtractor``'s insides are walked on their own)."""
     found: list[nn.Module] = []
     inside: set[nn.Module] = set()
-    for prefix in prefixes:
-        for module in policy.get_submodule(prefix).modules():
+    for root in roots:
+        for module in root.modules():
             if module in inside or module in skip:
                 inside.update(module.modules())
                 continue
-            if isinstance(module, InjectedHead):
+            if isinstance(module, (InjectedHead, CombinedExtractor)):
                 inside.update(module.modules())
                 found.append(module)
             elif isinstance(module, (*WEIGHT_LAYERS, nn.LayerNorm, *ACTIVATION_TYPES)):
@@ -134,6 +150,90 @@ def _first_weight_layers(module: nn.Module) -> list[WeightLayer]:
     return []
 
 
+@dataclass(frozen=True)
+class _Units:
+    """A hidden layer whose readers are not reached yet, while :class:`_UnitWiring` walks a network."""
+
+    activation: nn.Module
+    incoming: WeightLayer
+    norm: nn.LayerNorm | None = None
+    offset: int = 0
+
+
+class _UnitWiring:
+    """Walks a network's layers in forward order and records which layers read each hidden layer.
+
+    :param names: activation -> its hidden layer's name in ``network``
+    :param network: the network walked
+    :param observation_space: the policy's (sizes the vector keys of a ``CombinedExtractor``)
+    :param found: activation -> its :class:`UnitLayer`, shared by the walks of every network
+    :param selected: whether the caller asked for ``network``'s layers (else the walk only adds readers)
+    :param wanted: the activations of the selected networks, filled by the walk
+    """
+
+    def __init__(
+        self,
+        names: dict[nn.Module, str],
+        network: str,
+        observation_space: spaces.Space,
+        found: dict[nn.Module, UnitLayer],
+        selected: bool,
+        wanted: set[nn.Module],
+    ) -> None:
+        self.names, self.network, self.observation_space = names, network, observation_space
+        self.found, self.selected, self.wanted = found, selected, wanted
+
+    def walk(self, items: Sequence[nn.Module | list[nn.Module]]) -> list[_Units]:
+        """Wire every hidden layer in ``items`` to the next weight layer(s); the layers left unread at the end."""
+        pending: list[_Units] = []
+        incoming: WeightLayer | None = None
+        norm: nn.LayerNorm | None = None
+        for item in items:
+            if isinstance(item, CombinedExtractor):
+                pending, incoming, norm = self._branch_ends(item), None, None
+            elif isinstance(item, (list, *WEIGHT_LAYERS, InjectedHead)):
+                heads_or_layer = item if isinstance(item, list) else [item]
+                readers = tuple(layer for head in heads_or_layer for layer in _first_weight_layers(head))
+                for units in pending:
+                    self._read_by(units, readers)
+                pending, norm = [], None
+                incoming = item if isinstance(item, WEIGHT_LAYERS) else None
+            elif isinstance(item, nn.LayerNorm):
+                if pending:  # after the activation ("post" placement)
+                    pending[-1] = replace(pending[-1], norm=item)
+                else:
+                    norm = item
+            elif incoming is not None:  # an activation
+                pending.append(_Units(item, incoming, norm))
+                norm = None
+                if self.selected:
+                    self.wanted.add(item)
+        return pending
+
+    def _branch_ends(self, extractor: CombinedExtractor) -> list[_Units]:
+        """Walk each branch on its own; the last layer of each is read at its branch's offset."""
+        ends: list[_Units] = []
+        offset = 0
+        for key, branch in extractor.extractors.items():
+            ends += [replace(units, offset=offset) for units in self.walk(_leaf_layers([branch], set()))]
+            if isinstance(branch, BaseFeaturesExtractor):
+                offset += branch.features_dim
+            else:  # SB3 flattens a vector key
+                offset += get_flattened_obs_dim(self.observation_space[key])  # type: ignore[index]
+        return ends
+
+    def _read_by(self, units: _Units, readers: tuple[WeightLayer, ...]) -> None:
+        known = self.found.get(units.activation)
+        if known is None:
+            name = self.names[units.activation]
+            self.found[units.activation] = UnitLayer(
+                self.network, name, units.activation, units.incoming, units.norm, readers, units.offset
+            )
+        else:
+            extra = tuple(layer for layer in readers if layer not in known.outgoing)
+            self.found[units.activation] = replace(known, norm=units.norm, outgoing=known.outgoing + extra)
+
+
 def unit_layers(policy: ContinualPolicyMixin, networks: Sequence[str] | None = None) -> list[UnitLayer]:
     """Every hidden layer of the given (default: all) trained networks as a :class:`UnitLayer`.
 
@@ -144,36 +244,15 @@ def unit_layers(policy: ContinualPolicyMixin, networks: Sequence[str] | None = N
     prefixes = policy.network_prefixes()
     outputs = policy.output_layers()
     selected = list(prefixes) if networks is None else list(networks)
-    by_activation: dict[nn.Module, UnitLayer] = {}
+    found: dict[nn.Module, UnitLayer] = {}
     wanted: set[nn.Module] = set()
     for network in [*selected, *(other for other in prefixes if other not in selected)]:
         names = {layer.activation: layer.name for layer in policy.hidden_layers([network])[network]}
         heads = [policy.get_submodule(path) for path in outputs.get(network, [])]  # type: ignore[attr-defined]
-        sequence: list[Any] = _leaf_layers(policy, prefixes[network], set(heads))  # type: ignore[arg-type]
-        sequence.append(heads)
-        incoming: WeightLayer | None = None
-        norm: nn.LayerNorm | None = None
-        pending: list[tuple[nn.Module, WeightLayer, nn.LayerNorm | None]] = []
-        for item in sequence:
-            if isinstance(item, (list, *WEIGHT_LAYERS, InjectedHead)):
-                heads_or_layer = item if isinstance(item, list) else [item]
-                readers = [layer for head in heads_or_layer for layer in _first_weight_layers(head)]
-                for activation, unit_incoming, unit_norm in pending:
-                    _merge(by_activation, network, names[activation], activation, unit_incoming, unit_norm, readers)
-                pending, norm = [], None
-                incoming = item if isinstance(item, WEIGHT_LAYERS) else None
-            elif isinstance(item, nn.LayerNorm):
-                if pending:  # after the activation ("post" placement)
-                    activation, unit_incoming, _ = pending[-1]
-                    pending[-1] = (activation, unit_incoming, item)
-                else:
-                    norm = item
-            elif incoming is not None:  # an activation
-                pending.append((item, incoming, norm))
-                norm = None
-                if network in selected:
-                    wanted.add(item)
-    return [layer for activation, layer in by_activation.items() if activation in wanted]
+        roots = [policy.get_submodule(prefix) for prefix in prefixes[network]]  # type: ignore[attr-defined]
+        wiring = _UnitWiring(names, network, policy.observation_space, found, network in selected, wanted)  # type: ignore[attr-defined]
+        wiring.walk([*_leaf_layers(roots, set(heads)), heads])
+    return [layer for activation, layer in found.items() if activation in wanted]
 
 
 def check_hidden_layers(name: str, policy: ContinualPolicyMixin, networks: Sequence[str], needs: str) -> None:
@@ -194,42 +273,26 @@ def check_hidden_layers(name: str, policy: ContinualPolicyMixin, networks: Seque
 
 
 def check_single_chain(name: str, policy: nn.Module, layers: Iterable[UnitLayer]) -> None:
-    """Refuse hidden units inside the parallel branches of SB3's ``CombinedExtractor``.
+    """Refuse a head that reaches into the parallel branches of SB3's ``CombinedExtractor``.
 
-    With dict observations (``MultiInputPolicy``) each key has its own branch and their outputs are
-    concatenated at offsets that :func:`unit_layers` does not model: a unit's outgoing columns would
-    be taken from the wrong place (and one branch's last layer read as feeding the next branch).
-    Vector keys are only flattened, so a dict of vectors has no units there and passes.
+    With dict observations (``MultiInputPolicy``) each image key has its own NatureCNN branch. "The
+    last k layers" of such a network is one layer per branch at some depths, and the head a reset or
+    an injection replaces must be one chain of layers. Vector keys are only flattened, so a dict of
+    vectors has no layers there and passes. (ReDo and continual backprop edit single units and are
+    wired through the branches: :class:`UnitLayer`'s ``offset``.)
 
     :param name: the intervention, for the message
     :param policy: the policy whose layers are used
-    :param layers: the unit layers the intervention would edit or read
+    :param layers: the unit layers the head would take in
     """
     branched = {m for module in policy.modules() if isinstance(module, CombinedExtractor) for m in module.modules()}
     inside = [f"{layer.network}/{layer.name}" for layer in layers if layer.incoming in branched]
     if inside:
         raise InterventionError(
-            f"intervention {name!r} would edit hidden units {inside}, which sit in the parallel branches of a "
-            "CombinedExtractor (dict observations with image keys); crl does not wire units across its "
-            "concatenation: use it with observations that are one array, or leave this intervention out"
+            f"intervention {name!r}: its head would take in hidden layers {inside}, which sit in the parallel "
+            "branches of a CombinedExtractor (dict observations with image keys), so the head would not be "
+            "one chain of layers: use a smaller head_layers, or name the modules to reset with parts=[...]"
         )
-
-
-def _merge(
-    found: dict[nn.Module, UnitLayer],
-    network: str,
-    name: str,
-    activation: nn.Module,
-    incoming: WeightLayer,
-    norm: nn.LayerNorm | None,
-    readers: list[WeightLayer],
-) -> None:
-    if activation in found:
-        known = found[activation]
-        extra = tuple(layer for layer in readers if layer not in known.outgoing)
-        found[activation] = UnitLayer(known.network, known.name, activation, incoming, norm, known.outgoing + extra)
-    else:
-        found[activation] = UnitLayer(network, name, activation, incoming, norm, tuple(readers))
 
 
 def fresh_policy(policy: BasePolicy) -> BasePolicy:

@@ -96,7 +96,7 @@ class PlasticityInjection(Intervention):
         for network in networks:
             layers = unit_layers(policy, [network])  # type: ignore[arg-type]
             # The last hidden layer's outgoing layers are the head; k > 1 also replaces k - 1 hidden layers.
-            check_single_chain(self.name, policy, layers[-max(self.head_layers - 1, 1) :])
+            check_single_chain(self.name, policy, layers[max(len(layers) - self.head_layers + 1, 0) :])
             outputs = [paths[id(module)] for module in layers[-1].outgoing] if layers else []
             # A layer shared with another network (PPO's CNN with net_arch=[]) is read by its heads too.
             own = policy.output_layers().get(network, [])  # type: ignore[operator]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field, PrivateAttr
 
 from crl.interventions.base import Intervention, InterventionError
-from crl.interventions.network import Reinitializer, check_single_chain, check_unit_recycling, probe_batch, unit_layers
+from crl.interventions.network import Reinitializer, check_unit_recycling, probe_batch, unit_layers
 from crl.metrics.functions import unit_scores
 
 if TYPE_CHECKING:
@@ -59,7 +59,6 @@ class ReDo(Intervention):
     def on_setup(self, algo: BaseAlgorithm) -> None:
         check_networks(self.name, self.networks, algo)
         check_unit_recycling(self.name, algo.policy)
-        check_single_chain(self.name, algo.policy, unit_layers(algo.policy, self.networks))  # type: ignore[arg-type]
 
     @classmethod
     def _upgraded(cls, private: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:

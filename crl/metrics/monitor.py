@@ -33,14 +33,15 @@ from typing import TYPE_CHECKING, Any
 import torch as th
 
 from crl.hooks import GradientStep, TrainingHook
-from crl.metrics.config import MetricsConfig, MetricsError
+from crl.metrics.config import MetricsConfig
 from crl.metrics.hessian import training_loss_eigenvalues
-from crl.metrics.probe import fresh_copy, network_output, plasticity_probe, probe_problem
+from crl.metrics.probe import fresh_copy, network_output, plasticity_probe
 from crl.metrics.probe_batch import draw_probe_batch, probe_batch_ready
 from crl.metrics.suite import PREFIX, WHOLE, feature_metrics, metric_name, network_parameters, snapshot, weight_metrics
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.type_aliases import PyTorchObs
 
     from crl.policies.base import ContinualPolicyMixin
 
@@ -93,15 +94,6 @@ class MetricsMonitor(TrainingHook):
         """Losses whose ``grad_norm`` the last measurement waits for: its ``train()`` did not optimise them
         (CrossQ's actor, updated every ``policy_delay``-th gradient step)."""
         self._previous_weights: dict[str, list[th.Tensor]] | None = None
-
-    def on_setup(self, algo: BaseAlgorithm) -> None:
-        """Refuse, at construction, a plasticity probe on observations it cannot run on."""
-        every = self.config.plasticity_probe_every
-        problem = probe_problem(algo.observation_space)
-        if every is not None and problem is not None:
-            raise MetricsError(
-                f"metrics key plasticity_probe_every={every!r}: {problem}; use plasticity_probe_every=None"
-            )
 
     def on_train_start(self, algo: BaseAlgorithm) -> None:
         self._measuring = self._suite.due(algo.lifetime_timesteps) and (  # type: ignore[attr-defined]
@@ -192,7 +184,7 @@ class MetricsMonitor(TrainingHook):
 def plasticity_probes(
     policy: ContinualPolicyMixin,
     algorithm_family: str,
-    observations: th.Tensor,
+    observations: PyTorchObs,
     actions: th.Tensor | None,
     epochs: int,
     batch_size: int,

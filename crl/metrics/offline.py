@@ -11,7 +11,7 @@ from gymnasium import spaces
 
 from crl.metrics.config import MetricsConfig
 from crl.metrics.monitor import plasticity_probes
-from crl.metrics.probe import ACTION_VALUE_FAMILIES, probe_problem
+from crl.metrics.probe import ACTION_VALUE_FAMILIES
 from crl.metrics.suite import feature_metrics, network_parameters, weight_metrics
 
 if TYPE_CHECKING:
@@ -48,8 +48,7 @@ def evaluate(
         default the actor's deterministic actions
     :param config: metric settings (``dormant_tau``, the plasticity probe's budget and ``seed``; as in
         training, the model's seed when ``seed`` is not given)
-    :param plasticity_probe: also run the (expensive) plasticity probe; not with dict observations
-        (a ``ValueError``)
+    :param plasticity_probe: also run the (expensive) plasticity probe
     :raises ValueError: a batch that is empty or not shaped like its space with a batch axis in front
     """
     settings = MetricsConfig.make(config) if config is not None else MetricsConfig()
@@ -57,9 +56,6 @@ def evaluate(
     if actions is not None:
         first = next(iter(observations.values())) if isinstance(observations, Mapping) else observations
         _check_batch("actions", actions, model.action_space, len(first))
-    problem = probe_problem(model.observation_space)
-    if plasticity_probe and problem is not None:
-        raise ValueError(f"evaluate(plasticity_probe=True): {problem}; use plasticity_probe=False")
     policy: ContinualPolicyMixin = model.policy  # type: ignore[assignment]
     obs = policy._to_tensor(observations)
     was_training = policy.training  # type: ignore[attr-defined]

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch as th
-from gymnasium import spaces
 from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.type_aliases import PyTorchObs
 from torch.nn import functional as F
 
 from crl.metrics.suite import network_parameters
@@ -33,7 +33,7 @@ ACTION_VALUE_FAMILIES = frozenset({"SAC", "TQC", "CrossQ"})
 """Algorithm families whose critics take actions as well as observations (the actor's, by default)."""
 
 # (policy, observations, actions) -> the network's output on them
-OutputFn = Callable[[ContinualPolicyMixin, th.Tensor, th.Tensor | None], object]
+OutputFn = Callable[[ContinualPolicyMixin, PyTorchObs, th.Tensor | None], object]
 
 
 @dataclass(frozen=True)
@@ -67,14 +67,14 @@ def mse(target: object, learner: object) -> th.Tensor:
     return F.mse_loss(learner, target)
 
 
-def _sac_actor(policy: ContinualPolicyMixin, observations: th.Tensor, actions: th.Tensor | None) -> object:
+def _sac_actor(policy: ContinualPolicyMixin, observations: PyTorchObs, actions: th.Tensor | None) -> object:
     actor = policy.actor  # type: ignore[attr-defined]
     mean_actions, log_std, kwargs = actor.get_action_dist_params(observations)
     return actor.action_dist.proba_distribution(mean_actions, log_std, **kwargs)
 
 
 def _sac_critic(index: int) -> OutputFn:
-    def output(policy: ContinualPolicyMixin, observations: th.Tensor, actions: th.Tensor | None) -> object:
+    def output(policy: ContinualPolicyMixin, observations: PyTorchObs, actions: th.Tensor | None) -> object:
         assert actions is not None, "SAC's critics need actions"
         return policy.critic(observations, actions)[index]  # type: ignore[attr-defined]
 
@@ -82,7 +82,7 @@ def _sac_critic(index: int) -> OutputFn:
 
 
 def _tqc_critic(index: int) -> OutputFn:
-    def output(policy: ContinualPolicyMixin, observations: th.Tensor, actions: th.Tensor | None) -> object:
+    def output(policy: ContinualPolicyMixin, observations: PyTorchObs, actions: th.Tensor | None) -> object:
         assert actions is not None, "TQC's critics need actions"
         # (batch, n_critics, n_quantiles): network `qf<index>`'s quantiles
         return policy.critic(observations, actions)[:, index, :]  # type: ignore[attr-defined]
@@ -116,14 +116,15 @@ def network_output(algorithm_family: str, network: str) -> NetworkOutput:
         raise ValueError(f"no plasticity probe for network {network!r} of a {algorithm_family} policy") from None
 
 
-def probe_problem(observation_space: spaces.Space) -> str | None:
-    """Why the plasticity probe cannot run on observations of ``observation_space``, or ``None``.
+def _rows(observations: PyTorchObs, indices: th.Tensor | slice) -> PyTorchObs:
+    """The probe set's samples at ``indices`` (each key's, for dict observations)."""
+    if isinstance(observations, dict):
+        return {key: value[indices] for key, value in observations.items()}
+    return observations[indices]
 
-    The probe slices the probe batch into minibatches, which a dict of tensors does not support.
-    """
-    if isinstance(observation_space, spaces.Dict):
-        return f"the plasticity probe does not support dict observations (observation space {observation_space})"
-    return None
+
+def _first_array(observations: PyTorchObs) -> th.Tensor:
+    return next(iter(observations.values())) if isinstance(observations, dict) else observations
 
 
 def _optimizer_of(policy: ContinualPolicyMixin, parameters: list[th.nn.Parameter]) -> th.optim.Optimizer:
@@ -178,7 +179,7 @@ def plasticity_probe(
     policy: ContinualPolicyMixin,
     network: str,
     output: NetworkOutput,
-    observations: th.Tensor,
+    observations: PyTorchObs,
     actions: th.Tensor | None = None,
     epochs: int = 1,
     batch_size: int = 64,
@@ -195,7 +196,7 @@ def plasticity_probe(
     :param policy: the policy whose plasticity is measured
     :param network: a name of ``policy.network_prefixes()``
     :param output: how to read the network's output and compare two (see :func:`network_output`)
-    :param observations: the fixed probe set
+    :param observations: the fixed probe set (a dict of tensors for dict observations)
     :param actions: actions for networks that take them (SAC's critics)
     :param epochs: the training budget, in passes over the probe set
     :param batch_size: minibatch size
@@ -212,16 +213,17 @@ def plasticity_probe(
     hyperparameters = {key: value for key, value in reference.param_groups[0].items() if key != "params"}
     optimizer = type(reference)([{"params": learner_parameters, **hyperparameters}])  # type: ignore[call-arg]
     generator = th.Generator().manual_seed(seed)
-    n_samples = observations.shape[0]
+    n_samples, device = _first_array(observations).shape[0], _first_array(observations).device
 
     def loss_on(indices: th.Tensor | slice) -> th.Tensor:
+        batch_observations = _rows(observations, indices)
         batch_actions = None if actions is None else actions[indices]
         with th.no_grad():
-            wanted = output.output(target, observations[indices], batch_actions)
-        return output.divergence(wanted, output.output(learner, observations[indices], batch_actions))
+            wanted = output.output(target, batch_observations, batch_actions)
+        return output.divergence(wanted, output.output(learner, batch_observations, batch_actions))
 
     for _ in range(epochs):
-        order = th.randperm(n_samples, generator=generator).to(observations.device)
+        order = th.randperm(n_samples, generator=generator).to(device)
         for start in range(0, n_samples, batch_size):
             loss = loss_on(order[start : start + batch_size])
             optimizer.zero_grad()
