@@ -6,6 +6,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import SpacesEnv
+from gymnasium import spaces
 from torch.nn import functional as F
 
 import crl
@@ -130,6 +132,57 @@ def test_ppo_minibatches_are_shifted(monkeypatch, image_env) -> None:
 def test_non_image_observations_are_rejected() -> None:
     with pytest.raises(InterventionError, match=r"'random_shift' shifts images, but the observation space is Box\("):
         crl.DQN("MlpPolicy", "CartPole-v1", interventions=["random_shift"])
+    vectors = SpacesEnv(spaces.Dict({"a": spaces.Box(-1, 1, (3,)), "b": spaces.Box(-1, 1, (2, 2))}))
+    with pytest.raises(InterventionError, match=r"observation space is Dict\(.*or a Dict with such a key"):
+        crl.DQN("MultiInputPolicy", vectors, buffer_size=100, interventions=["random_shift"])
+
+
+def _frames_and_position(channels: int = 2) -> SpacesEnv:
+    frames = spaces.Box(0, 255, (36, 36, channels), np.uint8)
+    keys = {"frames": frames, "more": frames, "position": spaces.Box(-1, 1, (2,), np.float32)}
+    return SpacesEnv(spaces.Dict(keys))
+
+
+def test_each_image_key_of_dict_observations_is_shifted_with_its_own_draw() -> None:
+    shift = crl.DQN(
+        "MultiInputPolicy", _frames_and_position(), seed=5, buffer_size=100, interventions=[RandomShift(pad=3)]
+    ).interventions[0]
+    generator = th.Generator().manual_seed(0)
+    frames, more = (th.randint(0, 256, (6, 2, 36, 36), generator=generator, dtype=th.uint8) for _ in range(2))
+    position = th.rand((6, 2), generator=generator)
+    shifted = shift.shift_observations({"frames": frames, "more": more, "position": position})
+    draws = th.Generator().manual_seed(5)  # the algorithm's seed; the keys in order
+    expected = [random_shift(images, th.randint(-3, 4, (6, 2), generator=draws)) for images in (frames, more)]
+    assert th.equal(shifted["frames"], expected[0]) and th.equal(shifted["more"], expected[1])
+    assert not th.equal(shifted["frames"], frames)
+    assert shifted["position"] is position
+
+
+@pytest.mark.parametrize("algorithm", ["DQN", "PPO", "SAC"])
+def test_dict_observations_with_images_train_with_the_shift(monkeypatch, algorithm: str) -> None:
+    env = _frames_and_position()
+    if algorithm == "SAC":
+        env.action_space = spaces.Box(-1, 1, (2,), np.float32)
+    settings = {"PPO": dict(n_steps=16, batch_size=8, n_epochs=1)}.get(
+        algorithm, dict(buffer_size=100, learning_starts=16, batch_size=8)
+    )
+    model = getattr(crl, algorithm)(
+        "MultiInputPolicy", env, seed=0, interventions=["random_shift"],
+        policy_kwargs=dict(features_extractor_kwargs=dict(cnn_output_dim=8), net_arch=[8]), **settings,
+    )  # fmt: skip
+    seen: list[th.Size] = []
+    original = RandomShift.shift
+
+    def spy(self, images: th.Tensor, channels_first: bool | None = None) -> th.Tensor:
+        seen.append(images.shape)
+        return original(self, images, channels_first)
+
+    monkeypatch.setattr(RandomShift, "shift", spy)
+    model.learn(32)
+    assert seen and all(shape[1:] == (2, 36, 36) for shape in seen)  # image keys only, channels first
+    # frames and more; off-policy: of the next observations too; PPO: 2 minibatches of 8 per epoch
+    batches, per_batch = (2 * model._n_updates, 2) if algorithm == "PPO" else (model._n_updates, 4)
+    assert len(seen) == per_batch * batches
 
 
 def test_dqn_with_augmentation_trains_on_an_atari_mode_sequence() -> None:

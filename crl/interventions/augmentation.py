@@ -8,6 +8,7 @@ import torch as th
 from gymnasium import spaces
 from pydantic import Field, PrivateAttr
 from stable_baselines3.common.preprocessing import is_image_space_channels_first
+from stable_baselines3.common.type_aliases import PyTorchObs
 
 from crl.interventions.base import Intervention, InterventionError
 
@@ -48,7 +49,8 @@ class RandomShift(Intervention):
     essential to keep plasticity in visual RL. Applied to the observations and next observations of
     DQN's and SAC's replay batches (each drawn independently, as DrQ does) and to the observations of
     PPO's minibatches (the rollout's log-probabilities, values and advantages were computed on the
-    unshifted images). Acting and evaluation see unshifted observations.
+    unshifted images). Acting and evaluation see unshifted observations. With dict observations every
+    image key is shifted, each with its own draw (in key order), and the other keys are left as they are.
 
     The shifts come from a private ``torch.Generator`` seeded from the algorithm's seed (fresh entropy
     when it has none), so a seed fixes them, no other random stream of the run is touched, and the
@@ -63,18 +65,22 @@ class RandomShift(Intervention):
 
     _generator: th.Generator | None = PrivateAttr(default=None)
     _channels_first: bool = PrivateAttr(default=True)
+    _image_keys: dict[str, bool] = PrivateAttr(default_factory=dict)
+    """Dict observations: image key -> whether its images are channels-first."""
 
     def check(self, algo: BaseAlgorithm) -> None:
         super().check(algo)
         space = algo.observation_space
-        if not isinstance(space, spaces.Box) or len(space.shape) != 3:
+        if not _image_layouts(space):
             raise InterventionError(
                 f"intervention 'random_shift' shifts images, but the observation space is {space}; "
-                "it needs a Box of shape (C, H, W) or (H, W, C)"
+                "it needs a Box of shape (C, H, W) or (H, W, C), or a Dict with such a key"
             )
 
     def on_setup(self, algo: BaseAlgorithm) -> None:
-        self._channels_first = is_image_space_channels_first(algo.observation_space)  # type: ignore[arg-type]
+        layouts = _image_layouts(algo.observation_space)
+        self._channels_first = layouts.get(None, True)
+        self._image_keys = {key: first for key, first in layouts.items() if key is not None}
         if self._generator is None:  # a loaded model keeps its generator's state
             self._generator = th.Generator()
             if algo.seed is None:
@@ -87,12 +93,37 @@ class RandomShift(Intervention):
         assert self._generator is not None, "on_setup draws the generator"
         return th.randint(-self.pad, self.pad + 1, (batch_size, 2), generator=self._generator)
 
-    def shift(self, images: th.Tensor) -> th.Tensor:
-        """``images`` with a fresh random shift per image."""
-        return random_shift(images, self.sample_shifts(len(images)), self._channels_first)
+    def shift(self, images: th.Tensor, channels_first: bool | None = None) -> th.Tensor:
+        """``images`` with a fresh random shift per image.
+
+        :param channels_first: the images' layout (default: the observations')
+        """
+        layout = self._channels_first if channels_first is None else channels_first
+        return random_shift(images, self.sample_shifts(len(images)), layout)
+
+    def shift_observations(self, observations: PyTorchObs) -> PyTorchObs:
+        """A batch of observations with its images shifted (each image key of a dict on its own)."""
+        if not isinstance(observations, dict):
+            return self.shift(observations)
+        return {
+            key: self.shift(value, self._image_keys[key]) if key in self._image_keys else value
+            for key, value in observations.items()
+        }
 
     def transform_batch(self, algo: BaseAlgorithm, batch: Any) -> Any:
-        shifted = {"observations": self.shift(batch.observations)}
+        shifted = {"observations": self.shift_observations(batch.observations)}
         if hasattr(batch, "next_observations"):
-            shifted["next_observations"] = self.shift(batch.next_observations)
+            shifted["next_observations"] = self.shift_observations(batch.next_observations)
         return batch._replace(**shifted)
+
+
+def _image_layouts(space: spaces.Space) -> dict[str | None, bool]:
+    """Where observations of ``space`` hold images -> whether they are channels-first: ``None`` for a
+    ``Box`` of images, each image key of a ``Dict`` (a ``Box`` of 3 axes is taken as images)."""
+    if isinstance(space, spaces.Dict):
+        return {key: is_image_space_channels_first(sub) for key, sub in space.spaces.items() if _is_image(sub)}
+    return {None: is_image_space_channels_first(space)} if _is_image(space) else {}  # type: ignore[arg-type]
+
+
+def _is_image(space: spaces.Space) -> bool:
+    return isinstance(space, spaces.Box) and len(space.shape) == 3
