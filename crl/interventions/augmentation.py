@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 import torch as th
 from gymnasium import spaces
@@ -122,8 +122,8 @@ def _image_layouts(space: spaces.Space) -> dict[str | None, bool]:
     ``Box`` of images, each image key of a ``Dict`` (a ``Box`` of 3 axes is taken as images)."""
     if isinstance(space, spaces.Dict):
         return {key: is_image_space_channels_first(sub) for key, sub in space.spaces.items() if _is_image(sub)}
-    return {None: is_image_space_channels_first(space)} if _is_image(space) else {}  # type: ignore[arg-type]
+    return {None: is_image_space_channels_first(space)} if _is_image(space) else {}
 
 
-def _is_image(space: spaces.Space) -> bool:
+def _is_image(space: spaces.Space) -> TypeGuard[spaces.Box]:
     return isinstance(space, spaces.Box) and len(space.shape) == 3
