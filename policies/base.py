@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ from torch import nn
 from crl.optim import policy_optimizers
 from crl.policies.direct_forward import Step, kept_direct_layers, run_layers
 from crl.policies.features import FeatureRecorder, Features, HiddenLayer, hidden_layers
-from crl.policies.layers import ArchitectureOptions
+from crl.policies.layers import ACTIVATION_TYPES, ArchitectureOptions
 from crl.policies.module_tree import SubmoduleRegistrations
 from crl.policies.spectral_norm import (
     SpectralNormOption,
@@ -351,7 +352,27 @@ class ContinualPolicyMixin:
                     width = branch.features_dim
                     self._rewrite_nature_cnn(branch, self.observation_space[key])  # type: ignore[attr-defined]
                     extractor._features_dim += branch.features_dim - width
+        else:
+            self._warn_unchanged(extractor)
         return extractor
+
+    def _warn_unchanged(self, extractor: BaseFeaturesExtractor) -> None:
+        """Say that a user's extractor keeps its activations: its ``forward`` is its own, so crl cannot
+        put a LayerNorm or a CReLU into it (the MLPs after it are rewritten)."""
+        activations = [name for name, module in extractor.named_modules() if isinstance(module, ACTIVATION_TYPES)]
+        if activations:
+            options = {
+                "layer_norm": self.architecture.layer_norm,
+                "activation": "crelu" if self.architecture.crelu else None,
+            }
+            given = ", ".join(f"{key}={value!r}" for key, value in options.items() if value is not None)
+            warnings.warn(
+                f"{given} leaves features extractor {type(extractor).__name__} as it is (its activations "
+                f"{activations} are not rewritten; the networks after it are): build the extractor with the "
+                "layers it should have",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _rewrite_nature_cnn(self, extractor: NatureCNN, space: spaces.Space) -> None:
         """Apply the architecture options to a NatureCNN for ``space`` (its features double behind a CReLU)."""

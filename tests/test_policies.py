@@ -9,6 +9,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common import policies as sb3_policies
 from stable_baselines3.common.policies import ActorCriticPolicy as SB3ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.utils import ConstantSchedule
 from stable_baselines3.dqn.policies import DQNPolicy as SB3DQNPolicy
 from stable_baselines3.dqn.policies import QNetwork as SB3QNetwork
@@ -125,6 +126,29 @@ def test_crelu_on_nature_cnn_keeps_the_network_consistent() -> None:
     assert extractor.features_dim == 1024
     values = policy.predict_values(th.zeros(3, *IMAGE.shape))
     assert values.shape == (3, 1)
+
+
+class _OwnExtractor(BaseFeaturesExtractor):
+    """A user's features extractor: its forward is its own."""
+
+    def __init__(self, observation_space: spaces.Space, features_dim: int = 8) -> None:
+        super().__init__(observation_space, features_dim)
+        self.net = nn.Sequential(nn.Linear(4, features_dim), nn.Tanh())
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        return self.net(observations)
+
+
+@pytest.mark.parametrize(
+    ("options", "given"),
+    [(dict(layer_norm="pre"), "layer_norm='pre'"), (dict(activation="crelu"), "activation='crelu'")],
+)
+def test_a_users_extractor_is_left_as_it_is_with_a_warning(options: dict, given: str) -> None:
+    message = rf"{given} leaves features extractor _OwnExtractor as it is \(its activations \['net.1'\]"
+    with pytest.warns(UserWarning, match=message):
+        policy = DQNPolicy(BOX, DISCRETE, LR, features_extractor_class=_OwnExtractor, **options)
+    assert [type(m) for m in policy.q_net.features_extractor.net] == [nn.Linear, nn.Tanh]
+    assert any(isinstance(m, (nn.LayerNorm, CReLU)) for m in policy.q_net.q_net)  # the MLP after it is rewritten
 
 
 def test_crelu_output_is_both_halves() -> None:
