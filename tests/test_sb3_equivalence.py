@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import sb3_contrib
 import stable_baselines3 as sb3
 import torch as th
+from conftest import SpacesEnv
+from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 
 import crl
@@ -117,3 +121,33 @@ def test_observing_hooks_change_nothing(name: str) -> None:
     assert observer._feature_keys == networks
     assert len(observer._grad_norms) == n_steps * len(losses)
     assert all(norm > 0 for norm in observer._grad_norms)
+
+
+DICT_CASES = {
+    "DQN": dict(buffer_size=300, learning_starts=50, train_freq=4, gradient_steps=2, target_update_interval=50),
+    "PPO": dict(n_steps=64, batch_size=32, n_epochs=2),
+    "SAC": dict(buffer_size=300, learning_starts=50),
+    "QRDQN": dict(buffer_size=300, learning_starts=50, train_freq=4, target_update_interval=50),
+    "TQC": dict(buffer_size=300, learning_starts=50),
+}
+
+
+@pytest.mark.parametrize("name", list(DICT_CASES))
+def test_identical_to_sb3_on_dict_observations(name: str) -> None:
+    """Frames, a vector and a discrete key: SB3's CombinedExtractor, its dict buffers and preprocessing."""
+
+    def env() -> SpacesEnv:
+        frames = spaces.Box(0, 255, (36, 36, 2), np.uint8)
+        keys = {"frames": frames, "mode": spaces.Discrete(3), "position": spaces.Box(-1, 1, (2,), np.float32)}
+        return SpacesEnv(spaces.Dict(keys), spaces.Box(-1, 1, (2,), np.float32) if name in ("SAC", "TQC") else None)
+
+    settings = {"PPO": {}}.get(name, {"batch_size": 16})
+    policy_kwargs = dict(features_extractor_kwargs=dict(cnn_output_dim=16), net_arch=[16])
+    reference_class = getattr(sb3, name, None) or getattr(sb3_contrib, name)
+    kwargs = dict(seed=3, device="cpu", policy_kwargs=policy_kwargs, **DICT_CASES[name], **settings)
+    # Each model trains right after its construction, which seeds the global random generators.
+    models = [
+        algo_class("MultiInputPolicy", env(), **kwargs).learn(200)
+        for algo_class in (reference_class, getattr(crl, name))
+    ]
+    assert_same_training(*models)
