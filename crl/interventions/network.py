@@ -272,7 +272,7 @@ def check_hidden_layers(name: str, policy: ContinualPolicyMixin, networks: Seque
         )
 
 
-def check_single_chain(name: str, policy: nn.Module, layers: Iterable[UnitLayer]) -> None:
+def check_single_chain(name: str, policy: nn.Module, layers: Iterable[UnitLayer], hint: str = "") -> None:
     """Refuse a head that reaches into the parallel branches of SB3's ``CombinedExtractor``.
 
     With dict observations (``MultiInputPolicy``) each image key has its own NatureCNN branch. "The
@@ -284,6 +284,7 @@ def check_single_chain(name: str, policy: nn.Module, layers: Iterable[UnitLayer]
     :param name: the intervention, for the message
     :param policy: the policy whose layers are used
     :param layers: the unit layers the head would take in
+    :param hint: another way to the intervention's end, appended to the advice
     """
     branched = {m for module in policy.modules() if isinstance(module, CombinedExtractor) for m in module.modules()}
     inside = [f"{layer.network}/{layer.name}" for layer in layers if layer.incoming in branched]
@@ -291,7 +292,7 @@ def check_single_chain(name: str, policy: nn.Module, layers: Iterable[UnitLayer]
         raise InterventionError(
             f"intervention {name!r}: its head would take in hidden layers {inside}, which sit in the parallel "
             "branches of a CombinedExtractor (dict observations with image keys), so the head would not be "
-            "one chain of layers: use a smaller head_layers, or name the modules to reset with parts=[...]"
+            f"one chain of layers: use a smaller head_layers{hint}"
         )
 
 

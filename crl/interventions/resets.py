@@ -83,7 +83,8 @@ class Reset(ScheduledIntervention):
             modules: list[nn.Module] = []
             for network in policy.network_prefixes():  # type: ignore[operator]
                 layers = unit_layers(policy, [network])  # type: ignore[arg-type]
-                check_single_chain(self.name, policy, layers[max(len(layers) - self.head_layers + 1, 0) :])
+                taken = layers[max(len(layers) - self.head_layers + 1, 0) :]
+                check_single_chain(self.name, policy, taken, hint=", or name the modules to reset with parts=[...]")
                 groups = [[layer.incoming, *([layer.norm] if layer.norm else [])] for layer in layers]
                 groups.append(list(layers[-1].outgoing) if layers else [])
                 for group in groups[-self.head_layers :]:
