@@ -213,7 +213,8 @@ def plasticity_probe(
     hyperparameters = {key: value for key, value in reference.param_groups[0].items() if key != "params"}
     optimizer = type(reference)([{"params": learner_parameters, **hyperparameters}])  # type: ignore[call-arg]
     generator = th.Generator().manual_seed(seed)
-    n_samples, device = _first_array(observations).shape[0], _first_array(observations).device
+    first_array = _first_array(observations)
+    n_samples, device = first_array.shape[0], first_array.device
 
     def loss_on(indices: th.Tensor | slice) -> th.Tensor:
         batch_observations = _rows(observations, indices)
