@@ -127,17 +127,24 @@ def _silence(layer: UnitLayer, units: th.Tensor) -> None:
         layer.incoming.bias[units] = 0.0 if layer.halves == 2 else -1.0
 
 
-@pytest.mark.parametrize("algorithm", ["DQN", "PPO", "SAC"])
+@pytest.mark.parametrize(
+    ("algorithm", "extractors"),
+    [("DQN", 1), ("PPO", 1), ("PPO", 2), ("SAC", 2), ("SAC", 1)],
+    ids=["DQN", "PPO", "PPO_own_critic_extractor", "SAC", "SAC_shared_extractor"],
+)
 @pytest.mark.parametrize("activation", ["relu", "crelu"])
-def test_recycling_silent_units_at_a_branch_end_leaves_every_output_unchanged(algorithm: str, activation: str) -> None:
+def test_recycling_silent_units_at_a_branch_end_leaves_every_output_unchanged(
+    algorithm: str, extractors: int, activation: str
+) -> None:
     """Zero outgoing weights in the wrong columns would silence live inputs and change the outputs."""
     env = _two_images_and_a_vector(spaces.Box(-1, 1, (2,), np.float32) if algorithm == "SAC" else None)
-    model = _model(algorithm, env, activation=activation)
+    sharing = {} if algorithm == "DQN" else {"share_features_extractor": extractors == 1}
+    model = _model(algorithm, env, activation=activation, **sharing)
     obs = _observations(model)
     units = th.tensor([0, 3, 7])
     ends = {_branch_end(model, "more", network) for network in model.policy.network_prefixes()}
-    layers = list({layer.incoming: layer for layer in ends}.values())  # SAC's critics share their extractor
-    assert len(layers) == (2 if algorithm == "SAC" else 1)
+    layers = list({layer.incoming: layer for layer in ends}.values())  # networks sharing an extractor
+    assert len(layers) == extractors
     for layer in layers:
         _silence(layer, units)
     before = _outputs(model, obs)
