@@ -6,10 +6,10 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import SpacesEnv
 from gymnasium import spaces
 from stable_baselines3.common.logger import KVWriter, Logger, configure
 from stable_baselines3.common.utils import ConstantSchedule
@@ -220,25 +220,10 @@ def test_bad_settings_fail_at_construction() -> None:
     assert crl.SAC("MlpPolicy", "Pendulum-v1", metrics=MetricsConfig(every=7)).metrics_monitor.config.every == 7
 
 
-class _DictEnv(gym.Env):
-    """Dict observations: SB3's CombinedExtractor flattens and concatenates them."""
-
-    observation_space = spaces.Dict(
-        {"a": spaces.Box(-1, 1, (3,), np.float32), "b": spaces.Box(-1, 1, (2,), np.float32)}
-    )
-    action_space = spaces.Discrete(2)
-
-    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
-        super().reset(seed=seed)
-        return self.observation_space.sample(), {}
-
-    def step(self, action: int) -> tuple[dict, float, bool, bool, dict]:
-        return self.observation_space.sample(), 0.0, False, False, {}
-
-
 def test_the_whole_suite_measures_dict_observations() -> None:
     every = {"every": 32, "plasticity_probe_every": 32, "hessian_every": 32, "hessian_iterations": 2}
-    model = crl.DQN("MultiInputPolicy", _DictEnv(), buffer_size=100, learning_starts=16, metrics=every)
+    env = SpacesEnv(spaces.Dict({"a": spaces.Box(-1, 1, (3,), np.float32), "b": spaces.Box(-1, 1, (2,), np.float32)}))
+    model = crl.DQN("MultiInputPolicy", env, buffer_size=100, learning_starts=16, metrics=every)
     model.learn(128)  # from step 100: a full buffer
     for metric in ("layer0/srank", "all/plasticity_probe", "all/hessian_top_eig"):
         assert np.isfinite(model.metrics_monitor.latest[f"plasticity/q_net/{metric}"])
