@@ -45,6 +45,14 @@ def _edit(**changes: object) -> str:
     return yaml.safe_dump(data)
 
 
+def _build_error(tmp_path: Path, text: str) -> str:
+    """The one-line error of building the model of curriculum ``text`` (written as ``c.yaml``)."""
+    curriculum = load_curriculum(_write(tmp_path, text))
+    with pytest.raises(ConfigError) as info:
+        build_model(curriculum, build_sequence(curriculum), seed=0, source="c.yaml")
+    return str(info.value)
+
+
 def _agent(**changes: object) -> str:
     """A Continual World reference-agent curriculum, with ``changes``."""
     data: dict[str, object] = {
@@ -516,13 +524,9 @@ def test_a_policy_the_algorithm_has_not_or_its_options_elsewhere_are_refused(
 
 def test_a_multi_head_policy_on_a_sequence_without_task_ids_fails_when_the_model_is_built(tmp_path: Path) -> None:
     sequence = {**MULTI_HEAD["sequence"], "task_id_in_obs": False}
-    curriculum = load_curriculum(_write(tmp_path, _edit(**{**MULTI_HEAD, "sequence": sequence}, algorithm="SAC")))
-    with pytest.raises(ConfigError) as info:
-        build_model(curriculum, build_sequence(curriculum), seed=0, source="c.yaml")
-    assert str(info.value) == (
+    assert _build_error(tmp_path, _edit(**{**MULTI_HEAD, "sequence": sequence}, algorithm="SAC")) == (
         "c.yaml: key 'policy' = 'MultiHeadPolicy' chooses a head by the one-hot task id at the end of each "
-        "observation, which sequence 'curriculum' does not append; set 'sequence.task_id_in_obs: true' (explicit "
-        "task lists) or use a preset that appends it (cw10, cw20)"
+        "observation, which sequence 'curriculum' does not append; set 'sequence.task_id_in_obs: true'"
     )
 
 
@@ -533,10 +537,34 @@ def test_multi_head_policy_options_with_another_number_of_heads_than_task_ids_ar
     """The heads are chosen by the last n_heads entries: with 1 every task would train head 0, with 5 the
     choice would read two of Pendulum's observations as task ids."""
     text = _edit(**{**MULTI_HEAD, "policy_options": {"n_heads": n_heads}}, algorithm="SAC")
-    curriculum = load_curriculum(_write(tmp_path, text))
-    with pytest.raises(ConfigError) as info:
-        build_model(curriculum, build_sequence(curriculum), seed=0, source="c.yaml")
-    assert str(info.value) == (
+    assert _build_error(tmp_path, text) == (
         f"c.yaml: key 'policy_options.n_heads' = {n_heads}: the heads are chosen by the last n_heads entries of "
         "each observation, and sequence 'curriculum' appends a one-hot task id of 3; leave n_heads out or set it to 3"
     )
+
+
+def test_a_preset_takes_the_task_id_and_a_multi_head_policy_with_it(tmp_path: Path) -> None:
+    sequence = {"preset": "cartpole_permuted", "options": {"n_tasks": 3}, "steps_per_task": 200, "task_id_in_obs": True}
+    curriculum = load_curriculum(_write(tmp_path, _edit(policy="MultiHeadPolicy", sequence=sequence)))
+    tasks = build_sequence(curriculum)
+    assert tasks.task_id_in_obs and tasks.observation_space.shape == (7,)
+    model = build_model(curriculum, tasks, seed=0)
+    assert type(model.policy) is crl.policies.MultiHeadDQNPolicy and model.policy.n_heads == 3
+
+
+def test_a_task_id_beside_atari_frames_needs_a_multi_input_policy(tmp_path: Path) -> None:
+    """Real ALE modes: the frames and the task id are a dict, which only MultiInputPolicy reads."""
+    tasks = [{"atari": "Breakout", "mode": mode} for mode in (0, 4)]
+    sequence = {"tasks": tasks, "steps_per_task": 100, "task_id_in_obs": True}
+    hyperparameters = {"buffer_size": 100, "learning_starts": 50}
+    for policy in ("CnnPolicy", "MultiHeadPolicy"):
+        text = _edit(policy=policy, policy_options={}, hyperparameters=hyperparameters, sequence=sequence)
+        assert _build_error(tmp_path, text) == (
+            f"c.yaml: key 'policy' = '{policy}': sequence 'curriculum' gives dict observations with keys "
+            "['observation', 'task_id'] (the task id beside observations that are not flat); use MultiInputPolicy"
+        )
+    text = _edit(policy="MultiInputPolicy", policy_options={}, hyperparameters=hyperparameters, sequence=sequence)
+    curriculum = load_curriculum(_write(tmp_path, text))
+    model = build_model(curriculum, build_sequence(curriculum), seed=0)
+    assert set(model.observation_space.spaces) == {"observation", "task_id"}
+    assert model.observation_space["observation"].shape == (4, 84, 84)  # the frame stack, channels first

@@ -8,7 +8,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecFrameStack
 
+import crl
 from crl.wrappers import (
     PRESETS,
     ActionShuffle,
@@ -104,9 +106,62 @@ def test_one_hot_task_id_is_appended_and_bounded() -> None:
     assert coded in with_ids.observation_space
 
 
-def test_task_id_needs_flat_observations() -> None:
-    with pytest.raises(ValueError, match="task_id_in_obs needs a flat Box observation space, got Box"):
-        TaskSequence([_task("grid", channels=2)], task_id_in_obs=True)
+def test_a_preset_gets_the_task_id_without_building_its_environments_again(monkeypatch) -> None:
+    sequence = permuted_observations(n_tasks=3, steps_per_task=10)
+    monkeypatch.setattr(TaskSequence, "_task_spaces", lambda task: pytest.fail("an environment was built again"))
+    with_ids = sequence.with_task_id_in_obs()
+    assert with_ids.task_id_in_obs and not sequence.task_id_in_obs
+    assert with_ids.observation_space.shape == (7,) and with_ids.tasks == sequence.tasks
+
+
+class _Episodes(_Grid):
+    """:class:`_Grid` whose value counts the steps of an episode of three steps; a reset shows 9."""
+
+    def reset(self, *, seed=None, options=None):
+        self.steps = 0
+        return np.full(self.observation_space.shape, 9.0, np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        return np.full(self.observation_space.shape, self.steps, np.float32), 0.0, False, self.steps == 3, {}
+
+
+def _grids_with_ids(vec_env_wrapper=None) -> TaskSequence:
+    tasks = [Task(name, functools.partial(_Episodes, channels=1, high=9.0), 10) for name in ("a", "b", "c")]
+    return TaskSequence(tasks, task_id_in_obs=True, vec_env_wrapper=vec_env_wrapper)
+
+
+def test_a_task_id_beside_observations_that_are_not_flat_makes_them_a_dict() -> None:
+    sequence = _grids_with_ids()
+    code = spaces.Box(0.0, 1.0, (3,), np.float32)
+    assert sequence.observation_space == spaces.Dict({"observation": spaces.Box(0.0, 9.0, (2, 2, 1)), "task_id": code})
+    observation, _ = sequence.make_env(1).reset(seed=0)
+    np.testing.assert_array_equal(observation["observation"], np.full((2, 2, 1), 9.0))
+    np.testing.assert_array_equal(observation["task_id"], [0, 1, 0])
+    assert observation in sequence.observation_space
+    vectorised = sequence.make_vec_env(2, n_envs=2, seed=0)
+    assert vectorised.observation_space == sequence.observation_space
+    np.testing.assert_array_equal(vectorised.reset()["task_id"], [[0, 0, 1], [0, 0, 1]])
+    with pytest.raises(ValueError, match="task_id_in_obs needs a Box observation space, got Discrete"):
+        TaskSequence([Task("discrete", functools.partial(gym.make, "FrozenLake-v1"), 10)], task_id_in_obs=True)
+
+
+def test_a_frame_stack_stacks_the_frames_and_not_the_task_id() -> None:
+    sequence = _grids_with_ids(functools.partial(VecFrameStack, n_stack=2))
+    vec_env = sequence.make_vec_env(0, seed=0)
+    code = spaces.Box(0.0, 1.0, (3,), np.float32)
+    assert vec_env.observation_space == spaces.Dict({"observation": spaces.Box(0.0, 9.0, (2, 2, 2)), "task_id": code})
+    first = vec_env.reset()
+    np.testing.assert_array_equal(first["observation"][0, 0, 0], [0.0, 9.0])  # the stack starts with zeros
+    np.testing.assert_array_equal(first["task_id"], [[1, 0, 0]])
+    for _ in range(3):
+        observations, _, dones, infos = vec_env.step(np.array([0]))
+    assert dones[0]  # truncated after three steps: the terminal observation keeps its frames and gets the code
+    terminal = infos[0]["terminal_observation"]
+    np.testing.assert_array_equal(terminal["observation"][0, 0], [2.0, 3.0])
+    np.testing.assert_array_equal(terminal["task_id"], [1, 0, 0])
+    np.testing.assert_array_equal(observations["observation"][0, 0, 0], [0.0, 9.0])
+    np.testing.assert_array_equal(observations["task_id"], [[1, 0, 0]])
 
 
 @pytest.mark.parametrize(
@@ -258,3 +313,14 @@ def test_bad_preset_options_name_the_option_before_any_task_is_built(name, optio
     with pytest.raises(ValueError) as error:
         make_sequence(name, **options)
     assert message in str(error.value)
+
+
+def test_an_off_policy_agent_stores_the_task_id_with_its_terminal_observations() -> None:
+    """SB3 takes a truncated episode's next observation from ``terminal_observation``: a dict here."""
+    sequence = _grids_with_ids(functools.partial(VecFrameStack, n_stack=2))
+    model = crl.DQN("MultiInputPolicy", sequence.make_vec_env(1, seed=0), buffer_size=100, learning_starts=100)
+    model.learn(12)  # four episodes of three steps
+    buffer = model.replay_buffer
+    np.testing.assert_array_equal(buffer.next_observations["task_id"][:12, 0], np.tile([0, 1, 0], (12, 1)))
+    newest = buffer.next_observations["observation"][:12, 0, 0, 0, 1]  # the newest frame of each stack
+    np.testing.assert_array_equal(newest, [1, 2, 3] * 4)  # the episodes' last steps keep their own frames

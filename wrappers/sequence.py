@@ -21,7 +21,8 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv as SB3DummyVecEnv
-from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from crl.wrappers.vec_env import DummyVecEnv
 
@@ -111,9 +112,12 @@ class PadChannels(gym.ObservationWrapper):
 
 
 class TaskIdObservation(gym.ObservationWrapper):
-    """Append the one-hot code of the task id to a flat observation (as Continual World does).
+    """Give every observation the one-hot code of the task id (as Continual World does).
 
-    :param env: environment with a flat ``Box`` observation space
+    A flat observation gets the code appended; any other (frames, MinAtar's grids) becomes a dict of
+    the observation and the code, for SB3's ``MultiInputPolicy`` (see :func:`with_task_id`).
+
+    :param env: environment with a ``Box`` observation space
     :param task_id: this task's id
     :param n_task_ids: length of the one-hot code
     """
@@ -123,17 +127,75 @@ class TaskIdObservation(gym.ObservationWrapper):
         if not 0 <= task_id < n_task_ids:
             raise ValueError(f"task_id must lie in [0, {n_task_ids}), got {task_id}")
         self.observation_space = with_task_id(env.observation_space, n_task_ids)
-        self.one_hot = np.zeros(n_task_ids, dtype=self.observation_space.dtype)
+        space = self.observation_space
+        code_space: spaces.Space = space[TASK_ID_KEY] if isinstance(space, spaces.Dict) else space
+        self.one_hot = np.zeros(n_task_ids, dtype=code_space.dtype)
         self.one_hot[task_id] = 1
 
-    def observation(self, observation: np.ndarray) -> np.ndarray:
+    @property
+    def _as_dict(self) -> bool:
+        return isinstance(self.observation_space, spaces.Dict)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        if self._as_dict:
+            return {OBSERVATION_KEY: observation, TASK_ID_KEY: self.one_hot.copy()}
         return np.concatenate((observation, self.one_hot))
 
 
-def with_task_id(space: spaces.Space, n_task_ids: int) -> spaces.Box:
-    """``space`` with ``n_task_ids`` entries in [0, 1] appended (the one-hot task id)."""
-    if not isinstance(space, spaces.Box) or len(space.shape) != 1:
-        raise ValueError(f"task_id_in_obs needs a flat Box observation space, got {space}")
+class VecTaskIdObservation(VecEnvWrapper):
+    """:class:`TaskIdObservation` for a vec env whose observations become a dict of themselves and the code.
+
+    :class:`TaskSequence` puts it after its vec env wrapper, so Atari's frame stack stacks the frames
+    and not the code. Terminal observations in the infos get the code too.
+
+    :param venv: the vec env, with a ``Box`` observation space of more than one axis
+    :param task_id: this task's id
+    :param n_task_ids: length of the one-hot code
+    """
+
+    def __init__(self, venv: VecEnv, task_id: int, n_task_ids: int) -> None:
+        super().__init__(venv, observation_space=with_task_id(venv.observation_space, n_task_ids))
+        if not isinstance(self.observation_space, spaces.Dict):
+            raise ValueError(f"VecTaskIdObservation makes dict observations, not of {venv.observation_space}")
+        self.one_hot = np.zeros(n_task_ids, np.float32)
+        self.one_hot[task_id] = 1
+
+    def _with_code(self, observations: VecEnvObs) -> dict[str, np.ndarray]:
+        codes = np.tile(self.one_hot, (self.num_envs, 1))
+        return {OBSERVATION_KEY: observations, TASK_ID_KEY: codes}  # type: ignore[dict-item]
+
+    def reset(self) -> dict[str, np.ndarray]:
+        return self._with_code(self.venv.reset())
+
+    def step_wait(self) -> VecEnvStepReturn:
+        observations, rewards, dones, infos = self.venv.step_wait()
+        for info in infos:
+            if "terminal_observation" in info:
+                info["terminal_observation"] = {
+                    OBSERVATION_KEY: info["terminal_observation"],
+                    TASK_ID_KEY: self.one_hot.copy(),
+                }
+        return self._with_code(observations), rewards, dones, infos
+
+
+OBSERVATION_KEY = "observation"
+"""The observation's key where the task id makes it a dict (see :func:`with_task_id`)."""
+TASK_ID_KEY = "task_id"
+"""The one-hot task id's key where it makes observations a dict (see :func:`with_task_id`)."""
+
+
+def with_task_id(space: spaces.Space, n_task_ids: int) -> spaces.Box | spaces.Dict:
+    """``space`` with the ``n_task_ids`` entries of the one-hot task id, each in [0, 1].
+
+    A flat ``Box`` gets them appended (Continual World's protocol, what ``MultiHeadPolicy`` reads); a
+    ``Box`` of more axes (frames, MinAtar's grids) becomes ``Dict(observation=space, task_id=...)``,
+    since a code appended to frames would be read as pixels.
+    """
+    if not isinstance(space, spaces.Box):
+        raise ValueError(f"task_id_in_obs needs a Box observation space, got {space}")
+    if len(space.shape) != 1:
+        code = spaces.Box(0.0, 1.0, (n_task_ids,), np.float32)
+        return spaces.Dict({OBSERVATION_KEY: space, TASK_ID_KEY: code})
     zeros, ones = np.zeros(n_task_ids, space.dtype), np.ones(n_task_ids, space.dtype)
     low, high = np.concatenate((space.low, zeros)), np.concatenate((space.high, ones))
     return spaces.Box(low, high, dtype=space.dtype)  # type: ignore[arg-type]
@@ -192,7 +254,8 @@ class TaskSequence:
 
     :param tasks: the tasks, in training order
     :param name: the sequence's name (e.g. the preset's)
-    :param task_id_in_obs: append the one-hot task id to every observation (flat observations only)
+    :param task_id_in_obs: give every observation the one-hot task id: appended to a flat observation,
+        beside any other in a dict (see :func:`with_task_id`)
     :param measure: what evaluation reports per task: ``"mean_return"`` or ``"success_rate"`` (the
         fraction of episodes whose final ``info["is_success"]`` is true, SB3's convention)
     :param vec_env_wrapper: applied to every vectorised env of the sequence (e.g. SB3's
@@ -231,6 +294,14 @@ class TaskSequence:
         if task_id_in_obs:
             self.observation_space = with_task_id(self._base_observation_space, self.n_task_ids)
 
+    def with_task_id_in_obs(self) -> TaskSequence:
+        """This sequence with the one-hot task id in every observation (``task_id_in_obs=True``), e.g. for
+        a preset; the tasks' environments are not built again."""
+        copied = copy.copy(self)
+        copied.task_id_in_obs = True
+        copied.observation_space = with_task_id(self._base_observation_space, self.n_task_ids)
+        return copied
+
     @staticmethod
     def _task_spaces(task: Task) -> tuple[spaces.Space, spaces.Space]:
         env = task.build()
@@ -260,13 +331,17 @@ class TaskSequence:
     def total_budget(self) -> int:
         return sum(self.budgets)
 
-    def make_env(self, index: int, monitor: bool = True, action_seed: int | None = None) -> gym.Env:
+    def make_env(
+        self, index: int, monitor: bool = True, action_seed: int | None = None, task_id: bool = True
+    ) -> gym.Env:
         """Task ``index``'s environment, in the sequence's spaces.
 
         :param index: position of the task in the sequence
         :param monitor: put SB3's ``Monitor`` around the raw environment (returns of whole episodes)
         :param action_seed: seed of the action space's sampler (random exploration draws from it), an
             int >= 0 (NumPy's integers too) or ``None``
+        :param task_id: give the observations the task id when the sequence does (``False``: the caller
+            adds it, as :meth:`make_vec_env` does after a frame stack)
         """
         if action_seed is not None:  # gymnasium takes Python ints only
             action_seed = check_count("action_seed", action_seed, minimum=0, counts="or None")
@@ -281,7 +356,7 @@ class TaskSequence:
             env = PadChannels(env, self._base_observation_space)  # type: ignore[arg-type]
         if env.observation_space != self._base_observation_space or env.action_space != self.action_space:
             env = UnifiedSpaces(env, self._base_observation_space, self.action_space)
-        if self.task_id_in_obs:
+        if self.task_id_in_obs and task_id:
             env = TaskIdObservation(env, self.task_ids[index], self.n_task_ids)
         if action_seed is not None:
             env.action_space.seed(action_seed)
@@ -307,10 +382,17 @@ class TaskSequence:
         if seed is not None:  # gymnasium takes Python ints only
             seed = check_count("seed", seed, minimum=0, counts="or None")
         seeds = [None if seed is None else seed + rank for rank in range(n_envs)]
-        vec_env = vec_env_cls([partial(self.make_env, index, action_seed=rank_seed) for rank_seed in seeds])
+        # A task id beside the frames joins them after the vec env wrapper, so a frame stack leaves it alone.
+        later = self.task_id_in_obs and isinstance(self.observation_space, spaces.Dict)
+        envs: list[Callable[[], gym.Env]] = [
+            partial(self.make_env, index, action_seed=rank_seed, task_id=not later) for rank_seed in seeds
+        ]
+        vec_env: VecEnv = vec_env_cls(envs)
         if seed is not None:
             vec_env.seed(seed)  # applied at the next reset
-        return self.vec_env_wrapper(vec_env) if self.vec_env_wrapper is not None else vec_env
+        if self.vec_env_wrapper is not None:
+            vec_env = self.vec_env_wrapper(vec_env)
+        return VecTaskIdObservation(vec_env, self.task_ids[index], self.n_task_ids) if later else vec_env
 
     def __repr__(self) -> str:
         tasks = ", ".join(f"{task.name} ({task.budget})" for task in self.tasks)

@@ -12,6 +12,7 @@ import functools
 from typing import Any
 
 import gymnasium as gym
+from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecFrameStack
 
 from crl.algorithms import ContinualAlgorithm
@@ -37,7 +38,8 @@ def build_sequence(curriculum: Curriculum, source: str = "curriculum") -> TaskSe
     try:
         if spec.preset is not None:
             steps = {} if spec.steps_per_task is None else {"steps_per_task": spec.steps_per_task}
-            return make_sequence(spec.preset, **steps, **spec.options)
+            preset = make_sequence(spec.preset, **steps, **spec.options)
+            return preset.with_task_id_in_obs() if spec.task_id_in_obs else preset
         assert spec.tasks is not None
         tasks = [_task(task, index, spec.steps_per_task) for index, task in enumerate(spec.tasks)]
         atari = any(task.atari is not None for task in spec.tasks)
@@ -86,6 +88,20 @@ def model_arguments(curriculum: Curriculum) -> dict[str, Any]:
     )
 
 
+def check_policy_fits(policy: str, sequence: TaskSequence, source: str) -> None:
+    """Refuse a policy other than ``MultiInputPolicy`` for a sequence of dict observations.
+
+    :raises ConfigError: naming the key, the policy and where the dict comes from
+    """
+    space = sequence.observation_space
+    if isinstance(space, spaces.Dict) and policy != "MultiInputPolicy":
+        origin = " (the task id beside observations that are not flat)" if sequence.task_id_in_obs else ""
+        raise ConfigError(
+            f"{source}: key 'policy' = {policy!r}: sequence {sequence.name!r} gives dict observations with keys "
+            f"{list(space.spaces)}{origin}; use MultiInputPolicy"
+        )
+
+
 def multi_head_options(policy_kwargs: dict[str, Any], sequence: TaskSequence, source: str) -> dict[str, Any]:
     """``MultiHeadPolicy``'s options: by default one head per task id of the sequence, which must show the ids.
 
@@ -96,7 +112,7 @@ def multi_head_options(policy_kwargs: dict[str, Any], sequence: TaskSequence, so
         raise ConfigError(
             f"{source}: key 'policy' = 'MultiHeadPolicy' chooses a head by the one-hot task id at the end of "
             f"each observation, which sequence {sequence.name!r} does not append; set "
-            "'sequence.task_id_in_obs: true' (explicit task lists) or use a preset that appends it (cw10, cw20)"
+            "'sequence.task_id_in_obs: true'"
         )
     n_heads = policy_kwargs.get("n_heads", sequence.n_task_ids)
     if n_heads != sequence.n_task_ids:
@@ -116,6 +132,7 @@ def build_model(
     :raises ConfigError: e.g. a policy that does not fit the observation space, a hyperparameter of the
         wrong kind, an intervention that does not fit the network
     """
+    check_policy_fits(curriculum.policy, sequence, source)
     try:
         arguments = model_arguments(curriculum)
         if curriculum.policy == "MultiHeadPolicy":

@@ -222,7 +222,7 @@ class SequenceSpec(Section):
     :param tasks: an explicit task list (instead of a preset)
     :param name: the explicit sequence's name
     :param steps_per_task: environment steps per task (the preset's default when not given)
-    :param task_id_in_obs: append the one-hot task id to observations (explicit lists; presets decide themselves)
+    :param task_id_in_obs: give observations the one-hot task id (a preset that always does, cw10/cw20, keeps it)
     :param measure: what evaluation reports for an explicit list
     """
 
@@ -751,11 +751,8 @@ def _check_preset(sequence: SequenceSpec, source: str) -> None:
                 f"preset {name!r} takes: {', '.join(allowed) or 'no options'}"
             )
         _check_option_type(parameters[option], value, f"sequence.options.{option}", source)
-    if sequence.task_id_in_obs or sequence.measure != "mean_return" or sequence.name != "curriculum":
-        raise ConfigError(
-            f"{source}: 'sequence.task_id_in_obs', 'measure' and 'name' apply to task lists; "
-            f"preset {name!r} sets its own"
-        )
+    if sequence.measure != "mean_return" or sequence.name != "curriculum":
+        raise ConfigError(f"{source}: 'sequence.measure' and 'name' apply to task lists; preset {name!r} sets its own")
 
 
 def validate_strictly(adapter: TypeAdapter[Any], value: Any) -> Any:
