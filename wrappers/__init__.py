@@ -12,6 +12,7 @@ from crl.wrappers.sequence import (
     TaskIdObservation,
     TaskSequence,
     UnifiedSpaces,
+    VecTaskIdObservation,
     unify_spaces,
 )
 from crl.wrappers.shifts import ActionShuffle, CartPolePhysics, ObservationShift, RewardSignFlip
@@ -29,6 +30,7 @@ __all__ = [
     "TaskIdObservation",
     "TaskSequence",
     "UnifiedSpaces",
+    "VecTaskIdObservation",
     "cartpole_physics",
     "make_sequence",
     "permuted_observations",

@@ -124,17 +124,10 @@ class TaskIdObservation(gym.ObservationWrapper):
 
     def __init__(self, env: gym.Env, task_id: int, n_task_ids: int) -> None:
         super().__init__(env)
-        if not 0 <= task_id < n_task_ids:
-            raise ValueError(f"task_id must lie in [0, {n_task_ids}), got {task_id}")
-        self.observation_space = with_task_id(env.observation_space, n_task_ids)
-        space = self.observation_space
-        code_space: spaces.Space = space[TASK_ID_KEY] if isinstance(space, spaces.Dict) else space
-        self.one_hot = np.zeros(n_task_ids, dtype=code_space.dtype)
-        self.one_hot[task_id] = 1
-
-    @property
-    def _as_dict(self) -> bool:
-        return isinstance(self.observation_space, spaces.Dict)
+        space = self.observation_space = with_task_id(env.observation_space, n_task_ids)
+        self._as_dict = isinstance(space, spaces.Dict)
+        dtype = space[TASK_ID_KEY].dtype if isinstance(space, spaces.Dict) else space.dtype
+        self.one_hot = one_hot_code(task_id, n_task_ids, dtype)  # type: ignore[arg-type]
 
     def observation(self, observation: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
         if self._as_dict:
@@ -157,8 +150,7 @@ class VecTaskIdObservation(VecEnvWrapper):
         super().__init__(venv, observation_space=with_task_id(venv.observation_space, n_task_ids))
         if not isinstance(self.observation_space, spaces.Dict):
             raise ValueError(f"VecTaskIdObservation makes dict observations, not of {venv.observation_space}")
-        self.one_hot = np.zeros(n_task_ids, np.float32)
-        self.one_hot[task_id] = 1
+        self.one_hot = one_hot_code(task_id, n_task_ids, np.dtype(np.float32))
 
     def _with_code(self, observations: VecEnvObs) -> dict[str, np.ndarray]:
         codes = np.tile(self.one_hot, (self.num_envs, 1))
@@ -182,6 +174,18 @@ OBSERVATION_KEY = "observation"
 """The observation's key where the task id makes it a dict (see :func:`with_task_id`)."""
 TASK_ID_KEY = "task_id"
 """The one-hot task id's key where it makes observations a dict (see :func:`with_task_id`)."""
+
+
+def one_hot_code(task_id: int, n_task_ids: int, dtype: np.dtype) -> np.ndarray:
+    """The one-hot code of ``task_id`` among ``n_task_ids``.
+
+    :raises ValueError: a task id outside ``[0, n_task_ids)``
+    """
+    if not 0 <= task_id < n_task_ids:
+        raise ValueError(f"task_id must lie in [0, {n_task_ids}), got {task_id}")
+    code = np.zeros(n_task_ids, dtype=dtype)
+    code[task_id] = 1
+    return code
 
 
 def with_task_id(space: spaces.Space, n_task_ids: int) -> spaces.Box | spaces.Dict:
