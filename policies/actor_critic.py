@@ -113,7 +113,7 @@ class _ActorCriticMixin(ContinualPolicyMixin):
         values = layers.value_head(latent_vf)
         return values, log_prob, distribution.entropy()
 
-    def latents(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    def latents(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
         """The actor's and the critic's latents of SB3's ``forward``, through the direct layers when exact."""
         layers = kept_direct_layers(self, "_direct_layers", _actor_critic_layers)(self)  # type: ignore[arg-type]
         if layers is not None:

@@ -2,7 +2,8 @@
 
 Continual World's SAC (Wolczyk et al. 2021) shares the hidden layers of the actor and of each critic
 across tasks and gives every task its own output layer; the task is read from the one-hot code the
-sequence appends to the observation (:class:`crl.wrappers.TaskIdObservation`). Only the selected
+sequence gives the observation (:class:`crl.wrappers.TaskIdObservation`: appended to a flat one, beside
+frames in a dict). Only the selected
 head receives gradients, so learning a task leaves the other tasks' heads untouched; with
 ``spectral_norm`` on the output layers, each head is normalised on its own for the same reason
 (:class:`~crl.policies.spectral_norm.HeadwiseSpectralNorm`).
@@ -26,7 +27,7 @@ from sb3_contrib.qrdqn import policies as qrdqn
 from sb3_contrib.tqc import policies as tqc
 from stable_baselines3.common.distributions import DiagGaussianDistribution, Distribution
 from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from stable_baselines3.dqn import policies as sb3_dqn
 from stable_baselines3.sac import policies as sb3
@@ -40,13 +41,16 @@ from crl.policies.layers import ACTIVATION_TYPES, ArchitectureOptions
 from crl.policies.qrdqn import QRDQNPolicy
 from crl.policies.sac import SACPolicy
 from crl.policies.tqc import TQCPolicy
+from crl.wrappers.sequence import TASK_ID_KEY
 
 FIRST_LAYERS = ("layer_norm_tanh",)
 
 
-def task_index(observations: th.Tensor, n_heads: int) -> th.Tensor:
-    """The task id of each observation: the position of the 1 in its last ``n_heads`` entries."""
-    return observations[:, -n_heads:].argmax(dim=1)
+def task_index(observations: PyTorchObs, n_heads: int) -> th.Tensor:
+    """The task id of each observation: the position of the 1 in its last ``n_heads`` entries (of its
+    ``task_id`` key, for dict observations)."""
+    code = observations[TASK_ID_KEY] if isinstance(observations, dict) else observations
+    return code[:, -n_heads:].argmax(dim=1)
 
 
 def select_head(outputs: th.Tensor, task: th.Tensor, n_heads: int) -> th.Tensor:
@@ -80,7 +84,6 @@ class MultiHeadActorMixin:
     def get_action_dist_params(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]:
         # The actors clamp log_std element-wise, so clamping all heads and then selecting one is the same.
         mean_actions, log_std, kwargs = super().get_action_dist_params(obs)  # type: ignore[misc]
-        assert isinstance(obs, th.Tensor)  # a flat Box observation
         task = task_index(obs, self.n_heads)
         return select_head(mean_actions, task, self.n_heads), select_head(log_std, task, self.n_heads), kwargs
 
@@ -152,7 +155,6 @@ class MultiHeadValueNetworkMixin:
 
     def head_outputs(self, obs: PyTorchObs) -> th.Tensor:
         """The output layer's values of each sample's task head."""
-        assert isinstance(obs, th.Tensor)  # a flat Box observation
         stack = getattr(self, self.output_stack)
         outputs = stack(self.extract_features(obs, self.features_extractor))  # type: ignore[attr-defined]
         return select_head(outputs, task_index(obs, self.n_heads), self.n_heads)
@@ -198,8 +200,9 @@ def _widen_output(stack: nn.Sequential, n_heads: int) -> None:
 class TaskHeadsPolicyMixin:
     """A policy whose output layers have one head per task: the options ``n_heads`` and ``first_layer``.
 
-    Needs a flat ``Box`` observation ending with the one-hot task id (a :class:`~crl.wrappers.TaskSequence`
-    built with ``task_id_in_obs=True``).
+    Needs the one-hot task id of a :class:`~crl.wrappers.TaskSequence` built with ``task_id_in_obs=True``:
+    at the end of a flat ``Box`` observation, or in the ``task_id`` key of a dict observation (frames or
+    grids beside it, read through SB3's ``CombinedExtractor`` as ``MultiInputPolicy`` reads them).
 
     :param n_heads: number of task heads (the sequence's ``n_task_ids``)
     :param first_layer: ``"layer_norm_tanh"``: the first hidden layer of every network is
@@ -230,13 +233,9 @@ class TaskHeadsPolicyMixin:
             raise ValueError("MultiHeadPolicy does not support use_sde=True; use use_sde=False")
         if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
             raise ValueError(f"policy option n_heads must be a positive int, got {n_heads!r}")
-        if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
-            raise ValueError(f"MultiHeadPolicy needs a flat Box observation space, got {observation_space}")
-        if observation_space.shape[0] <= n_heads:
-            raise ValueError(
-                f"policy option n_heads={n_heads} leaves no observation before the task id "
-                f"(observation size {observation_space.shape[0]})"
-            )
+        _check_task_id_fits(observation_space, n_heads)
+        if isinstance(observation_space, spaces.Dict):
+            kwargs.setdefault("features_extractor_class", CombinedExtractor)  # as SB3's MultiInputPolicy
         if first_layer not in (None, *FIRST_LAYERS):
             raise ValueError(
                 f"policy option first_layer={first_layer!r} is not allowed; use one of {[None, *FIRST_LAYERS]}"
@@ -371,7 +370,6 @@ class MultiHeadValuePolicyMixin(TaskHeadsPolicyMixin):
         outputs = self.direct_pass(obs, network, kept_in, _multi_head_layers)  # type: ignore[attr-defined]
         if outputs is None:
             return None
-        assert isinstance(obs, th.Tensor)  # a flat Box observation
         return select_head(outputs, task_index(obs, self.n_heads), self.n_heads)
 
     def _make_value_network(self) -> Any:
@@ -455,7 +453,7 @@ class MultiHeadActorCriticPolicy(TaskHeadsPolicyMixin, ActorCriticPolicy):
         # SB3 built the optimizer with the single heads' parameters.
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
-    def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         distribution, values = self._task_outputs(obs)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
@@ -463,24 +461,21 @@ class MultiHeadActorCriticPolicy(TaskHeadsPolicyMixin, ActorCriticPolicy):
         return actions, values, log_prob
 
     def evaluate_actions(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
-        assert isinstance(obs, th.Tensor)  # a flat Box observation
         distribution, values = self._task_outputs(obs)
         return values, distribution.log_prob(actions), distribution.entropy()
 
     def get_distribution(self, obs: PyTorchObs) -> Distribution:
-        assert isinstance(obs, th.Tensor)
         features = BasePolicy.extract_features(self, obs, self.pi_features_extractor)
         return self._task_distribution(self.mlp_extractor.forward_actor(features), task_index(obs, self.n_heads))
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
-        assert isinstance(obs, th.Tensor)
         features = BasePolicy.extract_features(self, obs, self.vf_features_extractor)
         return self._task_values(self.mlp_extractor.forward_critic(features), task_index(obs, self.n_heads))
 
     def run_networks(self, observations: th.Tensor, actions: th.Tensor | None) -> None:
         self._task_outputs(observations)
 
-    def _task_outputs(self, obs: th.Tensor) -> tuple[Distribution, th.Tensor]:
+    def _task_outputs(self, obs: PyTorchObs) -> tuple[Distribution, th.Tensor]:
         """The action distribution and the value of each sample's task head, the shared extractor run once."""
         latent_pi, latent_vf = self.latents(obs)
         task = task_index(obs, self.n_heads)
@@ -498,6 +493,29 @@ class MultiHeadActorCriticPolicy(TaskHeadsPolicyMixin, ActorCriticPolicy):
     def _task_values(self, latent_vf: th.Tensor, task: th.Tensor) -> th.Tensor:
         """The value of each sample's task head, ``(batch, 1)``."""
         return select_head(self.value_net(latent_vf), task, self.n_heads)
+
+
+def _check_task_id_fits(observation_space: spaces.Space, n_heads: int) -> None:
+    """Refuse observations whose task id ``n_heads`` cannot be read from: a flat ``Box`` ending with it, or
+    a ``Dict`` with its ``task_id`` key (:func:`crl.wrappers.sequence.with_task_id`)."""
+    if isinstance(observation_space, spaces.Dict):
+        code = observation_space.spaces.get(TASK_ID_KEY)
+        if not isinstance(code, spaces.Box) or code.shape != (n_heads,):
+            raise ValueError(
+                f"policy option n_heads={n_heads}: MultiHeadPolicy reads the task id from the key {TASK_ID_KEY!r} "
+                f"of dict observations, a Box of shape ({n_heads},); got {observation_space}"
+            )
+        return
+    if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
+        raise ValueError(
+            f"MultiHeadPolicy needs a flat Box observation space ending with the task id, or a Dict with a "
+            f"{TASK_ID_KEY!r} key; got {observation_space}"
+        )
+    if observation_space.shape[0] <= n_heads:
+        raise ValueError(
+            f"policy option n_heads={n_heads} leaves no observation before the task id "
+            f"(observation size {observation_space.shape[0]})"
+        )
 
 
 def _check_first_layer_fits(first_layer: str, net_arch: object) -> None:

@@ -525,8 +525,8 @@ def test_a_policy_the_algorithm_has_not_or_its_options_elsewhere_are_refused(
 def test_a_multi_head_policy_on_a_sequence_without_task_ids_fails_when_the_model_is_built(tmp_path: Path) -> None:
     sequence = {**MULTI_HEAD["sequence"], "task_id_in_obs": False}
     assert _build_error(tmp_path, _edit(**{**MULTI_HEAD, "sequence": sequence}, algorithm="SAC")) == (
-        "c.yaml: key 'policy' = 'MultiHeadPolicy' chooses a head by the one-hot task id at the end of each "
-        "observation, which sequence 'curriculum' does not append; set 'sequence.task_id_in_obs: true'"
+        "c.yaml: key 'policy' = 'MultiHeadPolicy' chooses a head by the one-hot task id in each "
+        "observation, which sequence 'curriculum' does not give; set 'sequence.task_id_in_obs: true'"
     )
 
 
@@ -552,19 +552,21 @@ def test_a_preset_takes_the_task_id_and_a_multi_head_policy_with_it(tmp_path: Pa
     assert type(model.policy) is crl.policies.MultiHeadDQNPolicy and model.policy.n_heads == 3
 
 
-def test_a_task_id_beside_atari_frames_needs_a_multi_input_policy(tmp_path: Path) -> None:
-    """Real ALE modes: the frames and the task id are a dict, which only MultiInputPolicy reads."""
+def test_a_task_id_beside_atari_frames_takes_a_multi_input_or_multi_head_policy(tmp_path: Path) -> None:
+    """Real ALE modes: the frames and the task id are a dict, which MultiInputPolicy and MultiHeadPolicy read."""
     tasks = [{"atari": "Breakout", "mode": mode} for mode in (0, 4)]
     sequence = {"tasks": tasks, "steps_per_task": 100, "task_id_in_obs": True}
     hyperparameters = {"buffer_size": 100, "learning_starts": 50}
-    for policy in ("CnnPolicy", "MultiHeadPolicy"):
+    text = _edit(policy="CnnPolicy", policy_options={}, hyperparameters=hyperparameters, sequence=sequence)
+    assert _build_error(tmp_path, text) == (
+        "c.yaml: key 'policy' = 'CnnPolicy': sequence 'curriculum' gives dict observations with keys "
+        "['observation', 'task_id'] (the task id beside observations that are not flat); use MultiInputPolicy or "
+        "MultiHeadPolicy"
+    )
+    for policy, policy_class in (("MultiInputPolicy", "MultiInputPolicy"), ("MultiHeadPolicy", "MultiHeadDQNPolicy")):
         text = _edit(policy=policy, policy_options={}, hyperparameters=hyperparameters, sequence=sequence)
-        assert _build_error(tmp_path, text) == (
-            f"c.yaml: key 'policy' = '{policy}': sequence 'curriculum' gives dict observations with keys "
-            "['observation', 'task_id'] (the task id beside observations that are not flat); use MultiInputPolicy"
-        )
-    text = _edit(policy="MultiInputPolicy", policy_options={}, hyperparameters=hyperparameters, sequence=sequence)
-    curriculum = load_curriculum(_write(tmp_path, text))
-    model = build_model(curriculum, build_sequence(curriculum), seed=0)
-    assert set(model.observation_space.spaces) == {"observation", "task_id"}
-    assert model.observation_space["observation"].shape == (4, 84, 84)  # the frame stack, channels first
+        curriculum = load_curriculum(_write(tmp_path, text))
+        model = build_model(curriculum, build_sequence(curriculum), seed=0)
+        assert type(model.policy).__name__ == policy_class
+        assert set(model.observation_space.spaces) == {"observation", "task_id"}
+        assert model.observation_space["observation"].shape == (4, 84, 84)  # the frame stack, channels first

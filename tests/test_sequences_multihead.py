@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch as th
+from conftest import SpacesEnv
+from gymnasium import spaces
 from stable_baselines3.common.logger import Logger
 from test_metrics_monitor import _Recorder, expected_metric_keys
 from torch import nn
@@ -473,9 +475,58 @@ def test_ppo_bad_multi_head_options_are_rejected(sequence, kwargs, message) -> N
         crl.PPO("MultiHeadPolicy", sequence.make_vec_env(0), policy_kwargs=kwargs, use_sde=use_sde, n_steps=64)
 
 
-def test_ppo_multi_head_policy_needs_a_flat_observation() -> None:
-    with pytest.raises(ValueError, match="MultiHeadPolicy needs a flat Box observation space"):
+def test_multi_head_policy_needs_observations_it_can_read_the_task_id_from() -> None:
+    with pytest.raises(ValueError, match="MultiHeadPolicy needs a flat Box observation space ending with the task id"):
         crl.PPO("MultiHeadPolicy", "FrozenLake-v1", policy_kwargs=dict(n_heads=2), n_steps=64)
+    frames = spaces.Box(0, 255, (36, 36, 1), np.uint8)
+    for keys in ({"observation": frames}, {"observation": frames, "task_id": spaces.Box(0, 1, (3,), np.float32)}):
+        with pytest.raises(ValueError, match=r"n_heads=2: MultiHeadPolicy reads the task id from the key 'task_id' "):
+            crl.DQN("MultiHeadPolicy", SpacesEnv(spaces.Dict(keys)), policy_kwargs=dict(n_heads=2), buffer_size=100)
+
+
+DICT_CASES = {
+    "DQN": None,
+    "QRDQN": None,
+    "PPO_discrete": None,
+    "PPO_box": spaces.Box(-1, 1, (2,), np.float32),
+    "SAC": spaces.Box(-1, 1, (2,), np.float32),
+    "TQC": spaces.Box(-1, 1, (2,), np.float32),
+}
+
+
+def _network_outputs(model: Any, obs: Any) -> list[th.Tensor]:
+    """Every network's head outputs (through the direct passes where the algorithm has them)."""
+    policy = model.policy
+    if isinstance(model, crl.QRDQN):
+        return [policy.quantile_net(obs), policy._predict(obs)]
+    if isinstance(model, crl.DQN):
+        return [policy.q_net(obs), policy.q_net_target(obs), policy._predict(obs)]
+    if isinstance(model, crl.PPO):
+        actions = policy(obs, deterministic=True)[0]
+        return [actions, *policy.evaluate_actions(obs, actions), policy.predict_values(obs)]
+    actions = policy.actor(obs, deterministic=True)
+    critic = policy.critic(obs, actions)
+    return [actions, *(critic if isinstance(critic, tuple) else [critic])]
+
+
+@pytest.mark.parametrize("case", DICT_CASES)
+def test_heads_read_the_task_id_key_of_dict_observations(case: str) -> None:
+    """A dict of a grid and the task id is flattened and concatenated in key order: the same network as the
+    flat observation ending with the id, so every head output matches it bitwise, each sample's own head."""
+    algorithm, actions = case.split("_")[0], DICT_CASES[case]
+    grid, code = spaces.Box(-1, 1, (2, 2, 1), np.float32), spaces.Box(0, 1, (3,), np.float32)
+    split = SpacesEnv(spaces.Dict({"observation": grid, "task_id": code}), actions)
+    joined = SpacesEnv(spaces.Box(-1, 1, (7,), np.float32), actions)
+    settings = dict(n_steps=32, batch_size=32) if algorithm == "PPO" else dict(buffer_size=100)
+    settings |= dict(seed=0, policy_kwargs=dict(n_heads=3, net_arch=[16]))
+    models = [getattr(crl, algorithm)("MultiHeadPolicy", env, **settings) for env in (split, joined)]
+    grids = th.as_tensor(np.random.default_rng(0).uniform(-1, 1, (9, 2, 2, 1)).astype(np.float32))
+    codes = th.eye(3)[th.tensor([0, 1, 2] * 3)]
+    with th.no_grad():
+        ours = _network_outputs(models[0], {"observation": grids, "task_id": codes})
+        flat = _network_outputs(models[1], th.cat([grids.flatten(1), codes], dim=1))
+    assert len(ours) == len(flat) and all(th.equal(a, b) for a, b in zip(ours, flat, strict=True))
+    models[0].learn(64)  # and it trains on them
 
 
 PPO_INTERVENTIONS: dict[str, dict[str, Any]] = {

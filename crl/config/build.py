@@ -89,16 +89,20 @@ def model_arguments(curriculum: Curriculum) -> dict[str, Any]:
 
 
 def check_policy_fits(policy: str, sequence: TaskSequence, source: str) -> None:
-    """Refuse a policy other than ``MultiInputPolicy`` for a sequence of dict observations.
+    """Refuse a policy that cannot read a sequence of dict observations: ``MultiInputPolicy`` can, and
+    ``MultiHeadPolicy`` where the dict holds the task id.
 
     :raises ConfigError: naming the key, the policy and where the dict comes from
     """
     space = sequence.observation_space
-    if isinstance(space, spaces.Dict) and policy != "MultiInputPolicy":
+    if not isinstance(space, spaces.Dict):
+        return
+    readers = ["MultiInputPolicy", *(["MultiHeadPolicy"] if sequence.task_id_in_obs else [])]
+    if policy not in readers:
         origin = " (the task id beside observations that are not flat)" if sequence.task_id_in_obs else ""
         raise ConfigError(
             f"{source}: key 'policy' = {policy!r}: sequence {sequence.name!r} gives dict observations with keys "
-            f"{list(space.spaces)}{origin}; use MultiInputPolicy"
+            f"{list(space.spaces)}{origin}; use {' or '.join(readers)}"
         )
 
 
@@ -110,8 +114,8 @@ def multi_head_options(policy_kwargs: dict[str, Any], sequence: TaskSequence, so
     """
     if not sequence.task_id_in_obs:
         raise ConfigError(
-            f"{source}: key 'policy' = 'MultiHeadPolicy' chooses a head by the one-hot task id at the end of "
-            f"each observation, which sequence {sequence.name!r} does not append; set "
+            f"{source}: key 'policy' = 'MultiHeadPolicy' chooses a head by the one-hot task id in "
+            f"each observation, which sequence {sequence.name!r} does not give; set "
             "'sequence.task_id_in_obs: true'"
         )
     n_heads = policy_kwargs.get("n_heads", sequence.n_task_ids)
