@@ -228,7 +228,7 @@ def test_a_multi_head_policy_the_sequence_cannot_choose_heads_for_is_rejected_be
     two_heads = crl.DQN("MultiHeadPolicy", with_ids.make_vec_env(0), policy_kwargs=dict(n_heads=2))
     message = (
         "policy option n_heads=2: the heads are chosen by the last n_heads entries of each observation, and "
-        f"sequence {with_ids.name!r} appends a one-hot task id of 3; use n_heads=3"
+        f"sequence {with_ids.name!r} gives a one-hot task id of 3; use n_heads=3"
     )
     with pytest.raises(ValueError, match=re.escape(message)):
         learn_continual(two_heads, with_ids, eval_every=10)
@@ -236,7 +236,7 @@ def test_a_multi_head_policy_the_sequence_cannot_choose_heads_for_is_rejected_be
     without_ids = permuted_observations(n_tasks=2, steps_per_task=100)
     # CartPole's 4 observations pass for 2 features and a 2-entry id: the policy cannot tell
     no_ids = crl.DQN("MultiHeadPolicy", without_ids.make_vec_env(0), policy_kwargs=dict(n_heads=2))
-    with pytest.raises(ValueError, match="which sequence 'permuted_CartPole-v1' does not append; build it with"):
+    with pytest.raises(ValueError, match="which sequence 'permuted_CartPole-v1' does not give; build it with"):
         learn_continual(no_ids, without_ids, eval_every=10)
 
 

@@ -539,7 +539,7 @@ def test_multi_head_policy_options_with_another_number_of_heads_than_task_ids_ar
     text = _edit(**{**MULTI_HEAD, "policy_options": {"n_heads": n_heads}}, algorithm="SAC")
     assert _build_error(tmp_path, text) == (
         f"c.yaml: key 'policy_options.n_heads' = {n_heads}: the heads are chosen by the last n_heads entries of "
-        "each observation, and sequence 'curriculum' appends a one-hot task id of 3; leave n_heads out or set it to 3"
+        "each observation, and sequence 'curriculum' gives a one-hot task id of 3; leave n_heads out or set it to 3"
     )
 
 
@@ -562,6 +562,13 @@ def test_a_task_id_beside_atari_frames_takes_a_multi_input_or_multi_head_policy(
         "c.yaml: key 'policy' = 'CnnPolicy': sequence 'curriculum' gives dict observations with keys "
         "['observation', 'task_id'] (the task id beside observations that are not flat); use MultiInputPolicy or "
         "MultiHeadPolicy"
+    )
+    text = _edit(
+        policy="MultiHeadPolicy", policy_options={"n_heads": 3}, hyperparameters=hyperparameters, sequence=sequence
+    )
+    assert _build_error(tmp_path, text) == (
+        "c.yaml: key 'policy_options.n_heads' = 3: the heads are chosen by the 'task_id' key of each observation, "
+        "and sequence 'curriculum' gives a one-hot task id of 2; leave n_heads out or set it to 2"
     )
     for policy, policy_class in (("MultiInputPolicy", "MultiInputPolicy"), ("MultiHeadPolicy", "MultiHeadDQNPolicy")):
         text = _edit(policy=policy, policy_options={}, hyperparameters=hyperparameters, sequence=sequence)

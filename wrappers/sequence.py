@@ -298,6 +298,13 @@ class TaskSequence:
         if task_id_in_obs:
             self.observation_space = with_task_id(self._base_observation_space, self.n_task_ids)
 
+    @property
+    def task_id_place(self) -> str:
+        """Where a multi-head policy reads the task id of an observation, for messages."""
+        if isinstance(self.observation_space, spaces.Dict):
+            return f"the {TASK_ID_KEY!r} key of each observation"
+        return "the last n_heads entries of each observation"
+
     def with_task_id_in_obs(self) -> TaskSequence:
         """This sequence with the one-hot task id in every observation (``task_id_in_obs=True``), e.g. for
         a preset; the tasks' environments are not built again."""

@@ -121,9 +121,9 @@ def multi_head_options(policy_kwargs: dict[str, Any], sequence: TaskSequence, so
     n_heads = policy_kwargs.get("n_heads", sequence.n_task_ids)
     if n_heads != sequence.n_task_ids:
         raise ConfigError(
-            f"{source}: key 'policy_options.n_heads' = {n_heads}: the heads are chosen by the last n_heads entries "
-            f"of each observation, and sequence {sequence.name!r} appends a one-hot task id of "
-            f"{sequence.n_task_ids}; leave n_heads out or set it to {sequence.n_task_ids}"
+            f"{source}: key 'policy_options.n_heads' = {n_heads}: the heads are chosen by {sequence.task_id_place}, "
+            f"and sequence {sequence.name!r} gives a one-hot task id of {sequence.n_task_ids}; leave n_heads out "
+            f"or set it to {sequence.n_task_ids}"
         )
     return {**policy_kwargs, "n_heads": n_heads}
 

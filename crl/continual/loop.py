@@ -334,15 +334,13 @@ def check_task_heads(model: BaseAlgorithm, sequence: TaskSequence) -> None:
         return
     if not sequence.task_id_in_obs:
         raise ValueError(
-            f"policy option n_heads={n_heads}: the multi-head policy chooses a head by the one-hot task id at the "
-            f"end of each observation, which sequence {sequence.name!r} does not append; build it with "
-            "task_id_in_obs=True"
+            f"policy option n_heads={n_heads}: the multi-head policy chooses a head by the one-hot task id in "
+            f"each observation, which sequence {sequence.name!r} does not give; build it with task_id_in_obs=True"
         )
     if n_heads != sequence.n_task_ids:
         raise ValueError(
-            f"policy option n_heads={n_heads}: the heads are chosen by the last n_heads entries of each "
-            f"observation, and sequence {sequence.name!r} appends a one-hot task id of {sequence.n_task_ids}; "
-            f"use n_heads={sequence.n_task_ids}"
+            f"policy option n_heads={n_heads}: the heads are chosen by {sequence.task_id_place}, and sequence "
+            f"{sequence.name!r} gives a one-hot task id of {sequence.n_task_ids}; use n_heads={sequence.n_task_ids}"
         )
 
 
