@@ -109,7 +109,7 @@ def check_policy_fits(policy: str, sequence: TaskSequence, source: str) -> None:
 def multi_head_options(policy_kwargs: dict[str, Any], sequence: TaskSequence, source: str) -> dict[str, Any]:
     """``MultiHeadPolicy``'s options: by default one head per task id of the sequence, which must show the ids.
 
-    :raises ConfigError: the sequence does not append the one-hot task id the heads are chosen by, or
+    :raises ConfigError: the sequence does not give the one-hot task id the heads are chosen by, or
         ``n_heads`` is not its length
     """
     if not sequence.task_id_in_obs:
