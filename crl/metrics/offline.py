@@ -11,7 +11,7 @@ from gymnasium import spaces
 
 from crl.metrics.config import MetricsConfig
 from crl.metrics.monitor import plasticity_probes
-from crl.metrics.probe import ACTION_VALUE_FAMILIES
+from crl.metrics.probe import ACTION_VALUE_FAMILIES, first_array
 from crl.metrics.suite import feature_metrics, network_parameters, weight_metrics
 
 if TYPE_CHECKING:
@@ -54,8 +54,7 @@ def evaluate(
     settings = MetricsConfig.make(config) if config is not None else MetricsConfig()
     _check_batch("observations", observations, model.observation_space)
     if actions is not None:
-        first = next(iter(observations.values())) if isinstance(observations, Mapping) else observations
-        _check_batch("actions", actions, model.action_space, len(first))
+        _check_batch("actions", actions, model.action_space, len(first_array(observations)))
     policy: ContinualPolicyMixin = model.policy  # type: ignore[assignment]
     obs = policy._to_tensor(observations)
     was_training = policy.training  # type: ignore[attr-defined]

@@ -16,8 +16,9 @@ instead of fitting new targets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch as th
@@ -123,8 +124,9 @@ def _rows(observations: PyTorchObs, indices: th.Tensor | slice) -> PyTorchObs:
     return observations[indices]
 
 
-def _first_array(observations: PyTorchObs) -> th.Tensor:
-    return next(iter(observations.values())) if isinstance(observations, dict) else observations
+def first_array(observations: Any) -> Any:
+    """The array of a batch of observations (a tensor or a NumPy array), or of its first key for dict observations."""
+    return next(iter(observations.values())) if isinstance(observations, Mapping) else observations
 
 
 def _optimizer_of(policy: ContinualPolicyMixin, parameters: list[th.nn.Parameter]) -> th.optim.Optimizer:
@@ -213,8 +215,8 @@ def plasticity_probe(
     hyperparameters = {key: value for key, value in reference.param_groups[0].items() if key != "params"}
     optimizer = type(reference)([{"params": learner_parameters, **hyperparameters}])  # type: ignore[call-arg]
     generator = th.Generator().manual_seed(seed)
-    first_array = _first_array(observations)
-    n_samples, device = first_array.shape[0], first_array.device
+    first = first_array(observations)
+    n_samples, device = first.shape[0], first.device
 
     def loss_on(indices: th.Tensor | slice) -> th.Tensor:
         batch_observations = _rows(observations, indices)
