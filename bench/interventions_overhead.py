@@ -1,7 +1,8 @@
 """Wall-time overhead of each intervention at its default settings.
 
 For every algorithm an intervention supports, train the same short run (same seed, one torch thread)
-with and without it and report ``time(with) / time(without)``, for wall time and for the process's
+of two tasks of one environment (half the steps each, so the interventions that act at task ends and
+starts act once) with and without it and report ``time(with) / time(without)``, for wall time and for the process's
 CPU time (steadier on a shared machine). Runs are interleaved (baseline, then each intervention,
 ``--repeats`` times) and the minimum per configuration is used. Prints a Markdown table for
 docs/interventions.md.
@@ -18,7 +19,7 @@ from typing import Any
 import torch as th
 
 import crl
-from crl.interventions import Intervention, make_intervention
+from crl.interventions import Intervention, InterventionError, make_intervention
 
 RUNS: dict[str, tuple[str, int, dict[str, Any]]] = {
     # algorithm: (env, timesteps, constructor arguments); SB3 defaults otherwise
@@ -38,12 +39,28 @@ def defaults(name: str, algorithm: str) -> dict[str, Any]:
     return {"name": name}
 
 
+def applies(name: str, algorithm: str) -> bool:
+    """Whether the intervention accepts the run (``random_shift`` needs images); says why not."""
+    env, _, kwargs = RUNS[algorithm]
+    try:
+        intervention = make_intervention(defaults(name, algorithm))
+        getattr(crl, algorithm)("MlpPolicy", env, interventions=[intervention], **kwargs)
+    except InterventionError as error:
+        print(f"{name:24s} {algorithm}: skipped ({error})", flush=True)
+        return False
+    return True
+
+
 def timed_run(algorithm: str, interventions: list[Intervention]) -> tuple[float, float]:
-    """``(wall seconds, CPU seconds)`` of one ``learn()``."""
+    """``(wall seconds, CPU seconds)`` of two tasks of half the steps each, the boundary included."""
     env, steps, kwargs = RUNS[algorithm]
     model = getattr(crl, algorithm)("MlpPolicy", env, seed=0, interventions=interventions, **kwargs)
     wall, cpu = time.perf_counter(), time.process_time()
-    model.learn(steps)
+    model.start_task(0)
+    model.learn(steps // 2)
+    model.end_task(0)
+    model.start_task(1)
+    model.learn(steps - steps // 2, reset_num_timesteps=False)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -59,7 +76,7 @@ def main() -> None:
         names = [
             name
             for name, cls in crl.interventions.registered_interventions().items()
-            if cls.algorithms is None or algorithm in cls.algorithms
+            if (cls.algorithms is None or algorithm in cls.algorithms) and applies(name, algorithm)
         ]
         best: dict[str | None, tuple[float, float]] = {}
         for _ in range(args.repeats):

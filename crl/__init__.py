@@ -7,12 +7,15 @@ from crl.algorithms import DQN, PPO, QRDQN, SAC, TQC, ContinualAlgorithm, CrossQ
 from crl.continual import learn_continual
 from crl.hooks import GradientStep, TrainingHook
 from crl.interventions import (
+    EWC,
+    MAS,
     PFO,
     AdaptiveReplayRatio,
     ContinualBackprop,
     Intervention,
     InterventionError,
     L2Init,
+    L2Previous,
     LayerNorm,
     PlasticityInjection,
     ReDo,
@@ -27,6 +30,8 @@ from crl.version import __version__
 
 __all__ = [
     "DQN",
+    "EWC",
+    "MAS",
     "PFO",
     "PPO",
     "QRDQN",
@@ -40,6 +45,7 @@ __all__ = [
     "Intervention",
     "InterventionError",
     "L2Init",
+    "L2Previous",
     "LayerNorm",
     "MetricsConfig",
     "PlasticityInjection",

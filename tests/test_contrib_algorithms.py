@@ -68,7 +68,13 @@ INTERVENTIONS: dict[str, dict[str, Any]] = {
     "adaptive_replay_ratio": {"name": "adaptive_replay_ratio", "check_every": 2},
 }
 """Each intervention set to act inside a 500-step run (``reset_head`` and ``redo`` also reach hidden layers)."""
-NOT_COVERED = {"pfo": "PPO only", "random_shift": "image observations: tested on QR-DQN's CnnPolicy below"}
+NOT_COVERED = {
+    "pfo": "PPO only",
+    "random_shift": "image observations: tested on QR-DQN's CnnPolicy below",
+    **dict.fromkeys(
+        ["l2_previous", "ewc", "mas"], "act at task ends: every algorithm in test_interventions_consolidation"
+    ),
+}
 
 
 def _model(name: str, **extra: Any) -> Any:

@@ -10,10 +10,13 @@ from torch import nn
 
 import crl
 from crl.interventions import (
+    EWC,
+    MAS,
     PFO,
     AdaptiveReplayRatio,
     ContinualBackprop,
     L2Init,
+    L2Previous,
     LayerNorm,
     PlasticityInjection,
     RandomShift,
@@ -71,8 +74,13 @@ CASES = {
     "reset_optimizer": ("DQN", ResetOptimizer(every=100)),
     "layer_norm": ("DQN", LayerNorm()),
     "random_shift": ("DQN", RandomShift()),
+    "l2_previous": ("DQN", L2Previous()),
+    "ewc": ("PPO", EWC(critic=True, importance_batches=2, importance_batch_size=16)),
+    "mas": ("DQN", MAS(importance_batches=2, importance_batch_size=16)),
 }
 IMAGES = {"random_shift"}
+TASK_END = {"l2_previous", "ewc", "mas"}
+"""Cases that act at a task's end (consolidation), called after the run."""
 """Cases that need image observations (a small random-frame env with a CNN policy)."""
 
 
@@ -87,6 +95,8 @@ def test_state_survives_save_load_and_resuming(name: str, tmp_path: Path, image_
     policy, env = ("CnnPolicy", image_env((36, 36, 1))) if name in IMAGES else ("MlpPolicy", "CartPole-v1")
     model = getattr(crl, family)(policy, env, interventions=[intervention], **kwargs)
     model.learn(300)
+    if name in TASK_END:
+        model.end_task(0)
     path = tmp_path / "model.zip"
     model.save(path)
     loaded = getattr(crl, family).load(path, env=model.get_env())

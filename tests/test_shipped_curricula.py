@@ -7,6 +7,7 @@ import pytest
 from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import load_curriculum
 from crl.continual.continual_world import ContinualWorldSAC
+from crl.interventions import EWC
 from crl.policies import MultiHeadTQCPolicy
 
 CURRICULA = sorted((Path(__file__).parents[1] / "curricula").glob("*.yaml"))
@@ -21,6 +22,7 @@ def test_curricula_are_shipped() -> None:
         "cw10",
         "cw20",
         "cw10_smoke",
+        "cw20_ewc",
     }
 
 
@@ -48,3 +50,12 @@ def test_cw10_tqc_builds_a_multi_head_tqc_with_cws_first_layer() -> None:
     assert isinstance(model.policy, MultiHeadTQCPolicy) and model.policy.n_heads == 10
     assert model.policy.first_layer == "layer_norm_tanh" and model.policy.critic.qf0[-1].out_features == 10 * 25
     assert curriculum.continual.reset_replay_buffer and curriculum.continual.reset_optimizers
+
+
+def test_cw20_ewc_adds_ewc_with_cws_coefficient_to_the_reference_agent() -> None:
+    curriculum = load_curriculum(Path(__file__).parents[1] / "curricula" / "cw20_ewc.yaml")
+    model = build_model(curriculum, build_sequence(curriculum), seed=0)
+    assert isinstance(model, ContinualWorldSAC) and model.policy.actor.n_heads == 20
+    (ewc,) = model.interventions
+    assert isinstance(ewc, EWC) and ewc.coef == 1e4 and not ewc.critic
+    assert (ewc.importance_batches, ewc.importance_batch_size) == (10, 256)

@@ -14,6 +14,7 @@ from crl.interventions.base import (
     make_interventions,
     registered_interventions,
 )
+from crl.interventions.consolidation import EWC, MAS, Consolidation, L2Previous
 from crl.interventions.continual_backprop import ContinualBackprop
 from crl.interventions.layer_norm import LayerNorm
 from crl.interventions.pfo import PFO
@@ -24,12 +25,16 @@ from crl.interventions.resets import Reset, ResetOptimizer, ShrinkPerturb
 from crl.interventions.schedule import ScheduledIntervention
 
 __all__ = [
+    "EWC",
+    "MAS",
     "PFO",
     "AdaptiveReplayRatio",
+    "Consolidation",
     "ContinualBackprop",
     "Intervention",
     "InterventionError",
     "L2Init",
+    "L2Previous",
     "LayerNorm",
     "PlasticityInjection",
     "RandomShift",
