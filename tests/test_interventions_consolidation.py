@@ -288,7 +288,8 @@ def test_an_injected_head_is_regularised_from_the_next_task_end() -> None:
     assert {"q_net.q_net.2.weight", "q_net.q_net.2.bias"} <= set(intervention._importance)
     model.start_task(1)  # injects: the trained head becomes the frozen ``old`` branch
     model.learn(100, reset_num_timesteps=False)
-    penalised = {id(theta) for theta, _, _ in intervention._optimizer_terms(model, model.policy.optimizer)}
+    thetas, _, _ = intervention._optimizer_terms(model, model.policy.optimizer)
+    penalised = {id(theta) for theta in thetas}
     head = model.policy.q_net.q_net[2]
     assert not penalised & {id(p) for p in head.parameters()}  # the new head is free, the old one frozen
     assert penalised == {id(p) for p in model.policy.q_net.q_net[0].parameters()}

@@ -32,6 +32,7 @@ from crl.interventions.importance import (
     mas_sums,
     reached_parameters,
 )
+from crl.interventions.penalty import PenaltyTerms, PenaltyTermsCache, weighted_squared_distance
 from crl.interventions.regularizers import loss_optimizer
 from crl.metrics.probe_batch import draw_probe_batch
 from crl.optim import algorithm_optimizers
@@ -72,8 +73,10 @@ class Consolidation(Intervention):
 
     _anchor: dict[str, th.Tensor] | None = PrivateAttr(default=None)
     _importance: dict[str, th.Tensor] | None = PrivateAttr(default=None)
-    _terms: dict[int, list[tuple[th.Tensor, th.Tensor, th.Tensor]]] = PrivateAttr(default_factory=dict)
+    _terms: PenaltyTermsCache = PrivateAttr(default_factory=PenaltyTermsCache)
     _penalties: list[th.Tensor] = PrivateAttr(default_factory=list)
+
+    transient = ("_terms",)
 
     def check(self, algo: BaseAlgorithm) -> None:
         super().check(algo)
@@ -108,45 +111,41 @@ class Consolidation(Intervention):
             name: value + (self._importance or {}).get(name, th.zeros_like(value)) for name, value in importance.items()
         }
         self._anchor = {name: parameter.detach().clone() for name, parameter in parameters.items()}
-        self._terms = {}
+        self._terms.clear()
         values = th.cat([value.flatten() for value in importance.values()]) if importance else th.zeros(1)
         self.record(algo, "importance", float(values.mean()))
-
-    def on_train_start(self, algo: BaseAlgorithm) -> None:
-        self._terms = {}
 
     def auxiliary_loss(self, algo: BaseAlgorithm, step: GradientStep) -> th.Tensor | None:
         if self._importance is None:
             return None
-        optimizer = loss_optimizer(algo, step.loss_name)
-        terms = self._terms.get(id(optimizer))
-        if terms is None:
-            terms = self._terms[id(optimizer)] = self._optimizer_terms(algo, optimizer)
-        if not terms:
-            return None
-        penalty = (
-            self.coef * th.stack([(omega * (theta - anchor).square()).sum() for theta, anchor, omega in terms]).sum()
+        thetas, anchors, omegas = self._terms.get(
+            loss_optimizer(algo, step.loss_name), lambda optimizer: self._optimizer_terms(algo, optimizer)
         )
+        if not thetas:
+            return None
+        penalty = weighted_squared_distance(thetas, anchors, omegas, self.coef)
         self._penalties.append(penalty.detach())
         return penalty
 
     def on_train_end(self, algo: BaseAlgorithm) -> None:
-        self._terms = {}
         if self._penalties:
             self.record(algo, "penalty", float(th.stack(self._penalties).mean()))
             self._penalties = []
 
-    def _optimizer_terms(self, algo: BaseAlgorithm, optimizer: th.optim.Optimizer) -> list[
-        tuple[th.Tensor, th.Tensor, th.Tensor]
-    ]:  # fmt: skip
-        """``(theta, theta*, Omega)`` of each regularised parameter that ``optimizer`` updates."""
+    def _optimizer_terms(self, algo: BaseAlgorithm, optimizer: th.optim.Optimizer) -> PenaltyTerms:
+        """``theta``, ``theta*`` and ``Omega`` of the regularised parameters that ``optimizer`` updates."""
         assert self._importance is not None and self._anchor is not None
         updated = {id(parameter) for group in optimizer.param_groups for parameter in group["params"]}
-        return [
-            (parameter, self._anchor[name].to(parameter.device), self._importance[name].to(parameter.device))
+        names = [
+            (name, parameter)
             for name, parameter in algo.policy.named_parameters()
             if name in self._importance and id(parameter) in updated and parameter.requires_grad
         ]
+        return (
+            [parameter for _, parameter in names],
+            [self._anchor[name].to(parameter.device) for name, parameter in names],
+            [self._importance[name].to(parameter.device) for name, parameter in names],
+        )
 
     def _draw_batches(self, algo: BaseAlgorithm) -> list[Batch]:
         batches = []

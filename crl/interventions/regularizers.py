@@ -9,6 +9,7 @@ from pydantic import Field, PrivateAttr
 
 from crl.hooks import GradientStep
 from crl.interventions.base import Intervention
+from crl.interventions.penalty import PenaltyTerms, PenaltyTermsCache, weighted_squared_distance
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -64,32 +65,33 @@ class L2Init(Intervention):
 
     _theta_0: dict[str, th.Tensor] | None = PrivateAttr(default=None)
     _penalties: list[th.Tensor] = PrivateAttr(default_factory=list)
-    _anchors: dict[th.Tensor, th.Tensor] = PrivateAttr(default_factory=dict)
+    _terms: PenaltyTermsCache = PrivateAttr(default_factory=PenaltyTermsCache)
+
+    transient = ("_terms",)
 
     def on_setup(self, algo: BaseAlgorithm) -> None:
         if self._theta_0 is None:  # after load() the saved theta_0 is kept
             self._theta_0 = {name: p.detach().clone() for name, p in algo.policy.named_parameters()}
 
-    def on_train_start(self, algo: BaseAlgorithm) -> None:
-        # parameter -> its theta_0, for this train() call (parameters added later have no anchor)
-        assert self._theta_0 is not None
-        theta_0 = self._theta_0
-        self._anchors = {p: theta_0[name] for name, p in algo.policy.named_parameters() if name in theta_0}
-
-    def auxiliary_loss(self, algo: BaseAlgorithm, step: GradientStep) -> th.Tensor:
-        optimizer = loss_optimizer(algo, step.loss_name)
-        terms = [
-            (p - self._anchors[p]).pow(2).sum()
-            for group in optimizer.param_groups
-            for p in group["params"]
-            if p.requires_grad and p in self._anchors
-        ]
-        penalty = 0.5 * self.l2_init * th.stack(terms).sum()
+    def auxiliary_loss(self, algo: BaseAlgorithm, step: GradientStep) -> th.Tensor | None:
+        thetas, anchors, _ = self._terms.get(
+            loss_optimizer(algo, step.loss_name), lambda optimizer: self._optimizer_terms(algo, optimizer)
+        )
+        if not thetas:
+            return None
+        penalty = weighted_squared_distance(thetas, anchors, None, 0.5 * self.l2_init)
         self._penalties.append(penalty.detach())
         return penalty
 
+    def _optimizer_terms(self, algo: BaseAlgorithm, optimizer: th.optim.Optimizer) -> PenaltyTerms:
+        """``theta`` and ``theta_0`` of the parameters that ``optimizer`` trains and that existed at
+        construction (an injected head has no ``theta_0``)."""
+        assert self._theta_0 is not None
+        theta_0 = {p: self._theta_0[name] for name, p in algo.policy.named_parameters() if name in self._theta_0}
+        thetas = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad and p in theta_0]
+        return thetas, [theta_0[p] for p in thetas], None
+
     def on_train_end(self, algo: BaseAlgorithm) -> None:
-        self._anchors = {}
         if self._penalties:
             self.record(algo, "penalty", float(th.stack(self._penalties).mean()))
             self._penalties = []
