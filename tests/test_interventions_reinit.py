@@ -168,6 +168,17 @@ def test_continual_backprop_in_training_replaces_at_the_accumulated_rate() -> No
     assert all(0.0 <= due < 1.0 for due in cbp._due.values())
 
 
+def test_continual_backprop_finds_the_units_again_after_an_injection() -> None:
+    cbp = ContinualBackprop(maturity=50, replacement_rate=0.01)
+    model = _dqn([cbp, PlasticityInjection(at_step=200)], steps=300)
+    head = model.policy.q_net.q_net[4]
+    assert isinstance(head, InjectedHead)
+    last = cbp._unit_layers(model)[-1]
+    # found again: every branch of the head reads the units (before the injection, one Linear did)
+    assert {id(layer) for layer in last.outgoing} == {id(branch) for branch in head.branches()}
+    assert cbp._utility[f"q_net/{last.name}"].abs().sum() > 0
+
+
 def test_head_reset_reinitialises_the_last_layer_only_and_it_trains() -> None:
     model = _dqn()
     q, target = model.policy.q_net.q_net, model.policy.q_net_target.q_net
