@@ -23,8 +23,7 @@ import torch as th
 from gymnasium import spaces
 from pydantic import Field, PrivateAttr
 
-from crl.hooks import GradientStep
-from crl.interventions.base import Intervention, InterventionError
+from crl.interventions.base import InterventionError
 from crl.interventions.importance import (
     REGULARISED_NETWORKS,
     OutputFunction,
@@ -32,8 +31,8 @@ from crl.interventions.importance import (
     mas_sums,
     reached_parameters,
 )
-from crl.interventions.penalty import PenaltyTerms, PenaltyTermsCache, weighted_squared_distance
-from crl.interventions.regularizers import loss_optimizer
+from crl.interventions.penalty import PenaltyTerms
+from crl.interventions.regularizers import AnchoredPenalty
 from crl.metrics.probe_batch import draw_probe_batch
 from crl.optim import algorithm_optimizers
 
@@ -42,9 +41,11 @@ if TYPE_CHECKING:
 
 Batch = tuple[Any, th.Tensor]
 """Observations (a tensor or a dict of tensors) and actions."""
+Reached = list[tuple[OutputFunction, dict[str, th.Tensor]]]
+"""Each regularised output function with the regularised parameters it depends on, by name."""
 
 
-class Consolidation(Intervention):
+class Consolidation(AnchoredPenalty):
     """Regularise the parameters toward their values at the end of the last task, weighted by importance.
 
     At the end of every task (``end_task()``, which :func:`crl.learn_continual` calls), ``theta*``
@@ -73,10 +74,6 @@ class Consolidation(Intervention):
 
     _anchor: dict[str, th.Tensor] | None = PrivateAttr(default=None)
     _importance: dict[str, th.Tensor] | None = PrivateAttr(default=None)
-    _terms: PenaltyTermsCache = PrivateAttr(default_factory=PenaltyTermsCache)
-    _penalties: list[th.Tensor] = PrivateAttr(default_factory=list)
-
-    transient = ("_terms",)
 
     def check(self, algo: BaseAlgorithm) -> None:
         super().check(algo)
@@ -91,10 +88,8 @@ class Consolidation(Intervention):
                 "network that acts, and is always regularised); leave critic=False"
             )
 
-    def task_importance(self, algo: BaseAlgorithm, parameters: Mapping[str, th.Tensor], batches: list[Batch]) -> (
-        dict[str, th.Tensor]
-    ):  # fmt: skip
-        """One task's ``Omega`` of the named ``parameters`` (the regularised ones), measured on ``batches``."""
+    def task_importance(self, algo: BaseAlgorithm, reached: Reached, batches: list[Batch]) -> dict[str, th.Tensor]:
+        """One task's ``Omega`` of the regularised parameters (those ``reached`` lists), measured on ``batches``."""
         raise NotImplementedError
 
     def on_task_end(self, algo: BaseAlgorithm, task_id: int) -> None:
@@ -103,38 +98,28 @@ class Consolidation(Intervention):
         policy.set_training_mode(False)  # batch norm (CrossQ) from its running statistics, per sample
         try:
             batches = self._draw_batches(algo)
-            parameters = self._regularised_parameters(algo, batches[0])
-            importance = self.task_importance(algo, parameters, batches)
+            parameters, reached = self._regularised_parameters(algo, batches[0])
+            importance = self.task_importance(algo, reached, batches)
         finally:
             policy.set_training_mode(was_training)
+        earlier = self._importance or {}
         self._importance = {
-            name: value + (self._importance or {}).get(name, th.zeros_like(value)) for name, value in importance.items()
+            name: importance[name] + earlier.get(name, th.zeros_like(parameter))
+            for name, parameter in parameters.items()
         }
         self._anchor = {name: parameter.detach().clone() for name, parameter in parameters.items()}
         self._terms.clear()
-        values = th.cat([value.flatten() for value in importance.values()]) if importance else th.zeros(1)
+        values = th.cat([importance[name].flatten() for name in parameters]) if parameters else th.zeros(1)
         self.record(algo, "importance", float(values.mean()))
 
-    def auxiliary_loss(self, algo: BaseAlgorithm, step: GradientStep) -> th.Tensor | None:
-        if self._importance is None:
-            return None
-        thetas, anchors, omegas = self._terms.get(
-            loss_optimizer(algo, step.loss_name), lambda optimizer: self._optimizer_terms(algo, optimizer)
-        )
-        if not thetas:
-            return None
-        penalty = weighted_squared_distance(thetas, anchors, omegas, self.coef)
-        self._penalties.append(penalty.detach())
-        return penalty
+    def penalty_coef(self) -> float:
+        return self.coef
 
-    def on_train_end(self, algo: BaseAlgorithm) -> None:
-        if self._penalties:
-            self.record(algo, "penalty", float(th.stack(self._penalties).mean()))
-            self._penalties = []
-
-    def _optimizer_terms(self, algo: BaseAlgorithm, optimizer: th.optim.Optimizer) -> PenaltyTerms:
-        """``theta``, ``theta*`` and ``Omega`` of the regularised parameters that ``optimizer`` updates."""
-        assert self._importance is not None and self._anchor is not None
+    def optimizer_terms(self, algo: BaseAlgorithm, optimizer: th.optim.Optimizer) -> PenaltyTerms:
+        """``theta``, ``theta*`` and ``Omega`` of the regularised parameters that ``optimizer`` updates
+        (none before the first task ends)."""
+        if self._importance is None or self._anchor is None:
+            return [], [], None
         updated = {id(parameter) for group in optimizer.param_groups for parameter in group["params"]}
         names = [
             (name, parameter)
@@ -160,9 +145,9 @@ class Consolidation(Intervention):
         critic = [networks.critic_outputs] if self.critic and networks.critic_outputs is not None else []
         return [networks.policy_outputs, *critic]
 
-    def _regularised_parameters(self, algo: BaseAlgorithm, batch: Batch) -> dict[str, th.Tensor]:
-        """Name -> parameter of every regularised parameter: trained by an optimizer, reached by the
-        regularised outputs, not in a task head."""
+    def _regularised_parameters(self, algo: BaseAlgorithm, batch: Batch) -> tuple[dict[str, th.Tensor], Reached]:
+        """Name -> parameter of every regularised parameter (trained by an optimizer, reached by the
+        regularised outputs, not in a task head), in the policy's order, and which outputs reach which."""
         policy = algo.policy
         trained = {
             id(p)
@@ -171,15 +156,17 @@ class Consolidation(Intervention):
             for p in group["params"]
         }
         heads = tuple(f"{path}." for path in getattr(policy, "task_heads", dict)())
-        candidates = {
+        candidates: dict[str, th.Tensor] = {
             name: parameter
             for name, parameter in policy.named_parameters()
             if id(parameter) in trained and parameter.requires_grad and not name.startswith(heads)
         }
-        reached: set[str] = set()
-        for outputs in self._output_functions(algo):
-            reached.update(reached_parameters(policy, outputs, candidates, *batch))
-        return {name: parameter for name, parameter in candidates.items() if name in reached}
+        reached = [
+            (outputs, {name: candidates[name] for name in reached_parameters(policy, outputs, candidates, *batch)})
+            for outputs in self._output_functions(algo)
+        ]
+        regularised = {name: parameter for name, parameter in candidates.items() if any(name in r for _, r in reached)}
+        return regularised, reached
 
 
 class L2Previous(Consolidation):
@@ -193,9 +180,8 @@ class L2Previous(Consolidation):
 
     coef: float = Field(default=1e5, gt=0.0)
 
-    def task_importance(self, algo: BaseAlgorithm, parameters: Mapping[str, th.Tensor], batches: list[Batch]) -> (
-        dict[str, th.Tensor]
-    ):  # fmt: skip
+    def task_importance(self, algo: BaseAlgorithm, reached: Reached, batches: list[Batch]) -> dict[str, th.Tensor]:
+        parameters = {name: parameter for _, named in reached for name, parameter in named.items()}
         return {name: th.ones_like(parameter, requires_grad=False) for name, parameter in parameters.items()}
 
 
@@ -207,15 +193,12 @@ class _SampledImportance(Consolidation):
         super().check(algo)
         _check_distribution(self.name, algo)
 
-    def task_importance(self, algo: BaseAlgorithm, parameters: Mapping[str, th.Tensor], batches: list[Batch]) -> (
-        dict[str, th.Tensor]
-    ):  # fmt: skip
+    def task_importance(self, algo: BaseAlgorithm, reached: Reached, batches: list[Batch]) -> dict[str, th.Tensor]:
         policy = algo.policy
-        totals = {name: th.zeros_like(parameter, requires_grad=False) for name, parameter in parameters.items()}
-        for outputs in self._output_functions(algo):
-            reached = {name: parameters[name] for name in reached_parameters(policy, outputs, parameters, *batches[0])}
+        totals = {name: th.zeros_like(p, requires_grad=False) for _, named in reached for name, p in named.items()}
+        for outputs, parameters in reached:
             for observations, actions in batches:
-                for name, value in self.importance_sums(policy, outputs, reached, observations, actions).items():
+                for name, value in self.importance_sums(policy, outputs, parameters, observations, actions).items():
                     totals[name] += value
         n_samples = sum(len(actions) for _, actions in batches)
         return {name: total / n_samples for name, total in totals.items()}

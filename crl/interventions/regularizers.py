@@ -48,7 +48,44 @@ class WeightDecay(Intervention):
                 th._foreach_mul_(parameters, 1.0 - group["lr"] * self.weight_decay)
 
 
-class L2Init(Intervention):
+class AnchoredPenalty(Intervention):
+    """An intervention that adds ``coef * sum Omega (theta - theta*)^2`` to every loss, over the
+    parameters the loss's optimizer updates (see :mod:`crl.interventions.penalty`), and logs it as
+    ``interventions/<name>/penalty`` (the mean added term of the last ``train()``).
+
+    A subclass says which parameters, anchors and weights (:meth:`optimizer_terms`) and the scale
+    (:meth:`penalty_coef`); it calls ``self._terms.clear()`` when its anchors or weights change.
+    """
+
+    _terms: PenaltyTermsCache = PrivateAttr(default_factory=PenaltyTermsCache)
+    _penalties: list[th.Tensor] = PrivateAttr(default_factory=list)
+
+    transient = ("_terms",)
+
+    def optimizer_terms(self, algo: BaseAlgorithm, optimizer: th.optim.Optimizer) -> PenaltyTerms:
+        """``theta``, ``theta*`` and ``Omega`` (``None``: 1) of the penalised parameters ``optimizer`` updates."""
+        raise NotImplementedError
+
+    def penalty_coef(self) -> float:
+        raise NotImplementedError
+
+    def auxiliary_loss(self, algo: BaseAlgorithm, step: GradientStep) -> th.Tensor | None:
+        thetas, anchors, omegas = self._terms.get(
+            loss_optimizer(algo, step.loss_name), lambda optimizer: self.optimizer_terms(algo, optimizer)
+        )
+        if not thetas:
+            return None
+        penalty = weighted_squared_distance(thetas, anchors, omegas, self.penalty_coef())
+        self._penalties.append(penalty.detach())
+        return penalty
+
+    def on_train_end(self, algo: BaseAlgorithm) -> None:
+        if self._penalties:
+            self.record(algo, "penalty", float(th.stack(self._penalties).mean()))
+            self._penalties = []
+
+
+class L2Init(AnchoredPenalty):
     """L2 regularisation toward the initial parameters (Kumar et al. 2023, "Maintaining Plasticity via
     Regenerative Regularization"): ``loss += lambda / 2 * sum ||theta - theta_0||^2``.
 
@@ -64,34 +101,18 @@ class L2Init(Intervention):
     l2_init: float = Field(default=1e-3, gt=0.0)
 
     _theta_0: dict[str, th.Tensor] | None = PrivateAttr(default=None)
-    _penalties: list[th.Tensor] = PrivateAttr(default_factory=list)
-    _terms: PenaltyTermsCache = PrivateAttr(default_factory=PenaltyTermsCache)
-
-    transient = ("_terms",)
 
     def on_setup(self, algo: BaseAlgorithm) -> None:
         if self._theta_0 is None:  # after load() the saved theta_0 is kept
             self._theta_0 = {name: p.detach().clone() for name, p in algo.policy.named_parameters()}
 
-    def auxiliary_loss(self, algo: BaseAlgorithm, step: GradientStep) -> th.Tensor | None:
-        thetas, anchors, _ = self._terms.get(
-            loss_optimizer(algo, step.loss_name), lambda optimizer: self._optimizer_terms(algo, optimizer)
-        )
-        if not thetas:
-            return None
-        penalty = weighted_squared_distance(thetas, anchors, None, 0.5 * self.l2_init)
-        self._penalties.append(penalty.detach())
-        return penalty
+    def penalty_coef(self) -> float:
+        return 0.5 * self.l2_init
 
-    def _optimizer_terms(self, algo: BaseAlgorithm, optimizer: th.optim.Optimizer) -> PenaltyTerms:
+    def optimizer_terms(self, algo: BaseAlgorithm, optimizer: th.optim.Optimizer) -> PenaltyTerms:
         """``theta`` and ``theta_0`` of the parameters that ``optimizer`` trains and that existed at
         construction (an injected head has no ``theta_0``)."""
         assert self._theta_0 is not None
         theta_0 = {p: self._theta_0[name] for name, p in algo.policy.named_parameters() if name in self._theta_0}
         thetas = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad and p in theta_0]
         return thetas, [theta_0[p] for p in thetas], None
-
-    def on_train_end(self, algo: BaseAlgorithm) -> None:
-        if self._penalties:
-            self.record(algo, "penalty", float(th.stack(self._penalties).mean()))
-            self._penalties = []
