@@ -8,7 +8,7 @@ Breakout with SB3's Atari preprocessing. Runs are interleaved (baseline, then ea
 ``--repeats`` times) and the minimum per configuration is used. Prints a Markdown table for
 docs/interventions.md.
 
-    python bench/interventions_overhead.py [--repeats 3] [--runs DQN PPO SAC DQN-Breakout]
+    python bench/interventions_overhead.py [--repeats 3] [--runs DQN PPO SAC DQN-Breakout] [--interventions agem ...]
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--interventions", nargs="+", help="time only these (default: every registered one)")
     args = parser.parse_args()
     th.set_num_threads(1)
 
@@ -107,7 +108,9 @@ def main() -> None:
         names = [
             name
             for name, cls in crl.interventions.registered_interventions().items()
-            if (cls.algorithms is None or run.algorithm in cls.algorithms) and applies(name, run_name)
+            if (args.interventions is None or name in args.interventions)
+            and (cls.algorithms is None or run.algorithm in cls.algorithms)
+            and applies(name, run_name)
         ]
         best: dict[str | None, tuple[float, float]] = {}
         for _ in range(args.repeats):

@@ -74,6 +74,7 @@ NOT_COVERED = {
     **dict.fromkeys(
         ["l2_previous", "ewc", "mas"], "act at task ends: every algorithm in test_interventions_consolidation"
     ),
+    "agem": "acts after a task end: every algorithm in test_interventions_agem",
 }
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 import crl
 from crl.interventions import (
+    AGEM,
     EWC,
     MAS,
     PFO,
@@ -27,6 +28,7 @@ from crl.interventions import (
     WeightDecay,
     registered_interventions,
 )
+from crl.interventions.agem import EpisodicMemory
 
 PPO_KWARGS = dict(n_steps=128, batch_size=64, seed=0)
 DQN_KWARGS = dict(learning_starts=100, train_freq=1, seed=0)
@@ -77,10 +79,11 @@ CASES = {
     "l2_previous": ("DQN", L2Previous()),
     "ewc": ("PPO", EWC(critic=True, importance_batches=2, importance_batch_size=16)),
     "mas": ("DQN", MAS(importance_batches=2, importance_batch_size=16)),
+    "agem": ("PPO", AGEM(episodic_mem_per_task=50, episodic_batch_size=16)),
 }
 IMAGES = {"random_shift"}
-TASK_END = {"l2_previous", "ewc", "mas"}
-"""Cases that act at a task's end (consolidation), called after the run."""
+TASK_END = {"l2_previous", "ewc", "mas", "agem"}
+"""Cases that act at a task's end (consolidation, episodic memory), called after the run."""
 """Cases that need image observations (a small random-frame env with a CNN policy)."""
 
 
@@ -126,6 +129,13 @@ def _assert_same(restored: object, original: object, key: str) -> None:
             _assert_same(restored[sub], original[sub], f"{key}.{sub}")
     elif isinstance(original, list) and original and isinstance(original[0], th.Tensor):
         assert len(restored) == len(original), key  # type: ignore[arg-type]
+    elif isinstance(original, tuple):  # e.g. SB3's buffer samples in A-GEM's memory
+        assert type(restored) is type(original), key
+        for index, (kept, given) in enumerate(zip(restored, original, strict=True)):  # type: ignore[call-overload]
+            _assert_same(kept, given, f"{key}[{index}]")
+    elif isinstance(original, EpisodicMemory):
+        assert isinstance(restored, EpisodicMemory) and len(original) > 0, key
+        _assert_same(restored.samples, original.samples, f"{key}.samples")
     else:
         assert restored == original, key
 

@@ -7,7 +7,7 @@ import pytest
 from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import load_curriculum
 from crl.continual.continual_world import ContinualWorldSAC
-from crl.interventions import EWC
+from crl.interventions import AGEM, EWC
 from crl.policies import MultiHeadTQCPolicy
 
 CURRICULA = sorted((Path(__file__).parents[1] / "curricula").glob("*.yaml"))
@@ -23,6 +23,7 @@ def test_curricula_are_shipped() -> None:
         "cw20",
         "cw10_smoke",
         "cw20_ewc",
+        "cw20_agem",
     }
 
 
@@ -59,3 +60,12 @@ def test_cw20_ewc_adds_ewc_with_cws_coefficient_to_the_reference_agent() -> None
     (ewc,) = model.interventions
     assert isinstance(ewc, EWC) and ewc.coef == 1e4 and not ewc.critic
     assert (ewc.importance_batches, ewc.importance_batch_size) == (10, 256)
+
+
+def test_cw20_agem_adds_agem_with_cws_settings_to_the_reference_agent() -> None:
+    curriculum = load_curriculum(Path(__file__).parents[1] / "curricula" / "cw20_agem.yaml")
+    model = build_model(curriculum, build_sequence(curriculum), seed=0)
+    assert isinstance(model, ContinualWorldSAC) and model.policy.actor.n_heads == 20
+    (agem,) = model.interventions
+    assert isinstance(agem, AGEM) and (agem.episodic_mem_per_task, agem.episodic_batch_size) == (10_000, 128)
+    assert curriculum.continual.reset_replay_buffer  # the memory is drawn before each task's buffer is emptied

@@ -6,6 +6,7 @@ LayerNorm(placement='post')
 """
 
 from crl.interventions.adaptive_replay_ratio import AdaptiveReplayRatio
+from crl.interventions.agem import AGEM
 from crl.interventions.augmentation import RandomShift
 from crl.interventions.base import (
     Intervention,
@@ -25,6 +26,7 @@ from crl.interventions.resets import Reset, ResetOptimizer, ShrinkPerturb
 from crl.interventions.schedule import ScheduledIntervention
 
 __all__ = [
+    "AGEM",
     "EWC",
     "MAS",
     "PFO",
