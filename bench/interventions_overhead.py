@@ -62,6 +62,8 @@ def defaults(name: str, run: Run) -> dict[str, Any]:
     """The intervention's defaults, plus what it needs to act within the run."""
     if name == "plasticity_injection":
         return {"name": name, "at_step": run.steps // 2}
+    if name == "packnet":  # two tasks; a short retraining (PPO has no data to retrain on)
+        return {"name": name, "n_tasks": 2, "retrain_steps": 0 if run.algorithm == "PPO" else 100}
     return {"name": name}
 
 

@@ -119,6 +119,12 @@ class TrainingHook:
     def on_task_end(self, algo: BaseAlgorithm, task_id: int) -> None:
         """A task of a sequence ends."""
 
+    def on_evaluation_start(self, algo: BaseAlgorithm, task_id: int) -> None:
+        """The policy is about to be evaluated on task ``task_id`` of a sequence (by the continual loop)."""
+
+    def on_evaluation_end(self, algo: BaseAlgorithm, task_id: int) -> None:
+        """The evaluation on task ``task_id`` is over (also when it failed): training resumes after it."""
+
 
 HOOK_NAMES: tuple[str, ...] = tuple(
     name for name, value in vars(TrainingHook).items() if callable(value) and not name.startswith("_")

@@ -75,6 +75,7 @@ NOT_COVERED = {
         ["l2_previous", "ewc", "mas"], "act at task ends: every algorithm in test_interventions_consolidation"
     ),
     "agem": "acts after a task end: every algorithm in test_interventions_agem",
+    "packnet": "acts at task ends: every algorithm in test_interventions_packnet",
 }
 
 

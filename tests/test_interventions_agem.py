@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import stable_baselines3 as sb3
 import torch as th
-from test_interventions_consolidation import CASES, _model
+from test_interventions_consolidation import CASES, _model, multi_head_sac
 from test_sb3_equivalence import assert_same_training
 
 import crl
@@ -17,7 +17,7 @@ from crl.interventions import AGEM, InterventionError
 from crl.interventions.agem import EpisodicMemory, ReferenceGradient, project_onto_reference
 from crl.metrics.hessian import optimizer_parameters
 from crl.metrics.probe_batch import draw_probe_batch
-from crl.wrappers import TaskSequence, permuted_observations
+from crl.wrappers import permuted_observations
 
 # --- the projection ------------------------------------------------------------------------------
 
@@ -193,12 +193,8 @@ def test_after_a_task_end_training_changes() -> None:
 
 
 def test_a_multi_head_policy_takes_each_memory_sample_through_its_own_head() -> None:
-    sequence = TaskSequence(
-        permuted_observations("Pendulum-v1", n_tasks=2, steps_per_task=10).tasks, task_id_in_obs=True
-    )
     intervention = AGEM(episodic_mem_per_task=64, episodic_batch_size=32)
-    model = crl.SAC("MultiHeadPolicy", sequence.make_vec_env(0), interventions=[intervention], seed=0,
-                    policy_kwargs=dict(n_heads=2, net_arch=[16]), learning_starts=50, batch_size=16)  # fmt: skip
+    model = multi_head_sac([intervention])
     model.learn(100)
     model.end_task(0)  # the memory holds task 0's samples only
     intervention.before_gradient_step(model, GradientStep(index=0, batch=None))

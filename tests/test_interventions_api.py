@@ -30,6 +30,16 @@ class _PPOOnly(Intervention):
     strength: float = 1.0
 
 
+class _Sized(Intervention):
+    name = "test_sized"
+    size: int
+
+
+def test_a_missing_parameter_is_named_with_its_type() -> None:
+    with pytest.raises(InterventionError, match=r"^intervention 'test_sized': parameter size is required \(int\)$"):
+        make_intervention({"name": "test_sized"})
+
+
 def test_constructible_from_python_and_from_name() -> None:
     assert LayerNorm(placement="post") == make_intervention({"name": "layer_norm", "placement": "post"})
     assert make_intervention("layer_norm") == LayerNorm()

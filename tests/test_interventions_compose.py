@@ -19,6 +19,7 @@ from crl.interventions import (
     L2Init,
     L2Previous,
     LayerNorm,
+    PackNet,
     PlasticityInjection,
     RandomShift,
     ReDo,
@@ -80,10 +81,11 @@ CASES = {
     "ewc": ("PPO", EWC(critic=True, importance_batches=2, importance_batch_size=16)),
     "mas": ("DQN", MAS(importance_batches=2, importance_batch_size=16)),
     "agem": ("PPO", AGEM(episodic_mem_per_task=50, episodic_batch_size=16)),
+    "packnet": ("DQN", PackNet(n_tasks=3, retrain_steps=10)),
 }
 IMAGES = {"random_shift"}
-TASK_END = {"l2_previous", "ewc", "mas", "agem"}
-"""Cases that act at a task's end (consolidation, episodic memory), called after the run."""
+TASK_END = {"l2_previous", "ewc", "mas", "agem", "packnet"}
+"""Cases that act at a task's end (consolidation, episodic memory, pruning), called after the run."""
 """Cases that need image observations (a small random-frame env with a CNN policy)."""
 
 

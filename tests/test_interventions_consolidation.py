@@ -42,6 +42,14 @@ def _batch(model: Any, size: int = 12) -> tuple[th.Tensor, th.Tensor]:
     return observations, actions
 
 
+def multi_head_sac(interventions: list[Any]) -> Any:
+    """SAC with a head for each of two tasks, on task 0 of a Pendulum sequence with task ids."""
+    tasks = permuted_observations("Pendulum-v1", n_tasks=2, steps_per_task=10).tasks
+    env = TaskSequence(tasks, task_id_in_obs=True).make_vec_env(0)
+    kwargs = dict(OFF_POLICY, policy_kwargs=dict(n_heads=2, net_arch=[16]))
+    return crl.SAC("MultiHeadPolicy", env, interventions=interventions, seed=0, **kwargs)
+
+
 def _named(model: Any, prefix: str) -> dict[str, th.nn.Parameter]:
     return {name: p for name, p in model.policy.named_parameters() if name.startswith(prefix)}
 
@@ -262,12 +270,8 @@ def test_critic_false_leaves_the_critics_alone_and_the_loss_unchanged() -> None:
 
 
 def test_task_heads_are_not_regularised() -> None:
-    sequence = TaskSequence(
-        permuted_observations("Pendulum-v1", n_tasks=2, steps_per_task=10).tasks, task_id_in_obs=True
-    )
     intervention = EWC(critic=True, importance_batches=1, importance_batch_size=16)
-    model = crl.SAC("MultiHeadPolicy", sequence.make_vec_env(0), interventions=[intervention], seed=0,
-                    policy_kwargs=dict(n_heads=2, net_arch=[16]), **OFF_POLICY)  # fmt: skip
+    model = multi_head_sac([intervention])
     model.learn(100)
     model.end_task(0)
     heads = tuple(f"{path}." for path in model.policy.task_heads())

@@ -7,7 +7,7 @@ import pytest
 from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import load_curriculum
 from crl.continual.continual_world import ContinualWorldSAC
-from crl.interventions import AGEM, EWC
+from crl.interventions import AGEM, EWC, PackNet
 from crl.policies import MultiHeadTQCPolicy
 
 CURRICULA = sorted((Path(__file__).parents[1] / "curricula").glob("*.yaml"))
@@ -24,6 +24,7 @@ def test_curricula_are_shipped() -> None:
         "cw10_smoke",
         "cw20_ewc",
         "cw20_agem",
+        "cw20_packnet",
     }
 
 
@@ -69,3 +70,14 @@ def test_cw20_agem_adds_agem_with_cws_settings_to_the_reference_agent() -> None:
     (agem,) = model.interventions
     assert isinstance(agem, AGEM) and (agem.episodic_mem_per_task, agem.episodic_batch_size) == (10_000, 128)
     assert curriculum.continual.reset_replay_buffer  # the memory is drawn before each task's buffer is emptied
+
+
+def test_cw20_packnet_shares_the_actor_out_over_the_twenty_tasks() -> None:
+    curriculum = load_curriculum(Path(__file__).parents[1] / "curricula" / "cw20_packnet.yaml")
+    sequence = build_sequence(curriculum)
+    model = build_model(curriculum, sequence, seed=0)
+    (packnet,) = model.interventions
+    assert isinstance(packnet, PackNet) and (packnet.n_tasks, packnet.retrain_steps) == (None, 100_000)
+    assert not packnet.critic
+    packnet.check_sequence(len(sequence))  # what learn_continual does before training
+    assert packnet.n_tasks == 20

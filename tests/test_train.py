@@ -389,7 +389,7 @@ def _numbered_evaluations(monkeypatch: pytest.MonkeyPatch, fail_at: int | None =
             raise RuntimeError("the evaluation env crashed")
         return float(number)
 
-    monkeypatch.setattr(TaskEvaluator, "_evaluate_task", evaluate_task)
+    monkeypatch.setattr(TaskEvaluator, "_evaluated_performance", evaluate_task)
 
 
 def test_the_progress_bar_shows_the_last_evaluation(

@@ -9,9 +9,10 @@ gradient-step hooks.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar, cast
 
 import numpy as np
@@ -238,6 +239,16 @@ class ContinualAlgorithm:
         if task is None:
             raise ValueError("end_task() needs a task_id when no task was started with start_task()")
         self._hooks("on_task_end", self._algo, task)
+
+    @contextlib.contextmanager
+    def evaluating(self, task_id: int) -> Iterator[None]:
+        """Inside the block the policy is evaluated on task ``task_id`` of a sequence (PackNet shows that
+        task's parameters); the interventions restore training's state after it, also on error."""
+        self._hooks("on_evaluation_start", self._algo, task_id)
+        try:
+            yield
+        finally:
+            self._hooks("on_evaluation_end", self._algo, task_id)
 
 
 class _NoCallback(BaseCallback):

@@ -199,7 +199,7 @@ class TaskEvaluator:
         """Evaluate every task at global step ``step``; write the column to the model's logger (see
         :func:`dump_evaluation`), hand it to ``on_evaluation`` and return it."""
         with preserved_random_state(model):
-            column = np.array([self._evaluate_task(model, env) for env in self.envs])
+            column = np.array([self._evaluate_task(model, index, env) for index, env in enumerate(self.envs)])
         self.steps.append(step)
         self.columns.append(column)
         values = {
@@ -212,7 +212,13 @@ class TaskEvaluator:
             self.on_evaluation(step, column)
         return column
 
-    def _evaluate_task(self, model: BaseAlgorithm, env: VecEnv) -> float:
+    def _evaluate_task(self, model: BaseAlgorithm, index: int, env: VecEnv) -> float:
+        # A crl model tells its interventions which task is evaluated (PackNet shows that task's parameters).
+        evaluating = getattr(model, "evaluating", None)
+        with contextlib.nullcontext() if evaluating is None else evaluating(index):
+            return self._evaluated_performance(model, env)
+
+    def _evaluated_performance(self, model: BaseAlgorithm, env: VecEnv) -> float:
         successes: list[bool] = []
 
         def record_success(local_vars: dict[str, Any], _globals: dict[str, Any]) -> None:
@@ -495,6 +501,8 @@ def learn_continual(
     _check_position(position, sequence)
     check_schedules(model, sequence)
     check_task_heads(model, sequence)
+    for intervention in model.interventions:
+        intervention.check_sequence(len(sequence))
     eval_seed = None if seed is None else seed + EVAL_SEED_OFFSET
     evaluator = TaskEvaluator(sequence, n_eval_episodes, deterministic, eval_seed, position.eval_envs, on_evaluation)
     lr_schedule = model.lr_schedule

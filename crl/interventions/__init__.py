@@ -18,6 +18,7 @@ from crl.interventions.base import (
 from crl.interventions.consolidation import EWC, MAS, Consolidation, L2Previous
 from crl.interventions.continual_backprop import ContinualBackprop
 from crl.interventions.layer_norm import LayerNorm
+from crl.interventions.packnet import PackNet
 from crl.interventions.pfo import PFO
 from crl.interventions.plasticity_injection import PlasticityInjection
 from crl.interventions.redo import ReDo
@@ -38,6 +39,7 @@ __all__ = [
     "L2Init",
     "L2Previous",
     "LayerNorm",
+    "PackNet",
     "PlasticityInjection",
     "RandomShift",
     "ReDo",

@@ -59,7 +59,7 @@ class Intervention(BaseModel, TrainingHook):
         try:
             super().__init__(**params)
         except ValidationError as error:
-            raise InterventionError(_describe(self.name, error)) from None
+            raise InterventionError(_describe(type(self), error)) from None
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -87,6 +87,10 @@ class Intervention(BaseModel, TrainingHook):
         problem = crl_policy_problem(algo)
         if (self.needs_crl_policy or self.needs_features) and problem is not None:
             raise InterventionError(f"intervention {self.name!r} reads the networks of a crl policy, but {problem}")
+
+    def check_sequence(self, n_tasks: int) -> None:
+        """Take the sequence's length, or raise a clear error if the intervention cannot train through a
+        sequence of ``n_tasks`` tasks (called by :func:`crl.learn_continual` before training)."""
 
     def bind(self, owner: str) -> None:
         """Belong to the model whose token is ``owner`` (called at construction and after ``load``).
@@ -171,13 +175,21 @@ def _type_name(annotation: Any) -> str:
     return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
-def _describe(name: str, error: ValidationError) -> str:
-    problems = [
-        # A check of several parameters together (e.g. at_step with at_task) names them in its message.
-        f"parameter {path}={value!r}: {message}" if path else message
-        for path, value, message in key_problems(error)
-    ]
-    return f"intervention {name!r}: " + "; ".join(problems)
+def _describe(cls: type[Intervention], error: ValidationError) -> str:
+    problems = []
+    for path, value, message in key_problems(error):
+        if path in cls.model_fields and error_is_missing(error, path):
+            # pydantic's value of a missing key is the whole input: name the key and its type instead
+            problems.append(f"parameter {path} is required ({_type_name(cls.model_fields[path].annotation)})")
+        else:
+            # A check of several parameters together (e.g. at_step with at_task) names them in its message.
+            problems.append(f"parameter {path}={value!r}: {message}" if path else message)
+    return f"intervention {cls.name!r}: " + "; ".join(problems)
+
+
+def error_is_missing(error: ValidationError, key: str) -> bool:
+    """Whether ``error`` says that the top-level ``key`` was not given."""
+    return any(item["type"] == "missing" and tuple(item["loc"]) == (key,) for item in error.errors())
 
 
 def registered_interventions() -> dict[str, type[Intervention]]:

@@ -25,24 +25,22 @@ from pydantic import Field, PrivateAttr
 
 from crl.interventions.base import InterventionError
 from crl.interventions.importance import (
-    REGULARISED_NETWORKS,
     OutputFunction,
+    Reached,
+    check_protected_networks,
     fisher_sums,
     mas_sums,
-    reached_parameters,
+    regularised_parameters,
 )
 from crl.interventions.penalty import PenaltyTerms
 from crl.interventions.regularizers import AnchoredPenalty
 from crl.metrics.probe_batch import draw_probe_batch
-from crl.optim import algorithm_optimizers
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
 
 Batch = tuple[Any, th.Tensor]
 """Observations (a tensor or a dict of tensors) and actions."""
-Reached = list[tuple[OutputFunction, dict[str, th.Tensor]]]
-"""Each regularised output function with the regularised parameters it depends on, by name."""
 
 
 class Consolidation(AnchoredPenalty):
@@ -77,16 +75,7 @@ class Consolidation(AnchoredPenalty):
 
     def check(self, algo: BaseAlgorithm) -> None:
         super().check(algo)
-        family = getattr(algo, "algorithm_family", type(algo).__name__)
-        if family not in REGULARISED_NETWORKS:
-            raise InterventionError(
-                f"intervention {self.name!r} does not apply to {family}; it supports {sorted(REGULARISED_NETWORKS)}"
-            )
-        if self.critic and REGULARISED_NETWORKS[family].critic_outputs is None:
-            raise InterventionError(
-                f"intervention {self.name!r}: critic=True, but {family} has no critic (its value network is the "
-                "network that acts, and is always regularised); leave critic=False"
-            )
+        check_protected_networks(self.name, algo, self.critic)
 
     def task_importance(self, algo: BaseAlgorithm, reached: Reached, batches: list[Batch]) -> dict[str, th.Tensor]:
         """One task's ``Omega`` of the regularised parameters (those ``reached`` lists), measured on ``batches``."""
@@ -140,33 +129,9 @@ class Consolidation(AnchoredPenalty):
             batches.append((samples.observations, samples.actions))
         return batches
 
-    def _output_functions(self, algo: BaseAlgorithm) -> list[OutputFunction]:
-        networks = REGULARISED_NETWORKS[algo.algorithm_family]  # type: ignore[attr-defined]
-        critic = [networks.critic_outputs] if self.critic and networks.critic_outputs is not None else []
-        return [networks.policy_outputs, *critic]
-
     def _regularised_parameters(self, algo: BaseAlgorithm, batch: Batch) -> tuple[dict[str, th.Tensor], Reached]:
-        """Name -> parameter of every regularised parameter (trained by an optimizer, reached by the
-        regularised outputs, not in a task head), in the policy's order, and which outputs reach which."""
-        policy = algo.policy
-        trained = {
-            id(p)
-            for optimizer in algorithm_optimizers(algo)
-            for group in optimizer.param_groups
-            for p in group["params"]
-        }
-        heads = tuple(f"{path}." for path in getattr(policy, "task_heads", dict)())
-        candidates: dict[str, th.Tensor] = {
-            name: parameter
-            for name, parameter in policy.named_parameters()
-            if id(parameter) in trained and parameter.requires_grad and not name.startswith(heads)
-        }
-        reached = [
-            (outputs, {name: candidates[name] for name in reached_parameters(policy, outputs, candidates, *batch)})
-            for outputs in self._output_functions(algo)
-        ]
-        regularised = {name: parameter for name, parameter in candidates.items() if any(name in r for _, r in reached)}
-        return regularised, reached
+        """Name -> parameter of every regularised parameter, and which outputs reach which."""
+        return regularised_parameters(algo, self.critic, *batch)
 
 
 class L2Previous(Consolidation):

@@ -24,6 +24,9 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 from torch.utils._pytree import tree_map
 
+from crl.interventions.base import InterventionError
+from crl.optim import algorithm_optimizers
+
 if TYPE_CHECKING:
     from stable_baselines3.common.type_aliases import PyTorchObs
 
@@ -268,3 +271,60 @@ def reached_parameters(
     names = list(candidates)
     gradients = th.autograd.grad(total, [candidates[name] for name in names], allow_unused=True)
     return [name for name, gradient in zip(names, gradients, strict=True) if gradient is not None]
+
+
+Reached = list[tuple[OutputFunction, dict[str, th.Tensor]]]
+"""Each regularised output function with the regularised parameters it depends on, by name."""
+
+
+def regularised_outputs(algo: Any, critic: bool) -> list[OutputFunction]:
+    """The output functions of the network that acts and, with ``critic``, of the critics."""
+    networks = REGULARISED_NETWORKS[algo.algorithm_family]
+    critics = [networks.critic_outputs] if critic and networks.critic_outputs is not None else []
+    return [networks.policy_outputs, *critics]
+
+
+def regularised_parameters(
+    algo: Any, critic: bool, observations: PyTorchObs, actions: th.Tensor
+) -> tuple[dict[str, th.Tensor], Reached]:
+    """Name -> parameter of every parameter a continual-learning method protects, in the policy's order,
+    and which outputs reach which: trained by an optimizer, reached by :func:`regularised_outputs` on
+    the batch, not in a task head of a multi-head policy (each task's head is its own, as Continual
+    World's "common variables" leave them out).
+
+    :param algo: a crl algorithm
+    :param critic: protect the critics too
+    :param observations: a batch the outputs are evaluated on (which parameters they reach)
+    :param actions: the batch's actions
+    """
+    policy = algo.policy
+    trained = {
+        id(p) for optimizer in algorithm_optimizers(algo) for group in optimizer.param_groups for p in group["params"]
+    }
+    heads = tuple(f"{path}." for path in getattr(policy, "task_heads", dict)())
+    candidates: dict[str, th.Tensor] = {
+        name: parameter
+        for name, parameter in policy.named_parameters()
+        if id(parameter) in trained and parameter.requires_grad and not name.startswith(heads)
+    }
+    reached = []
+    for outputs in regularised_outputs(algo, critic):
+        names = reached_parameters(policy, outputs, candidates, observations, actions)
+        reached.append((outputs, {name: candidates[name] for name in names}))
+    regularised = {name: parameter for name, parameter in candidates.items() if any(name in r for _, r in reached)}
+    return regularised, reached
+
+
+def check_protected_networks(name: str, algo: Any, critic: bool) -> None:
+    """Refuse, naming the intervention ``name``, an algorithm whose networks this module does not know,
+    and ``critic=True`` for one without critics (DQN, QR-DQN)."""
+    family = getattr(algo, "algorithm_family", type(algo).__name__)
+    if family not in REGULARISED_NETWORKS:
+        raise InterventionError(
+            f"intervention {name!r} does not apply to {family}; it supports {sorted(REGULARISED_NETWORKS)}"
+        )
+    if critic and REGULARISED_NETWORKS[family].critic_outputs is None:
+        raise InterventionError(
+            f"intervention {name!r}: critic=True, but {family} has no critic (its value network is the network "
+            "that acts, which the method always covers); leave critic=False"
+        )
