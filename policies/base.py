@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -31,6 +32,11 @@ from crl.policies.spectral_norm import (
     set_power_iteration,
 )
 from crl.policies.two_hot import TwoHot
+
+_hidden_layers_cache: weakref.WeakKeyDictionary[Any, dict[Any, dict[str, list[HiddenLayer]]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Policy -> its hidden layers per (networks, submodule-registration count): see ``hidden_layers``."""
 
 BoxKind = Literal["image", "box"] | None
 """What ``preprocess_obs`` does with a space: divide an image ``Box``, convert a plain ``Box``, or other."""
@@ -427,7 +433,19 @@ class ContinualPolicyMixin:
         return copy.deepcopy(self, memo)
 
     def hidden_layers(self, networks: list[str] | None = None) -> dict[str, list[HiddenLayer]]:
-        """Hidden layers of the trained networks (all of them, or the named ones)."""
+        """Hidden layers of the trained networks (all of them, or the named ones).
+
+        Found again only when a submodule was registered since (the layers can change only then):
+        recording features at every gradient step walked the networks' modules each time.
+        """
+        key = (None if networks is None else tuple(networks), SubmoduleRegistrations.count)
+        cache = _hidden_layers_cache.setdefault(self, {})
+        if key not in cache:
+            cache.clear()  # entries of an older count are stale
+            cache[key] = self._find_hidden_layers(networks)
+        return {name: list(layers) for name, layers in cache[key].items()}
+
+    def _find_hidden_layers(self, networks: list[str] | None) -> dict[str, list[HiddenLayer]]:
         prefixes = self.network_prefixes()
         unknown = set(networks or []) - set(prefixes)
         if unknown:

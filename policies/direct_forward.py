@@ -30,6 +30,7 @@ from torch.nn.modules import module as torch_module
 from torch.overrides import has_torch_function_variadic
 from torch.utils.hooks import RemovableHandle
 
+from crl.policies.features import RecorderHooks, is_recorder_hook
 from crl.policies.module_tree import SubmoduleRegistrations
 
 Step = Callable[[Any], Any]
@@ -142,19 +143,42 @@ _STEPS: dict[type[nn.Module], Callable[[Any], _LayerStep]] = {
 
 
 def run_layers(steps: list[Step], inputs: Any) -> Any:
-    """``inputs`` through ``steps`` (:func:`chained_layers`), in turn."""
+    """``inputs`` through ``steps`` (:func:`chained_layers`), in turn.
+
+    While a :class:`~crl.policies.features.FeatureRecorder` is open, each step's input and output go to
+    the recorders of its layer, as the recorder's forward hook would have had them from a module call.
+    """
+    if RecorderHooks.recording:
+        return _run_recording(steps, inputs)
     for step in steps:
         inputs = step(inputs)
     return inputs
+
+
+def _run_recording(steps: list[Step], inputs: Any) -> Any:
+    recording = RecorderHooks.recording
+    for step in steps:
+        outputs = step(inputs)
+        for recorder in recording.get(step_layer(step), ()):
+            recorder.record(step_layer(step), inputs, outputs)
+        inputs = outputs
+    return inputs
+
+
+def _other_than_recorders(hooks: dict) -> bool:
+    """Whether a module's hook dictionary holds a hook that is not a feature recorder's."""
+    return any(not is_recorder_hook(hook) for hook in hooks.values())
 
 
 class DirectLayers(Generic[Layers]):
     """The layers of a network to run directly (:func:`chained_layers`), or ``None`` when that is not exact.
 
     The answer is kept until a hook is registered anywhere (``RemovableHandle`` counts every hook
-    torch creates), a submodule is registered anywhere (the tree may have changed), or the hooks that
-    made it ``None`` are all removed. A module compiled in place (``module.compile()``) after the answer
-    was found is seen at the next of those events only; compile before the first ``predict()``.
+    torch creates; a :class:`~crl.policies.features.FeatureRecorder`'s are left out, since
+    :func:`run_layers` records for it), a submodule is registered anywhere (the tree may have changed),
+    or the hooks that made it ``None`` are all removed. A module compiled in place
+    (``module.compile()``) after the answer was found is seen at the next of those events only;
+    compile before the first ``predict()``.
 
     :param layers_of: the layers that compute a network's forward pass, ``None`` if the network is not
         one this path knows (e.g. a subclass with its own ``forward``)
@@ -175,7 +199,8 @@ class DirectLayers(Generic[Layers]):
         self.__init__(state["layers_of"])  # type: ignore[misc]
 
     def __call__(self, network: nn.Module) -> Layers | None:
-        key = (RemovableHandle.next_id, SubmoduleRegistrations.count)
+        # A recorder's hooks are not in the way (run_layers records for it): they do not count.
+        key = (RemovableHandle.next_id - RecorderHooks.registered, SubmoduleRegistrations.count)
         hooks_removed = bool(self._hooks_in_the_way) and not any(self._hooks_in_the_way)
         if network is not self._network or key != self._key or hooks_removed:
             self._network, self._key = network, key
@@ -187,7 +212,9 @@ class DirectLayers(Generic[Layers]):
     def _find_layers(self, network: nn.Module) -> Layers | None:
         modules = list(network.modules())
         self._hooks_in_the_way = [hooks for hooks in _global_hooks() if hooks]
-        self._hooks_in_the_way += [getattr(m, name) for m in modules for name in _MODULE_HOOKS if getattr(m, name)]
+        self._hooks_in_the_way += [
+            hooks for m in modules for name in _MODULE_HOOKS if _other_than_recorders(hooks := getattr(m, name))
+        ]
         if self._hooks_in_the_way:
             return None
         called_otherwise = any(

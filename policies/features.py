@@ -3,7 +3,9 @@
 A hidden layer is identified by its activation module: the module's input is the layer's
 pre-activation and its output the post-activation. :class:`FeatureRecorder` attaches forward hooks to
 those modules for the duration of a ``with`` block and removes them afterwards, so networks run
-exactly as SB3 built them and pay nothing when no one is recording.
+exactly as SB3 built them and pay nothing when no one is recording. crl's direct forward passes
+(:mod:`crl.policies.direct_forward`) call no module, so no hook fires there: they record the same two
+tensors themselves for the open recorders (:class:`RecorderHooks`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import torch as th
 from torch import nn
@@ -67,6 +69,20 @@ def hidden_layers(policy: nn.Module, prefixes: Sequence[str], outputs: Sequence[
     return layers
 
 
+class RecorderHooks:
+    """The open :class:`FeatureRecorder` blocks, and how many hooks recorders have registered.
+
+    The direct forward path (:mod:`crl.policies.direct_forward`) calls no module, so a recorder's
+    hooks do not fire there: it hands each activation's input and output to the recorders of that
+    module (``recording``) itself. A recorder's hooks are therefore not in its way, and they are left
+    out of the count by which it notices new hooks (``registered``).
+    """
+
+    recording: ClassVar[dict[nn.Module, list[FeatureRecorder]]] = {}
+    """Activation module -> the open recorders that record it."""
+    registered = 0
+
+
 class FeatureRecorder:
     """Context manager recording the hidden features of some networks during forward passes.
 
@@ -80,10 +96,14 @@ class FeatureRecorder:
         self.networks = networks
         self._records: dict[nn.Module, tuple[th.Tensor, th.Tensor]] = {}
         self._handles: list[RemovableHandle] = []
+        self._modules: list[nn.Module] = []
 
     def __enter__(self) -> FeatureRecorder:
-        modules = {layer.activation for layers in self.networks.values() for layer in layers}
-        self._handles = [module.register_forward_hook(self._record) for module in modules]
+        self._modules = list({layer.activation for layers in self.networks.values() for layer in layers})
+        for module in self._modules:
+            RecorderHooks.recording.setdefault(module, []).append(self)
+        self._handles = [module.register_forward_hook(self._record) for module in self._modules]
+        RecorderHooks.registered += len(self._handles)
         return self
 
     def __exit__(
@@ -95,9 +115,19 @@ class FeatureRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for module in self._modules:
+            recorders = RecorderHooks.recording[module]
+            recorders.remove(self)
+            if not recorders:
+                del RecorderHooks.recording[module]
+        self._modules = []
 
     def _record(self, module: nn.Module, inputs: tuple[Any, ...], output: th.Tensor) -> None:
-        self._records[module] = (inputs[0], output)
+        self.record(module, inputs[0], output)
+
+    def record(self, module: nn.Module, pre: th.Tensor, post: th.Tensor) -> None:
+        """Keep ``module``'s input and output of this forward pass (the direct path calls it)."""
+        self._records[module] = (pre, post)
 
     def features(self) -> Features:
         """Features recorded so far, per network and hidden layer (layers not run are left out)."""
@@ -109,3 +139,8 @@ class FeatureRecorder:
                 if layer.activation in self._records
             }
         return recorded
+
+
+def is_recorder_hook(hook: Any) -> bool:
+    """Whether ``hook`` is a :class:`FeatureRecorder`'s (which the direct path stands in for)."""
+    return getattr(hook, "__func__", None) is FeatureRecorder._record

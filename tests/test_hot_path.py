@@ -347,6 +347,32 @@ def test_a_hook_sends_acting_through_the_module_call_until_it_is_removed() -> No
     assert len(seen) == 1 and policy._direct_q_layers(policy.q_net) is not None
 
 
+def test_a_feature_recorder_records_the_direct_pass_as_its_hooks_record_module_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The direct path stays in use while a recorder is open and hands it the tensors its hooks get
+    from module calls; after it, the layers found before are kept, without a walk of the modules."""
+    policy = _dqn_acting_policy()
+    observations = th.randn(8, 4)
+    _greedy(policy, observations)  # builds the policy's direct layers
+    direct = policy._direct_q_layers
+    layers = direct(policy.q_net)
+    assert layers is not None
+    with policy.record_features(["q_net"]) as through_layers:
+        assert direct(policy.q_net) is layers
+        _greedy(policy, observations)
+    with policy.record_features(["q_net"]) as through_modules, th.no_grad():
+        policy.q_net(observations)  # SB3's forward: module calls, so the hooks record
+    direct_features, module_features = through_layers.features()["q_net"], through_modules.features()["q_net"]
+    assert list(direct_features) == list(module_features) == ["layer0", "layer1"]
+    for name, recorded in direct_features.items():
+        assert recorded.post.shape == (8, 120 if name == "layer0" else 84)
+        assert th.equal(recorded.pre, module_features[name].pre) and th.equal(recorded.post, module_features[name].post)
+    monkeypatch.setattr(type(direct), "_find_layers", lambda *args: pytest.fail("the layers were found again"))
+    assert direct(policy.q_net) is layers
+    _greedy(policy, observations)
+
+
 def test_a_global_hook_sees_the_acting_forward_pass() -> None:
     policy = _dqn_acting_policy()
     _greedy(policy, th.randn(8, 4))

@@ -160,6 +160,31 @@ def cbp_utility_of_layer1(step: GradientStep, q: nn.Sequential) -> th.Tensor:
     return 0.01 * h1.abs().mean(dim=0) * q[4].weight.abs().mean(dim=0)
 
 
+@pytest.mark.parametrize(
+    "policy_kwargs",
+    [dict(net_arch=[16, 16]), dict(net_arch=[16], activation="crelu")],
+    ids=["mlp", "crelu"],
+)
+def test_continual_backprop_reads_its_layers_as_the_general_path_does_bit_for_bit(policy_kwargs: dict) -> None:
+    """The kept per-layer readers (one plain linear reader: its columns' mean) equal UnitLayer's."""
+    from crl.interventions.continual_backprop import _UnitTrack
+
+    model = crl.DQN("MlpPolicy", "CartPole-v1", learning_starts=50, seed=0, policy_kwargs=policy_kwargs)
+    model.learn(100)
+    batch = model.replay_buffer.sample(32)
+    with model.policy.record_features(["q_net"]) as recorder:
+        model.q_net(batch.observations)
+    for layer in unit_layers(model.policy, None):
+        track = _UnitTrack(layer)
+        h = recorder.features()["q_net"][layer.name].post
+        general = layer.unit_view(h.abs().mean(dim=[0, *range(2, h.dim())])).mean(dim=0)
+        assert th.equal(track.mean_activity(h), general)
+        assert th.equal(track.outgoing_magnitude(), layer.outgoing_magnitude())
+        replacement = nn.Parameter(th.randn_like(layer.outgoing[0].weight))
+        layer.outgoing[0].weight = replacement  # a replaced parameter is read at the next call
+        assert th.equal(track.outgoing_magnitude(), layer.outgoing_magnitude())
+
+
 def test_continual_backprop_in_training_replaces_at_the_accumulated_rate() -> None:
     cbp = ContinualBackprop(maturity=50, replacement_rate=0.01)
     model = _dqn([cbp], steps=400)
