@@ -20,8 +20,9 @@ def test_pruning_frees_the_smallest_entries_the_task_owns() -> None:
     2), 0.2; entries at most 0.2 are zeroed and go to task 1; the entry task 1 owned already stays."""
     weight = th.tensor([[0.1, -0.5, 0.3], [0.2, -0.05, 0.4]], dtype=th.float64)
     owner = th.tensor([[0, 0, 0], [0, 0, 1]])
-    prune_task_weights(weight, owner, task=0, prune_fraction=0.5)
+    freed = prune_task_weights(weight, owner, task=0, prune_fraction=0.5)
     assert weight.tolist() == [[0.0, -0.5, 0.3], [0.0, 0.0, 0.4]]
+    assert freed.tolist() == [[True, False, False], [True, True, False]]
     assert owner.tolist() == [[1, 0, 0], [1, 1, 1]]
 
 
@@ -40,8 +41,13 @@ def test_each_task_keeps_its_share_and_later_tasks_train_only_theirs() -> None:
     model = _model("DQN", [intervention])
     model.start_task(0)
     model.learn(200)
+    target_before = {name: p.detach().clone() for name, p in model.policy.q_net_target.named_parameters()}
     model.end_task()
     owners = intervention._owners
+    for name, owner in owners.items():  # the target network got the same pruning, and nothing else
+        target = model.policy.q_net_target.get_parameter(name.removeprefix("q_net."))
+        assert th.equal(target[owner == 1], th.zeros(int((owner == 1).sum())))
+        assert th.equal(target[owner == 0], target_before[name.removeprefix("q_net.")][owner == 0])
     assert set(owners) == {"q_net.q_net.0.weight", "q_net.q_net.2.weight"}
     assert intervention._frozen == ["q_net.q_net.0.bias", "q_net.q_net.2.bias"]
     after_first = _snapshot(model)

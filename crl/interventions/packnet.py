@@ -20,6 +20,7 @@ from pydantic import Field, PrivateAttr
 from crl.hooks import GradientStep
 from crl.interventions.base import Intervention, InterventionError
 from crl.interventions.importance import check_protected_networks, regularised_parameters
+from crl.interventions.network import target_parameters
 from crl.metrics.probe_batch import draw_probe_batch
 from crl.optim import algorithm_optimizers, clear_optimizer_state
 
@@ -33,21 +34,24 @@ PROBE_SIZE = 64
 """Samples on which the protected networks' outputs show which parameters they depend on."""
 
 
-def prune_task_weights(weight: th.Tensor, owner: th.Tensor, task: int, prune_fraction: float) -> None:
+def prune_task_weights(weight: th.Tensor, owner: th.Tensor, task: int, prune_fraction: float) -> th.Tensor:
     """PackNet's pruning of the entries of ``weight`` that ``task`` owns, in place (``weight`` and ``owner``).
 
     Of the ``n`` entries owned by ``task``, those whose magnitude is at most the ``floor(n *
     prune_fraction)``-th smallest magnitude (counting from 0) are set to 0 and given to ``task + 1``;
     the others stay with ``task``, as do the entries other tasks own. (Continual World's threshold.)
+
+    :return: the freed entries (a boolean mask shaped like ``weight``)
     """
     owned = owner == task
     magnitudes = weight[owned].abs().sort().values
     if len(magnitudes) == 0:
-        return
+        return th.zeros_like(owned)
     threshold = magnitudes[int(len(magnitudes) * prune_fraction)]
     freed = owned & (weight.abs() <= threshold)
     weight.masked_fill_(freed, 0.0)
     owner.masked_fill_(freed, task + 1)
+    return freed
 
 
 class PackNet(Intervention):
@@ -75,6 +79,10 @@ class PackNet(Intervention):
     ``interventions/packnet/owned`` (the fraction of the shared entries that tasks up to the ended
     one own).
 
+    The pruned entries are zeroed in the target networks too (DQN's, QR-DQN's; SAC's and TQC's critics
+    with ``critic=True``), as SPEC.md §2 asks of every intervention that edits parameters; Continual
+    World's polyak averaging lets its target critics follow on their own.
+
     Differences from Continual World: its CW20 runs also clip every gradient's global norm at 2e-5
     (``clipnorm``), which SB3's SAC has no option for; PPO cannot retrain (it keeps only the last
     rollout), so it needs ``retrain_steps=0``.
@@ -94,9 +102,9 @@ class PackNet(Intervention):
     _owners: dict[str, th.Tensor] | None = PrivateAttr(default=None)
     _frozen: list[str] = PrivateAttr(default_factory=list)
     _masks: dict[tuple[int, int], GradientMasks] = PrivateAttr(default_factory=dict)
-    _shown: dict[str, th.Tensor] = PrivateAttr(default_factory=dict)
+    _training_values: dict[str, th.Tensor] = PrivateAttr(default_factory=dict)
 
-    transient = ("_masks", "_shown")
+    transient = ("_masks", "_training_values")
 
     def check(self, algo: BaseAlgorithm) -> None:
         super().check(algo)
@@ -135,11 +143,14 @@ class PackNet(Intervention):
         if self._owners is None:
             self._share_out(algo)
         assert self._owners is not None
-        parameters = dict(algo.policy.named_parameters())
+        parameters, targets = dict(algo.policy.named_parameters()), target_parameters(algo)
         tasks_left = self.n_tasks - task_id - 1
         with th.no_grad():
             for name, owner in self._owners.items():
-                prune_task_weights(parameters[name], owner, task_id, tasks_left / (tasks_left + 1))
+                freed = prune_task_weights(parameters[name], owner, task_id, tasks_left / (tasks_left + 1))
+                target = targets.get(parameters[name])
+                if target is not None:  # the target network gets the same edit (SPEC.md §2)
+                    target.masked_fill_(freed, 0.0)
         self._masks.clear()
         self._retrain(algo)
         owned = th.cat([(owner <= task_id).flatten() for owner in self._owners.values()])
@@ -150,8 +161,8 @@ class PackNet(Intervention):
         if self._owners is None:
             return
         assert step.optimizer is not None
-        gradients, masks = self._gradient_masks(algo, step.optimizer)
-        present = [(g, m) for g, m in zip(gradients, masks, strict=True) if g.grad is not None]
+        parameters, masks = self._gradient_masks(algo, step.optimizer)
+        present = [(p, m) for p, m in zip(parameters, masks, strict=True) if p.grad is not None]
         if present:
             th._foreach_mul_([p.grad for p, _ in present], [m for _, m in present])  # type: ignore[misc]
 
@@ -161,15 +172,15 @@ class PackNet(Intervention):
         parameters = dict(algo.policy.named_parameters())
         with th.no_grad():
             for name, owner in self._owners.items():
-                self._shown[name] = parameters[name].detach().clone()
+                self._training_values[name] = parameters[name].detach().clone()
                 parameters[name].masked_fill_(owner > task_id, 0.0)
 
     def on_evaluation_end(self, algo: BaseAlgorithm, task_id: int) -> None:
         parameters = dict(algo.policy.named_parameters())
         with th.no_grad():
-            for name, value in self._shown.items():
+            for name, value in self._training_values.items():
                 parameters[name].copy_(value)
-        self._shown = {}
+        self._training_values = {}
 
     def _share_out(self, algo: BaseAlgorithm) -> None:
         """Give every entry of the protected weight matrices to task 0, and list the frozen parameters."""
