@@ -166,23 +166,23 @@ def cbp_utility_of_layer1(step: GradientStep, q: nn.Sequential) -> th.Tensor:
     ids=["mlp", "crelu"],
 )
 def test_continual_backprop_reads_its_layers_as_the_general_path_does_bit_for_bit(policy_kwargs: dict) -> None:
-    """The kept per-layer readers (one plain linear reader: its columns' mean) equal UnitLayer's."""
-    from crl.interventions.continual_backprop import _UnitTrack
-
+    """A unit layer's mean activity and outgoing magnitude (one plain linear reader: its columns' mean)
+    equal the general reshaped reductions."""
     model = crl.DQN("MlpPolicy", "CartPole-v1", learning_starts=50, seed=0, policy_kwargs=policy_kwargs)
     model.learn(100)
     batch = model.replay_buffer.sample(32)
     with model.policy.record_features(["q_net"]) as recorder:
         model.q_net(batch.observations)
     for layer in unit_layers(model.policy, None):
-        track = _UnitTrack(layer)
         h = recorder.features()["q_net"][layer.name].post
         general = layer.unit_view(h.abs().mean(dim=[0, *range(2, h.dim())])).mean(dim=0)
-        assert th.equal(track.mean_activity(h), general)
-        assert th.equal(track.outgoing_magnitude(), layer.outgoing_magnitude())
-        replacement = nn.Parameter(th.randn_like(layer.outgoing[0].weight))
-        layer.outgoing[0].weight = replacement  # a replaced parameter is read at the next call
-        assert th.equal(track.outgoing_magnitude(), layer.outgoing_magnitude())
+        assert th.equal(layer.mean_activity(h), general)
+        assert (layer._plain_reader is None) == (layer.halves == 2)  # the MLP's layers take the short path
+
+        (reader,) = layer.outgoing
+        assert th.equal(layer.outgoing_magnitude(), layer.outgoing_weights(reader).abs().mean(dim=(0, 1, 3)))
+        reader.weight = nn.Parameter(th.randn_like(reader.weight))  # a replaced parameter is read at the next call
+        assert th.equal(layer.outgoing_magnitude(), layer.outgoing_weights(reader).abs().mean(dim=(0, 1, 3)))
 
 
 def test_continual_backprop_in_training_replaces_at_the_accumulated_rate() -> None:

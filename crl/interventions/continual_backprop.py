@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch as th
 from pydantic import Field, PrivateAttr
-from torch import nn
-from torch.nn.utils import parametrize
 
 from crl.hooks import GradientStep
 from crl.interventions.base import Intervention
@@ -65,7 +63,7 @@ class ContinualBackprop(Intervention):
     _replaced: int = PrivateAttr(default=0)
     _replaced_total: int = PrivateAttr(default=0)
     _layers: list[UnitLayer] | None = PrivateAttr(default=None)
-    _tracks: dict[str, list[_UnitTrack]] = PrivateAttr(default_factory=dict)
+    _tracks: dict[str, list[tuple[str, UnitLayer]]] = PrivateAttr(default_factory=dict)
     _structure: int = PrivateAttr(default=0)
 
     def on_setup(self, algo: BaseAlgorithm) -> None:
@@ -93,13 +91,13 @@ class ContinualBackprop(Intervention):
                 self._due.setdefault(key, 0.0)
         return self._layers
 
-    def _loss_tracks(self, algo: BaseAlgorithm, loss_name: str) -> list[_UnitTrack]:
-        """The layers the loss ``loss_name`` trains, with what their utility update reads, kept per loss
-        (about 60 us of Python per DQN gradient step went into finding them again)."""
+    def _loss_layers(self, algo: BaseAlgorithm, loss_name: str) -> list[tuple[str, UnitLayer]]:
+        """The layers the loss ``loss_name`` trains, with their keys, kept per loss (about 60 us of
+        Python per DQN gradient step went into finding them again)."""
         layers = self._unit_layers(algo)
         if loss_name not in self._tracks:
             networks = loss_networks(algo, loss_name)
-            self._tracks[loss_name] = [_UnitTrack(layer) for layer in layers if layer.network in networks]
+            self._tracks[loss_name] = [(_key(layer), layer) for layer in layers if layer.network in networks]
         return self._tracks[loss_name]
 
     @th.no_grad()
@@ -108,20 +106,19 @@ class ContinualBackprop(Intervention):
         # BaseModel.__getattr__ (about 1.5 us), and this runs at every gradient step.
         private = self.__pydantic_private__
         assert private is not None
-        tracks = private["_tracks"].get(step.loss_name) if private["_layers"] is not None else None
-        if tracks is None:
-            tracks = self._loss_tracks(algo, step.loss_name)
+        layers = private["_tracks"].get(step.loss_name) if private["_layers"] is not None else None
+        if layers is None:
+            layers = self._loss_layers(algo, step.loss_name)
         reinit: Reinitializer | None = None
         decay, maturity = self.decay, self.maturity
         utilities, ages, updates, features = private["_utility"], private["_age"], private["_updates"], step.features
-        for track in tracks:
-            recorded = features.get(track.network, {}).get(track.name)
+        for key, layer in layers:
+            recorded = features.get(layer.network, {}).get(layer.name)
             if recorded is None:
                 continue
-            key, layer = track.key, track.layer
             utility, age = utilities[key], ages[key]
-            mean_abs_h = track.mean_activity(recorded.post.detach())
-            utility.mul_(decay).add_(mean_abs_h * track.outgoing_magnitude(), alpha=1.0 - decay)
+            mean_abs_h = layer.mean_activity(recorded.post.detach())
+            utility.mul_(decay).add_(mean_abs_h * layer.outgoing_magnitude(), alpha=1.0 - decay)
             age += 1
             updates[key] = updates.get(key, 0) + 1
             if updates[key] <= maturity:  # no unit can be mature yet: skip the bookkeeping
@@ -150,33 +147,3 @@ class ContinualBackprop(Intervention):
 
 def _key(layer: UnitLayer) -> str:
     return f"{layer.network}/{layer.name}"
-
-
-class _UnitTrack:
-    """What the utility update reads of one hidden layer, found once per structure of the networks.
-
-    ``mean_activity(h)`` is ``mean_batch |h|`` per unit and ``outgoing_magnitude()`` the mean ``|W_out|``
-    of :meth:`UnitLayer.outgoing_magnitude`. For a unit feeding one plain linear layer (no CReLU, no
-    parametrization, the common MLP case) the latter is that layer's columns' mean, ``|W[:, units]|``
-    averaged over rows, read from the layer's parameter dictionary at each call: the same reduction
-    without the general path's reshapes and lookups, bit for bit (``tests/test_interventions_reinit.py``).
-    """
-
-    __slots__ = ("halves", "key", "layer", "name", "network", "outgoing_magnitude")
-
-    def __init__(self, layer: UnitLayer) -> None:
-        self.layer, self.key, self.network, self.name = layer, _key(layer), layer.network, layer.name
-        self.halves = layer.halves
-        (reader, *others) = layer.outgoing
-        # one column per unit: a linear layer's units (a conv channel feeds a block of columns), no CReLU
-        plain = not others and type(reader) is nn.Linear and isinstance(layer.incoming, nn.Linear) and self.halves == 1
-        if plain and not parametrize.is_parametrized(reader, "weight"):
-            parameters, start, stop = reader._parameters, layer.offset, layer.offset + layer.n_units
-            self.outgoing_magnitude = lambda: parameters["weight"][:, start:stop].abs().mean(dim=0)  # type: ignore[index]
-        else:
-            self.outgoing_magnitude = layer.outgoing_magnitude
-
-    def mean_activity(self, h: th.Tensor) -> th.Tensor:
-        """``mean |h|`` of each unit over the batch (and a conv channel's positions; both CReLU halves)."""
-        per_channel = h.abs().mean(dim=[0, *range(2, h.dim())])
-        return per_channel if self.halves == 1 else self.layer.unit_view(per_channel).mean(dim=0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -104,9 +105,34 @@ class UnitLayer:
         return weight.reshape(weight.shape[0], self.halves, self.n_units, -1)
 
     def outgoing_magnitude(self) -> th.Tensor:
-        """Mean ``|W_out|`` of each unit over all its outgoing weights."""
+        """Mean ``|W_out|`` of each unit over all its outgoing weights.
+
+        For units that feed one plain linear layer, one column each (no CReLU, no conv channel's
+        block, no parametrization: the common MLP case), that layer's columns' mean over rows, read
+        from its parameter dictionary: continual backprop asks at every gradient step, and this is the
+        general path's reduction, bit for bit (``tests/test_interventions_reinit.py``), without its
+        reshapes and lookups.
+        """
+        plain = self._plain_reader
+        if plain is not None:
+            parameters, start, stop = plain
+            return parameters["weight"][:, start:stop].detach().abs().mean(dim=0)
         per_layer = [self.outgoing_weights(layer).abs().mean(dim=(0, 1, 3)) for layer in self.outgoing]
         return per_layer[0] if len(per_layer) == 1 else th.stack(per_layer).mean(dim=0)
+
+    @cached_property
+    def _plain_reader(self) -> tuple[dict[str, Any], int, int] | None:
+        """The parameter dictionary of the one plain linear layer reading these units, and their columns."""
+        (reader, *others) = self.outgoing
+        plain = not others and type(reader) is nn.Linear and isinstance(self.incoming, nn.Linear) and self.halves == 1
+        if not plain or parametrize.is_parametrized(reader, "weight"):
+            return None
+        return reader._parameters, self.offset, self.offset + self.n_units
+
+    def mean_activity(self, post: th.Tensor) -> th.Tensor:
+        """``mean |h|`` of each unit over the batch (and a conv channel's positions; both CReLU halves)."""
+        per_channel = post.abs().mean(dim=[0, *range(2, post.dim())])
+        return per_channel if self.halves == 1 else self.unit_view(per_channel).mean(dim=0)
 
 
 def weight_of(layer: WeightLayer) -> th.Tensor:
