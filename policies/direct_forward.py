@@ -159,8 +159,9 @@ def _run_recording(steps: list[Step], inputs: Any) -> Any:
     recording = RecorderHooks.recording
     for step in steps:
         outputs = step(inputs)
-        for recorder in recording.get(step_layer(step), ()):
-            recorder.record(step_layer(step), inputs, outputs)
+        layer = step_layer(step)
+        for recorder in recording.get(layer, ()):
+            recorder.record(layer, inputs, outputs)
         inputs = outputs
     return inputs
 
