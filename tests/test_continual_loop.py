@@ -26,7 +26,7 @@ from crl.continual.loop import (
     preserved_random_state,
     request_checkpoint,
 )
-from crl.interventions import Intervention, PlasticityInjection, Reset
+from crl.interventions import Intervention, L2Previous, PlasticityInjection, Reset
 from crl.tracking.checkpoint import load_checkpoint, save_checkpoint
 from crl.wrappers import TaskSequence, make_sequence, permuted_observations
 
@@ -191,6 +191,21 @@ def test_every_evaluation_reaches_the_sb3_logger_once_at_its_global_step(tmp_pat
                                "continual/step"} for values, _, _ in evaluations)  # fmt: skip
     assert all(excluded["continual/step"] == ("tensorboard",) for _, excluded, _ in evaluations)
     assert any("train/loss" in values for values, _, _ in dumps.dumps)
+
+
+def test_what_interventions_record_at_a_task_end_goes_out_with_its_evaluation(tmp_path) -> None:
+    """At the task end's global step, the last task's too (left pending, it was never written)."""
+    sequence = permuted_observations(n_tasks=2, steps_per_task=400)
+    model = _dqn(sequence, interventions=[L2Previous()])
+    dumps = _Dumps()
+    model.set_logger(Logger(str(tmp_path), [dumps]))
+    learn_continual(model, sequence, eval_every=200, n_eval_episodes=1)
+    key = "interventions/l2_previous/importance"
+    evaluations = {step: values for values, _, step in dumps.dumps if "continual/average" in values}
+    assert list(evaluations) == [200, 400, 600, 800]
+    assert [step for step, values in evaluations.items() if key in values] == [400, 800]
+    assert evaluations[400][key] == evaluations[800][key] == 1.0  # L2's importance of each task
+    assert not any(key in values for values, _, _ in dumps.dumps if "continual/average" not in values)
 
 
 def test_result_of_a_run_can_be_saved(tmp_path) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,7 +141,26 @@ def task_metric(index: int, name: str) -> str:
     return f"{EVALUATION_PREFIX}{index}_{name}"
 
 
-def dump_evaluation(logger: Logger, step: int, values: dict[str, float]) -> None:
+@contextlib.contextmanager
+def set_aside_records(logger: Logger) -> Iterator[dict[str, tuple[Any, tuple[str, ...] | None]]]:
+    """Inside the block the logger records from scratch; after it, the values recorded before the block
+    are pending again, and the yielded dict holds what was recorded inside (key -> value, exclusion)."""
+    pending = logger.name_to_value, logger.name_to_count, logger.name_to_excluded
+    logger.name_to_value, logger.name_to_count, logger.name_to_excluded = defaultdict(float), defaultdict(int), {}
+    recorded: dict[str, tuple[Any, tuple[str, ...] | None]] = {}
+    try:
+        yield recorded
+    finally:
+        recorded.update({key: (value, logger.name_to_excluded.get(key)) for key, value in logger.name_to_value.items()})
+        logger.name_to_value, logger.name_to_count, logger.name_to_excluded = pending
+
+
+def dump_evaluation(
+    logger: Logger,
+    step: int,
+    values: dict[str, float],
+    task_end: Mapping[str, tuple[Any, tuple[str, ...] | None]] | None = None,
+) -> None:
     """Write one evaluation's values to the logger's output formats at once, at its global ``step``.
 
     Dumped on their own: SB3 dumps at its task-local ``num_timesteps`` (restarted at every task) and
@@ -152,17 +171,17 @@ def dump_evaluation(logger: Logger, step: int, values: dict[str, float]) -> None
     :param logger: the model's SB3 logger
     :param step: the evaluation's global step (environment steps of the whole sequence)
     :param values: key -> value of the evaluation (``continual/...``)
+    :param task_end: what the interventions recorded at the task's end (:func:`set_aside_records`),
+        written with the evaluation of that end, at its global step
     """
-    pending = logger.name_to_value, logger.name_to_count, logger.name_to_excluded
-    logger.name_to_value, logger.name_to_count, logger.name_to_excluded = defaultdict(float), defaultdict(int), {}
-    try:
+    with set_aside_records(logger):
+        for key, (value, excluded) in (task_end or {}).items():
+            logger.record(key, value, exclude=excluded)
         for key, value in values.items():
             logger.record(key, value)
         # TensorBoard has the step as its axis (SB3's EvalCallback excludes its step key there too).
         logger.record(EVALUATION_STEP_KEY, step, exclude="tensorboard")
         logger.dump(step)
-    finally:
-        logger.name_to_value, logger.name_to_count, logger.name_to_excluded = pending
 
 
 class TaskEvaluator:
@@ -195,9 +214,14 @@ class TaskEvaluator:
         self.steps: list[int] = []
         self.columns: list[np.ndarray] = []
 
-    def evaluate(self, model: BaseAlgorithm, step: int) -> np.ndarray:
+    def evaluate(
+        self,
+        model: BaseAlgorithm,
+        step: int,
+        task_end: Mapping[str, tuple[Any, tuple[str, ...] | None]] | None = None,
+    ) -> np.ndarray:
         """Evaluate every task at global step ``step``; write the column to the model's logger (see
-        :func:`dump_evaluation`), hand it to ``on_evaluation`` and return it."""
+        :func:`dump_evaluation`, with ``task_end``'s records), hand it to ``on_evaluation`` and return it."""
         with preserved_random_state(model):
             column = np.array([self._evaluate_task(model, index, env) for index, env in enumerate(self.envs)])
         self.steps.append(step)
@@ -207,7 +231,7 @@ class TaskEvaluator:
             for index, (name, value) in enumerate(zip(self.sequence.task_names, column, strict=True))
         }
         values[f"{EVALUATION_PREFIX}average"] = float(column.mean())
-        dump_evaluation(model.logger, step, values)
+        dump_evaluation(model.logger, step, values, task_end)
         if self.on_evaluation is not None:
             self.on_evaluation(step, column)
         return column
@@ -554,8 +578,12 @@ def learn_continual(
                 )
             finally:
                 _ACTIVE_CHECKPOINTS.clear()
-            model.end_task()
-            evaluator.evaluate(model, start + task.budget)
+            # What the interventions record at the task's end goes out with its evaluation, at the
+            # sequence's step: left pending, it would wait for the next task's first SB3 dump at that
+            # task's own step, and the last task's would never be written.
+            with set_aside_records(model.logger) as task_end:
+                model.end_task()
+            evaluator.evaluate(model, start + task.budget, task_end)
             if checkpoint is not None and checkpoint_at_task_end:
                 steps, columns = list(evaluator.steps), list(evaluator.columns)
                 checkpoint(ContinualPosition(index + 1, 0, steps, columns, None, evaluator.envs))
