@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch as th
 from pydantic import Field, PrivateAttr
+from torch.utils._pytree import tree_map
 
 from crl.hooks import GradientStep
 from crl.interventions.base import Intervention, InterventionError
@@ -72,30 +73,15 @@ class EpisodicMemory:
         """Append ``samples`` (of the same buffer type as the samples already kept)."""
         if self.samples is None:
             self.samples = samples
-        else:
-            self.samples = type(samples)(*map(_concatenated, self.samples, samples))
+        else:  # field by field, dict observations key by key; a field SB3 leaves None stays None
+            joined = tree_map(lambda kept, new: kept if kept is None else th.cat([kept, new]), self.samples, samples)
+            self.samples = joined
 
     def sample(self, batch_size: int) -> Any:
         """``batch_size`` distinct samples (all if fewer are kept), drawn from numpy's global generator
         like SB3's minibatches (the memory is part of training)."""
         indices = th.as_tensor(_distinct_indices(len(self), batch_size))
-        return type(self.samples)(*(_indexed(field, indices) for field in self.samples))
-
-
-def _concatenated(first: Any, second: Any) -> Any:
-    if first is None:
-        return None
-    if isinstance(first, dict):
-        return {key: th.cat([first[key], second[key]]) for key in first}
-    return th.cat([first, second])
-
-
-def _indexed(field: Any, indices: th.Tensor) -> Any:
-    if field is None:
-        return None
-    if isinstance(field, dict):
-        return {key: value[indices.to(value.device)] for key, value in field.items()}
-    return field[indices.to(field.device)]
+        return tree_map(lambda kept: kept if kept is None else kept[indices.to(kept.device)], self.samples)
 
 
 def _distinct_indices(n: int, k: int) -> np.ndarray:
