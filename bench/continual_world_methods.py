@@ -1,4 +1,4 @@
-"""What Continual World's baselines cost on its reference SAC: consolidation (L2, EWC, MAS), A-GEM, PackNet.
+"""What Continual World's baselines cost on its reference SAC: consolidation (L2, EWC, MAS), A-GEM, PackNet, ClonEx.
 
 Each run trains Continual World's reference SAC (``crl.continual.continual_world.reference_sac``: 4 x 256 networks,
 a head per task, 50 updates every 50 steps from step 1,000 of a task) for 2,000 steps on CW10's
@@ -33,6 +33,8 @@ METHODS: dict[str, list[Any]] = {
     "agem": ["agem"],
     # Continual World's CW20 runs retrain 100,000 steps per task end: 1,000 here, scaled in the docs
     "packnet": [{"name": "packnet", "n_tasks": 10, "retrain_steps": 1_000}],
+    # the timed steps lie in the second task's 10,000 random steps: its exploration acts at every one
+    "clonex": ["clonex"],
 }
 FIRST_TASK_STEPS = 2_000
 FILL_STEPS = 1_000

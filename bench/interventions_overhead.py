@@ -64,6 +64,8 @@ def defaults(name: str, run: Run) -> dict[str, Any]:
         return {"name": name, "at_step": run.steps // 2}
     if name == "packnet":  # two tasks; a short retraining (PPO has no data to retrain on)
         return {"name": name, "n_tasks": 2, "retrain_steps": 0 if run.algorithm == "PPO" else 100}
+    if name == "clonex":  # the runs' policies have one head: cloning without the heads' exploration
+        return {"name": name, "exploration": "uniform"}
     return {"name": name}
 
 

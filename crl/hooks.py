@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch as th
 
 from crl.policies.features import Features
@@ -80,6 +81,16 @@ class TrainingHook:
 
     def on_step(self, algo: BaseAlgorithm) -> None:
         """After every step of the vectorised environment (``algo.num_timesteps`` is up to date)."""
+
+    def warmup_actions(self, algo: BaseAlgorithm, observations: Any) -> np.ndarray | None:
+        """An off-policy algorithm warms up (SB3's uniformly random actions before ``learning_starts``):
+        the actions to take instead, one row per environment in the environment's action space (as
+        ``predict`` returns them), or ``None`` to leave them random. The first hook that answers acts."""
+        return None
+
+    def on_transition(self, algo: BaseAlgorithm, rewards: np.ndarray, dones: np.ndarray, infos: list[dict]) -> None:
+        """An off-policy algorithm stores an environment step: its rewards, episode ends and infos, one per
+        environment, as the vectorised environment returned them."""
 
     def on_rollout_end(self, algo: BaseAlgorithm) -> None:
         """Collection ends, before ``train()``."""
@@ -150,6 +161,9 @@ class HookDispatcher:
         self.records_features = any(h.needs_features for h in self.hooks)
         self.per_gradient_step = any(self._by_name[name] for name in GRADIENT_STEP_HOOKS)
         self.uses_callback = any(self._by_name[name] for name in CALLBACK_HOOKS)
+        # Read at every environment step of an off-policy algorithm: a flag, not a tuple lookup.
+        self.replaces_warmup = bool(self._by_name["warmup_actions"])
+        self.observes_transitions = bool(self._by_name["on_transition"])
 
     def __call__(self, name: str, algo: BaseAlgorithm, *args: Any) -> None:
         for hook in self._by_name[name]:
@@ -160,6 +174,14 @@ class HookDispatcher:
         for hook in self._by_name["transform_batch"]:
             batch = hook.transform_batch(algo, batch)
         return batch
+
+    def warmup_actions(self, algo: BaseAlgorithm, observations: Any) -> np.ndarray | None:
+        """The first hook's warm-up actions (see :meth:`TrainingHook.warmup_actions`), or ``None``."""
+        for hook in self._by_name["warmup_actions"]:
+            actions = hook.warmup_actions(algo, observations)
+            if actions is not None:
+                return actions
+        return None
 
     def begin_gradient_step(self, algo: BaseAlgorithm, index: int, batch: Any) -> GradientStep | None:
         """The step object for this gradient step, or ``None`` when no hook acts per gradient step."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from sb3_contrib.crossq import policies as crossq
@@ -51,6 +52,19 @@ def task_index(observations: PyTorchObs, n_heads: int) -> th.Tensor:
     ``task_id`` key, for dict observations)."""
     code = observations[TASK_ID_KEY] if isinstance(observations, dict) else observations
     return code[:, -n_heads:].argmax(dim=1)
+
+
+def with_task_heads(observations: np.ndarray | dict[str, np.ndarray], heads: np.ndarray, n_heads: int) -> Any:
+    """A copy of a batch of observations whose one-hot task ids name ``heads`` (one per row) instead.
+
+    A multi-head policy then acts with those tasks' heads: the rest of each observation is unchanged.
+    """
+    code = observations[TASK_ID_KEY] if isinstance(observations, dict) else observations
+    rewritten = code.copy()
+    rewritten[:, -n_heads:] = np.eye(n_heads, dtype=rewritten.dtype)[heads]
+    if isinstance(observations, dict):
+        return {**observations, TASK_ID_KEY: rewritten}
+    return rewritten
 
 
 def select_head(outputs: th.Tensor, task: th.Tensor, n_heads: int) -> th.Tensor:

@@ -76,6 +76,7 @@ NOT_COVERED = {
     ),
     "agem": "acts after a task end: every algorithm in test_interventions_agem",
     "packnet": "acts at task ends: every algorithm in test_interventions_packnet",
+    "clonex": "acts after a task end: SAC, TQC and CrossQ in test_interventions_clonex",
 }
 
 

@@ -15,6 +15,7 @@ from crl.interventions import (
     MAS,
     PFO,
     AdaptiveReplayRatio,
+    ClonEx,
     ContinualBackprop,
     L2Init,
     L2Previous,
@@ -33,6 +34,8 @@ from crl.interventions.agem import EpisodicMemory
 
 PPO_KWARGS = dict(n_steps=128, batch_size=64, seed=0)
 DQN_KWARGS = dict(learning_starts=100, train_freq=1, seed=0)
+SAC_KWARGS = dict(learning_starts=100, batch_size=32, policy_kwargs=dict(net_arch=[16]), seed=0)
+FAMILIES = {"DQN": ("CartPole-v1", DQN_KWARGS), "PPO": ("CartPole-v1", PPO_KWARGS), "SAC": ("Pendulum-v1", SAC_KWARGS)}
 
 
 def test_layer_norm_weight_decay_redo_and_pfo_compose_in_one_ppo_run() -> None:
@@ -82,9 +85,10 @@ CASES = {
     "mas": ("DQN", MAS(importance_batches=2, importance_batch_size=16)),
     "agem": ("PPO", AGEM(episodic_mem_per_task=50, episodic_batch_size=16)),
     "packnet": ("DQN", PackNet(n_tasks=3, retrain_steps=10)),
+    "clonex": ("SAC", ClonEx(exploration="uniform", episodic_mem_per_task=50, episodic_batch_size=16)),
 }
 IMAGES = {"random_shift"}
-TASK_END = {"l2_previous", "ewc", "mas", "agem", "packnet"}
+TASK_END = {"l2_previous", "ewc", "mas", "agem", "packnet", "clonex"}
 """Cases that act at a task's end (consolidation, episodic memory, pruning), called after the run."""
 """Cases that need image observations (a small random-frame env with a CNN policy)."""
 
@@ -96,8 +100,8 @@ def test_every_registered_intervention_is_covered() -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_state_survives_save_load_and_resuming(name: str, tmp_path: Path, image_env) -> None:
     family, intervention = CASES[name]
-    kwargs = PPO_KWARGS if family == "PPO" else DQN_KWARGS
-    policy, env = ("CnnPolicy", image_env((36, 36, 1))) if name in IMAGES else ("MlpPolicy", "CartPole-v1")
+    env_id, kwargs = FAMILIES[family]
+    policy, env = ("CnnPolicy", image_env((36, 36, 1))) if name in IMAGES else ("MlpPolicy", env_id)
     model = getattr(crl, family)(policy, env, interventions=[intervention], **kwargs)
     model.learn(300)
     if name in TASK_END:
@@ -113,6 +117,9 @@ def test_state_survives_save_load_and_resuming(name: str, tmp_path: Path, image_
     if family == "PPO":
         obs = th.as_tensor(model.rollout_buffer.observations[:8])
         assert th.equal(loaded.policy.predict_values(obs), model.policy.predict_values(obs))
+    elif family == "SAC":
+        obs = th.as_tensor(model.replay_buffer.observations[:8, 0])
+        assert th.equal(loaded.actor(obs, deterministic=True), model.actor(obs, deterministic=True))
     else:
         obs = th.as_tensor(model.replay_buffer.observations[:8, 0])
         assert th.equal(loaded.q_net(obs), model.q_net(obs))

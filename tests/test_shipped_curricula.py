@@ -7,7 +7,7 @@ import pytest
 from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import load_curriculum
 from crl.continual.continual_world import ContinualWorldSAC
-from crl.interventions import AGEM, EWC, PackNet
+from crl.interventions import AGEM, EWC, ClonEx, PackNet
 from crl.policies import MultiHeadTQCPolicy
 
 CURRICULA = sorted((Path(__file__).parents[1] / "curricula").glob("*.yaml"))
@@ -25,6 +25,7 @@ def test_curricula_are_shipped() -> None:
         "cw20_ewc",
         "cw20_agem",
         "cw20_packnet",
+        "cw10_clonex",
     }
 
 
@@ -81,3 +82,13 @@ def test_cw20_packnet_shares_the_actor_out_over_the_twenty_tasks() -> None:
     assert not packnet.critic
     packnet.check_sequence(len(sequence))  # what learn_continual does before training
     assert packnet.n_tasks == 20
+
+
+def test_cw10_clonex_adds_cloning_and_best_return_exploration_to_the_reference_agent() -> None:
+    curriculum = load_curriculum(Path(__file__).parents[1] / "curricula" / "cw10_clonex.yaml")
+    model = build_model(curriculum, build_sequence(curriculum), seed=0)
+    assert isinstance(model, ContinualWorldSAC) and model.policy.actor.n_heads == 10 and model.random_steps == 10_000
+    (clonex,) = model.interventions
+    assert isinstance(clonex, ClonEx) and (clonex.coef, clonex.exploration) == (100.0, "best_return")
+    assert (clonex.episodic_mem_per_task, clonex.episodic_batch_size, clonex.critic) == (10_000, 128, False)
+    assert curriculum.continual.reset_replay_buffer  # the memory is drawn before each task's buffer is emptied

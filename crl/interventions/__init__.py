@@ -15,6 +15,7 @@ from crl.interventions.base import (
     make_interventions,
     registered_interventions,
 )
+from crl.interventions.clonex import ClonEx
 from crl.interventions.consolidation import EWC, MAS, Consolidation, L2Previous
 from crl.interventions.continual_backprop import ContinualBackprop
 from crl.interventions.layer_norm import LayerNorm
@@ -32,6 +33,7 @@ __all__ = [
     "MAS",
     "PFO",
     "AdaptiveReplayRatio",
+    "ClonEx",
     "Consolidation",
     "ContinualBackprop",
     "Intervention",

@@ -129,7 +129,7 @@ def fisher_sums(
         return fisher
 
     with th.no_grad():
-        first = module(_rows(observations, slice(1)), actions[:1])
+        first = module(observation_rows(observations, slice(1)), actions[:1])
     width, floor = int(first.fisher_outputs.shape[1]), first.fisher_floor
     return _chunked_sums(per_sample, _prefixed(parameters), observations, actions, width)
 
@@ -164,7 +164,7 @@ def _one(observation: Any) -> Any:
     return tree_map(lambda tensor: tensor.unsqueeze(0), observation)
 
 
-def _rows(observations: Any, rows: slice) -> Any:
+def observation_rows(observations: Any, rows: slice) -> Any:
     """Some rows of a batch of observations (a tensor or a dict of tensors)."""
     return tree_map(lambda tensor: tensor[rows], observations)
 
@@ -187,7 +187,7 @@ def _chunked_sums(
         # torch.func differentiates with respect to `params` inside; outside, no graph is kept to the
         # parameters left out of them (a multi-head policy's heads), which the outputs also read.
         with th.no_grad():
-            values = batched(params, _rows(observations, part), actions[part])
+            values = batched(params, observation_rows(observations, part), actions[part])
         for name, value in values.items():
             sums[name[len("policy.") :]] += value.sum(dim=0)
     return sums
