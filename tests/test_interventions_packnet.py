@@ -109,6 +109,35 @@ def test_evaluating_a_task_shows_the_network_that_solved_it() -> None:
     assert not th.equal(trained_outputs, at_first_end)
 
 
+def test_a_tasks_view_holds_the_batch_norms_running_statistics_of_its_end() -> None:
+    """CrossQ's actor in evaluation mode (running statistics): task 0's view after two more tasks is the
+    network at task 0's end, though the later tasks' training moved the statistics."""
+    intervention = PackNet(n_tasks=3, retrain_steps=10)
+    model = _model("CrossQ", [intervention])
+    observations = th.randn(32, 3, generator=th.Generator().manual_seed(0))
+
+    def acting() -> th.Tensor:
+        model.policy.set_training_mode(False)
+        return model.actor(observations, deterministic=True).detach()
+
+    model.start_task(0)
+    model.learn(150)
+    model.end_task()
+    at_first_end = acting()
+    statistics = [buffer.clone() for buffer in model.actor.buffers()]
+    for task in (1, 2):
+        model.start_task(task)
+        model.learn(150, reset_num_timesteps=False)
+        model.end_task()
+    trained_statistics, trained_outputs = [buffer.clone() for buffer in model.actor.buffers()], acting()
+    assert not all(th.equal(now, then) for now, then in zip(trained_statistics, statistics, strict=True))
+    with model.evaluating(0):
+        assert th.equal(acting(), at_first_end)
+    with model.evaluating(2):
+        assert th.equal(acting(), trained_outputs)
+    assert all(th.equal(now, kept) for now, kept in zip(model.actor.buffers(), trained_statistics, strict=True))
+
+
 def test_the_view_is_restored_when_an_evaluation_fails() -> None:
     intervention = PackNet(n_tasks=2, retrain_steps=0)
     model = _model("DQN", [intervention])

@@ -23,6 +23,7 @@ from crl.interventions.importance import check_protected_networks, regularised_p
 from crl.interventions.network import target_parameters
 from crl.metrics.probe_batch import draw_probe_batch
 from crl.optim import algorithm_optimizers, clear_optimizer_state
+from crl.policies.crossq import batch_renorm_layers
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -72,7 +73,9 @@ class PackNet(Intervention):
       steps are taken on the task's replay buffer (the algorithm's ``train()``, masked as above), and
       the optimizers' state is cleared again. The last task keeps all it owns.
     - Evaluated on task ``k`` (:meth:`crl.ContinualAlgorithm.evaluating`, which the continual loop
-      calls), the shared entries owned by tasks after ``k`` read 0; training's values come back after.
+      calls), the shared entries owned by tasks after ``k`` read 0, and batch norms (CrossQ's
+      ``BatchRenorm``) hold the running statistics they had at task ``k``'s end, which the later tasks'
+      training goes on updating; training's values come back after.
 
     The owners are set at the first task's end (every entry belongs to task 0 until then, so the
     first task trains as without PackNet) and are saved with the model. Logs, at a task's end,
@@ -103,8 +106,10 @@ class PackNet(Intervention):
     _frozen: list[str] = PrivateAttr(default_factory=list)
     _masks: dict[tuple[int, int], GradientMasks] = PrivateAttr(default_factory=dict)
     _training_values: dict[str, th.Tensor] = PrivateAttr(default_factory=dict)
+    _statistics: dict[int, list[th.Tensor]] = PrivateAttr(default_factory=dict)
+    _training_statistics: list[th.Tensor] = PrivateAttr(default_factory=list)
 
-    transient = ("_masks", "_training_values")
+    transient = ("_masks", "_training_values", "_training_statistics")
 
     def check(self, algo: BaseAlgorithm) -> None:
         super().check(algo)
@@ -153,6 +158,9 @@ class PackNet(Intervention):
                     target.masked_fill_(freed, 0.0)
         self._masks.clear()
         self._retrain(algo)
+        statistics = _batch_norm_statistics(algo.policy)
+        if statistics:
+            self._statistics[task_id] = [value.detach().clone() for value in statistics]
         owned = th.cat([(owner <= task_id).flatten() for owner in self._owners.values()])
         self.record(algo, "owned", float(owned.float().mean()))
 
@@ -174,13 +182,19 @@ class PackNet(Intervention):
             for name, owner in self._owners.items():
                 self._training_values[name] = parameters[name].detach().clone()
                 parameters[name].masked_fill_(owner > task_id, 0.0)
+            if task_id in self._statistics:
+                statistics = _batch_norm_statistics(algo.policy)
+                self._training_statistics = [value.clone() for value in statistics]
+                th._foreach_copy_(statistics, self._statistics[task_id])
 
     def on_evaluation_end(self, algo: BaseAlgorithm, task_id: int) -> None:
         parameters = dict(algo.policy.named_parameters())
         with th.no_grad():
             for name, value in self._training_values.items():
                 parameters[name].copy_(value)
-        self._training_values = {}
+            if self._training_statistics:
+                th._foreach_copy_(_batch_norm_statistics(algo.policy), self._training_statistics)
+        self._training_values, self._training_statistics = {}, []
 
     def _share_out(self, algo: BaseAlgorithm) -> None:
         """Give every entry of the protected weight matrices to task 0, and list the frozen parameters."""
@@ -221,3 +235,8 @@ class PackNet(Intervention):
             algo.train(gradient_steps=self.retrain_steps, batch_size=algo.batch_size)  # type: ignore[attr-defined]
             for optimizer in algorithm_optimizers(algo):
                 clear_optimizer_state(optimizer)
+
+
+def _batch_norm_statistics(policy: th.nn.Module) -> list[th.Tensor]:
+    """The buffers of every ``BatchRenorm`` layer of the policy (running mean and variance, step count)."""
+    return [buffer for layer in batch_renorm_layers(policy) for buffer in layer.buffers(recurse=False)]
