@@ -81,6 +81,7 @@ def test_shipped_experiments_and_their_variants_validate() -> None:
         "dqn_replay_ratio",
         "task_switches",
         "adaptive_replay_ratio",
+        "resets_replay_ratio",
     }
     check_all(paths)
     for path in paths:

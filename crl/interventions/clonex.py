@@ -122,8 +122,8 @@ class ClonEx(Intervention):
       task's end from that task's buffer (theirs at the next task's start, from the same buffer).
 
     Defaults: ``coef=100``, ``episodic_mem_per_task=10000``, ``episodic_batch_size=128`` and
-    ``best_return`` are the ClonEx run of the COOM benchmark (Tomilin et al. 2023, with ClonEx's
-    authors); the ClonEx paper tunes the cloning strength per benchmark. ``coef=0`` keeps no memory
+    ``best_return`` are the ClonEx run in the COOM benchmark's scripts (Tomilin et al. 2023); the
+    ClonEx paper tunes the cloning strength per benchmark. ``coef=0`` keeps no memory
     (exploration only); ``exploration="uniform"`` is cloning alone (the paper's "BC").
 
     :param coef: the cloning strength (the authors' ``cl_reg_coef``); 0 turns cloning off
