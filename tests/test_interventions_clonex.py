@@ -335,6 +335,21 @@ def test_the_memory_and_the_heads_are_saved_with_the_model(tmp_path: Any) -> Non
     assert restored._task_heads == [0] and th.equal(restored._memory.samples.mean, intervention._memory.samples.mean)
 
 
+def test_a_model_loaded_during_a_warm_up_keeps_the_heads_scores_and_starts_new_episodes(tmp_path: Any) -> None:
+    sequence = _sequence(n_tasks=3)
+    intervention = ClonEx(coef=0.0)
+    model = _multi_head("SAC", intervention, n_tasks=3, learning_starts=1000)
+    for task in (0, 1):
+        model.learn(40)
+        _next_task(model, sequence, task + 1)
+    model.learn(300)  # head 0 played the first 200-step episode, head 1 plays the second
+    assert intervention._episodes.heads == [1] and intervention._episodes.exploration.returns[0]
+    model.save(tmp_path / "model")
+    restored = crl.SAC.load(tmp_path / "model", env=model.get_env()).interventions[0]
+    assert restored._episodes.heads == [None] and restored._episodes.returns.tolist() == [0.0]
+    assert restored._episodes.exploration.returns == intervention._episodes.exploration.returns
+
+
 # --- refusals ------------------------------------------------------------------------------------
 
 

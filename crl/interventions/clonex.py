@@ -219,6 +219,12 @@ class ClonEx(Intervention):
     def on_task_start(self, algo: BaseAlgorithm, task_id: int) -> None:
         self._episodes = None
 
+    def on_setup(self, algo: BaseAlgorithm) -> None:
+        # After load the environments start new episodes: the heads' scores so far stay, the episodes
+        # that were being played are dropped.
+        if self._episodes is not None:
+            self._episodes = ExplorationEpisodes(self._episodes.exploration, algo.n_envs)
+
     def warmup_actions(self, algo: BaseAlgorithm, observations: Any) -> np.ndarray | None:
         if self.exploration == "uniform" or not self._task_heads:
             return None
