@@ -394,6 +394,17 @@ def test_offline_metrics_probe_every_network_and_keep_the_statistics() -> None:
     assert all(th.equal(value, before[key]) for key, value in model.policy.state_dict().items())
 
 
+def test_shrink_and_perturb_maps_the_parameters_and_leaves_the_batch_renorm_statistics() -> None:
+    model = _small()
+    layers = batch_renorm_layers(model.policy)
+    statistics = [[buffer.clone() for buffer in layer.buffers()] for layer in layers]
+    scales = [layer.scale.detach().clone() for layer in layers]
+    ShrinkPerturb().apply(model, "test")
+    for layer, kept, scale in zip(layers, statistics, scales, strict=True):
+        assert all(th.equal(now, then) for now, then in zip(layer.buffers(), kept, strict=True))
+        assert not th.equal(layer.scale, scale)  # BatchRenorm's own scale is a parameter: mapped
+
+
 def test_a_full_reset_gives_the_batch_renorm_statistics_their_fresh_values() -> None:
     model = _small()
     layers = batch_renorm_layers(model.policy)

@@ -133,6 +133,10 @@ class ShrinkPerturb(ScheduledIntervention):
     tiny, and gives the target networks the same map with the same ``theta_fresh``: a sync after every
     update would remove their lag behind the online networks.
 
+    Running statistics (BatchNorm's, CrossQ's BatchRenorm's) are buffers, not parameters: they are left
+    as they are, as the method's map of the parameters leaves them, and training goes on updating them
+    from the new activations (a full :class:`Reset` gives them their fresh values instead).
+
     Cost: building a fresh policy takes about 1 ms (DQN MLP) to 25 ms (SAC 256x256 with its critics):
     negligible at task boundaries, large for the soft variant with big networks.
 
