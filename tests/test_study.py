@@ -25,6 +25,7 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 from rich.progress import Progress
 
@@ -43,6 +44,7 @@ from crl.study.runs import (
     create_trial_run,
     experiment_id,
     reopen_trial_run,
+    set_shared_tag,
     storage_tag,
 )
 from crl.study.sampler import TrialSeededSampler
@@ -728,6 +730,38 @@ def test_a_parent_run_made_before_storage_tags_is_taken_up_by_its_study(director
     assert again.info.run_id == parent.info.run_id and again.data.tags[STORAGE_TAG] == _optuna(directory)
     children = [run for run in _runs(directory) if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 2
+
+
+class _RacingClient:
+    """A client whose first ``set_tag`` loses the insert race to another worker, as MLflow's SQL stores can."""
+
+    def __init__(self, message: str) -> None:
+        self.message, self.calls = message, []
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.calls.append((run_id, key, value))
+        if len(self.calls) == 1:
+            raise MlflowException(self.message)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "(sqlite3.IntegrityError) UNIQUE constraint failed: tags.key, tags.run_uuid",
+        '(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "tag_pk"',
+    ],
+)
+def test_a_tag_another_worker_inserted_at_the_same_time_is_set_again(message: str) -> None:
+    client = _RacingClient(message)
+    set_shared_tag(client, "parent", "best_trial", "3")  # type: ignore[arg-type]
+    assert client.calls == [("parent", "best_trial", "3")] * 2
+
+
+def test_other_tag_errors_are_not_retried() -> None:
+    client = _RacingClient("RESOURCE_DOES_NOT_EXIST: run 'parent' not found")
+    with pytest.raises(MlflowException, match="not found"):
+        set_shared_tag(client, "parent", "best_trial", "3")  # type: ignore[arg-type]
+    assert len(client.calls) == 1
 
 
 def test_a_study_name_with_a_quote_finds_its_parent_run(directory: Path) -> None:

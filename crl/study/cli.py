@@ -38,7 +38,7 @@ from crl.study.best import write_best
 from crl.study.config import StudyConfig, load_study
 from crl.study.interrupt import STOP
 from crl.study.progress import StudyDisplay
-from crl.study.runs import FINISHED, KILLED, study_parent_run, tracking_client
+from crl.study.runs import FINISHED, KILLED, set_shared_tag, study_parent_run, tracking_client
 from crl.study.storage import StaleTrialHandler, open_storage, open_study
 from crl.study.trial import ERROR_ATTR, TrialRunner, study_checkpoints
 from crl.study.worker import POLL_SECONDS, TrialCounts, run_worker, worker_name
@@ -166,7 +166,7 @@ def _report_best(
         console.print("no trial has completed yet: no best configuration")
         return
     client.log_artifact(parent_id, str(path), artifact_path=None)
-    client.set_tag(parent_id, "best_trial", str(best.number))
+    set_shared_tag(client, parent_id, "best_trial", str(best.number))  # every worker reports at its end
     client.log_metric(parent_id, "best_value", float(best.value), step=best.number)  # type: ignore[arg-type]
     console.print(f"best trial {best.number} ({best.value:.4g}) in {path}; train it: python -m crl.train {path}")
 

@@ -67,6 +67,22 @@ def tracking_client(config: StudyConfig) -> MlflowClient:
     return client
 
 
+def set_shared_tag(client: MlflowClient, run_id: str, key: str, value: str) -> None:
+    """``client.set_tag`` on a run that several workers tag at once (the study's parent run).
+
+    MLflow's SQL stores write a tag by looking it up and inserting it when it is not there; two
+    workers that set the same new tag together can both insert, and the second fails on the table's
+    unique key (SQLite: "UNIQUE constraint failed", PostgreSQL: "duplicate key value violates unique
+    constraint"). Set again, the tag is there and is updated.
+    """
+    try:
+        client.set_tag(run_id, key, value)
+    except MlflowException as error:
+        if "unique constraint" not in str(error).lower():
+            raise
+        client.set_tag(run_id, key, value)
+
+
 def _study_runs(client: MlflowClient, experiment: str, config: StudyConfig) -> list[str]:
     """The study's parent runs (its name in its storage), earliest first.
 
@@ -80,7 +96,7 @@ def _study_runs(client: MlflowClient, experiment: str, config: StudyConfig) -> l
     found = [run.info.run_id for run in parents if run.data.tags.get(STORAGE_TAG) == tag]
     untagged = [run.info.run_id for run in parents if STORAGE_TAG not in run.data.tags]
     if not found and untagged:
-        client.set_tag(untagged[0], STORAGE_TAG, tag)
+        set_shared_tag(client, untagged[0], STORAGE_TAG, tag)
         found = untagged[:1]
     return found
 
