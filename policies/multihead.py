@@ -18,7 +18,7 @@ layers (:class:`MultiHeadActorCriticPolicy`); each algorithm takes its multi-hea
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, overload
 
 import numpy as np
 import torch as th
@@ -47,11 +47,15 @@ from crl.wrappers.sequence import TASK_ID_KEY
 FIRST_LAYERS = ("layer_norm_tanh",)
 
 
-def task_index(observations: PyTorchObs, n_heads: int) -> th.Tensor:
+@overload
+def task_index(observations: PyTorchObs, n_heads: int) -> th.Tensor: ...
+@overload
+def task_index(observations: np.ndarray | dict[str, np.ndarray], n_heads: int) -> np.ndarray: ...
+def task_index(observations: Any, n_heads: int) -> Any:
     """The task id of each observation: the position of the 1 in its last ``n_heads`` entries (of its
-    ``task_id`` key, for dict observations)."""
+    ``task_id`` key, for dict observations); tensors for tensors, arrays for the arrays the envs return."""
     code = observations[TASK_ID_KEY] if isinstance(observations, dict) else observations
-    return code[:, -n_heads:].argmax(dim=1)
+    return code[:, -n_heads:].argmax(1)  # torch's dim and numpy's axis
 
 
 def with_task_heads(observations: np.ndarray | dict[str, np.ndarray], heads: np.ndarray, n_heads: int) -> Any:

@@ -32,12 +32,11 @@ from crl.hooks import GradientStep
 from crl.interventions.agem import EpisodicMemory
 from crl.interventions.base import Intervention, InterventionError
 from crl.interventions.head_exploration import ExplorationEpisodes, ExplorationKind, HeadExploration
-from crl.interventions.importance import observation_rows
+from crl.interventions.importance import observation_rows, squashed_gaussian
 from crl.metrics.hessian import optimizer_parameters
 from crl.metrics.probe_batch import draw_probe_batch
 from crl.policies.crossq import kept_batch_norm_state
-from crl.policies.multihead import TaskHeadsPolicyMixin, with_task_heads
-from crl.wrappers.sequence import TASK_ID_KEY
+from crl.policies.multihead import TaskHeadsPolicyMixin, task_index, with_task_heads
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -76,12 +75,6 @@ def gaussian_kl(target_mean: th.Tensor, target_log_std: th.Tensor, mean: th.Tens
     log_ratio = log_std - target_log_std
     spread = (target_variance + (target_mean - mean).square()) / (2.0 * variance)
     return (log_ratio + spread - 0.5).sum(dim=-1)
-
-
-def squashed_gaussian(actor: Any, observations: Any) -> tuple[th.Tensor, th.Tensor]:
-    """The actor's ``tanh(mu)`` and ``log sigma`` (each sample through its own task head)."""
-    mean, log_std, _ = actor.get_action_dist_params(observations)
-    return th.tanh(mean), log_std
 
 
 def critic_values(policy: Any, observations: Any, actions: th.Tensor) -> th.Tensor:
@@ -166,10 +159,9 @@ class ClonEx(Intervention):
     def on_task_end(self, algo: BaseAlgorithm, task_id: int) -> None:
         policy = algo.policy
         if isinstance(policy, TaskHeadsPolicyMixin) and algo._last_obs is not None:  # type: ignore[attr-defined]
-            head = int(_task_heads_of(algo._last_obs, policy.n_heads)[0])  # type: ignore[attr-defined]
+            head = int(task_index(algo._last_obs, policy.n_heads)[0])  # type: ignore[attr-defined]
             if head not in self._task_heads:
                 self._task_heads.append(head)
-        self._episodes = None
         if self.coef == 0.0:
             return
         # Seeded from numpy's global generator: the memory is part of training, like its minibatches.
@@ -231,7 +223,7 @@ class ClonEx(Intervention):
         policy = algo.policy
         assert isinstance(policy, TaskHeadsPolicyMixin)
         if self._episodes is None:
-            current = int(_task_heads_of(observations, policy.n_heads)[0])
+            current = int(task_index(observations, policy.n_heads)[0])
             earlier = [head for head in self._task_heads if head != current] or self._task_heads
             self._episodes = ExplorationEpisodes(HeadExploration(self.exploration, earlier, current), algo.n_envs)
         heads = self._episodes.heads_for_step()
@@ -248,12 +240,6 @@ class ClonEx(Intervention):
             return
         self._explored = False
         self._episodes.observe(rewards, dones, infos)
-
-
-def _task_heads_of(observations: Any, n_heads: int) -> np.ndarray:
-    """The head each observation's one-hot task id names."""
-    code = observations[TASK_ID_KEY] if isinstance(observations, dict) else observations
-    return np.asarray(code)[:, -n_heads:].argmax(axis=1)
 
 
 @contextlib.contextmanager

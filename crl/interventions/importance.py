@@ -214,10 +214,15 @@ def _flat(values: th.Tensor | tuple[th.Tensor, ...]) -> th.Tensor:
     return values.flatten(1)
 
 
+def squashed_gaussian(actor: Any, observations: Any) -> tuple[th.Tensor, th.Tensor]:
+    """A soft actor's ``tanh(mu)`` and ``log sigma`` (each sample through its own task head): Continual
+    World's actor returns the tanh-squashed mean and the clamped log-std, and SB3's gives both."""
+    mean, log_std, _ = actor.get_action_dist_params(observations)
+    return th.tanh(mean), log_std
+
+
 def _soft_actor(policy: Any, observations: PyTorchObs, actions: th.Tensor) -> Outputs:
-    # Continual World's actor returns the tanh-squashed mean and the clamped log-std; so does SB3's.
-    mean, log_std, _ = policy.actor.get_action_dist_params(observations)
-    return gaussian_outputs(th.tanh(mean), log_std)
+    return gaussian_outputs(*squashed_gaussian(policy.actor, observations))
 
 
 def _soft_critics(policy: Any, observations: PyTorchObs, actions: th.Tensor) -> Outputs:
