@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch as th
 from pydantic import Field, PrivateAttr
-from torch.utils._pytree import tree_map
 
 from crl.hooks import GradientStep
 from crl.interventions.agem import EpisodicMemory
@@ -171,15 +170,15 @@ class ClonEx(Intervention):
 
     def _cloned(self, algo: BaseAlgorithm, observations: Any, actions: th.Tensor) -> ClonedSamples:
         """The samples with the networks' present outputs on them, a chunk at a time."""
-        chunks = []
+        cloned = EpisodicMemory()  # joins the chunks field by field
         with th.no_grad(), _batch_norms_on_running_statistics(algo.policy):
             for start in range(0, len(actions), TARGET_CHUNK):
                 rows = slice(start, start + TARGET_CHUNK)
                 chunk = observation_rows(observations, rows)
                 mean, log_std = squashed_gaussian(algo.policy.actor, chunk)  # type: ignore[attr-defined]
                 q_values = critic_values(algo.policy, chunk, actions[rows]) if self.critic else None
-                chunks.append(ClonedSamples(chunk, actions[rows], mean, log_std, q_values))
-        return tree_map(lambda *parts: parts[0] if parts[0] is None else th.cat(parts), *chunks)
+                cloned.add(ClonedSamples(chunk, actions[rows], mean, log_std, q_values))
+        return cloned.samples
 
     def before_gradient_step(self, algo: BaseAlgorithm, step: GradientStep) -> None:
         self._batch = self._memory.sample(self.episodic_batch_size) if len(self._memory) else None
