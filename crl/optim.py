@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import torch as th
@@ -32,6 +32,34 @@ FRESH_FROM_GROUP = {"sum": "initial_accumulator_value", "step_size": "lr"}
 """Per-entry optimizer state that does not start at zero: Adagrad's accumulator, Rprop's step sizes,
 each from the parameter group's setting. All other per-entry state (Adam's and Adamax's moments,
 momentum buffers, RMSprop's averages, Adadelta's, ASGD's average, Rprop's previous gradient) starts at 0."""
+
+
+T = TypeVar("T")
+
+
+class OptimizerCache(Generic[T]):
+    """A value per optimizer (the parameters an intervention acts on, their anchors or bounds), built
+    again only when the parameters the optimizer updates change.
+
+    Building such a value walks the policy's modules, which on DQN's small networks costs as much as
+    the rest of a gradient step; the parameters change only when the optimizer's do (a plasticity
+    injection adds a head and freezes the old one, a full reset may build a new optimizer). An owner
+    whose values depend on more (L2-init's anchors) calls :meth:`clear` when that changes.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[tuple[tuple[int, bool], ...], T]] = {}
+
+    def get(self, optimizer: th.optim.Optimizer, build: Callable[[th.optim.Optimizer], T]) -> T:
+        """The value of ``optimizer``, from ``build(optimizer)`` when it is not known or out of date."""
+        updated = tuple((id(p), p.requires_grad) for group in optimizer.param_groups for p in group["params"])
+        entry = self._entries.get(id(optimizer))
+        if entry is None or entry[0] != updated:
+            entry = self._entries[id(optimizer)] = (updated, build(optimizer))
+        return entry[1]
+
+    def clear(self) -> None:
+        self._entries = {}
 
 
 def clear_optimizer_state(optimizer: th.optim.Optimizer) -> None:

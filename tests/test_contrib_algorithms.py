@@ -66,6 +66,8 @@ INTERVENTIONS: dict[str, dict[str, Any]] = {
     "plasticity_injection": {"name": "plasticity_injection", "at_step": 300},
     "reset_optimizer": {"name": "reset_optimizer", "at_steps": [300]},
     "adaptive_replay_ratio": {"name": "adaptive_replay_ratio", "check_every": 2},
+    "weight_clipping": {"name": "weight_clipping", "kappa": 0.5},
+    "parseval": {"name": "parseval", "coef": 0.01},
 }
 """Each intervention set to act inside a 500-step run (``reset_head`` and ``redo`` also reach hidden layers)."""
 NOT_COVERED = {

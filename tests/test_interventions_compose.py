@@ -21,12 +21,14 @@ from crl.interventions import (
     L2Previous,
     LayerNorm,
     PackNet,
+    Parseval,
     PlasticityInjection,
     RandomShift,
     ReDo,
     Reset,
     ResetOptimizer,
     ShrinkPerturb,
+    WeightClipping,
     WeightDecay,
     registered_interventions,
 )
@@ -86,6 +88,8 @@ CASES = {
     "agem": ("PPO", AGEM(episodic_mem_per_task=50, episodic_batch_size=16)),
     "packnet": ("DQN", PackNet(n_tasks=3, retrain_steps=10)),
     "clonex": ("SAC", ClonEx(exploration="uniform", episodic_mem_per_task=50, episodic_batch_size=16)),
+    "weight_clipping": ("SAC", WeightClipping(kappa=1.0)),
+    "parseval": ("PPO", Parseval()),
 }
 IMAGES = {"random_shift"}
 TASK_END = {"l2_previous", "ewc", "mas", "agem", "packnet", "clonex"}

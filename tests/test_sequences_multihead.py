@@ -541,6 +541,8 @@ PPO_INTERVENTIONS: dict[str, dict[str, Any]] = {
     "plasticity_injection": {"name": "plasticity_injection", "at_step": 128},
     "reset_optimizer": {"name": "reset_optimizer", "at_steps": [128]},
     "pfo": {"name": "pfo", "coef": 10.0},
+    "weight_clipping": {"name": "weight_clipping", "kappa": 0.5},
+    "parseval": {"name": "parseval", "coef": 0.01},
 }
 """Each intervention PPO takes, set to act inside a 256-step run on task 1."""
 

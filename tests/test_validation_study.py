@@ -82,6 +82,7 @@ def test_shipped_experiments_and_their_variants_validate() -> None:
         "task_switches",
         "adaptive_replay_ratio",
         "resets_replay_ratio",
+        "weight_constraints",
     }
     check_all(paths)
     for path in paths:

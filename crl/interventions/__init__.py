@@ -20,12 +20,14 @@ from crl.interventions.consolidation import EWC, MAS, Consolidation, L2Previous
 from crl.interventions.continual_backprop import ContinualBackprop
 from crl.interventions.layer_norm import LayerNorm
 from crl.interventions.packnet import PackNet
+from crl.interventions.parseval import Parseval
 from crl.interventions.pfo import PFO
 from crl.interventions.plasticity_injection import PlasticityInjection
 from crl.interventions.redo import ReDo
 from crl.interventions.regularizers import L2Init, WeightDecay
 from crl.interventions.resets import Reset, ResetOptimizer, ShrinkPerturb
 from crl.interventions.schedule import ScheduledIntervention
+from crl.interventions.weight_clipping import WeightClipping
 
 __all__ = [
     "AGEM",
@@ -42,6 +44,7 @@ __all__ = [
     "L2Previous",
     "LayerNorm",
     "PackNet",
+    "Parseval",
     "PlasticityInjection",
     "RandomShift",
     "ReDo",
@@ -49,6 +52,7 @@ __all__ = [
     "ResetOptimizer",
     "ScheduledIntervention",
     "ShrinkPerturb",
+    "WeightClipping",
     "WeightDecay",
     "make_intervention",
     "make_interventions",

@@ -12,7 +12,7 @@ bitwise those of that expression (``tests/test_interventions_penalty.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch as th
@@ -63,27 +63,3 @@ def weighted_squared_distance(
     :param coef: the scale
     """
     return _WeightedSquaredDistance.apply(anchors, omegas, coef, *thetas)
-
-
-class PenaltyTermsCache:
-    """Each optimizer's :data:`PenaltyTerms`, kept until the parameters it updates change.
-
-    Looking the terms up walks the policy's modules, which on DQN's small networks cost as much as
-    the rest of a gradient step; the terms change only when the optimizer's parameters do (a
-    plasticity injection adds a head and freezes the old one, a full reset may build a new optimizer)
-    or when the anchors do (the owner calls :meth:`clear`).
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[tuple[tuple[int, bool], ...], PenaltyTerms]] = {}
-
-    def get(self, optimizer: th.optim.Optimizer, build: Callable[[th.optim.Optimizer], PenaltyTerms]) -> PenaltyTerms:
-        """The terms of ``optimizer``, from ``build(optimizer)`` when they are not known or out of date."""
-        updated = tuple((id(p), p.requires_grad) for group in optimizer.param_groups for p in group["params"])
-        entry = self._entries.get(id(optimizer))
-        if entry is None or entry[0] != updated:
-            entry = self._entries[id(optimizer)] = (updated, build(optimizer))
-        return entry[1]
-
-    def clear(self) -> None:
-        self._entries = {}

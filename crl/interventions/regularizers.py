@@ -9,7 +9,8 @@ from pydantic import Field, PrivateAttr
 
 from crl.hooks import GradientStep
 from crl.interventions.base import Intervention
-from crl.interventions.penalty import PenaltyTerms, PenaltyTermsCache, weighted_squared_distance
+from crl.interventions.penalty import PenaltyTerms, weighted_squared_distance
+from crl.optim import OptimizerCache
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -48,17 +49,32 @@ class WeightDecay(Intervention):
                 th._foreach_mul_(parameters, 1.0 - group["lr"] * self.weight_decay)
 
 
-class AnchoredPenalty(Intervention):
+class LoggedPenalty(Intervention):
+    """An intervention that adds a penalty to the losses and logs it as ``interventions/<name>/penalty``
+    (the mean added term of the last ``train()``): its ``auxiliary_loss`` returns :meth:`logged`."""
+
+    _penalties: list[th.Tensor] = PrivateAttr(default_factory=list)
+
+    def logged(self, penalty: th.Tensor) -> th.Tensor:
+        """``penalty``, kept for the log."""
+        self._penalties.append(penalty.detach())
+        return penalty
+
+    def on_train_end(self, algo: BaseAlgorithm) -> None:
+        if self._penalties:
+            self.record(algo, "penalty", float(th.stack(self._penalties).mean()))
+            self._penalties = []
+
+
+class AnchoredPenalty(LoggedPenalty):
     """An intervention that adds ``coef * sum Omega (theta - theta*)^2`` to every loss, over the
-    parameters the loss's optimizer updates (see :mod:`crl.interventions.penalty`), and logs it as
-    ``interventions/<name>/penalty`` (the mean added term of the last ``train()``).
+    parameters the loss's optimizer updates (see :mod:`crl.interventions.penalty`), and logs it.
 
     A subclass says which parameters, anchors and weights (:meth:`optimizer_terms`) and the scale
     (:meth:`penalty_coef`); it calls ``self._terms.clear()`` when its anchors or weights change.
     """
 
-    _terms: PenaltyTermsCache = PrivateAttr(default_factory=PenaltyTermsCache)
-    _penalties: list[th.Tensor] = PrivateAttr(default_factory=list)
+    _terms: OptimizerCache[PenaltyTerms] = PrivateAttr(default_factory=OptimizerCache)
 
     transient = ("_terms",)
 
@@ -75,14 +91,7 @@ class AnchoredPenalty(Intervention):
         )
         if not thetas:
             return None
-        penalty = weighted_squared_distance(thetas, anchors, omegas, self.penalty_coef())
-        self._penalties.append(penalty.detach())
-        return penalty
-
-    def on_train_end(self, algo: BaseAlgorithm) -> None:
-        if self._penalties:
-            self.record(algo, "penalty", float(th.stack(self._penalties).mean()))
-            self._penalties = []
+        return self.logged(weighted_squared_distance(thetas, anchors, omegas, self.penalty_coef()))
 
 
 class L2Init(AnchoredPenalty):
