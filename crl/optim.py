@@ -10,7 +10,8 @@ step counter per tensor.
 instead of one tensor at a time, :func:`clip_grad_norm_` clips gradients with fewer operations
 than torch's function, and :func:`zero_grad` and :func:`optimizer_step` skip the wrappers around
 torch's ``zero_grad`` and Adam's ``step`` when nothing is attached to them (the step's body is
-:func:`crl.adam.adam_step`); all give bitwise the same result on CPU.
+:func:`crl.adam.adam_step`); all give bitwise the same result on CPU. :class:`OptimizerCache` keeps what
+an intervention derives from an optimizer's parameters until they change.
 """
 
 from __future__ import annotations
