@@ -11,7 +11,7 @@ objects are pickled with the model by ``save``, and their state must survive ``l
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,6 +40,14 @@ class GradientStep:
     :param loss: the algorithm's loss for ``loss_name``, before auxiliary terms
     :param optimizer: the optimizer about to step (or that just stepped)
     :param clipped_grad_norm: the gradient norm returned by the algorithm's gradient clipping, if any
+    :param recompute_gradients: from ``replace_gradients`` on, when the algorithm can compute the loss
+        ``loss_name`` again: computes it once more on the same batch, with the same targets and the same
+        random draws, at the parameters as they are now, puts the gradients of it plus the auxiliary
+        terms into ``.grad`` (clipped where the algorithm clips, ``clipped_grad_norm`` updated) and
+        returns the loss (before auxiliary terms). ``features`` and ``loss`` are left as the first pass
+        made them. ``None`` when no hook replaces gradients.
+    :param recomputing: whether the auxiliary terms being asked for are those of ``recompute_gradients``
+        (a penalty logs only the first pass's)
     """
 
     index: int
@@ -49,6 +57,8 @@ class GradientStep:
     loss: th.Tensor | None = None
     optimizer: th.optim.Optimizer | None = None
     clipped_grad_norm: th.Tensor | None = None
+    recompute_gradients: Callable[[], th.Tensor] | None = None
+    recomputing: bool = False
 
     @property
     def grad_norm(self) -> float:
@@ -112,6 +122,13 @@ class TrainingHook:
         """A term added to the loss ``step.loss_name``, or ``None``."""
         return None
 
+    def replace_gradients(self, algo: BaseAlgorithm, step: GradientStep) -> None:
+        """Gradients of the full loss are in ``.grad``, clipped where the algorithm clips: replace them, e.g. by
+        the gradients at other parameters through ``step.recompute_gradients`` (sharpness-aware minimisation).
+
+        Runs before every hook's ``after_backward``, which then sees the replaced gradients.
+        """
+
     def after_backward(self, algo: BaseAlgorithm, step: GradientStep) -> None:
         """Gradients of the full loss are in ``.grad``, clipped where the algorithm clips, before the optimizer step."""
 
@@ -140,7 +157,13 @@ class TrainingHook:
 HOOK_NAMES: tuple[str, ...] = tuple(
     name for name, value in vars(TrainingHook).items() if callable(value) and not name.startswith("_")
 )
-GRADIENT_STEP_HOOKS = ("before_gradient_step", "auxiliary_loss", "after_backward", "after_optimizer_step")
+GRADIENT_STEP_HOOKS = (
+    "before_gradient_step",
+    "auxiliary_loss",
+    "replace_gradients",
+    "after_backward",
+    "after_optimizer_step",
+)
 # Hooks that must be reached through an SB3 callback, because SB3 exposes those moments only there.
 CALLBACK_HOOKS = ("on_training_start", "on_step", "on_rollout_end", "on_training_end")
 
@@ -163,6 +186,8 @@ class HookDispatcher:
         self.uses_callback = any(self._by_name[name] for name in CALLBACK_HOOKS)
         # Read at every environment step of an off-policy algorithm: a flag, not a tuple lookup.
         self.replaces_warmup = bool(self._by_name["warmup_actions"])
+        # Read at every gradient step: whether the algorithm must prepare step.recompute_gradients.
+        self.replaces_gradients = bool(self._by_name["replace_gradients"])
         self.observes_transitions = bool(self._by_name["on_transition"])
 
     def __call__(self, name: str, algo: BaseAlgorithm, *args: Any) -> None:
@@ -222,6 +247,7 @@ class HookDispatcher:
         if step is None:
             return
         step.optimizer, step.clipped_grad_norm = optimizer, clipped_grad_norm
+        self("replace_gradients", algo, step)
         self("after_backward", algo, step)
 
     def after_optimizer_step(self, algo: BaseAlgorithm, step: GradientStep | None) -> None:

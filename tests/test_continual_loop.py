@@ -22,11 +22,11 @@ from crl.continual.continual_world import REFERENCE_PROTOCOL, ContinualWorldSAC,
 from crl.continual.loop import (
     ContinualPosition,
     check_schedules,
-    forked_devices,
     preserved_random_state,
     request_checkpoint,
 )
 from crl.interventions import Intervention, L2Previous, PlasticityInjection, Reset
+from crl.random_draws import forked_devices
 from crl.tracking.checkpoint import load_checkpoint, save_checkpoint
 from crl.wrappers import TaskSequence, make_sequence, permuted_observations
 

@@ -68,6 +68,7 @@ INTERVENTIONS: dict[str, dict[str, Any]] = {
     "adaptive_replay_ratio": {"name": "adaptive_replay_ratio", "check_every": 2},
     "weight_clipping": {"name": "weight_clipping", "kappa": 0.5},
     "parseval": {"name": "parseval", "coef": 0.01},
+    "sam": {"name": "sam", "rho": 0.1},
 }
 """Each intervention set to act inside a 500-step run (``reset_head`` and ``redo`` also reach hidden layers)."""
 NOT_COVERED = {

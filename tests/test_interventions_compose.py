@@ -14,6 +14,7 @@ from crl.interventions import (
     EWC,
     MAS,
     PFO,
+    SAM,
     AdaptiveReplayRatio,
     ClonEx,
     ContinualBackprop,
@@ -90,6 +91,7 @@ CASES = {
     "clonex": ("SAC", ClonEx(exploration="uniform", episodic_mem_per_task=50, episodic_batch_size=16)),
     "weight_clipping": ("SAC", WeightClipping(kappa=1.0)),
     "parseval": ("PPO", Parseval()),
+    "sam": ("SAC", SAM()),
 }
 IMAGES = {"random_shift"}
 TASK_END = {"l2_previous", "ewc", "mas", "agem", "packnet", "clonex"}

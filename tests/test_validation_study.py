@@ -83,6 +83,7 @@ def test_shipped_experiments_and_their_variants_validate() -> None:
         "adaptive_replay_ratio",
         "resets_replay_ratio",
         "weight_constraints",
+        "sharpness",
     }
     check_all(paths)
     for path in paths:
@@ -124,6 +125,10 @@ def write_experiment(tmp_path: Path, text: str = EXPERIMENT) -> Path:
         ),
         (("title: toy", "title: toy\ntitel: x"), "unknown key 'titel'"),
         (("key: performance_after_training", "key: forgetting"), "'forgetting' is not a result measure; allowed:"),
+        (
+            ("curves:\n  - {{key: {rank}", "curves:\n  - {{key: interventions/sam/sharpness"),
+            "key 'interventions/sam/sharpness' is not a metric of the plasticity suite",
+        ),
     ],
 )
 def test_bad_experiment_files_name_the_key_and_what_is_allowed(tmp_path: Path, change: tuple, message: str) -> None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from crl.config.curriculum import read_yaml
 from crl.config.errors import ConfigError, describe_validation_error
+from crl.plotting.runs import PLASTICITY_PREFIX
 
 EXPERIMENTS_DIRECTORY = Path(__file__).parent
 MIN_SEEDS = 5
@@ -60,6 +61,8 @@ class Measure(Model):
         allowed = ("performance_after_training", "final_performance", "area_under_curve")
         if self.source == "result" and self.key not in allowed:
             raise ValueError(f"key {self.key!r} is not a result measure; allowed: {', '.join(allowed)}")
+        if self.source == "metric":
+            _check_metric_key(self.key)
         return self
 
 
@@ -91,6 +94,20 @@ class Curve(Model):
     key: str
     label: str
     variants: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _plasticity_metric(self) -> Curve:
+        _check_metric_key(self.key)
+        return self
+
+
+def _check_metric_key(key: str) -> None:
+    """Refuse a metric the report cannot read: it reads the runs' plasticity suite (``plasticity/...``)."""
+    if not key.startswith(PLASTICITY_PREFIX):
+        raise ValueError(
+            f"key {key!r} is not a metric of the plasticity suite; the report reads the metrics named "
+            f"{PLASTICITY_PREFIX}<network>/<layer>/<metric> (docs/metrics.md)"
+        )
 
 
 class Experiment(Model):

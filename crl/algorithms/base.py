@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, cast
 
 import numpy as np
@@ -216,17 +216,45 @@ class ContinualAlgorithm:
         loss: th.Tensor,
         optimizer: th.optim.Optimizer,
         clip: tuple[Iterable[th.nn.Parameter], float] | None = None,
+        recompute: Callable[[], th.Tensor] | None = None,
     ) -> None:
         """One optimizer step on ``loss`` plus the hooks' auxiliary terms, with the gradient-step hooks.
 
         :param clip: ``(parameters, max_grad_norm)`` when the algorithm clips the gradient norm
+        :param recompute: ``loss`` computed again at the current parameters (same batch, targets and random
+            draws, features recorded as for ``loss``), for ``step.recompute_gradients``
         """
-        loss = self._hooks.add_auxiliary_losses(self._algo, step, loss_name, loss)
-        compute_gradients(optimizer, loss)
+        full_loss = self._hooks.add_auxiliary_losses(self._algo, step, loss_name, loss)
+        compute_gradients(optimizer, full_loss)
         grad_norm = clip_grad_norm_(*clip) if clip is not None else None
+        if step is not None:
+            step.recompute_gradients = None
+            if recompute is not None and self._hooks.replaces_gradients:
+                step.recompute_gradients = lambda: self._gradients_again(step, loss_name, optimizer, clip, recompute)
         self._hooks.after_backward(self._algo, step, optimizer, grad_norm)
         optimizer_step(optimizer)
         self._hooks.after_optimizer_step(self._algo, step)
+
+    def _gradients_again(
+        self,
+        step: GradientStep,
+        loss_name: str,
+        optimizer: th.optim.Optimizer,
+        clip: tuple[Iterable[th.nn.Parameter], float] | None,
+        recompute: Callable[[], th.Tensor],
+    ) -> th.Tensor:
+        """What ``step.recompute_gradients`` does (see :class:`~crl.hooks.GradientStep`)."""
+        first_loss, first_features = step.loss, dict(step.features)
+        step.recomputing = True
+        try:
+            loss = recompute()
+            compute_gradients(optimizer, self._hooks.add_auxiliary_losses(self._algo, step, loss_name, loss))
+        finally:
+            step.recomputing = False
+            step.loss, step.features = first_loss, first_features
+        if clip is not None:
+            step.clipped_grad_norm = clip_grad_norm_(*clip)
+        return loss
 
     def start_task(self, task_id: int) -> None:
         """Tell the interventions that task ``task_id`` of a sequence starts."""

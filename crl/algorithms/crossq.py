@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ClassVar
 
 import sb3_contrib
@@ -12,9 +13,11 @@ from torch.nn import functional as F
 
 from crl.algorithms.base import logged_mean, with_sb3_signature
 from crl.algorithms.soft_actor_critic import EntropyRegularized
+from crl.hooks import GradientStep
 from crl.policies import crossq as policies
 from crl.policies.crossq import kept_batch_norm_state
 from crl.policies.multihead import MultiHeadCrossQPolicy
+from crl.random_draws import RepeatableDraws
 
 
 class CrossQ(EntropyRegularized, sb3_contrib.CrossQ):
@@ -70,15 +73,21 @@ class CrossQ(EntropyRegularized, sb3_contrib.CrossQ):
             target_q_values = self._td_target(replay_data, next_q_values, next_log_prob, ent_coef)
             critic_loss = self._critic_loss(current_q_values, target_q_values)
             critic_losses.append(critic_loss.item())
-            self._optimize(step, "critic", critic_loss, self.critic.optimizer)
+            critic_again = partial(
+                self._critic_loss_again, step, critic_networks, replay_data, next_actions, target_q_values
+            )
+            self._optimize(step, "critic", critic_loss, self.critic.optimizer, recompute=critic_again)
 
             if self._n_updates % self.policy_delay == 0:
+                draws = RepeatableDraws(self.device) if hooks.replaces_gradients else None
                 with hooks.recording(self.policy, step, ["actor"]):
                     actions_pi, log_prob = self._policy_actions(replay_data)
                 self._temperature_step(log_prob, ent_coef_losses)
                 actor_loss = self._actor_loss(replay_data, actions_pi, log_prob, ent_coef)
                 actor_losses.append(actor_loss.item())
-                self._optimize(step, "actor", actor_loss, self.actor.optimizer)
+                # Again at other actor parameters: the same noise, so a~ moves only with the parameters
+                again = None if draws is None else partial(self._actor_loss_again, step, replay_data, ent_coef, draws)
+                self._optimize(step, "actor", actor_loss, self.actor.optimizer, recompute=again)
 
         logger = self._algo.logger
         logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
@@ -108,6 +117,32 @@ class CrossQ(EntropyRegularized, sb3_contrib.CrossQ):
             actions_pi, log_prob = self._policy_actions(batch)
             actor_loss = self._actor_loss(batch, actions_pi, log_prob, ent_coef)
         return {"critic": (critic_loss, self.critic.optimizer), "actor": (actor_loss, self.actor.optimizer)}
+
+    def _critic_loss_again(
+        self,
+        step: GradientStep | None,
+        networks: list[str],
+        replay_data: ReplayBufferSamples,
+        next_actions: th.Tensor,
+        target_q_values: th.Tensor,
+    ) -> th.Tensor:
+        """The critic loss at the critics' current parameters against the first pass's target.
+
+        The joint forward pass normalises with its own batch statistics, as training's does; the batch
+        norms' running statistics, which that pass updated already, are left as it left them.
+        """
+        with kept_batch_norm_state(self.policy), self._hooks.recording(self.policy, step, networks):
+            current_q_values, _ = self._joint_q_values(replay_data, next_actions)
+        return self._critic_loss(current_q_values, target_q_values)
+
+    def _actor_loss_again(
+        self, step: GradientStep | None, replay_data: ReplayBufferSamples, ent_coef: th.Tensor, draws: RepeatableDraws
+    ) -> th.Tensor:
+        """The actor loss at the actor's current parameters, ``a~`` sampled with the noise ``draws`` repeats
+        (the batch norms' running statistics left as the first pass left them)."""
+        with draws.again(), kept_batch_norm_state(self.policy), self._hooks.recording(self.policy, step, ["actor"]):
+            actions_pi, log_prob = self._policy_actions(replay_data)
+        return self._actor_loss(replay_data, actions_pi, log_prob, ent_coef)
 
     def _next_actions(self, replay_data: ReplayBufferSamples) -> tuple[th.Tensor, th.Tensor]:
         """``a' ~ pi(.|s')`` and ``log pi(a'|s')``, without gradient, the actor's batch norms on running statistics."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from functools import partial
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch as th
@@ -14,9 +16,26 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from crl.algorithms.base import ContinualAlgorithm, with_sb3_signature
+from crl.hooks import GradientStep
 from crl.policies import actor_critic as policies
 from crl.policies.module_tree import listed_parameters
 from crl.policies.multihead import MultiHeadActorCriticPolicy
+
+
+class SurrogateTerms(NamedTuple):
+    """PPO's loss on a minibatch and what ``train()`` logs of it."""
+
+    loss: th.Tensor
+    policy_loss: th.Tensor
+    value_loss: th.Tensor
+    entropy_loss: th.Tensor
+    ratio: th.Tensor
+    log_prob: th.Tensor
+
+
+def total_loss(surrogate: Callable[[], SurrogateTerms]) -> th.Tensor:
+    """The loss of the terms ``surrogate()`` computes."""
+    return surrogate().loss
 
 
 class PPO(ContinualAlgorithm, sb3.PPO):
@@ -73,38 +92,18 @@ class PPO(ContinualAlgorithm, sb3.PPO):
                 if isinstance(self.action_space, spaces.Discrete):
                     actions = rollout_data.actions.long().flatten()
 
-                with hooks.recording(self.policy, step, ["actor", "critic"]):
-                    values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
-                advantages = rollout_data.advantages
-                # Normalising a minibatch of one is meaningless (SB3 GH issue #325)
-                if self.normalize_advantage and len(advantages) > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
-                # r = pi(a|s) / pi_old(a|s);  L_clip = -E[min(r A, clip(r, 1-eps, 1+eps) A)]
-                ratio = th.exp(log_prob - rollout_data.old_log_prob)
-                policy_loss_1 = advantages * ratio
-                policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
-                policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
-
-                pg_losses.append(policy_loss.item())
-                clip_fraction = th.mean((th.abs(ratio - 1) > clip_range).float()).item()
+                surrogate = partial(self._surrogate_loss, step, rollout_data, actions, clip_range, clip_range_vf)
+                terms = surrogate()
+                pg_losses.append(terms.policy_loss.item())
+                clip_fraction = th.mean((th.abs(terms.ratio - 1) > clip_range).float()).item()
                 clip_fractions.append(clip_fraction)
-
-                value_loss = self._value_loss(values, rollout_data, clip_range_vf)
-                value_losses.append(value_loss.item())
-
-                if entropy is None:
-                    # No analytical entropy: estimate it from the log-probabilities
-                    entropy_loss = -th.mean(-log_prob)
-                else:
-                    entropy_loss = -th.mean(entropy)
-                entropy_losses.append(entropy_loss.item())
-
-                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                value_losses.append(terms.value_loss.item())
+                entropy_losses.append(terms.entropy_loss.item())
+                loss = terms.loss
 
                 # Approximate reverse KL for early stopping (Schulman's k3 estimator)
                 with th.no_grad():
-                    log_ratio = log_prob - rollout_data.old_log_prob
+                    log_ratio = terms.log_prob - rollout_data.old_log_prob
                     approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
                     approx_kl_divs.append(approx_kl_div)
 
@@ -115,7 +114,8 @@ class PPO(ContinualAlgorithm, sb3.PPO):
                     break
 
                 clip = (listed_parameters(self.policy), self.max_grad_norm)
-                self._optimize(step, "policy", loss, self.policy.optimizer, clip=clip)
+                again = partial(total_loss, surrogate)
+                self._optimize(step, "policy", loss, self.policy.optimizer, clip=clip, recompute=again)
 
             self._n_updates += 1
             if not continue_training:
@@ -138,6 +138,42 @@ class PPO(ContinualAlgorithm, sb3.PPO):
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
         hooks("on_train_end", self)
+
+    def _surrogate_loss(
+        self,
+        step: GradientStep | None,
+        batch: RolloutBufferSamples,
+        actions: th.Tensor,
+        clip_range: float,
+        clip_range_vf: float | None,
+    ) -> SurrogateTerms:
+        """PPO's loss on a minibatch: ``L = L_clip + c_ent L_ent + c_vf L_vf``, with its terms.
+
+        The actor's and critic's features are recorded for the hooks that read them.
+        """
+        with self._hooks.recording(self.policy, step, ["actor", "critic"]):
+            values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, actions)
+        advantages = batch.advantages
+        # Normalising a minibatch of one is meaningless (SB3 GH issue #325)
+        if self.normalize_advantage and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+        # r = pi(a|s) / pi_old(a|s);  L_clip = -E[min(r A, clip(r, 1-eps, 1+eps) A)]
+        ratio = th.exp(log_prob - batch.old_log_prob)
+        policy_loss_1 = advantages * ratio
+        policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+        policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
+
+        value_loss = self._value_loss(values, batch, clip_range_vf)
+
+        if entropy is None:
+            # No analytical entropy: estimate it from the log-probabilities
+            entropy_loss = -th.mean(-log_prob)
+        else:
+            entropy_loss = -th.mean(entropy)
+
+        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+        return SurrogateTerms(loss, policy_loss, value_loss, entropy_loss, ratio, log_prob)
 
     def _value_loss(self, values: th.Tensor, batch: RolloutBufferSamples, clip_range_vf: float | None) -> th.Tensor:
         """``(R - V(s))^2`` averaged, ``V``'s change clipped to ``clip_range_vf`` if given; with a two-hot

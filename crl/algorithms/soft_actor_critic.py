@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, ClassVar
 
 import torch as th
@@ -19,8 +20,10 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from crl.algorithms.base import logged_mean
 from crl.algorithms.off_policy import ContinualOffPolicyAlgorithm
+from crl.hooks import GradientStep
 from crl.optim import compute_gradients, optimizer_step
 from crl.policies.module_tree import listed_parameters
+from crl.random_draws import RepeatableDraws
 
 
 class EntropyRegularized(ContinualOffPolicyAlgorithm):
@@ -95,6 +98,7 @@ class SoftActorCritic(EntropyRegularized):
 
     critic_target: Any
     replay_buffer: Any
+    device: th.device
     use_sde: bool
     target_update_interval: int
     _n_updates: int
@@ -119,9 +123,8 @@ class SoftActorCritic(EntropyRegularized):
                 self.actor.reset_noise()
 
             # a~ ~ pi(.|s) with its log-probability, for the actor and temperature losses
-            with hooks.recording(self.policy, step, ["actor"]):
-                actions_pi, log_prob = self.actor.action_log_prob(replay_data.observations)
-            log_prob = log_prob.reshape(-1, 1)
+            draws = RepeatableDraws(self.device) if hooks.replaces_gradients else None
+            actions_pi, log_prob = self._recorded_policy_actions(step, replay_data)
 
             # alpha before its own step, as SB3 uses it for this gradient step
             ent_coef = self._temperature()
@@ -130,14 +133,16 @@ class SoftActorCritic(EntropyRegularized):
 
             target_values = self._td_target(replay_data, ent_coef)
 
-            with hooks.recording(self.policy, step, critic_networks):
-                critic_loss = self._critic_loss(replay_data, target_values)
+            critic_loss_fn = partial(self._recorded_critic_loss, step, critic_networks, replay_data, target_values)
+            critic_loss = critic_loss_fn()
             critic_losses.append(critic_loss.item())
-            self._optimize(step, "critic", critic_loss, self.critic.optimizer)
+            self._optimize(step, "critic", critic_loss, self.critic.optimizer, recompute=critic_loss_fn)
 
             actor_loss = self._actor_loss(replay_data, actions_pi, log_prob, ent_coef)
             actor_losses.append(actor_loss.item())
-            self._optimize(step, "actor", actor_loss, self.actor.optimizer)
+            # Again at other actor parameters: the same noise, so a~ moves only with the parameters
+            again = None if draws is None else partial(self._actor_loss_again, step, replay_data, ent_coef, draws)
+            self._optimize(step, "actor", actor_loss, self.actor.optimizer, recompute=again)
 
             if gradient_step % self.target_update_interval == 0:
                 self._update_target_critic()
@@ -164,6 +169,29 @@ class SoftActorCritic(EntropyRegularized):
         actions_pi, log_prob = self.actor.action_log_prob(batch.observations)
         actor_loss = self._actor_loss(batch, actions_pi, log_prob.reshape(-1, 1), ent_coef)
         return {"critic": (critic_loss, self.critic.optimizer), "actor": (actor_loss, self.actor.optimizer)}
+
+    def _recorded_policy_actions(
+        self, step: GradientStep | None, replay_data: ReplayBufferSamples
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """``a~ ~ pi(.|s)`` and ``log pi(a~|s)`` shaped ``(B, 1)``, the actor's features recorded for the hooks."""
+        with self._hooks.recording(self.policy, step, ["actor"]):
+            actions_pi, log_prob = self.actor.action_log_prob(replay_data.observations)
+        return actions_pi, log_prob.reshape(-1, 1)
+
+    def _actor_loss_again(
+        self, step: GradientStep | None, replay_data: ReplayBufferSamples, ent_coef: th.Tensor, draws: RepeatableDraws
+    ) -> th.Tensor:
+        """The actor loss at the actor's current parameters, ``a~`` sampled with the noise ``draws`` repeats."""
+        with draws.again():
+            actions_pi, log_prob = self._recorded_policy_actions(step, replay_data)
+        return self._actor_loss(replay_data, actions_pi, log_prob, ent_coef)
+
+    def _recorded_critic_loss(
+        self, step: GradientStep | None, networks: list[str], replay_data: ReplayBufferSamples, target_values: th.Tensor
+    ) -> th.Tensor:
+        """:meth:`_critic_loss`, the features of the critic's ``networks`` recorded for the hooks."""
+        with self._hooks.recording(self.policy, step, networks):
+            return self._critic_loss(replay_data, target_values)
 
     def _td_target(self, replay_data: ReplayBufferSamples, ent_coef: th.Tensor) -> th.Tensor:
         """The critic's regression target on ``replay_data``, without gradient."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar
 
 import torch as th
@@ -10,6 +11,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from crl.algorithms.base import logged_mean
 from crl.algorithms.off_policy import ContinualOffPolicyAlgorithm
+from crl.hooks import GradientStep
 from crl.policies.module_tree import listed_parameters
 
 
@@ -42,11 +44,11 @@ class ValueBased(ContinualOffPolicyAlgorithm):
             replay_data, step = self._begin_gradient_step(gradient_step, batch_size)
             targets = self._td_target(replay_data)
 
-            with hooks.recording(self.policy, step, [network]):
-                loss = self._td_loss(replay_data, targets)
+            td_loss = partial(self._recorded_td_loss, step, replay_data, targets)
+            loss = td_loss()
             losses.append(loss.item())
             clip = None if self.max_grad_norm is None else (listed_parameters(self.policy), self.max_grad_norm)
-            self._optimize(step, network, loss, self.policy.optimizer, clip=clip)
+            self._optimize(step, network, loss, self.policy.optimizer, clip=clip, recompute=td_loss)
 
         self._n_updates += gradient_steps
 
@@ -61,6 +63,13 @@ class ValueBased(ContinualOffPolicyAlgorithm):
         No hook fires and nothing is updated.
         """
         return {self.trained_network: (self._td_loss(batch, self._td_target(batch)), self.policy.optimizer)}
+
+    def _recorded_td_loss(
+        self, step: GradientStep | None, replay_data: ReplayBufferSamples, targets: th.Tensor
+    ) -> th.Tensor:
+        """:meth:`_td_loss`, the trained network's features recorded for the hooks that read them."""
+        with self._hooks.recording(self.policy, step, [self.trained_network]):
+            return self._td_loss(replay_data, targets)
 
     def _td_target(self, replay_data: ReplayBufferSamples) -> th.Tensor:
         """The regression target on ``replay_data``, from the target network, without gradient."""

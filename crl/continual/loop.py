@@ -33,6 +33,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from crl.algorithms import ContinualAlgorithm
 from crl.continual.results import ContinualResult
 from crl.optim import algorithm_optimizers, clear_optimizer_state
+from crl.random_draws import forked_devices
 from crl.wrappers.sequence import TaskSequence, check_count
 
 EVAL_SEED_OFFSET = 100_000
@@ -63,22 +64,6 @@ class SequenceProgress:
     def __call__(self, progress_remaining: float) -> float:
         done = self.start + (1.0 - progress_remaining) * self.budget
         return float(self.schedule(1.0 - done / self.total))
-
-
-def forked_devices(device: th.device | str) -> dict[str, Any]:
-    """The arguments of ``torch.random.fork_rng`` that fork the generator of ``device`` (a model's).
-
-    ``fork_rng`` always forks the CPU generator; a policy on an accelerator (CUDA, MPS) samples its
-    actions from that device's own generator, which must be forked as well. Only the model's device
-    is named: forking every device (``fork_rng``'s default) initialises each one and warns.
-
-    :param device: the model's device, e.g. ``model.device``
-    :return: ``{"devices": []}`` for the CPU, else ``{"devices": [device], "device_type": device.type}``
-    """
-    device = th.device(device)
-    if device.type == "cpu":
-        return {"devices": []}
-    return {"devices": [device], "device_type": device.type}
 
 
 @contextlib.contextmanager

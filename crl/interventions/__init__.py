@@ -26,6 +26,7 @@ from crl.interventions.plasticity_injection import PlasticityInjection
 from crl.interventions.redo import ReDo
 from crl.interventions.regularizers import L2Init, WeightDecay
 from crl.interventions.resets import Reset, ResetOptimizer, ShrinkPerturb
+from crl.interventions.sam import SAM
 from crl.interventions.schedule import ScheduledIntervention
 from crl.interventions.weight_clipping import WeightClipping
 
@@ -34,6 +35,7 @@ __all__ = [
     "EWC",
     "MAS",
     "PFO",
+    "SAM",
     "AdaptiveReplayRatio",
     "ClonEx",
     "Consolidation",

@@ -116,4 +116,4 @@ class Parseval(LoggedPenalty):
         weights, minus_si, factors = self._weights.get(optimizer, lambda o: self._regularised(algo, o))
         if not weights:
             return None
-        return self.logged(_ParsevalPenalty.apply(minus_si, factors, *weights))
+        return self.logged(_ParsevalPenalty.apply(minus_si, factors, *weights), step)

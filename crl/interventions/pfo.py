@@ -75,7 +75,8 @@ class PFO(Intervention):
             phi_old = list(old[network].values())[-1].pre
             terms.append(pfo_penalty(phi_new, phi_old))
         penalty = th.stack(terms).sum()
-        self._penalties.append(penalty.detach())
+        if not step.recomputing:  # the log holds the first pass's penalty, not one at perturbed parameters
+            self._penalties.append(penalty.detach())
         return self.coef * penalty
 
     def on_train_end(self, algo: BaseAlgorithm) -> None:

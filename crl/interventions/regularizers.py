@@ -55,9 +55,10 @@ class LoggedPenalty(Intervention):
 
     _penalties: list[th.Tensor] = PrivateAttr(default_factory=list)
 
-    def logged(self, penalty: th.Tensor) -> th.Tensor:
-        """``penalty``, kept for the log."""
-        self._penalties.append(penalty.detach())
+    def logged(self, penalty: th.Tensor, step: GradientStep) -> th.Tensor:
+        """``penalty``, kept for the log unless ``step`` is computing its loss again (at perturbed parameters)."""
+        if not step.recomputing:
+            self._penalties.append(penalty.detach())
         return penalty
 
     def on_train_end(self, algo: BaseAlgorithm) -> None:
@@ -91,7 +92,7 @@ class AnchoredPenalty(LoggedPenalty):
         )
         if not thetas:
             return None
-        return self.logged(weighted_squared_distance(thetas, anchors, omegas, self.penalty_coef()))
+        return self.logged(weighted_squared_distance(thetas, anchors, omegas, self.penalty_coef()), step)
 
 
 class L2Init(AnchoredPenalty):
