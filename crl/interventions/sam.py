@@ -54,8 +54,8 @@ class SAM(Intervention):
     first pass left it), and the gradients there, clipped where the algorithm clips, replace ``g``;
     the parameters go back to ``theta`` exactly and the optimizer steps. Every other intervention's
     ``after_backward`` (weight decay, A-GEM's projection, PackNet's masks) sees the replaced gradients.
-    PLASTIC applies SAM to all of its networks, which is what ``losses=None`` does; ``losses`` limits it
-    to some losses, e.g. ``["critic"]``.
+    ``losses=None`` applies it to every loss the algorithm optimises (PLASTIC makes SAM its agent's
+    optimizer); ``losses`` limits it to some losses, e.g. ``["critic"]``.
 
     The first gradient is the clipped one where the algorithm clips (DQN, PPO): clipping scales all
     gradients alike, so ``eps`` is the same. On CrossQ the second pass normalises its joint batch with
@@ -66,7 +66,8 @@ class SAM(Intervention):
 
     Costs a second forward and backward pass of every loss it applies to.
 
-    :param rho: the neighbourhood's radius (Foret et al. 2021: 0.05; ASAM needs about 10x)
+    :param rho: the neighbourhood's radius (the usual default 0.05; Foret et al. 2021 search 0.01 to 0.5;
+        ASAM's ball needs about ten times more)
     :param adaptive: ASAM's scale-invariant neighbourhood, ``T = diag(|theta|)``
     :param losses: the losses to apply it to (names as in :class:`crl.hooks.GradientStep`: ``q_net``,
         ``quantile_net``, ``policy``, ``critic``, ``actor``); ``None``: all of the algorithm's
