@@ -3,12 +3,14 @@
 from pathlib import Path
 
 import pytest
+from torch import nn
 
 from crl.config.build import build_model, build_sequence
 from crl.config.curriculum import load_curriculum
 from crl.continual.continual_world import ContinualWorldSAC
-from crl.interventions import AGEM, EWC, ClonEx, PackNet
+from crl.interventions import AGEM, EWC, SAM, ClonEx, LayerNorm, PackNet, Reset
 from crl.policies import MultiHeadTQCPolicy
+from crl.policies.layers import CReLU
 
 CURRICULA = sorted((Path(__file__).parents[1] / "curricula").glob("*.yaml"))
 
@@ -26,7 +28,19 @@ def test_curricula_are_shipped() -> None:
         "cw20_agem",
         "cw20_packnet",
         "cw10_clonex",
+        "minatar_plastic",
     }
+
+
+def test_minatar_plastic_builds_plastics_ingredients_on_the_minatar_switch() -> None:
+    curricula = Path(__file__).parents[1] / "curricula"
+    plastic = load_curriculum(curricula / "minatar_plastic.yaml")
+    switch = load_curriculum(curricula / "minatar_switch.yaml")
+    assert plastic.sequence == switch.sequence and plastic.hyperparameters == switch.hyperparameters
+    model = build_model(plastic, build_sequence(plastic), seed=0)
+    assert [type(intervention) for intervention in model.interventions] == [LayerNorm, SAM, Reset]
+    assert any(isinstance(module, CReLU) for module in model.q_net.modules())
+    assert any(isinstance(module, nn.LayerNorm) for module in model.q_net.modules())
 
 
 @pytest.mark.parametrize("path", CURRICULA, ids=lambda path: path.name)
