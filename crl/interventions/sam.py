@@ -40,7 +40,7 @@ def sharpness_aware_perturbation(
         t_g = th._foreach_mul(gradients, magnitudes) if magnitudes is not None else gradients
         t_g_norm = th.linalg.vector_norm(th.stack(th._foreach_norm(t_g)))
         scale = rho / (t_g_norm + 1e-12)
-        epsilon = th._foreach_mul(t_g, magnitudes) if magnitudes is not None else list(gradients)
+        epsilon = th._foreach_mul(t_g, magnitudes) if magnitudes is not None else t_g
         return list(th._foreach_mul(epsilon, scale))
 
 
