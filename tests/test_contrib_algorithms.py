@@ -49,6 +49,7 @@ LOSSES = {"QRDQN": ["quantile_net"], "TQC": ["critic", "actor"], "CrossQ": ["cri
 REFUSED = {
     ("CrossQ", "layer_norm"): "policy option layer_norm='pre' is not supported by CrossQ with batch_norm=True",
     ("CrossQ", "redo"): "intervention 'redo' cannot recycle units of CrossQPolicy",
+    ("CrossQ", "regrama"): "intervention 'regrama' cannot recycle units of CrossQPolicy",
     ("CrossQ", "continual_backprop"): "intervention 'continual_backprop' cannot recycle units of CrossQPolicy",
 }
 """CrossQ's BatchRenorm layers: LayerNorm would normalise twice; recycling would change the Q-values."""
@@ -62,6 +63,7 @@ INTERVENTIONS: dict[str, dict[str, Any]] = {
     "shrink_perturb": {"name": "shrink_perturb", "at_steps": [300]},
     "shrink_perturb_soft": {"name": "shrink_perturb", "after_every_update": True, "shrink": 0.99, "perturb": 0.01},
     "redo": {"name": "redo", "every": 200, "tau": 0.5, "probe_size": 32},
+    "regrama": {"name": "regrama", "every": 200, "tau": 0.5, "probe_size": 32},
     "continual_backprop": {"name": "continual_backprop", "replacement_rate": 0.1, "maturity": 20},
     "plasticity_injection": {"name": "plasticity_injection", "at_step": 300},
     "reset_optimizer": {"name": "reset_optimizer", "at_steps": [300]},
@@ -116,7 +118,7 @@ def test_the_matrix_covers_every_registered_intervention() -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_metric_leaves_training_alone_and_reaches_the_logger(name: str) -> None:
     reference, _ = _trained(name)
-    every_metric = dict(every=200, plasticity_probe_every=400, hessian_every=400, probe_batch_size=128)
+    every_metric = dict(every=200, plasticity_probe_every=400, hessian_every=400, grama_every=400, probe_batch_size=128)
     monitored, recorder = _trained(name, metrics=every_metric)
     assert_same_training(reference, monitored)
 

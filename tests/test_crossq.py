@@ -316,7 +316,7 @@ def test_weight_decay_intervention_equals_adamw() -> None:
 def test_metrics_do_not_change_training_and_reach_the_logger(reference: sb3_contrib.CrossQ) -> None:
     # The actor learns at updates 3, 6, ...: train() at timestep t is update t - 200, so t = 500 measures an
     # actor step too (the monitor reports the gradient norms of the train() call it measures)
-    metrics = dict(every=250, hessian_every=500, plasticity_probe_every=500, probe_batch_size=128)
+    metrics = dict(every=250, hessian_every=500, plasticity_probe_every=500, grama_every=500, probe_batch_size=128)
     monitored = CrossQ("MlpPolicy", "Pendulum-v1", seed=3, device="cpu", metrics=metrics, **KWARGS)
     recorder = _Recorder()
     monitored.set_logger(Logger(folder=None, output_formats=[recorder]))

@@ -15,7 +15,7 @@ import crl
 from crl.hooks import GradientStep
 from crl.interventions import AGEM, InterventionError
 from crl.interventions.agem import EpisodicMemory, ReferenceGradient, project_onto_reference
-from crl.metrics.hessian import optimizer_parameters
+from crl.metrics.losses import optimizer_parameters
 from crl.metrics.probe_batch import draw_probe_batch
 from crl.wrappers import permuted_observations
 

@@ -35,7 +35,7 @@ from crl.policies import ActorCriticCnnPolicy, ActorCriticPolicy, DQNPolicy
 from crl.wrappers import permuted_observations
 
 # Every metric on, at a short cadence: the strictest check that measuring changes nothing.
-ALL_ON = dict(every=500, plasticity_probe_every=1000, hessian_every=1000, probe_batch_size=256)
+ALL_ON = dict(every=500, plasticity_probe_every=1000, hessian_every=1000, grama_every=1000, probe_batch_size=256)
 NETWORKS = {"DQN": ["q_net"], "PPO": ["actor", "critic"], "SAC": ["actor", "qf0", "qf1"]}
 LOSSES = {"DQN": ["q_net"], "PPO": ["policy"], "SAC": ["critic", "actor"]}
 BOX = spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -60,8 +60,8 @@ def expected_metric_keys(networks: list[str], losses: list[str]) -> set[str]:
     expected = {
         f"plasticity/{network}/{layer}/{metric}"
         for network in networks
-        for layer in ("layer0", "layer1")
-        for metric in LAYER_METRICS
+        for layer in ("layer0", "layer1", "all")
+        for metric in ([*LAYER_METRICS, "grama_ratio"] if layer != "all" else ["grama_ratio"])
     }
     expected |= {
         f"plasticity/{network}/all/{metric}"
@@ -221,11 +221,11 @@ def test_bad_settings_fail_at_construction() -> None:
 
 
 def test_the_whole_suite_measures_dict_observations() -> None:
-    every = {"every": 32, "plasticity_probe_every": 32, "hessian_every": 32, "hessian_iterations": 2}
+    every = {"every": 32, "plasticity_probe_every": 32, "hessian_every": 32, "hessian_iterations": 2, "grama_every": 32}
     env = SpacesEnv(spaces.Dict({"a": spaces.Box(-1, 1, (3,), np.float32), "b": spaces.Box(-1, 1, (2,), np.float32)}))
     model = crl.DQN("MultiInputPolicy", env, buffer_size=100, learning_starts=16, metrics=every)
     model.learn(128)  # from step 100: a full buffer
-    for metric in ("layer0/srank", "all/plasticity_probe", "all/hessian_top_eig"):
+    for metric in ("layer0/srank", "all/plasticity_probe", "all/hessian_top_eig", "all/grama_ratio"):
         assert np.isfinite(model.metrics_monitor.latest[f"plasticity/q_net/{metric}"])
 
 

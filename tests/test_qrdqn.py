@@ -343,7 +343,7 @@ def test_adaptive_replay_ratio_switches_on_the_quantile_networks_fau() -> None:
 
 
 def test_metrics_monitor_measures_the_quantile_network_without_changing_training() -> None:
-    metrics = dict(every=500, plasticity_probe_every=1000, hessian_every=1000, probe_batch_size=256)
+    metrics = dict(every=500, plasticity_probe_every=1000, hessian_every=1000, grama_every=1000, probe_batch_size=256)
     kwargs = dict(learning_starts=200, train_freq=4, target_update_interval=250, seed=3, device="cpu")
     policy_kwargs = dict(n_quantiles=N_QUANTILES)
     reference = QRDQN("MlpPolicy", "CartPole-v1", policy_kwargs=policy_kwargs, **kwargs)
@@ -355,8 +355,25 @@ def test_metrics_monitor_measures_the_quantile_network_without_changing_training
     assert_same_training(reference, monitored)
 
     logged = {key for dump in recorder.dumps for key in dump}
-    layer_metrics = ("srank", "effective_rank", "pca_rank", "feature_rank", "dormant_ratio", "dead_units", "fau")
-    network_metrics = ("dormant_ratio", "dead_units", "fau", "weight_magnitude", "weight_change", "plasticity_probe")
+    layer_metrics = (
+        "srank",
+        "effective_rank",
+        "pca_rank",
+        "feature_rank",
+        "dormant_ratio",
+        "dead_units",
+        "fau",
+        "grama_ratio",
+    )
+    network_metrics = (
+        "dormant_ratio",
+        "dead_units",
+        "fau",
+        "weight_magnitude",
+        "weight_change",
+        "plasticity_probe",
+        "grama_ratio",
+    )
     expected = {f"plasticity/quantile_net/{layer}/{m}" for layer in ("layer0", "layer1") for m in layer_metrics}
     expected |= {f"plasticity/quantile_net/all/{m}" for m in (*network_metrics, "grad_norm", "hessian_top_eig")}
     expected |= {f"plasticity/quantile_net/penultimate/{m}" for m in ("srank", "feature_norm")}

@@ -537,6 +537,7 @@ PPO_INTERVENTIONS: dict[str, dict[str, Any]] = {
     "reset_head": {"name": "reset", "at_steps": [128], "parts": "head"},
     "shrink_perturb": {"name": "shrink_perturb", "at_steps": [128]},
     "redo": {"name": "redo", "every": 64, "tau": 0.5, "probe_size": 32},
+    "regrama": {"name": "regrama", "every": 64, "tau": 0.5, "probe_size": 32},
     "continual_backprop": {"name": "continual_backprop", "replacement_rate": 0.1, "maturity": 4},
     "plasticity_injection": {"name": "plasticity_injection", "at_step": 128},
     "reset_optimizer": {"name": "reset_optimizer", "at_steps": [128]},
@@ -574,7 +575,7 @@ def test_every_ppo_intervention_acts_on_the_multi_head_policy(sequence, interven
 
 
 def test_ppo_multi_head_policy_gets_every_metric(sequence) -> None:
-    every_metric = dict(every=64, plasticity_probe_every=128, hessian_every=128, probe_batch_size=32)
+    every_metric = dict(every=64, plasticity_probe_every=128, hessian_every=128, grama_every=128, probe_batch_size=32)
     model = _ppo(sequence, task=1, metrics=every_metric)
     recorder = _Recorder()
     model.set_logger(Logger(folder=None, output_formats=[recorder]))

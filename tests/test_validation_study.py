@@ -75,6 +75,7 @@ def test_intervals_depend_on_their_seed_only_and_leave_numpys_generator_alone() 
 def test_shipped_experiments_and_their_variants_validate() -> None:
     paths = experiment_paths()
     assert {path.stem for path in paths} == {
+        "gradient_activity",
         "ppo_epochs_pfo",
         "ppo_epochs_long",
         "ppo_epochs_switches",

@@ -24,6 +24,7 @@ from crl.interventions.parseval import Parseval
 from crl.interventions.pfo import PFO
 from crl.interventions.plasticity_injection import PlasticityInjection
 from crl.interventions.redo import ReDo
+from crl.interventions.regrama import ReGraMa
 from crl.interventions.regularizers import L2Init, WeightDecay
 from crl.interventions.resets import Reset, ResetOptimizer, ShrinkPerturb
 from crl.interventions.sam import SAM
@@ -50,6 +51,7 @@ __all__ = [
     "PlasticityInjection",
     "RandomShift",
     "ReDo",
+    "ReGraMa",
     "Reset",
     "ResetOptimizer",
     "ScheduledIntervention",

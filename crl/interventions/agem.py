@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_map
 
 from crl.hooks import GradientStep
 from crl.interventions.base import Intervention, InterventionError
-from crl.metrics.hessian import optimizer_parameters
+from crl.metrics.losses import optimizer_parameters
 from crl.metrics.probe_batch import draw_probe_batch
 
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ from crl.interventions.agem import EpisodicMemory
 from crl.interventions.base import Intervention, InterventionError
 from crl.interventions.head_exploration import ExplorationEpisodes, ExplorationKind, HeadExploration
 from crl.interventions.importance import observation_rows, squashed_gaussian
-from crl.metrics.hessian import optimizer_parameters
+from crl.metrics.losses import optimizer_parameters
 from crl.metrics.probe_batch import draw_probe_batch
 from crl.policies.crossq import kept_batch_norm_state
 from crl.policies.multihead import TaskHeadsPolicyMixin, task_index, with_task_heads

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch as th
 from pydantic import Field, PrivateAttr
 
 from crl.interventions.base import Intervention, InterventionError
-from crl.interventions.network import Reinitializer, check_unit_recycling, probe_batch, unit_layers
+from crl.interventions.network import Reinitializer, UnitLayer, check_unit_recycling, probe_batch, unit_layers
 from crl.metrics.functions import unit_scores
 
 if TYPE_CHECKING:
@@ -78,13 +79,10 @@ class ReDo(Intervention):
 
     def recycle(self, algo: BaseAlgorithm) -> int:
         """Recycle the dormant units now; return how many."""
-        observations, actions = probe_batch(algo, self.probe_size)
-        features = algo.policy.hidden_features(observations, actions)  # type: ignore[operator]
+        layers = unit_layers(algo.policy, self.networks)  # type: ignore[arg-type]
         reinit = Reinitializer(algo)
         recycled = units = 0
-        for layer in unit_layers(algo.policy, self.networks):  # type: ignore[arg-type]
-            h = features[layer.network][layer.name].post
-            dormant = (layer.unit_view(unit_scores(h)) <= self.tau).all(dim=0)
+        for layer, dormant in zip(layers, self.dormant_units(algo, layers), strict=True):
             reinit.recycle(layer, dormant.nonzero().flatten())
             recycled += int(dormant.sum())
             units += layer.n_units
@@ -93,3 +91,13 @@ class ReDo(Intervention):
         self.record(algo, "recycled_fraction", recycled / max(units, 1))
         self.record(algo, "recycled_total", self._total)
         return recycled
+
+    def dormant_units(self, algo: BaseAlgorithm, layers: list[UnitLayer]) -> list[th.Tensor]:
+        """A mask of each layer's units to recycle: ReDo's score ``<= tau`` on a probe batch (both CReLU halves)."""
+        observations, actions = probe_batch(algo, self.probe_size)
+        features = algo.policy.hidden_features(observations, actions)  # type: ignore[operator]
+        masks = []
+        for layer in layers:
+            h = features[layer.network][layer.name].post
+            masks.append((layer.unit_view(unit_scores(h)) <= self.tau).all(dim=0))
+        return masks

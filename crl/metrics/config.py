@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from crl.config.errors import validation_message
-from crl.metrics.functions import DORMANT_TAU
+from crl.metrics.functions import DORMANT_TAU, GRAMA_TAU
 
 
 class MetricsError(ValueError):
@@ -19,7 +19,7 @@ class MetricsConfig(BaseModel):
     """What the metrics monitor computes and how often (SPEC.md §1).
 
     Every ``every`` environment steps, at the end of the next ``train()`` call, the monitor computes
-    the feature, weight and gradient metrics on a fixed probe batch. The two expensive metrics have
+    the feature, weight and gradient metrics on a fixed probe batch. The three expensive metrics have
     their own cadences, off by default; they are checked at those same measurements, so they run at
     the first measurement at or after each multiple of their cadence.
 
@@ -40,6 +40,9 @@ class MetricsConfig(BaseModel):
     :param hessian_every: environment steps between two runs of ``hessian_top_eig``; ``None``
         switches it off
     :param hessian_iterations: power-iteration steps of ``hessian_top_eig``
+    :param grama_every: environment steps between two runs of ``grama_ratio`` (one backward pass of
+        the training losses on the probe batch); ``None`` switches it off
+    :param grama_tau: threshold of ``grama_ratio`` on GraMa's normalised gradient score
     :param seed: seed of the metrics' private random streams (probe batch, fresh network, power
         iteration); ``None``: the algorithm's seed (0 when it has none)
     """
@@ -54,6 +57,8 @@ class MetricsConfig(BaseModel):
     plasticity_probe_batch_size: PositiveInt | None = None
     hessian_every: PositiveInt | None = None
     hessian_iterations: PositiveInt = 20
+    grama_every: PositiveInt | None = None
+    grama_tau: float = Field(default=GRAMA_TAU, ge=0.0)
     seed: int | None = Field(default=None, ge=0)
 
     def __init__(self, **settings: Any) -> None:

@@ -22,6 +22,8 @@ FEATURE_RANK_EPSILON = 0.01
 DORMANT_TAU = 0.025
 """Default threshold of :func:`dormant_ratio` (ReDo recycles at 0.1, see :func:`unit_scores`)."""
 SCORE_EPSILON = 1e-9
+GRAMA_TAU = 0.01
+"""GraMa's inactivity threshold on the normalised gradient score (see :func:`gradient_scores`)."""
 TANH_SATURATION = 0.99
 
 ActivationKind = Literal["relu", "tanh", "sigmoid"]
@@ -135,6 +137,24 @@ def unit_scores(h: th.Tensor) -> th.Tensor:
     :return: one score per unit (D or C)
     """
     return _normalised(unit_activity(h))
+
+
+def gradient_scores(weight_gradient: th.Tensor) -> th.Tensor:
+    """GraMa's normalised unit scores (Liu et al. 2025, "Measure gradients, not activations!").
+
+    ``g_i = mean_j |dL/dW_ij|`` over unit i's incoming weights (a row of a Linear weight; a conv
+    channel's input channels and kernel positions), divided by the layer's mean score,
+    ``g_i / (mean_k g_k + 1e-9)``, the normalisation of :func:`unit_scores`. A unit whose score is
+    ``<= tau`` has (almost) stopped learning: a dead ReLU unit scores 0, and so does a live unit that
+    no longer receives gradient (saturated, or silenced downstream), which the activation score misses.
+
+    :param weight_gradient: the gradient of the loss with respect to a layer's weight, units first
+        (``out x in`` or ``out x in x kH x kW``)
+    :return: one score per unit
+    """
+    if weight_gradient.dim() < 2:
+        raise ValueError(f"a weight gradient has units and inputs, got shape {tuple(weight_gradient.shape)}")
+    return _normalised(weight_gradient.detach().abs().flatten(start_dim=1).mean(dim=1))
 
 
 def _normalised(activity: th.Tensor) -> th.Tensor:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch as th
 
+from crl.metrics.losses import measured_training_losses, optimizer_parameters
+
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -65,39 +67,24 @@ def _normalised(tensors: Sequence[th.Tensor]) -> list[th.Tensor]:
     return [t / norm for t in tensors]
 
 
-def optimizer_parameters(optimizer: th.optim.Optimizer) -> list[th.Tensor]:
-    """The trainable parameters an optimizer updates."""
-    return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-
-
 def training_loss_eigenvalues(
     algo: BaseAlgorithm, batch: object, iterations: int = HESSIAN_ITERATIONS, seed: int = 0
 ) -> dict[str, float]:
     """``hessian_top_eig`` of each training loss of ``algo`` on ``batch``, per loss name.
 
     The losses come from the algorithm's ``training_losses(batch)`` (the loss ``train()`` optimises,
-    see its docstring), each against the parameters of the optimizer that minimises it. Sampling
-    inside the losses (SAC's actions) happens on a forked torch generator seeded with ``seed``.
-    The networks run in eval mode, whatever the policy's mode (restored afterwards, also on error):
-    in training mode a spectral-normalised layer would step its power iteration at every forward
-    pass, and measuring must not change the model.
+    see its docstring), each against the parameters of the optimizer that minimises it, computed as
+    :func:`~crl.metrics.losses.measured_training_losses` computes them (eval mode, sampling on a
+    forked generator seeded with ``seed``).
 
     :param algo: a ``crl.DQN``, ``crl.PPO`` or ``crl.SAC``
     :param batch: a batch as ``algo.training_losses`` takes it (e.g. the monitor's probe batch)
     :param iterations: power-iteration steps per loss
     :param seed: seed of the sampling inside the losses and of the start vectors
     """
-    policy = algo.policy
-    was_training = policy.training
-    policy.set_training_mode(False)
-    try:
-        with th.random.fork_rng(devices=[]):
-            th.manual_seed(seed)
-            generator = th.Generator().manual_seed(seed)
-            losses = algo.training_losses(batch)  # type: ignore[attr-defined]
-            return {
-                name: hessian_top_eigenvalue(loss, optimizer_parameters(optimizer), iterations, generator)
-                for name, (loss, optimizer) in losses.items()
-            }
-    finally:
-        policy.set_training_mode(was_training)
+    generator = th.Generator().manual_seed(seed)
+    with measured_training_losses(algo, batch, seed) as losses:
+        return {
+            name: hessian_top_eigenvalue(loss, optimizer_parameters(optimizer), iterations, generator)
+            for name, (loss, optimizer) in losses.items()
+        }

@@ -15,7 +15,7 @@ At a measurement:
 - after ``train()``, the fixed probe batch (drawn at the first measurement, see
   :func:`~crl.metrics.probe_batch.draw_probe_batch`) goes through the networks in eval mode for the
   feature metrics, the weights are compared with the previous measurement's, and, on their own
-  cadences, the plasticity probe and the Hessian's top eigenvalue are computed;
+  cadences, the plasticity probe, the Hessian's top eigenvalue and GraMa are computed;
 - every value is recorded with ``algo.logger.record`` (it reaches every output format at SB3's next
   ``dump``, or at the end of ``learn()`` if SB3 does not dump again) and kept in
   :attr:`MetricsMonitor.latest`.
@@ -34,6 +34,7 @@ import torch as th
 
 from crl.hooks import GradientStep, TrainingHook
 from crl.metrics.config import MetricsConfig
+from crl.metrics.grama import grama_metrics
 from crl.metrics.hessian import training_loss_eigenvalues
 from crl.metrics.probe import fresh_copy, network_output, plasticity_probe
 from crl.metrics.probe_batch import draw_probe_batch, probe_batch_ready
@@ -88,6 +89,7 @@ class MetricsMonitor(TrainingHook):
         self._suite = _Cadence(self.config.every)
         self._probe = _Cadence(self.config.plasticity_probe_every)
         self._hessian = _Cadence(self.config.hessian_every)
+        self._grama = _Cadence(self.config.grama_every)
         self._measuring = False
         self._grad_norms: dict[str, list[float]] = defaultdict(list)
         self._awaited: set[str] = set()
@@ -153,6 +155,9 @@ class MetricsMonitor(TrainingHook):
                 eigenvalues = training_loss_eigenvalues(algo, batch, self.config.hessian_iterations, seed)
                 values.update({metric_name(loss, WHOLE, "hessian_top_eig"): e for loss, e in eigenvalues.items()})
                 self._hessian.done(timesteps)
+            if self._grama.due(timesteps):
+                values.update(grama_metrics(algo, batch, self.config.grama_tau, seed))
+                self._grama.done(timesteps)
         finally:
             policy.set_training_mode(was_training)  # type: ignore[attr-defined]
         self._suite.done(timesteps)
@@ -176,6 +181,12 @@ class MetricsMonitor(TrainingHook):
         if self.config.seed is not None:
             return self.config.seed
         return algo.seed if algo.seed is not None else 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A monitor saved before a setting existed gets its default (and the cadence it needs).
+        state["config"] = MetricsConfig(**vars(state["config"]))
+        state.setdefault("_grama", _Cadence(state["config"].grama_every))
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return f"MetricsMonitor({self.config!r})"

@@ -34,7 +34,7 @@ def evaluate(
     (``plasticity/<network>/<layer-or-all>/<metric>``, see :mod:`crl.metrics.suite`) and
     ``weight_magnitude``; with ``plasticity_probe=True`` also each network's ``plasticity_probe``.
     What needs training history or a training batch (``weight_change``, ``grad_norm``,
-    ``hessian_top_eig``) is only logged during training. The model is left as it was.
+    ``hessian_top_eig``, ``grama_ratio``) is only logged during training. The model is left as it was.
 
     >>> model = crl.DQN.load("checkpoint.zip")
     >>> values = crl.metrics.evaluate(model, observations)
