@@ -28,7 +28,7 @@ from stable_baselines3.common.env_util import make_atari_env
 from stable_baselines3.common.vec_env import VecFrameStack
 
 import crl
-from crl.metrics import MetricsConfig, functions, hessian, monitor, suite
+from crl.metrics import MetricsConfig, functions, grama, hessian, losses, monitor, suite
 
 gym.register_envs(ale_py)
 
@@ -115,12 +115,14 @@ def metric_costs(model: Any, label: str) -> None:
         "whole default suite (feature_metrics + weight metrics)",
         lambda: (suite.feature_metrics(policy, obs, actions), suite.weight_metrics(parameters, previous)),
     )
-    grads = [th.randn_like(p) for p in hessian.optimizer_parameters(policy.optimizer)]
+    grads = [th.randn_like(p) for p in losses.optimizer_parameters(policy.optimizer)]
     add("grad_norm of one step without clipping (get_total_norm)", lambda: float(th.nn.utils.get_total_norm(grads)))
     # 20 Hessian-vector products through a NatureCNN take over a minute: time 5 and scale.
     iterations = MetricsConfig().hessian_iterations
     five = milliseconds(lambda: hessian.training_loss_eigenvalues(model, batch, iterations=5), repeats=1)
     rows.append((f"hessian_top_eig, {iterations} iterations (5 timed, scaled)", five * iterations / 5))
+    tau = MetricsConfig().grama_tau
+    add("grama_ratio of all networks (one backward pass)", lambda: grama.grama_metrics(model, batch, tau, seed=0), 1)
     size = model.batch_size
     add(
         f"plasticity_probe of all networks, 1 epoch of {size}-sample minibatches",

@@ -8,6 +8,7 @@
 from crl.metrics.config import MetricsConfig, MetricsError
 from crl.metrics.functions import (
     DORMANT_TAU,
+    GRAMA_TAU,
     activation_kind,
     dead_mask,
     dead_mask_of_activity,
@@ -21,6 +22,7 @@ from crl.metrics.functions import (
     feature_norm,
     feature_rank,
     grad_norm,
+    gradient_scores,
     gram_singular_values,
     inactive_count,
     inactive_mask,
@@ -35,6 +37,7 @@ from crl.metrics.functions import (
     weight_change,
     weight_magnitude,
 )
+from crl.metrics.grama import grama_metrics, unit_gradient_scores
 from crl.metrics.hessian import hessian_top_eigenvalue, training_loss_eigenvalues
 from crl.metrics.monitor import MetricsMonitor
 from crl.metrics.offline import evaluate
@@ -44,6 +47,7 @@ from crl.metrics.suite import feature_metrics, metric_name
 
 __all__ = [
     "DORMANT_TAU",
+    "GRAMA_TAU",
     "MetricsConfig",
     "MetricsError",
     "MetricsMonitor",
@@ -63,7 +67,9 @@ __all__ = [
     "feature_norm",
     "feature_rank",
     "grad_norm",
+    "gradient_scores",
     "gram_singular_values",
+    "grama_metrics",
     "hessian_top_eigenvalue",
     "inactive_count",
     "inactive_mask",
@@ -78,6 +84,7 @@ __all__ = [
     "srank",
     "training_loss_eigenvalues",
     "unit_activity",
+    "unit_gradient_scores",
     "unit_scores",
     "weight_change",
     "weight_magnitude",
