@@ -237,3 +237,26 @@ def test_regrama_refuses_a_bad_threshold_and_an_unknown_network() -> None:
         InterventionError, match=r"networks=\['critic'\] has \['critic'\]; this policy trains \['q_net'\]"
     ):
         crl.DQN("MlpPolicy", "CartPole-v1", interventions=[{"name": "regrama", "networks": ["critic"]}])
+
+
+def test_conv_channels_without_gradient_are_found_and_recycled_in_a_shared_cnn(image_env, monkeypatch) -> None:
+    model = crl.PPO("CnnPolicy", image_env((36, 36, 1)), n_steps=32, batch_size=32, seed=0)
+    model.learn(32)
+    cnn = model.policy.features_extractor.cnn
+    with th.no_grad():  # channels 0 and 1 of the first conv never fire
+        cnn[0].weight[:2] = 0.0
+        cnn[0].bias[:2] = -1.0
+    batch = draw_probe_batch(model, 32, seed=0)
+    layers = unit_layers(model.policy)
+    first = next(index for index, layer in enumerate(layers) if layer.incoming is cnn[0])
+    scores = unit_gradient_scores(model, batch, layers, seed=0)
+    assert th.all(scores[first][:2] == 0) and th.all(scores[first][2:] > 0)
+    values = grama_metrics(model, batch, tau=0.0, seed=0)
+    assert values["plasticity/actor/layer0/grama_ratio"] == values["plasticity/critic/layer0/grama_ratio"] == 2 / 32
+
+    monkeypatch.setattr("crl.interventions.regrama.draw_probe_batch", lambda algo, size, seed: batch)
+    assert ReGraMa(tau=0.0).recycle(model) >= 2
+    assert th.all(cnn[0].bias[:2] == 0) and th.all(cnn[0].weight[:2].abs().sum(dim=(1, 2, 3)) > 0)
+    second = next(index for index, layer in enumerate(layers) if layer.incoming is cnn[2])
+    kept = scores[second] > 0  # rows of the next conv that were not recycled themselves
+    assert kept.any() and th.all(cnn[2].weight[kept][:, :2] == 0)
