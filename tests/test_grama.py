@@ -156,7 +156,7 @@ def test_regrama_recycles_the_units_that_get_no_gradient_and_they_train_again(mo
     q, target = model.policy.q_net.q_net, model.policy.q_net_target.q_net
     _silence_outgoing(q[2], th.arange(4))  # live units of layer0 that stopped learning
     batch = draw_probe_batch(model, 256, seed=1)
-    monkeypatch.setattr("crl.interventions.regrama.draw_probe_batch", lambda algo, size, seed: batch)
+    monkeypatch.setattr("crl.interventions.regrama.probe_samples", lambda algo, size: (batch, 0))
     first, second = _backward_scores(model, batch)
     recycled, downstream = (first <= 0.01).nonzero().flatten(), second <= 0.01
     assert set(range(4)) <= set(recycled.tolist())
@@ -189,7 +189,7 @@ def test_regrama_at_tau_zero_leaves_the_output_unchanged(monkeypatch) -> None:
     model = _trained_dqn()
     _silence_outgoing(model.policy.q_net.q_net[2], th.arange(4))
     batch = draw_probe_batch(model, 256, seed=1)
-    monkeypatch.setattr("crl.interventions.regrama.draw_probe_batch", lambda algo, size, seed: batch)
+    monkeypatch.setattr("crl.interventions.regrama.probe_samples", lambda algo, size: (batch, 0))
     outputs = model.q_net(batch.observations)
     assert ReGraMa(tau=0.0).recycle(model) >= 4
     assert th.equal(model.q_net(batch.observations), outputs)
@@ -254,7 +254,7 @@ def test_conv_channels_without_gradient_are_found_and_recycled_in_a_shared_cnn(i
     values = grama_metrics(model, batch, tau=0.0, seed=0)
     assert values["plasticity/actor/layer0/grama_ratio"] == values["plasticity/critic/layer0/grama_ratio"] == 2 / 32
 
-    monkeypatch.setattr("crl.interventions.regrama.draw_probe_batch", lambda algo, size, seed: batch)
+    monkeypatch.setattr("crl.interventions.regrama.probe_samples", lambda algo, size: (batch, 0))
     assert ReGraMa(tau=0.0).recycle(model) >= 2
     assert th.all(cnn[0].bias[:2] == 0) and th.all(cnn[0].weight[:2].abs().sum(dim=(1, 2, 3)) > 0)
     second = next(index for index, layer in enumerate(layers) if layer.incoming is cnn[2])

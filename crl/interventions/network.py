@@ -515,13 +515,20 @@ def parameters_of(modules: Iterable[nn.Module]) -> list[th.Tensor]:
     return list(seen)
 
 
-def probe_batch(algo: BaseAlgorithm, size: int) -> tuple[th.Tensor, th.Tensor | None]:
-    """``size`` observations (and their actions, for off-policy critics) from the algorithm's data.
+def probe_samples(algo: BaseAlgorithm, size: int) -> tuple[Any, int]:
+    """``size`` samples of the algorithm's data (SB3 buffer samples) and the seed that drew them.
 
     The same draw as the metrics monitor's probe batch (replay buffer, or the rollout ``train()`` just
     used), but its seed comes from numpy's global generator: an intervention is part of training, so
-    its draws follow the algorithm's seed and the same seed gives the same run.
+    its draws follow the algorithm's seed and the same seed gives the same run. A computation on the
+    batch that samples (SAC's actions in its losses) can seed itself with the returned seed.
     """
-    batch = draw_probe_batch(algo, size, seed=int(np.random.randint(2**31)))
+    seed = int(np.random.randint(2**31))
+    return draw_probe_batch(algo, size, seed), seed
+
+
+def probe_batch(algo: BaseAlgorithm, size: int) -> tuple[th.Tensor, th.Tensor | None]:
+    """``size`` observations (and their actions, for off-policy critics) of :func:`probe_samples`."""
+    batch, _ = probe_samples(algo, size)
     actions = batch.actions if isinstance(batch, ReplayBufferSamples) else None
     return batch.observations, actions

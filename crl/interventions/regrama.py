@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch as th
 from pydantic import Field
 
+from crl.interventions.network import probe_samples
 from crl.interventions.redo import ReDo
 from crl.metrics.functions import GRAMA_TAU
 from crl.metrics.grama import unit_gradient_scores
-from crl.metrics.probe_batch import draw_probe_batch
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -46,7 +45,5 @@ class ReGraMa(ReDo):
 
     def dormant_units(self, algo: BaseAlgorithm, layers: list[UnitLayer]) -> list[th.Tensor]:
         """A mask of each layer's units to recycle: GraMa score ``<= tau`` on a fresh probe batch."""
-        # Drawn from numpy's global generator: the recycling is part of training and follows its seed.
-        seed = int(np.random.randint(2**31))
-        batch = draw_probe_batch(algo, self.probe_size, seed)
+        batch, seed = probe_samples(algo, self.probe_size)
         return [score <= self.tau for score in unit_gradient_scores(algo, batch, layers, seed)]
