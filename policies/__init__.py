@@ -1,8 +1,8 @@
 """Intervention-aware policies for crl's algorithms (installed as ``crl.policies``).
 
 Each policy is SB3's (sb3-contrib's for QR-DQN and TQC), plus the options ``layer_norm``
-(``"pre"``/``"post"``) and ``activation`` (including ``"crelu"``), and a uniform way to read every
-hidden layer's features of every trained network:
+(``"pre"``/``"post"``) and ``activation`` (including ``"crelu"`` and ``"fourier"``), and a uniform
+way to read every hidden layer's features of every trained network:
 :meth:`~crl.policies.base.ContinualPolicyMixin.hidden_features`.
 """
 
@@ -12,7 +12,7 @@ from crl.policies.dqn import CnnPolicy as DQNCnnPolicy
 from crl.policies.dqn import DQNPolicy
 from crl.policies.dqn import MultiInputPolicy as DQNMultiInputPolicy
 from crl.policies.features import FeatureRecorder, Features, HiddenLayer, LayerFeatures
-from crl.policies.layers import ACTIVATIONS, ArchitectureOptions, CReLU
+from crl.policies.layers import ACTIVATIONS, ArchitectureOptions, ConcatenatedActivation, CReLU, Fourier
 from crl.policies.multihead import (
     MultiHeadActor,
     MultiHeadActorCriticPolicy,
@@ -39,12 +39,14 @@ __all__ = [
     "ActorCriticPolicy",
     "ArchitectureOptions",
     "CReLU",
+    "ConcatenatedActivation",
     "ContinualPolicyMixin",
     "DQNCnnPolicy",
     "DQNMultiInputPolicy",
     "DQNPolicy",
     "FeatureRecorder",
     "Features",
+    "Fourier",
     "HiddenLayer",
     "LayerFeatures",
     "MultiHeadActor",

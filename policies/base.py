@@ -364,12 +364,12 @@ class ContinualPolicyMixin:
 
     def _warn_unchanged(self, extractor: BaseFeaturesExtractor) -> None:
         """Say that a user's extractor keeps its activations: its ``forward`` is its own, so crl cannot
-        put a LayerNorm or a CReLU into it (the MLPs after it are rewritten)."""
+        put a LayerNorm, a CReLU or a Fourier activation into it (the MLPs after it are rewritten)."""
         activations = [name for name, module in extractor.named_modules() if isinstance(module, ACTIVATION_TYPES)]
         if activations:
             options = {
                 "layer_norm": self.architecture.layer_norm,
-                "activation": "crelu" if self.architecture.crelu else None,
+                "activation": self.architecture.activation if self.architecture.concatenated else None,
             }
             given = ", ".join(f"{key}={value!r}" for key, value in options.items() if value is not None)
             warnings.warn(
@@ -381,7 +381,8 @@ class ContinualPolicyMixin:
             )
 
     def _rewrite_nature_cnn(self, extractor: NatureCNN, space: spaces.Space) -> None:
-        """Apply the architecture options to a NatureCNN for ``space`` (its features double behind a CReLU)."""
+        """Apply the architecture options to a NatureCNN for ``space`` (its features double behind a CReLU
+        or a Fourier activation)."""
         example = th.zeros((1, *space.shape))  # type: ignore[misc]
         doubled = self.architecture.rewrite(extractor.cnn, example)
         with th.no_grad():

@@ -60,7 +60,7 @@ class CrossQPolicyMixin(SoftActorCriticPolicyMixin):
     """CrossQ's networks: the ``actor`` and each critic ``qf0``, ``qf1``, ... (no target critic).
 
     Of the architecture options, ``activation`` works as for SAC; with ``batch_norm=True`` (CrossQ's
-    default) ``layer_norm`` and CReLU without ``crelu_halve_width`` are refused (see
+    default) ``layer_norm`` and CReLU or Fourier without ``crelu_halve_width`` are refused (see
     :meth:`_validate_architecture`), and ``two_hot`` is always refused. The critics' layers are called
     directly where that is exact (:meth:`critic_outputs`), each ``BatchRenorm1d`` through its own
     ``forward``, so that its running statistics move as in the module call.
@@ -91,11 +91,12 @@ class CrossQPolicyMixin(SoftActorCriticPolicyMixin):
                     "batch_norm=True: its BatchRenorm layers already normalise the input of every Linear "
                     "layer; pass batch_norm=False to use LayerNorm instead"
                 )
-            if architecture.crelu and not architecture.crelu_halve_width:
+            if architecture.concatenated and not architecture.crelu_halve_width:
                 raise ValueError(
-                    "policy option activation='crelu' is not supported by CrossQ with batch_norm=True unless "
-                    "crelu_halve_width=True: the BatchRenorm layer after each activation normalises the "
-                    "net_arch width, which CReLU doubles; pass crelu_halve_width=True or batch_norm=False"
+                    f"policy option activation={architecture.activation!r} is not supported by CrossQ with "
+                    "batch_norm=True unless crelu_halve_width=True: the BatchRenorm layer after each activation "
+                    "normalises the net_arch width, which this activation doubles; pass crelu_halve_width=True "
+                    "or batch_norm=False"
                 )
         super()._validate_architecture(architecture, kwargs)
 
@@ -141,7 +142,7 @@ class CrossQPolicyMixin(SoftActorCriticPolicyMixin):
 
 class CrossQPolicy(CrossQPolicyMixin, sb3_contrib.CrossQPolicy):
     """sb3-contrib's ``MlpPolicy`` for CrossQ plus the ``activation`` option (and ``layer_norm`` or
-    ``crelu`` without batch norm, see :class:`CrossQPolicyMixin`)."""
+    ``crelu``/``fourier`` without batch norm, see :class:`CrossQPolicyMixin`)."""
 
 
 MlpPolicy = CrossQPolicy

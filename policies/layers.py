@@ -3,8 +3,9 @@
 SB3 builds its networks as ``nn.Sequential`` stacks of ``Linear``/``Conv2d`` layers and activation
 modules. Rather than re-implementing SB3's network builders, crl policies let SB3 build the network
 and then rewrite each stack in place: LayerNorm is inserted around every hidden activation and, for
-CReLU, every activation is replaced and the next layer's input width doubled. With the default
-options the rewrite does nothing, so a crl policy is parameter-for-parameter identical to SB3's.
+a concatenating activation (CReLU, deep Fourier features), every activation is replaced and the next
+layer's input width doubled. With the default options the rewrite does nothing, so a crl policy is
+parameter-for-parameter identical to SB3's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,17 @@ from torch import nn
 from torch.nn import functional as F
 
 
-class CReLU(nn.Module):
+class ConcatenatedActivation(nn.Module):
+    """An activation that passes on two features per unit: ``[f(x), g(x)]`` along the feature (channel)
+    dimension (dim 1), so the output is twice as wide as the input.
+
+    Of ``D`` units (or channels), unit ``i`` feeds output channels ``i`` and ``i + D``, its two
+    halves: the next layer reads twice the width, and ReDo, continual backprop, the resets and the
+    metrics treat both halves as one unit.
+    """
+
+
+class CReLU(ConcatenatedActivation):
     """Concatenated ReLU: ``[relu(x), relu(-x)]`` along the feature (channel) dimension.
 
     Abbas et al. 2023, "Loss of Plasticity in Continual Deep Reinforcement Learning": every unit has
@@ -27,6 +38,20 @@ class CReLU(nn.Module):
 
     def forward(self, x: th.Tensor) -> th.Tensor:
         return F.relu(th.cat((x, -x), dim=1))
+
+
+class Fourier(ConcatenatedActivation):
+    """Deep Fourier features: ``[sin(x), cos(x)]`` along the feature (channel) dimension.
+
+    Lewandowski, Schuurmans & Machado 2024, "Plastic Learning with Deep Fourier Features". The sine
+    and cosine of the same pre-activation never have zero derivative together
+    (``sin'(x)^2 + cos'(x)^2 = 1``): every unit keeps a gradient path that is never zero (the paper's
+    "embedded linearity"), so its units cannot go dormant or saturate all at once. The output is twice
+    as wide as the input.
+    """
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        return th.cat((th.sin(x), th.cos(x)), dim=1)
 
 
 class InjectedHead(nn.Module):
@@ -67,7 +92,13 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "sigmoid": nn.Sigmoid,
     "crelu": CReLU,
+    "fourier": Fourier,
 }
+
+CONCATENATED_ACTIVATIONS: frozenset[str] = frozenset(
+    name for name, cls in ACTIVATIONS.items() if issubclass(cls, ConcatenatedActivation)
+)
+"""The names in :data:`ACTIVATIONS` of the activations that pass on two features per unit."""
 
 # torch.nn's activation modules that do not act unit by unit: a softmax normalises across units, GLU
 # halves the width, attention is a layer of its own. None of them computes a hidden layer's units.
@@ -88,9 +119,10 @@ def _torch_activation_types() -> tuple[type[nn.Module], ...]:
 
 
 # Modules whose input is a hidden layer's pre-activation and whose output its post-activation:
-# torch.nn's unit-wise activations and CReLU. An activation inside an output layer (e.g. the Hardtanh
-# that SB3's gSDE actor puts after ``mu``) is not a hidden layer: hidden_layers() skips output layers.
-ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (*_torch_activation_types(), CReLU)
+# torch.nn's unit-wise activations, CReLU and Fourier. An activation inside an output layer (e.g. the
+# Hardtanh that SB3's gSDE actor puts after ``mu``) is not a hidden layer: hidden_layers() skips output
+# layers.
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (*_torch_activation_types(), CReLU, Fourier)
 
 LAYER_NORM_PLACEMENTS = ("pre", "post")
 
@@ -104,13 +136,15 @@ class ArchitectureOptions:
     :param layer_norm: ``None`` (off), ``"pre"`` (LayerNorm between the linear map and the activation,
         as in Lyle et al. 2023/2024) or ``"post"`` (after the activation).
     :param activation: name of the activation (one of :data:`ACTIVATIONS`), or ``None`` to keep the
-        policy's ``activation_fn``. ``"crelu"`` doubles the width each hidden layer passes on.
-    :param crelu_halve_width: with ``"crelu"``, halve every hidden layer's width (units or channels)
-        instead, so each layer passes on its original width and the layer shapes downstream are
-        unchanged; widths must be even. SPEC.md §2 calls this keeping the parameter count; it keeps
-        the width each layer passes on, and the hidden layers' own matrices halve: DQN's CartPole
-        Q-network with ``net_arch=[64, 64]`` has 4,610 parameters with ReLU, 8,834 with CReLU and
-        2,370 with halved CReLU
+        policy's ``activation_fn``. The concatenating activations ``"crelu"`` (``[relu(x), relu(-x)]``)
+        and ``"fourier"`` (``[sin(x), cos(x)]``) double the width each hidden layer passes on.
+    :param crelu_halve_width: with a concatenating activation (``"crelu"`` or ``"fourier"``; the name
+        is kept for saved models), halve every hidden layer's width (units or channels) instead, so
+        each layer passes on its original width and the layer shapes downstream are unchanged; widths
+        must be even. SPEC.md §2 calls this keeping the parameter count; it keeps the width each layer
+        passes on, and the hidden layers' own matrices halve: DQN's CartPole Q-network with
+        ``net_arch=[64, 64]`` has 4,610 parameters with ReLU, 8,834 with CReLU or Fourier and 2,370
+        with either halved
     """
 
     layer_norm: Literal["pre", "post"] | None = None
@@ -131,18 +165,20 @@ class ArchitectureOptions:
             raise ValueError(
                 f"policy option crelu_halve_width={self.crelu_halve_width!r} is not allowed; use True or False"
             )
-        if self.crelu_halve_width and not self.crelu:
+        if self.crelu_halve_width and not self.concatenated:
             raise ValueError(
-                f"policy option crelu_halve_width=True needs activation='crelu', got activation={self.activation!r}"
+                "policy option crelu_halve_width=True needs activation='crelu' or activation='fourier', "
+                f"got activation={self.activation!r}"
             )
 
     @property
-    def crelu(self) -> bool:
-        return self.activation == "crelu"
+    def concatenated(self) -> bool:
+        """The activation passes on two features per unit (CReLU or Fourier): it doubles the width."""
+        return self.activation in CONCATENATED_ACTIVATIONS
 
     @property
     def is_default(self) -> bool:
-        return self.layer_norm is None and not self.crelu
+        return self.layer_norm is None and not self.concatenated
 
     def check_activation_fn(self, activation_fn: object) -> None:
         """Reject an ``activation_fn`` that the rewrite would not recognise when the options need it.
@@ -160,10 +196,11 @@ class ArchitectureOptions:
             )
 
     def activation_fn(self, default: type[nn.Module]) -> type[nn.Module]:
-        """The activation class SB3's builders should use (ReLU for CReLU, which is swapped in after)."""
+        """The activation class SB3's builders should use (ReLU for CReLU and Fourier, which are swapped
+        in after)."""
         if self.activation is None:
             return default
-        return nn.ReLU if self.crelu else ACTIVATIONS[self.activation]
+        return nn.ReLU if self.concatenated else ACTIVATIONS[self.activation]
 
     def rewrite(self, stack: nn.Sequential, example: th.Tensor | None = None, doubled_input: bool = False) -> bool:
         """Apply the options to ``stack`` in place.
@@ -171,9 +208,10 @@ class ArchitectureOptions:
         :param stack: a network stack built by SB3
         :param example: a batch shaped like the input the rewritten stack will receive, used to size
             LayerNorm (values are ignored); for a stack starting with a Linear layer it can be left out
-        :param doubled_input: the previous stack ends in a CReLU, so this stack's first layer must take
-            twice as many inputs
-        :return: whether this stack's output is twice as wide as before (it ends in a CReLU)
+        :param doubled_input: the previous stack ends in a concatenating activation (CReLU, Fourier), so
+            this stack's first layer must take twice as many inputs
+        :return: whether this stack's output is twice as wide as before (it ends in a concatenating
+            activation)
         """
         modules = list(stack)
         if not any(isinstance(module, ACTIVATION_TYPES) for module in modules) and not doubled_input:
@@ -181,28 +219,38 @@ class ArchitectureOptions:
         doubled_output = doubled_input
         if self.crelu_halve_width:
             modules = _halve_hidden_widths(modules)
-        if self.crelu or doubled_input:
+        if self.concatenated or doubled_input:
             # Halved units are passed on twice: the next layer reads its original width.
             widen = not self.crelu_halve_width
-            modules, doubled_output = _swap_in_crelu(modules, doubled_input, replace=self.crelu, widen=widen)
+            swapped = ACTIVATIONS[self.activation] if self.activation is not None and self.concatenated else None
+            modules, doubled_output = _swap_in_concatenated(modules, doubled_input, swapped, widen=widen)
         if self.layer_norm is not None:
             modules = _insert_layer_norm(modules, _example_input(modules, example), self.layer_norm)
         _replace_contents(stack, modules)
         return doubled_output
 
 
-def _swap_in_crelu(
-    modules: list[nn.Module], doubled_input: bool, replace: bool, widen: bool = True
+def _swap_in_concatenated(
+    modules: list[nn.Module], doubled_input: bool, activation: type[nn.Module] | None, widen: bool = True
 ) -> tuple[list[nn.Module], bool]:
-    """Replace activations by CReLU and (``widen``) widen the input of the layer that follows each one."""
+    """Replace activations by a concatenating one and (``widen``) widen the input of the layer that
+    follows each one.
+
+    :param modules: the stack's modules
+    :param doubled_input: the stack's first weight layer reads a doubled input and must be widened
+    :param activation: the concatenating activation class (CReLU, Fourier) to swap in, or ``None`` to
+        keep the activations (only the first layer is widened)
+    :param widen: widen the layer after each swapped-in activation (``False`` when the widths are halved)
+    :return: the rewritten modules and whether their output is twice as wide as before
+    """
     rewritten: list[nn.Module] = []
     widen_next = doubled_input
     for module in modules:
         if widen_next and isinstance(module, _WEIGHT_LAYERS):
             module = widened(module)
             widen_next = False
-        elif replace and isinstance(module, ACTIVATION_TYPES):
-            module = CReLU()
+        elif activation is not None and isinstance(module, ACTIVATION_TYPES):
+            module = activation()
             widen_next = widen
         rewritten.append(module)
     return rewritten, widen_next

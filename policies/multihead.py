@@ -272,7 +272,9 @@ class TaskHeadsPolicyMixin:
         if self.first_layer is not None and not architecture.is_default:
             raise ValueError(
                 f"policy option first_layer={self.first_layer!r} sets the first layer's normalisation and "
-                "activation itself; use it without layer_norm and activation='crelu'"
+                "activation itself; use it without layer_norm and without a concatenating activation "
+                f"(activation='crelu' or 'fourier'), got layer_norm={architecture.layer_norm!r} and "
+                f"activation={architecture.activation!r}"
             )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:

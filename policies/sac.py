@@ -88,12 +88,12 @@ class SoftActorCriticPolicyMixin(ContinualPolicyMixin):
     """The target critic's layers :meth:`critic_outputs` calls directly (built at the first call)."""
 
     def _validate_architecture(self, architecture: ArchitectureOptions, kwargs: dict[str, Any]) -> None:
-        if architecture.crelu and kwargs.get("use_sde", False):
+        if architecture.concatenated and kwargs.get("use_sde", False):
             # gSDE's log_std is a (latent, action) parameter and its mu may end in a Hardtanh: neither can
-            # be widened to read a doubled last hidden layer.
+            # be widened to read a doubled last hidden layer (CReLU's or Fourier's).
             raise ValueError(
-                f"policy option activation='crelu' is not supported with use_sde=True for {self.algorithm_name}; "
-                "use another activation or use_sde=False"
+                f"policy option activation={architecture.activation!r} is not supported with use_sde=True for "
+                f"{self.algorithm_name}; use another activation or use_sde=False"
             )
 
     def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:

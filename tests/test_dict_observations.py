@@ -74,7 +74,9 @@ def _extractor(model) -> nn.Module:
 
 
 @pytest.mark.parametrize("algorithm", ["DQN", "PPO", "SAC"])
-@pytest.mark.parametrize("options", [dict(layer_norm="pre"), dict(activation="crelu"), dict(layer_norm="post")])
+@pytest.mark.parametrize(
+    "options", [dict(layer_norm="pre"), dict(activation="crelu"), dict(activation="fourier"), dict(layer_norm="post")]
+)
 def test_architecture_options_rewrite_every_image_branch_as_a_lone_nature_cnn(algorithm: str, options: dict) -> None:
     actions = spaces.Box(-1, 1, (2,), np.float32) if algorithm == "SAC" else None
     model = _model(algorithm, _two_images_and_a_vector(actions), **options)
@@ -87,7 +89,7 @@ def test_architecture_options_rewrite_every_image_branch_as_a_lone_nature_cnn(al
     extractor, lone_extractor = _extractor(model), _extractor(lone)
     for key in ("frames", "more"):
         assert str(extractor.extractors[key]) == str(lone_extractor)
-    doubled = options.get("activation") == "crelu"  # a CReLU ends each branch: twice its width
+    doubled = options.get("activation") in ("crelu", "fourier")  # a CReLU/Fourier ends each branch: twice its width
     assert extractor.features_dim == 3 + 2 * lone_extractor.features_dim == 3 + 2 * BRANCH_WIDTH * (1 + doubled)
     model.learn(40)  # the rewritten branches train
 
@@ -103,10 +105,10 @@ def _branch_end(model, key: str, network: str | None = None) -> UnitLayer:
     return next(layer for layer in layers if layer.incoming in ends)
 
 
-@pytest.mark.parametrize("activation", ["relu", "crelu"])
+@pytest.mark.parametrize("activation", ["relu", "crelu", "fourier"])
 def test_each_branch_end_is_read_at_its_place_in_the_concatenation(activation: str) -> None:
     model = _model("DQN", _two_images_and_a_vector(), activation=activation)
-    halves = 2 if activation == "crelu" else 1
+    halves = 1 if activation == "relu" else 2
     reader = model.policy.q_net.q_net[0]
     frames, more = _branch_end(model, "frames"), _branch_end(model, "more")
     assert (frames.offset, more.offset) == (3, 3 + halves * BRANCH_WIDTH)  # after "a"'s 3 inputs

@@ -162,8 +162,8 @@ def cbp_utility_of_layer1(step: GradientStep, q: nn.Sequential) -> th.Tensor:
 
 @pytest.mark.parametrize(
     "policy_kwargs",
-    [dict(net_arch=[16, 16]), dict(net_arch=[16], activation="crelu")],
-    ids=["mlp", "crelu"],
+    [dict(net_arch=[16, 16]), dict(net_arch=[16], activation="crelu"), dict(net_arch=[16], activation="fourier")],
+    ids=["mlp", "crelu", "fourier"],
 )
 def test_continual_backprop_reads_its_layers_as_the_general_path_does_bit_for_bit(policy_kwargs: dict) -> None:
     """A unit layer's mean activity and outgoing magnitude (one plain linear reader: its columns' mean)

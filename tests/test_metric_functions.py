@@ -8,6 +8,7 @@ import torch as th
 from crl import metrics
 from crl.metrics import functions
 from crl.metrics.functions import lower_gram
+from crl.policies.layers import CReLU, Fourier
 
 
 def test_ranks_of_identity() -> None:
@@ -130,10 +131,19 @@ def test_dead_units_and_fau() -> None:
 def test_each_bounded_activation_is_judged_by_saturation() -> None:
     kinds = {
         activation: metrics.activation_kind(activation())
-        for activation in (th.nn.ReLU, th.nn.Tanh, th.nn.Hardtanh, th.nn.Softsign, th.nn.Sigmoid, th.nn.Hardsigmoid)
+        for activation in (
+            th.nn.ReLU,
+            th.nn.Tanh,
+            th.nn.Hardtanh,
+            th.nn.Softsign,
+            th.nn.Sigmoid,
+            th.nn.Hardsigmoid,
+            Fourier,
+            CReLU,
+        )
     }
-    assert list(kinds.values()) == ["relu", "tanh", "tanh", "tanh", "sigmoid", "sigmoid"]
-    with pytest.raises(ValueError, match="activation='gelu': expected 'relu', 'tanh' or 'sigmoid'"):
+    assert list(kinds.values()) == ["relu", "tanh", "tanh", "tanh", "sigmoid", "sigmoid", "fourier", "relu"]
+    with pytest.raises(ValueError, match="activation='gelu': expected 'relu', 'tanh', 'sigmoid' or 'fourier'"):
         metrics.inactive_mask(th.zeros(1, 1), "gelu")  # type: ignore[arg-type]
 
 

@@ -23,6 +23,7 @@ from crl.policies import (
     CReLU,
     DQNCnnPolicy,
     DQNPolicy,
+    Fourier,
     SACPolicy,
 )
 
@@ -141,14 +142,19 @@ class _OwnExtractor(BaseFeaturesExtractor):
 
 @pytest.mark.parametrize(
     ("options", "given"),
-    [(dict(layer_norm="pre"), "layer_norm='pre'"), (dict(activation="crelu"), "activation='crelu'")],
+    [
+        (dict(layer_norm="pre"), "layer_norm='pre'"),
+        (dict(activation="crelu"), "activation='crelu'"),
+        (dict(activation="fourier"), "activation='fourier'"),
+    ],
 )
 def test_a_users_extractor_is_left_as_it_is_with_a_warning(options: dict, given: str) -> None:
     message = rf"{given} leaves features extractor _OwnExtractor as it is \(its activations \['net.1'\]"
     with pytest.warns(UserWarning, match=message):
         policy = DQNPolicy(BOX, DISCRETE, LR, features_extractor_class=_OwnExtractor, **options)
     assert [type(m) for m in policy.q_net.features_extractor.net] == [nn.Linear, nn.Tanh]
-    assert any(isinstance(m, (nn.LayerNorm, CReLU)) for m in policy.q_net.q_net)  # the MLP after it is rewritten
+    rewritten = {"crelu": CReLU, "fourier": Fourier}.get(options.get("activation"), nn.LayerNorm)
+    assert any(isinstance(m, rewritten) for m in policy.q_net.q_net)  # the MLP after it is rewritten
 
 
 def test_crelu_output_is_both_halves() -> None:

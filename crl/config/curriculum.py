@@ -156,9 +156,10 @@ class PolicyOptions(Section):
     """Typed ``policy_kwargs`` of crl's policies (SB3's options plus crl's architecture options).
 
     :param net_arch: hidden layer widths, or per-network widths (PPO ``pi``/``vf``, SAC and TQC ``pi``/``qf``)
-    :param activation: hidden activation by name (``crelu`` included)
+    :param activation: hidden activation by name (``crelu`` and ``fourier`` included)
     :param layer_norm: LayerNorm in every hidden layer, before (``pre``) or after (``post``) the activation
-    :param crelu_halve_width: with ``crelu``, halve the hidden widths, so each layer passes on its original width
+    :param crelu_halve_width: with ``crelu`` or ``fourier``, halve the hidden widths, so each layer passes on its
+        original width
     :param normalize_images: divide image observations by 255
     :param share_features_extractor: actor and critic share the features extractor (PPO, SAC)
     :param ortho_init: orthogonal initialisation (PPO)

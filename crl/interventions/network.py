@@ -4,7 +4,8 @@ A hidden unit (ReDo, continual backprop) owns a row of its incoming Linear/Conv2
 bias), its LayerNorm affine entries when a LayerNorm sits next to its activation, and the columns of
 every layer that reads it (its outgoing weights). Across a conv -> linear boundary a channel's
 outgoing weights are the columns at every spatial position of that channel in the flattened input
-(SPEC.md §6); behind a CReLU a unit feeds two halves, channels ``i`` and ``i + D``. The last layer of
+(SPEC.md §6); behind a concatenating activation (CReLU ``[relu(x), relu(-x)]``, Fourier
+``[sin(x), cos(x)]``) a unit feeds two halves, channels ``i`` and ``i + D``. The last layer of
 a branch of SB3's ``CombinedExtractor`` (dict observations: a NatureCNN per image key) is read at its
 branch's place in the concatenation of all branches, after the branches before it.
 
@@ -33,7 +34,7 @@ from torch.nn.utils import parametrize
 from crl.interventions.base import InterventionError
 from crl.metrics.probe_batch import draw_probe_batch
 from crl.optim import algorithm_optimizers, reset_parameter_columns_state, reset_parameter_state
-from crl.policies.layers import ACTIVATION_TYPES, CReLU, InjectedHead
+from crl.policies.layers import ACTIVATION_TYPES, ConcatenatedActivation, InjectedHead
 
 if TYPE_CHECKING:
     from gymnasium import spaces
@@ -74,8 +75,9 @@ class UnitLayer:
 
     @property
     def halves(self) -> int:
-        """How many output channels each unit feeds: 2 behind a CReLU, else 1."""
-        return 2 if isinstance(self.activation, CReLU) else 1
+        """How many output channels each unit feeds: 2 behind a concatenating activation (CReLU,
+        Fourier), else 1."""
+        return 2 if isinstance(self.activation, ConcatenatedActivation) else 1
 
     def _block(self, layer: WeightLayer) -> int:
         """How many of ``layer``'s input columns one output channel feeds.
@@ -95,7 +97,8 @@ class UnitLayer:
         return self.offset + (channels[..., None] * block + th.arange(block, device=units.device)).flatten()
 
     def unit_view(self, per_channel: th.Tensor) -> th.Tensor:
-        """``halves x n_units`` view of a per-output-channel quantity (CReLU: both halves of each unit)."""
+        """``halves x n_units`` view of a per-output-channel quantity (CReLU, Fourier: both halves of
+        each unit)."""
         return per_channel.reshape(self.halves, self.n_units)
 
     def outgoing_weights(self, layer: WeightLayer) -> th.Tensor:
@@ -107,7 +110,7 @@ class UnitLayer:
     def outgoing_magnitude(self) -> th.Tensor:
         """Mean ``|W_out|`` of each unit over all its outgoing weights.
 
-        For units that feed one plain linear layer, one column each (no CReLU, no conv channel's
+        For units that feed one plain linear layer, one column each (no CReLU or Fourier, no conv channel's
         block, no parametrization: the common MLP case), that layer's columns' mean over rows, read
         from its parameter dictionary: continual backprop asks at every gradient step, and this is the
         general path's reduction, bit for bit (``tests/test_interventions_reinit.py``), without its
@@ -130,7 +133,8 @@ class UnitLayer:
         return reader._parameters, self.offset, self.offset + self.n_units
 
     def mean_activity(self, post: th.Tensor) -> th.Tensor:
-        """``mean |h|`` of each unit over the batch (and a conv channel's positions; both CReLU halves)."""
+        """``mean |h|`` of each unit over the batch (and a conv channel's positions; both halves behind
+        a CReLU or Fourier activation)."""
         per_channel = post.abs().mean(dim=[0, *range(2, post.dim())])
         return per_channel if self.halves == 1 else self.unit_view(per_channel).mean(dim=0)
 
@@ -489,7 +493,7 @@ class Reinitializer:
         if layer.incoming.bias is not None:
             self.set_rows(layer.incoming.bias, units, 0.0)
         if layer.norm is not None and layer.norm.elementwise_affine:
-            # Before a CReLU the norm has one entry per unit, after it one per half; conv norms
+            # Before a CReLU or Fourier the norm has one entry per unit, after it one per half; conv norms
             # are (C, H, W) and a unit is a row of the first dimension.
             halves = layer.norm.normalized_shape[0] // layer.n_units
             rows = (units[:, None] + layer.n_units * th.arange(halves, device=units.device)).flatten()

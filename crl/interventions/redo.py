@@ -33,7 +33,10 @@ class ReDo(Intervention):
     incoming weights (the algorithm's initialisation), zero bias, fresh LayerNorm affine entries and
     zero outgoing weights, so the network's output is unchanged (exactly, when no LayerNorm mixes the
     units); the Adam moments of all these entries are zeroed and target networks receive the same
-    entries. Behind a CReLU a unit is recycled when both its halves are dormant. Units inside an
+    entries. Behind a CReLU or Fourier activation a unit is recycled when both its halves are dormant
+    (a Fourier unit's halves are ``sin`` and ``cos`` of one pre-activation, never both zero, so a
+    Fourier unit is dormant only if its pre-activation stays near a multiple of pi/2 where both are
+    small on average, which is rare). Units inside an
     injected head (plasticity injection) are not recycled. The check runs after each ``train()``
     call, so its cadence is rounded up to the training frequency.
 
@@ -93,7 +96,8 @@ class ReDo(Intervention):
         return recycled
 
     def dormant_units(self, algo: BaseAlgorithm, layers: list[UnitLayer]) -> list[th.Tensor]:
-        """A mask of each layer's units to recycle: ReDo's score ``<= tau`` on a probe batch (both CReLU halves)."""
+        """A mask of each layer's units to recycle: ReDo's score ``<= tau`` on a probe batch (both halves
+        behind a CReLU or Fourier activation)."""
         observations, actions = probe_batch(algo, self.probe_size)
         features = algo.policy.hidden_features(observations, actions)  # type: ignore[operator]
         masks = []

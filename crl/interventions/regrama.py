@@ -28,7 +28,8 @@ class ReGraMa(ReDo):
     receive no gradient, which ReDo's score cannot see. The recycling is ReDo's (fresh incoming
     weights, zero bias, fresh LayerNorm affine entries, zero outgoing weights, Adam moments zeroed,
     targets synchronised), as are the cadence and the logs (under ``interventions/regrama/``). Behind a
-    CReLU a unit is one row of the incoming weight, so both halves are judged together.
+    CReLU or Fourier activation a unit is one row of the incoming weight, so both halves are judged
+    together.
 
     The default ``tau`` is that of a public ReGraMa implementation; the paper's own value and code
     were not available to check it against (see :mod:`crl.metrics.grama`).

@@ -15,6 +15,8 @@ from typing import Literal
 
 import torch as th
 
+from crl.policies.layers import Fourier
+
 RANK_DELTA = 0.01
 """Kumar et al. 2021's threshold: keep the singular values that explain 99 % of their sum."""
 FEATURE_RANK_EPSILON = 0.01
@@ -25,8 +27,10 @@ SCORE_EPSILON = 1e-9
 GRAMA_TAU = 0.01
 """GraMa's inactivity threshold on the normalised gradient score (see :func:`gradient_scores`)."""
 TANH_SATURATION = 0.99
+"""An entry of a bounded activation (tanh, sigmoid rescaled, a Fourier feature) is saturated above it in
+absolute value: tanh's derivative is then below 0.02, sin's and cos's below ``sqrt(1 - 0.99^2) < 0.15``."""
 
-ActivationKind = Literal["relu", "tanh", "sigmoid"]
+ActivationKind = Literal["relu", "tanh", "sigmoid", "fourier"]
 
 
 def _as_matrix(phi: th.Tensor) -> th.Tensor:
@@ -217,23 +221,26 @@ def inactive_mask(h: th.Tensor, activation: ActivationKind = "relu") -> th.Tenso
     ReLU-like activations: the entry is ``<= 0`` (for ReLU and CReLU this is exactly ``== 0``; for
     leaky or smooth variants, the negative branch). tanh: the entry is saturated, ``|h| > 0.99``.
     sigmoid: the same saturation, ``|2h - 1| > 0.99``, since ``sigmoid(x) = (1 + tanh(x / 2)) / 2``
-    (SPEC.md §1 names ReLU and tanh only).
+    (SPEC.md §1 names ReLU and tanh only). fourier (deep Fourier features, ``[sin(z), cos(z)]``): tanh's
+    rule, ``|h| > 0.99``: at such an entry the derivative of sin or cos is below
+    ``sqrt(1 - 0.99^2) ~ 0.141`` (the unit's other half is then near 0, where its derivative is near 1).
     """
     h = h.detach()
-    if activation == "tanh":
+    if activation in ("tanh", "fourier"):
         return h.abs() > TANH_SATURATION
     if activation == "sigmoid":
         return (2 * h - 1).abs() > TANH_SATURATION
     if activation == "relu":
         return h <= 0
-    raise ValueError(f"activation={activation!r}: expected 'relu', 'tanh' or 'sigmoid'")
+    raise ValueError(f"activation={activation!r}: expected 'relu', 'tanh', 'sigmoid' or 'fourier'")
 
 
 def fau(layers: Sequence[th.Tensor], activation: ActivationKind | Sequence[ActivationKind] = "relu") -> float:
     """Fraction of active units of Ma et al. 2023 ("Revisiting Plasticity in Visual RL").
 
     ``1 - mean(inactive)`` pooled over all N x D post-activation entries of the given layers, an entry
-    being inactive as :func:`inactive_mask` says: ``Phi == 0`` for ReLU, saturated for tanh and sigmoid.
+    being inactive as :func:`inactive_mask` says: ``Phi == 0`` for ReLU, saturated for tanh, sigmoid and
+    Fourier features (``|h| > 0.99``).
 
     :param layers: post-activation features of each hidden layer
     :param activation: the layers' activation kind, one for all or one per layer
@@ -352,7 +359,10 @@ def rank_metrics(phi: th.Tensor) -> Mapping[str, float]:
 
 def activation_kind(activation: th.nn.Module) -> ActivationKind:
     """How :func:`fau` judges the units behind an activation module: saturation for the ones bounded by
-    +-1 (tanh, hardtanh, softsign) and by 0 and 1 (sigmoid, hardsigmoid), else sign."""
+    +-1 (tanh, hardtanh, softsign; ``"fourier"`` for deep Fourier features, whose sin and cos halves are
+    too) and by 0 and 1 (sigmoid, hardsigmoid), else sign."""
+    if isinstance(activation, Fourier):
+        return "fourier"
     if isinstance(activation, (th.nn.Tanh, th.nn.Hardtanh, th.nn.Softsign)):
         return "tanh"
     if isinstance(activation, (th.nn.Sigmoid, th.nn.Hardsigmoid)):
