@@ -48,6 +48,10 @@ NETWORKS = {"QRDQN": ["quantile_net"], "TQC": ["actor", "qf0", "qf1"], "CrossQ":
 LOSSES = {"QRDQN": ["quantile_net"], "TQC": ["critic", "actor"], "CrossQ": ["critic", "actor"]}
 REFUSED = {
     ("CrossQ", "layer_norm"): "policy option layer_norm='pre' is not supported by CrossQ with batch_norm=True",
+    (
+        "CrossQ",
+        "normalize_and_project",
+    ): "policy option layer_norm='pre' is not supported by CrossQ with batch_norm=True",
     ("CrossQ", "redo"): "intervention 'redo' cannot recycle units of CrossQPolicy",
     ("CrossQ", "regrama"): "intervention 'regrama' cannot recycle units of CrossQPolicy",
     ("CrossQ", "continual_backprop"): "intervention 'continual_backprop' cannot recycle units of CrossQPolicy",
@@ -56,6 +60,7 @@ REFUSED = {
 
 INTERVENTIONS: dict[str, dict[str, Any]] = {
     "layer_norm": {"name": "layer_norm"},
+    "normalize_and_project": {"name": "normalize_and_project"},
     "weight_decay": {"name": "weight_decay", "weight_decay": 0.1},
     "l2_init": {"name": "l2_init", "l2_init": 0.1},
     "reset": {"name": "reset", "at_steps": [300], "parts": "full"},
@@ -144,7 +149,9 @@ def test_every_intervention_acts_on_the_contrib_algorithms(name: str, interventi
     if set(trained) == set(reference):
         assert any(not th.equal(trained[key], reference[key]) for key in reference), f"{intervention} did nothing"
     else:  # new modules (LayerNorm, an injected head): the architecture changed
-        assert intervention in ("layer_norm", "plasticity_injection"), sorted(set(trained) ^ set(reference))
+        assert intervention in ("layer_norm", "normalize_and_project", "plasticity_injection"), sorted(
+            set(trained) ^ set(reference)
+        )
     assert all(th.isfinite(value).all() for value in trained.values() if value.is_floating_point())
     model.predict(model.observation_space.sample(), deterministic=True)
 

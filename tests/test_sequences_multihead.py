@@ -531,6 +531,7 @@ def test_heads_read_the_task_id_key_of_dict_observations(case: str) -> None:
 
 PPO_INTERVENTIONS: dict[str, dict[str, Any]] = {
     "layer_norm": {"name": "layer_norm"},
+    "normalize_and_project": {"name": "normalize_and_project"},
     "weight_decay": {"name": "weight_decay", "weight_decay": 0.1},
     "l2_init": {"name": "l2_init", "l2_init": 0.1},
     "reset": {"name": "reset", "at_steps": [128], "parts": "full"},
@@ -567,7 +568,9 @@ def test_every_ppo_intervention_acts_on_the_multi_head_policy(sequence, interven
     if set(trained) == set(reference):
         assert any(not th.equal(trained[key], reference[key]) for key in reference), f"{intervention} did nothing"
     else:  # new modules: LayerNorm's, an injected head's
-        assert intervention in ("layer_norm", "plasticity_injection"), sorted(set(trained) ^ set(reference))
+        assert intervention in ("layer_norm", "normalize_and_project", "plasticity_injection"), sorted(
+            set(trained) ^ set(reference)
+        )
     assert all(th.isfinite(value).all() for value in trained.values() if value.is_floating_point())
     for task in (0, 1):  # both heads still act
         actions, _ = model.predict(_observations(task).numpy(), deterministic=True)

@@ -76,6 +76,7 @@ def test_shipped_experiments_and_their_variants_validate() -> None:
     paths = experiment_paths()
     assert {path.stem for path in paths} == {
         "gradient_activity",
+        "normalize_and_project",
         "ppo_epochs_pfo",
         "ppo_epochs_long",
         "ppo_epochs_switches",

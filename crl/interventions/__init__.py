@@ -19,6 +19,7 @@ from crl.interventions.clonex import ClonEx
 from crl.interventions.consolidation import EWC, MAS, Consolidation, L2Previous
 from crl.interventions.continual_backprop import ContinualBackprop
 from crl.interventions.layer_norm import LayerNorm
+from crl.interventions.nap import NormalizeAndProject
 from crl.interventions.packnet import PackNet
 from crl.interventions.parseval import Parseval
 from crl.interventions.pfo import PFO
@@ -46,6 +47,7 @@ __all__ = [
     "L2Init",
     "L2Previous",
     "LayerNorm",
+    "NormalizeAndProject",
     "PackNet",
     "Parseval",
     "PlasticityInjection",
