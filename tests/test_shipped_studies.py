@@ -11,7 +11,7 @@ STUDIES = sorted((Path(__file__).parents[1] / "studies").glob("*.yaml"))
 
 def test_studies_are_shipped() -> None:
     shipped = {"redo_minatar", "pfo_ppo", "arr_sac", "default_grid", "clonex_pendulum", "weight_clipping_dqn"}
-    assert {path.stem for path in STUDIES} >= shipped | {"parseval_dqn", "sam_dqn", "regrama_minatar"}
+    assert {path.stem for path in STUDIES} >= shipped | {"parseval_dqn", "sam_dqn", "regrama_minatar", "nap_dqn"}
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda path: path.name)
