@@ -89,7 +89,8 @@ def test_projecting_scaled_hidden_layers_restores_their_norms_and_keeps_the_outp
     with th.no_grad():
         model.q_net.q_net[6].weight.copy_(head)
     th.testing.assert_close(model.q_net(obs), before, atol=1e-5, rtol=1e-5)  # up to LayerNorm's eps
-    assert nap._growth["q_net"] == pytest.approx([3.0, 0.2], rel=1e-5)
+    norms, radii = nap._growth["q_net"]
+    assert [norm / radius for norm, radius in zip(norms, radii, strict=True)] == pytest.approx([3.0, 0.2], rel=1e-5)
 
 
 def test_the_layer_norm_gain_and_offset_are_projected_together() -> None:

@@ -139,8 +139,8 @@ class NormalizeAndProject(Intervention):
     _steps: dict[str, int] = PrivateAttr(default_factory=dict)
     """Optimizer steps taken per loss, for ``every``."""
     _groups: OptimizerCache[ProjectedGroups] = PrivateAttr(default_factory=OptimizerCache)
-    _growth: dict[str, list[float]] = PrivateAttr(default_factory=dict)
-    """Each loss's ``||theta|| / r`` before its latest projection."""
+    _growth: dict[str, tuple[list[float], list[float]]] = PrivateAttr(default_factory=dict)
+    """Each loss's group norms before its latest projection, with the groups' radii (divided when logged)."""
     _logs_done: int = PrivateAttr(default=0)
 
     transient = ("_groups", "_growth")
@@ -187,8 +187,7 @@ class NormalizeAndProject(Intervention):
             return
         groups = self._groups.get(step.optimizer, lambda o: self._projected(algo, o))
         if groups.parameters:
-            norms = project(groups)
-            self._growth[step.loss_name] = [norm / radius for norm, radius in zip(norms, groups.radii, strict=True)]
+            self._growth[step.loss_name] = (project(groups), groups.radii)
 
     def on_train_end(self, algo: BaseAlgorithm) -> None:
         # At the first train() end past each multiple of log_every, as weight clipping logs.
@@ -196,6 +195,8 @@ class NormalizeAndProject(Intervention):
         if now // self.log_every <= self._logs_done or not self._growth:
             return
         self._logs_done = now // self.log_every
-        growth = [ratio for ratios in self._growth.values() for ratio in ratios]
+        growth = [
+            norm / radius for norms, radii in self._growth.values() for norm, radius in zip(norms, radii, strict=True)
+        ]
         self.record(algo, "growth", sum(growth) / len(growth))
         self._growth = {}
