@@ -14,6 +14,7 @@ from crl.hooks import GradientStep
 from crl.interventions.base import Intervention, InterventionError
 from crl.interventions.layer_norm import LayerNorm
 from crl.interventions.network import unit_layers, weight_of
+from crl.metrics.losses import optimizer_parameters
 from crl.optim import OptimizerCache
 
 if TYPE_CHECKING:
@@ -173,10 +174,13 @@ class NormalizeAndProject(Intervention):
     def _radii_of(self, algo: BaseAlgorithm, groups: list[ParameterGroup]) -> list[float]:
         """Each group's radius: its norm when first seen (at construction), saved with the model."""
         names: dict[th.Tensor, str] = {parameter: name for name, parameter in algo.policy.named_parameters()}
-        return [self._radii.setdefault(names[group[0]], group_norm(group)) for group in groups]
+        for group in groups:
+            if names[group[0]] not in self._radii:
+                self._radii[names[group[0]]] = group_norm(group)
+        return [self._radii[names[group[0]]] for group in groups]
 
     def _projected(self, algo: BaseAlgorithm, optimizer: th.optim.Optimizer) -> ProjectedGroups:
-        trained = {p for group in optimizer.param_groups for p in group["params"] if p.requires_grad}
+        trained = set(optimizer_parameters(optimizer))
         groups = [g for g in projected_groups(algo.policy, self.affine) if all(p in trained for p in g)]  # type: ignore[arg-type]
         return ProjectedGroups(groups, self._radii_of(algo, groups))
 

@@ -34,9 +34,9 @@ class ReDo(Intervention):
     zero outgoing weights, so the network's output is unchanged (exactly, when no LayerNorm mixes the
     units); the Adam moments of all these entries are zeroed and target networks receive the same
     entries. Behind a CReLU or Fourier activation a unit is recycled when both its halves are dormant
-    (a Fourier unit's halves are ``sin`` and ``cos`` of one pre-activation, never both zero, so a
-    Fourier unit is dormant only if its pre-activation stays near a multiple of pi/2 where both are
-    small on average, which is rare). Units inside an
+    (a Fourier unit's halves are ``sin`` and ``cos`` of one pre-activation, so one of them has mean
+    ``|h| >= 1/2`` while the layer's mean is at most 1: below ``tau = 0.5`` no Fourier unit is
+    dormant). Units inside an
     injected head (plasticity injection) are not recycled. The check runs after each ``train()``
     call, so its cadence is rounded up to the training frequency.
 
