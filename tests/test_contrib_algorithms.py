@@ -76,6 +76,7 @@ INTERVENTIONS: dict[str, dict[str, Any]] = {
     "weight_clipping": {"name": "weight_clipping", "kappa": 0.5},
     "parseval": {"name": "parseval", "coef": 0.01},
     "sam": {"name": "sam", "rho": 0.1},
+    "trac": {"name": "trac"},
 }
 """Each intervention set to act inside a 500-step run (``reset_head`` and ``redo`` also reach hidden layers)."""
 NOT_COVERED = {

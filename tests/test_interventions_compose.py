@@ -15,6 +15,7 @@ from crl.interventions import (
     MAS,
     PFO,
     SAM,
+    TRAC,
     AdaptiveReplayRatio,
     ClonEx,
     ContinualBackprop,
@@ -96,6 +97,7 @@ CASES = {
     "weight_clipping": ("SAC", WeightClipping(kappa=1.0)),
     "parseval": ("PPO", Parseval()),
     "sam": ("SAC", SAM()),
+    "trac": ("SAC", TRAC()),
 }
 IMAGES = {"random_shift"}
 TASK_END = {"l2_previous", "ewc", "mas", "agem", "packnet", "clonex"}

@@ -546,6 +546,7 @@ PPO_INTERVENTIONS: dict[str, dict[str, Any]] = {
     "weight_clipping": {"name": "weight_clipping", "kappa": 0.5},
     "parseval": {"name": "parseval", "coef": 0.01},
     "sam": {"name": "sam", "rho": 0.1},
+    "trac": {"name": "trac"},
 }
 """Each intervention PPO takes, set to act inside a 256-step run on task 1."""
 

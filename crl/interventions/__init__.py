@@ -30,6 +30,7 @@ from crl.interventions.regularizers import L2Init, WeightDecay
 from crl.interventions.resets import Reset, ResetOptimizer, ShrinkPerturb
 from crl.interventions.sam import SAM
 from crl.interventions.schedule import ScheduledIntervention
+from crl.interventions.trac import TRAC
 from crl.interventions.weight_clipping import WeightClipping
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "MAS",
     "PFO",
     "SAM",
+    "TRAC",
     "AdaptiveReplayRatio",
     "ClonEx",
     "Consolidation",
