@@ -86,6 +86,8 @@ def test_shipped_experiments_and_their_variants_validate() -> None:
         "resets_replay_ratio",
         "weight_constraints",
         "sharpness",
+        "trac",
+        "trac_ppo",
     }
     check_all(paths)
     for path in paths:
