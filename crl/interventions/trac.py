@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch as th
@@ -190,8 +190,6 @@ class TRAC(Intervention):
     _logs_done: int = PrivateAttr(default=0)
 
     transient = ("_tracked",)
-
-    needs_crl_policy: ClassVar[bool] = False
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
