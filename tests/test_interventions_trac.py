@@ -137,7 +137,7 @@ def test_nothing_restarts_while_only_trac_writes(others, checks, monkeypatch) ->
     and copies them back at every step, and then every step compares, and finds them as TRAC left them."""
     compared = []
     restart = TRAC._restart_changed_entries
-    monkeypatch.setattr(TRAC, "_restart_changed_entries", lambda self, t: (compared.append(1), restart(self, t)))
+    monkeypatch.setattr(TRAC, "_restart_changed_entries", lambda self, t, c: (compared.append(1), restart(self, t, c)))
     trac = TRAC()
     model = crl.DQN("MlpPolicy", "CartPole-v1", learning_starts=50, train_freq=1, seed=0, interventions=[trac, *others])
     initial = {name: p.detach().clone() for name, p in model.policy.named_parameters() if "target" not in name}

@@ -244,13 +244,13 @@ class TRAC(Intervention):
     def after_backward(self, algo: BaseAlgorithm, step: GradientStep) -> None:
         assert step.optimizer is not None
         tracked = self._tracked.get(step.optimizer, lambda o: self._track(algo, o))
+        current = tracked.gather(out=tracked.before)
         if tracked.versions != tracked.current_versions():
-            self._restart_changed_entries(tracked)
-        tracked.gather(out=tracked.before)
+            self._restart_changed_entries(tracked, current)
 
-    def _restart_changed_entries(self, tracked: TracParameters) -> None:
-        """Entries that differ from what TRAC last wrote, ``theta_ref + max(S, 0) x`` (someone else wrote
-        them), restart at their value."""
+    def _restart_changed_entries(self, tracked: TracParameters, current: th.Tensor) -> None:
+        """Entries of ``current`` (the parameters, flat) that differ from what TRAC last wrote,
+        ``theta_ref + max(S, 0) x`` (someone else wrote them), restart at their value."""
         scales = [self._applied.get(name, 0.0) for name in tracked.names]
         expected = tracked.work
         if len(set(scales)) == 1:
@@ -261,7 +261,6 @@ class TRAC(Intervention):
             ):
                 th.add(reference, iterate, alpha=scale, out=piece)
         # th.add computes each entry as the write did, whatever the layout: the same bits where nothing changed
-        current = tracked.gather(out=tracked.before)
         changed = current != expected
         tracked.reference.copy_(th.where(changed, current, tracked.reference))
         tracked.iterate.masked_fill_(changed, 0.0)
@@ -274,12 +273,13 @@ class TRAC(Intervention):
         stepped = [i for i, g in enumerate(gradients) if g is not None]
         if not stepped:
             return
-        if len(stepped) < len(gradients):  # no gradient, no update: the zeros add nothing to h
+        partial = len(stepped) < len(gradients)
+        if partial:  # no gradient, no update: the zeros add nothing to h
             zeros = (th.zeros_like(p) for p in tracked.parameters)
             gradients = [g if g is not None else zero for g, zero in zip(gradients, zeros, strict=True)]
         scale = self._step(tracked, th.cat([g.reshape(-1) for g in gradients]), self._tuner(step.loss_name))  # type: ignore[union-attr]
         theta_next = tracked.next_values
-        if len(stepped) < len(gradients):  # as the authors' code: parameters without a gradient stay as they are
+        if partial:  # as the authors' code: parameters without a gradient stay as they are
             th._foreach_copy_([tracked.parameters[i] for i in stepped], [theta_next[i] for i in stepped])
             self._applied.update((tracked.names[i], scale) for i in stepped)
         else:
